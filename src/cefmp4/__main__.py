@@ -1,0 +1,3 @@
+from cefmp4.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Object storage: the few S3 calls cefmp4 makes, behind one Protocol.
+
+``s3`` talks to a real S3-compatible server through aiobotocore; ``memory`` keeps objects
+in a dict for unit tests. Both are held to ``tests/contract/test_object_store.py``.
+A store is bound to one bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedPart:
+    part_number: int
+    size: int
+    etag: str  # without quotes
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: datetime  # timezone-aware
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    etag: str  # without quotes; "<md5-of-md5s>-<n>" for multipart objects
+
+
+class ObjectStore(Protocol):
+    """Errors: ``TransientError`` (retry), ``PermanentError``, ``UploadNotFound``."""
+
+    bucket: str
+
+    async def ping(self) -> None:
+        """Raise unless the bucket answers (HeadBucket)."""
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if missing; ``PermanentError`` if that is not permitted."""
+
+    async def create_multipart(self, key: str, content_type: str) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: bytes, md5_b64: str
+    ) -> str:
+        """Upload one part with Content-MD5; returns its ETag (without quotes)."""
+
+    async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        """Every part S3 holds for the upload, ascending part number, one per number."""
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        """Complete with (part_number, etag) pairs in ascending order; returns the ETag."""
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        """Every in-progress upload whose key starts with ``prefix``."""
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """Size and ETag of a complete object, or None if it does not exist."""
+
+    async def put_object(self, key: str, body: bytes, content_type: str) -> None: ...
+
+    async def get_object(self, key: str) -> bytes:
+        """The whole object (used for small objects and verification)."""

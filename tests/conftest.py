@@ -1,0 +1,36 @@
+"""Hermetic test runs: no AWS or cefmp4 settings leak in from the developer's shell."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.media import *  # noqa: F403  (fixtures)
+from tests.support.redis import *  # noqa: F403  (fixtures)
+from tests.support.seaweed import *  # noqa: F403  (fixtures)
+
+_APP_VARS = {
+    "WATCH_DIR", "CHUNK_SIZE_MB", "STREAM_TIMEOUT_SECONDS", "S3_ENDPOINT_URL",
+    "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "S3_BUCKET_NAME", "S3_REGION_NAME",
+    "S3_KEY_PREFIX", "REDIS_URL", "STATE_DIR", "LOG_LEVEL", "LOG_FORMAT", "PROM_PORT",
+    "FFPROBE_PATH",
+}
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name in _APP_VARS:
+            monkeypatch.delenv(name)
+    empty: Path = tmp_path_factory.mktemp("aws-config")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # A .env in the developer's working directory must not leak into tests.
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
