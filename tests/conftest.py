@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.app import checkpoint_kind  # noqa: F401  (fixture)
 from tests.support.media import *  # noqa: F403  (fixtures)
 from tests.support.redis import *  # noqa: F403  (fixtures)
 from tests.support.seaweed import *  # noqa: F403  (fixtures)
@@ -23,7 +23,7 @@ _APP_VARS = {
 @pytest.fixture(autouse=True)
 def hermetic_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
+) -> None:
     for name in list(os.environ):
         if name.startswith("AWS_") or name in _APP_VARS:
             monkeypatch.delenv(name)
@@ -33,4 +33,3 @@ def hermetic_env(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # A .env in the developer's working directory must not leak into tests.
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
-    yield

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr(""), description="redis:// or rediss:// URL; empty means embedded SQLite"
     )
+    redis_key_prefix: str = Field(
+        "cefmp4:", description="prefix of every Redis key (several deployments can share one Redis)"
+    )
     state_dir: Path = Field(Path("./.cefmp4"), description="where the embedded store lives")
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: LogFormat = Field("auto", description="json, console or auto")
@@ -186,6 +189,9 @@ class Settings(BaseSettings):
         return self.max_inflight_mb * MIB
 
 
+_SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"}
+
+
 def env_name(field: str) -> str:
     return field.upper()
 
@@ -206,8 +212,7 @@ def load_settings(**overrides: Any) -> Settings:
         else:
             setting = "configuration"
         given = err.get("input")
-        if loc and given is not None and not isinstance(given, dict) and "secret" not in setting.lower() \
-                and "REDIS_URL" != setting:
+        if loc and given is not None and not isinstance(given, dict) and setting not in _SECRET:
             msg = f"{msg} (got {given!r})"
         raise ConfigError(setting, msg) from None
 

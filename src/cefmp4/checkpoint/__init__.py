@@ -74,7 +74,9 @@ class CheckpointStore(Protocol):
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None: ...
 
-    async def list_streams(self, states: frozenset[StreamState] | None = None) -> list[StreamRecord]:
+    async def list_streams(
+        self, states: frozenset[StreamState] | None = None
+    ) -> list[StreamRecord]:
         """All streams, or those in ``states``; no particular order."""
 
     async def put_part(self, stream_id: str, part: PartRecord) -> None:

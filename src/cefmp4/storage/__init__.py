@@ -30,6 +30,7 @@ class MultipartUpload:
 class ObjectInfo:
     size: int
     etag: str  # without quotes; "<md5-of-md5s>-<n>" for multipart objects
+    content_type: str | None = None
 
 
 class ObjectStore(Protocol):
@@ -66,6 +67,9 @@ class ObjectStore(Protocol):
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         """Size and ETag of a complete object, or None if it does not exist."""
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Keys of every complete object whose key starts with ``prefix``."""
 
     async def put_object(self, key: str, body: bytes, content_type: str) -> None: ...
 

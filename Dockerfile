@@ -1,0 +1,42 @@
+# cefmp4: upload growing MP4 recordings to S3 while they are recorded.
+#   docker build -t cefmp4 .    (docker-compose.yml runs it with MinIO and Redis)
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# ffmpeg provides ffprobe (durations for the metadata JSON); dumb-init runs as PID 1 so
+# SIGTERM reaches cefmp4 and zombies (ffprobe children) are reaped.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg dumb-init \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system cefmp4 \
+    && useradd --system --gid cefmp4 --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin cefmp4
+
+WORKDIR /app
+# Metadata first, so the dependency layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . \
+    && mkdir -p /data/input-videos /data/state \
+    && chown -R cefmp4:cefmp4 /data
+
+ENV WATCH_DIR=/data/input-videos \
+    STATE_DIR=/data/state \
+    PROM_PORT=8000
+VOLUME ["/data/input-videos", "/data/state"]
+EXPOSE 8000
+
+USER cefmp4
+
+# No curl in the image: Python's urllib asks /healthz. PROM_PORT=0 disables the server,
+# and then there is nothing to ask.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('PROM_PORT', '8000'); sys.exit(0) if port == '0' else urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+
+ENTRYPOINT ["dumb-init", "--"]
+CMD ["cefmp4", "run"]

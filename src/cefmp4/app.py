@@ -1,0 +1,175 @@
+"""The composition root: open the adapters, run the pipeline, shut down in order.
+
+Only this module and ``cli`` know the concrete adapters and ``Settings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import structlog
+
+from cefmp4 import logs
+from cefmp4.budget import ByteBudget
+from cefmp4.checkpoint import CheckpointStore, StreamRecord
+from cefmp4.checkpoint.redis import open_redis_store
+from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.discover import scan, watch
+from cefmp4.health import serve_health
+from cefmp4.manager import StreamManager
+from cefmp4.metrics import Metrics
+from cefmp4.pipeline import Context, PipelineConfig
+from cefmp4.probe import FfprobeProber
+from cefmp4.settings import Settings
+from cefmp4.storage.s3 import open_s3_store
+
+log = structlog.get_logger("cefmp4.app")
+
+
+@asynccontextmanager
+async def open_checkpoints(
+    settings: Settings, *, read_only: bool = False
+) -> AsyncIterator[CheckpointStore]:
+    """Redis when REDIS_URL is set, else the embedded store. ``read_only`` skips SQLite's
+    single-instance lock so ``status`` and ``check`` work beside a running daemon."""
+    url = settings.redis_url.get_secret_value()
+    if url:
+        async with open_redis_store(url, settings.redis_key_prefix) as redis_store:
+            yield redis_store
+    else:
+        async with open_sqlite_store(settings.state_dir, read_only=read_only) as sqlite_store:
+            yield sqlite_store
+
+
+@asynccontextmanager
+async def open_context(
+    settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[Context]:
+    """Every adapter opened once, closed in reverse order."""
+    async with AsyncExitStack() as stack:
+        objects = await stack.enter_async_context(
+            open_s3_store(
+                bucket=settings.s3_bucket_name,
+                endpoint_url=settings.s3_endpoint_url,
+                access_key_id=settings.s3_access_key_id.get_secret_value(),
+                secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+                region=settings.s3_region_name,
+                max_pool_connections=max(10, settings.upload_concurrency * 2),
+                storage_class=settings.s3_storage_class,
+            )
+        )
+        checkpoints = await stack.enter_async_context(open_checkpoints(settings))
+        config = PipelineConfig(
+            watch_dir=settings.watch_dir.resolve(),
+            key_prefix=settings.s3_key_prefix,
+            part_size=settings.part_size_bytes,
+            max_parts=settings.max_parts,
+            stream_timeout=settings.stream_timeout_seconds,
+            poll_interval=settings.poll_interval_seconds,
+        )
+        yield Context(
+            config=config,
+            objects=objects,
+            checkpoints=checkpoints,
+            prober=FfprobeProber(settings.ffprobe_path, settings.probe_timeout_seconds),
+            metrics=metrics or Metrics(),
+            budget=ByteBudget(settings.max_inflight_bytes),
+            upload_slots=asyncio.Semaphore(settings.upload_concurrency),
+        )
+
+
+def readiness_checks(ctx: Context) -> dict[str, Callable[[], Awaitable[None]]]:
+    return {"s3": ctx.objects.ping, "checkpoint_store": ctx.checkpoints.ping}
+
+
+class App:
+    """``cefmp4 run``: watch, upload, finalize until ``stop`` is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = asyncio.Event()
+        self.manager: StreamManager | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        async with AsyncExitStack() as stack:
+            ctx = await stack.enter_async_context(open_context(settings, self.metrics))
+            if settings.prom_port:
+                await stack.enter_async_context(
+                    serve_health(
+                        host="0.0.0.0",  # scraped from outside the container
+                        port=settings.prom_port,
+                        metrics=self.metrics,
+                        checks=readiness_checks(ctx),
+                    )
+                )
+            await ctx.retry("ensure_bucket", ctx.objects.ensure_bucket)
+            shutdown = asyncio.Event()
+            manager = StreamManager(ctx, shutdown, shutdown_grace=settings.shutdown_grace_seconds)
+            self.manager = manager
+            self.metrics.set_pending_source(manager.pending)
+            await manager.load()
+            watch_dir = ctx.config.watch_dir
+            files = await asyncio.to_thread(scan, watch_dir)
+            await manager.resume_all(files)
+            watcher = asyncio.create_task(
+                self._watch(manager, watch_dir, stop), name="watch"
+            )
+            for path in files:
+                manager.on_path(path)
+            self.ready.set()
+            log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
+            try:
+                await stop.wait()
+            finally:
+                log.info(logs.SHUTDOWN, active_streams=len(manager.workers))
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await manager.stop()
+        log.info(logs.STOPPED)
+
+    async def _watch(self, manager: StreamManager, watch_dir: Path, stop: asyncio.Event) -> None:
+        async for changes in watch(
+            watch_dir, stop, force_polling=self.settings.watch_force_polling
+        ):
+            for path in changes:
+                manager.on_path(path)
+
+
+def upload_rel_path(path: Path, watch_dir: Path) -> str:
+    """Key path of an uploaded file: relative to WATCH_DIR when inside it, else its name."""
+    try:
+        return path.relative_to(watch_dir).as_posix()
+    except ValueError:
+        return path.name
+
+
+async def upload_files(
+    settings: Settings,
+    files: Sequence[Path],
+    on_start: Callable[[StreamManager], None] | None = None,
+) -> dict[Path, StreamRecord | None]:
+    """``cefmp4 upload``: the same pipeline with no idle wait.
+
+    Returns each file's completed stream record (None when it did not complete)."""
+    async with open_context(settings) as ctx:
+        await ctx.retry("ensure_bucket", ctx.objects.ensure_bucket)
+        manager = StreamManager(ctx, asyncio.Event(), stream_timeout=0.0)
+        await manager.load()
+        resolved = [path.resolve() for path in files]
+        for path in resolved:
+            manager.start_file(path, upload_rel_path(path, ctx.config.watch_dir))
+        if on_start is not None:
+            on_start(manager)
+        await manager.wait_idle()
+        results: dict[Path, StreamRecord | None] = {}
+        for path in resolved:
+            st = path.stat()
+            done = manager.completed.get((st.st_dev, st.st_ino))
+            ok = done is not None and done.final_size == st.st_size
+            results[path] = done if ok else None
+        return results

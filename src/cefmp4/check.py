@@ -1,0 +1,118 @@
+"""``cefmp4 check``: every dependency probed, each failure with what to do about it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cefmp4.app import open_checkpoints
+from cefmp4.errors import CefmpError, ConfigError, PermanentError
+from cefmp4.keys import new_stream_id
+from cefmp4.probe import FfprobeProber
+from cefmp4.settings import Settings, check_watch_dir
+from cefmp4.storage.s3 import open_s3_store
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+async def _check_s3(settings: Settings) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    where = settings.s3_endpoint_url or "AWS"
+    creds_fix = (
+        "check S3_ENDPOINT_URL, S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY "
+        "(or the AWS credential chain when they are empty)"
+    )
+    try:
+        async with asyncio.timeout(30), open_s3_store(
+            bucket=settings.s3_bucket_name,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=settings.s3_access_key_id.get_secret_value(),
+            secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            region=settings.s3_region_name,
+        ) as store:
+            await store.ensure_bucket()
+            results.append(CheckResult("s3 bucket", True, f"s3://{store.bucket} at {where}"))
+            key = f"{settings.s3_key_prefix}.cefmp4-check/{new_stream_id()}"
+            upload_id = await store.create_multipart(key, "application/octet-stream")
+            await store.abort_multipart(key, upload_id)
+            results.append(CheckResult("s3 multipart", True, "create and abort allowed"))
+    except PermanentError as exc:
+        results.append(CheckResult("s3", False, str(exc), creds_fix))
+    except (CefmpError, TimeoutError) as exc:
+        results.append(CheckResult(
+            "s3", False, f"{where} unreachable: {exc or 'timed out'}",
+            "is the S3 server running and S3_ENDPOINT_URL right?",
+        ))
+    return results
+
+
+async def _check_checkpoints(settings: Settings) -> CheckResult:
+    kind = "redis" if settings.redis_url.get_secret_value() else f"sqlite in {settings.state_dir}"
+    try:
+        async with asyncio.timeout(15), open_checkpoints(settings, read_only=True) as store:
+            await store.ping()
+        return CheckResult("checkpoint store", True, kind)
+    except ConfigError as exc:
+        return CheckResult("checkpoint store", False, str(exc), "fix the named setting")
+    except (CefmpError, TimeoutError) as exc:
+        return CheckResult(
+            "checkpoint store", False, f"{kind}: {exc or 'timed out'}",
+            "is Redis running and REDIS_URL right (redis://[:password@]host:port/db)?",
+        )
+
+
+async def _check_ffprobe(settings: Settings) -> CheckResult:
+    prober = FfprobeProber(settings.ffprobe_path, settings.probe_timeout_seconds)
+    try:
+        await prober.ping()
+        found = settings.ffprobe_path or shutil.which("ffprobe") or "ffprobe"
+        return CheckResult("ffprobe", True, found)
+    except CefmpError as exc:
+        return CheckResult(
+            "ffprobe", False, str(exc),
+            "install ffmpeg (apt-get install ffmpeg) or set FFPROBE_PATH",
+        )
+
+
+def _check_watch_dir(settings: Settings) -> CheckResult:
+    try:
+        check_watch_dir(settings.watch_dir)
+        return CheckResult("watch dir", True, str(settings.watch_dir.resolve()))
+    except ConfigError as exc:
+        return CheckResult("watch dir", False, str(exc), "create it or fix WATCH_DIR")
+
+
+async def run_checks(settings: Settings) -> list[CheckResult]:
+    probes: list[Callable[[], Awaitable[CheckResult | list[CheckResult]]]] = [
+        lambda: _check_s3(settings),
+        lambda: _check_checkpoints(settings),
+        lambda: _check_ffprobe(settings),
+    ]
+    results = [_check_watch_dir(settings)]
+    for outcome in await asyncio.gather(*(probe() for probe in probes)):
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    return results
+
+
+def check_command(settings: Settings) -> int:
+    results = asyncio.run(run_checks(settings))
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"{mark} {result.name}: {result.detail}")
+        if not result.ok and result.fix:
+            print(f"     fix: {result.fix}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"{len(failed)} check(s) failed", file=sys.stderr)
+        return 1
+    print("all checks passed")
+    return 0

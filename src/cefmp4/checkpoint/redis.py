@@ -1,0 +1,262 @@
+"""The Redis checkpoint store: production, and the shared state of several instances.
+
+Layout (``{p}`` is the key prefix, ``cefmp4:`` by default)::
+
+    {p}stream:{id}   hash: the StreamRecord's fields; a None field is absent from the hash
+    {p}parts:{id}    hash: part_number -> compact JSON of the PartRecord's other fields
+    {p}streams       set: every stream id (the index ``list_streams`` reads)
+
+A record and its index change together: ``put_stream`` and ``delete_stream`` are MULTI/EXEC
+transactions, ``put_part`` is one Lua script (atomic like MULTI/EXEC, and it can make the
+``last_activity_at`` touch conditional without a read round trip). Values are strings;
+``_FIELD_TYPES`` turns them back into ``int``, ``float``, ``StreamState`` or ``str``.
+
+Scale-out (SPEC §2.11), not implemented yet: each stream gets an expiring lease
+``{p}lease:{id}`` holding the owner's instance id and a fencing token (``INCR
+{p}fence:{id}``). Every write above then becomes a Lua script that first compares the
+caller's token with the stored one and fails with ``LeaseLost`` when they differ; the
+methods grow a ``token`` argument (or the store is bound to one) at that point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import fields
+from typing import Any, Final
+
+import redis.asyncio
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.typing import EncodableT
+
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.errors import ConfigError, PermanentError, TransientError
+
+__all__ = ["RedisCheckpointStore", "open_redis_store"]
+
+# How each StreamRecord field is parsed back from its hash string.
+_FIELD_TYPES: Final[dict[str, type]] = {
+    "stream_id": str, "path": str, "rel_path": str, "device": int, "inode": int,
+    "bucket": str, "key": str, "part_size": int, "max_parts": int, "state": StreamState,
+    "started_at": float, "last_activity_at": float, "upload_id": str, "status": str,
+    "completed_at": float, "final_size": int, "final_mtime_ns": int, "sha256": str,
+    "error": str,
+}  # fmt: skip
+assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
+
+# HSET the part; raise the stream's last_activity_at to uploaded_at if that is later. A
+# stream hash that does not exist is not created (it would lack every other field).
+# Lua numbers are doubles, like Python floats, and ARGV[3] is repr(float), so the stored
+# value round-trips exactly.
+_PUT_PART_LUA = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local current = redis.call('HGET', KEYS[2], 'last_activity_at')
+if current and tonumber(current) < tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[2], 'last_activity_at', ARGV[3])
+end
+return 1
+"""
+
+# list_streams reads the hashes in pipelines of this many commands: one round trip for a
+# thousand streams, bounded memory for a million.
+_BATCH = 1000
+
+# Error replies that mean "not now" rather than "never": a replica being promoted, memory
+# full, a failed RDB save blocking writes, a busy script, a cluster resharding.
+_TRANSIENT_REPLIES = ("MISCONF", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _text(value: bytes | str) -> str:
+    # The client decodes responses (decode_responses=True); redis-py's types do not know.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _text_dict(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, StreamState):
+        return value.value
+    if isinstance(value, float):
+        return repr(value)  # shortest string that parses back to the same float
+    return str(value)
+
+
+def _encode_record(record: StreamRecord) -> dict[EncodableT, EncodableT]:
+    out: dict[EncodableT, EncodableT] = {}
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = _encode(float(value) if kind is float else value)
+    return out
+
+
+def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
+    values: dict[str, Any] = {}
+    for name, kind in _FIELD_TYPES.items():
+        text = raw.get(name)
+        values[name] = None if text is None else kind(text)
+    return StreamRecord(**values)
+
+
+def _encode_part(part: PartRecord) -> str:
+    return json.dumps(
+        {"offset": part.offset, "size": part.size, "etag": part.etag, "md5": part.md5,
+         "uploaded_at": float(part.uploaded_at)},
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
+def _decode_part(part_number: str, text: str) -> PartRecord:
+    data = json.loads(text)
+    return PartRecord(
+        part_number=int(part_number), offset=data["offset"], size=data["size"],
+        etag=data["etag"], md5=data["md5"], uploaded_at=float(data["uploaded_at"]),
+    )  # fmt: skip
+
+
+@contextmanager
+def _mapped_errors(operation: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into cefmp4's. Messages never contain the URL."""
+    try:
+        yield
+    except (rexc.AuthenticationError, rexc.AuthorizationError, rexc.NoPermissionError) as exc:
+        raise PermanentError(f"redis {operation}: access refused: {exc}") from exc
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
+            rexc.OutOfMemoryError, rexc.TryAgainError, OSError) as exc:  # fmt: skip
+        # BusyLoadingError is a ConnectionError; asyncio.TimeoutError is an OSError.
+        raise TransientError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
+    except rexc.ResponseError as exc:
+        if str(exc).startswith(_TRANSIENT_REPLIES):
+            raise TransientError(f"redis {operation}: {exc}") from exc
+        raise PermanentError(f"redis {operation}: {exc}") from exc
+
+
+class RedisCheckpointStore:
+    """``CheckpointStore`` on Redis. Build it with ``open_redis_store``."""
+
+    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "cefmp4:") -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._index = f"{key_prefix}streams"
+        self._put_part_script = client.register_script(_PUT_PART_LUA)
+
+    def __repr__(self) -> str:  # the client's repr would show host and port, never more
+        return f"RedisCheckpointStore(key_prefix={self._prefix!r})"
+
+    def _stream_key(self, stream_id: str) -> str:
+        return f"{self._prefix}stream:{stream_id}"
+
+    def _parts_key(self, stream_id: str) -> str:
+        return f"{self._prefix}parts:{stream_id}"
+
+    async def ping(self) -> None:
+        with _mapped_errors("ping"):
+            await self._client.ping()
+
+    async def put_stream(self, record: StreamRecord) -> None:
+        key = self._stream_key(record.stream_id)
+        with _mapped_errors("put_stream"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                # DEL first so that a field set back to None disappears from the hash.
+                pipe.delete(key)
+                pipe.hset(key, mapping=_encode_record(record))
+                pipe.sadd(self._index, record.stream_id)
+                await pipe.execute()
+
+    async def get_stream(self, stream_id: str) -> StreamRecord | None:
+        with _mapped_errors("get_stream"):
+            raw = _text_dict(await self._client.hgetall(self._stream_key(stream_id)))
+        return _decode_record(raw) if raw else None
+
+    async def list_streams(
+        self, states: frozenset[StreamState] | None = None
+    ) -> list[StreamRecord]:
+        if states is not None and not states:
+            return []
+        out: list[StreamRecord] = []
+        with _mapped_errors("list_streams"):
+            ordered = sorted(map(_text, await self._client.smembers(self._index)))
+            for start in range(0, len(ordered), _BATCH):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for stream_id in ordered[start : start + _BATCH]:
+                        pipe.hgetall(self._stream_key(stream_id))
+                    raws = [_text_dict(raw) for raw in await pipe.execute()]
+                # An id whose hash is missing cannot occur through this class (MULTI/EXEC);
+                # skip it rather than fail if someone deleted keys by hand.
+                for raw in raws:
+                    if raw:
+                        record = _decode_record(raw)
+                        if states is None or record.state in states:
+                            out.append(record)
+        return out
+
+    async def put_part(self, stream_id: str, part: PartRecord) -> None:
+        with _mapped_errors("put_part"):
+            await self._put_part_script(
+                keys=[self._parts_key(stream_id), self._stream_key(stream_id)],
+                args=[part.part_number, _encode_part(part), repr(float(part.uploaded_at))],
+            )
+
+    async def get_parts(self, stream_id: str) -> list[PartRecord]:
+        with _mapped_errors("get_parts"):
+            raw = _text_dict(await self._client.hgetall(self._parts_key(stream_id)))
+        parts = [_decode_part(number, text) for number, text in raw.items()]
+        parts.sort(key=lambda p: p.part_number)
+        return parts
+
+    async def delete_parts(self, stream_id: str) -> None:
+        with _mapped_errors("delete_parts"):
+            await self._client.delete(self._parts_key(stream_id))
+
+    async def delete_stream(self, stream_id: str) -> None:
+        with _mapped_errors("delete_stream"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._stream_key(stream_id), self._parts_key(stream_id))
+                pipe.srem(self._index, stream_id)
+                await pipe.execute()
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool."""
+        with _mapped_errors("close"):
+            await self._client.aclose()
+
+
+@asynccontextmanager
+async def open_redis_store(
+    url: str, key_prefix: str = "cefmp4:"
+) -> AsyncIterator[RedisCheckpointStore]:
+    """A store on the Redis at ``url`` for the ``async with``; closed on exit.
+
+    Does not connect: an unreachable Redis shows up as ``TransientError`` from the first
+    call (``ping``), so the daemon can start, report not-ready and keep retrying.
+    ``ConfigError`` naming ``REDIS_URL`` if the URL cannot be parsed; the message never
+    repeats the URL, which may carry a password.
+    """
+    try:
+        client = redis.asyncio.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            # cefmp4's retry policy owns backoff (§2.7); stacked retry layers multiply the
+            # waits. The one exception: a single immediate retry on ConnectionError, because
+            # after a Redis restart every pooled connection is dead and would otherwise fail
+            # one call each. Timeouts are not retried here. Every write is idempotent (HSET
+            # of the same values, DEL, SADD, the put_part script), so a replay is harmless.
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
+        )
+    except ValueError:
+        # ``from None``: redis-py's message may quote parts of the URL.
+        raise ConfigError("REDIS_URL", "not a valid redis://, rediss:// or unix:// URL") from None
+    store = RedisCheckpointStore(client, key_prefix)
+    try:
+        yield store
+    finally:
+        await store.aclose()

@@ -1,0 +1,168 @@
+"""argv → Settings → run | upload | status | check.
+
+Bad configuration ends here as one line naming the setting and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cefmp4 import __version__, logs
+from cefmp4.errors import CefmpError, ConfigError, PermanentError
+from cefmp4.settings import Settings, check_watch_dir, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+log = structlog.get_logger("cefmp4.cli")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        if hasattr(default, "get_secret_value"):
+            default = "(secret)" if default.get_secret_value() else ""
+        help_text = f"{field.description} [env {name.upper()}, default {default!s:.40}]"
+        if field.annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )
+        else:
+            group.add_argument(flag, dest=name, default=None, metavar="VALUE", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cefmp4",
+        description="Upload growing MP4 recordings to S3 while they are being recorded.",
+    )
+    parser.add_argument("--version", action="version", version=f"cefmp4 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="the daemon: watch, upload, finalize",
+        description="Watch WATCH_DIR, upload growing MP4 files as multipart parts, complete "
+        "them after STREAM_TIMEOUT_SECONDS without growth. Serves /metrics, /healthz and "
+        "/readyz on PROM_PORT. Stops cleanly on SIGTERM/SIGINT (a second signal exits at once).",
+    )
+    _add_setting_flags(run)
+
+    upload = sub.add_parser(
+        "upload", help="upload complete files now",
+        description="Upload the given complete files now (no idle wait), with the same "
+        "chunking, checkpoints and metadata as `run`. Exit 0 only if all succeeded.",
+    )
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _add_setting_flags(upload)
+
+    status = sub.add_parser(
+        "status", help="streams known to the checkpoint store",
+        description="List streams known to the checkpoint store: id, path, state, bytes and "
+        "parts uploaded, last activity.",
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_setting_flags(status)
+
+    check = sub.add_parser(
+        "check", help="validate configuration and reachability",
+        description="Validate the configuration and check S3 (credentials, bucket, multipart "
+        "permission), the checkpoint store and ffprobe. Non-zero exit on any failure.",
+    )
+    _add_setting_flags(check)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
+
+
+def _secrets(settings: Settings) -> list[str]:
+    from urllib.parse import urlsplit
+
+    secrets = [
+        settings.s3_access_key_id.get_secret_value(),
+        settings.s3_secret_access_key.get_secret_value(),
+    ]
+    url = settings.redis_url.get_secret_value()
+    if url:
+        password = urlsplit(url).password
+        if password:
+            secrets.append(password)
+    return [s for s in secrets if s]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(**_overrides(args))
+        logs.configure_logging(
+            level=settings.log_level, fmt=settings.log_format, secrets=_secrets(settings)
+        )
+        if args.command == "run":
+            check_watch_dir(settings.watch_dir)
+            return _run(settings)
+        if args.command == "upload":
+            from cefmp4.commands import upload_command
+
+            return upload_command(settings, args.files)
+        if args.command == "status":
+            from cefmp4.commands import status_command
+
+            return status_command(settings, as_json=args.json)
+        from cefmp4.check import check_command
+
+        return check_command(settings)
+    except ConfigError as exc:
+        print(f"cefmp4: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PermanentError as exc:
+        print(f"cefmp4: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except CefmpError as exc:
+        print(f"cefmp4: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(settings: Settings) -> int:
+    from cefmp4.app import App
+
+    async def daemon() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                # Second signal: leave at once; every checkpoint written so far holds.
+                log.warning(logs.FORCED_EXIT, signal=signal.Signals(signum).name)
+                os._exit(128 + signum)
+            log.info(logs.SIGNAL_RECEIVED, signal=signal.Signals(signum).name)
+            stop.set()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await App(settings).run(stop)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(daemon())
+    return EXIT_OK

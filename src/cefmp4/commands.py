@@ -1,0 +1,123 @@
+"""``cefmp4 upload`` and ``cefmp4 status``: one-shot commands on the same pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from cefmp4.app import open_checkpoints, upload_files
+from cefmp4.checkpoint import StreamRecord
+from cefmp4.manager import StreamManager
+from cefmp4.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def upload_command(settings: Settings, files: list[Path]) -> int:
+    missing = [f for f in files if not f.is_file()]
+    for path in missing:
+        print(f"cefmp4: error: {path}: not a readable file", file=sys.stderr)
+    todo = [f for f in files if f.is_file()]
+    if not todo:
+        return EXIT_FAILED
+    total = sum(f.stat().st_size for f in todo)
+    tty = sys.stdout.isatty()
+    results = asyncio.run(_upload_with_progress(settings, todo, total, tty))
+    failed = bool(missing)
+    for path, record in results.items():
+        if record is None:
+            failed = True
+            print(f"FAILED  {path}", file=sys.stderr)
+        else:
+            print(
+                f"ok      {path} -> s3://{record.bucket}/{record.key} "
+                f"({record.final_size} bytes, sha256 {record.sha256})"
+            )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _upload_with_progress(
+    settings: Settings, files: list[Path], total: int, tty: bool
+) -> dict[Path, StreamRecord | None]:
+    if not tty:
+        return await upload_files(settings, files)
+    managers: list[StreamManager] = []
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), transient=True,
+    )
+
+    async def refresh(task_id: Any) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if managers:
+                uploaded = managers[0].ctx.metrics.bytes_uploaded_value()
+                progress.update(task_id, completed=min(uploaded, total))
+
+    with progress:
+        task_id = progress.add_task(f"uploading {len(files)} file(s)", total=total)
+        ticker = asyncio.create_task(refresh(task_id))
+        try:
+            return await upload_files(settings, files, managers.append)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
+    async with open_checkpoints(settings, read_only=True) as store:
+        records = await store.list_streams()
+        rows = []
+        for rec in sorted(records, key=lambda r: r.started_at):
+            parts = await store.get_parts(rec.stream_id)
+            rows.append({
+                "stream_id": rec.stream_id,
+                "path": rec.path,
+                "state": rec.state.value,
+                "status": rec.status,
+                "bytes_uploaded": sum(p.size for p in parts),
+                "parts_uploaded": len(parts),
+                "s3_key": rec.key,
+                "upload_id": rec.upload_id,
+                "started_at_utc": _iso(rec.started_at),
+                "last_activity_utc": _iso(max(rec.last_activity_at, *(p.uploaded_at for p in parts))
+                                          if parts else rec.last_activity_at),
+                "error": rec.error,
+            })
+        return rows
+
+
+def status_command(settings: Settings, *, as_json: bool) -> int:
+    rows = asyncio.run(_status_rows(settings))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = Table(title=f"cefmp4 streams ({len(rows)})")
+    for column in ("stream_id", "state", "path", "bytes", "parts", "last activity"):
+        table.add_column(column)
+    now = time.time()
+    for row in rows:
+        last = row["last_activity_utc"]
+        ago = ""
+        if last:
+            ago = f"{now - datetime.fromisoformat(last).timestamp():.0f}s ago"
+        table.add_row(
+            row["stream_id"], row["status"] or row["state"], row["path"],
+            f"{row['bytes_uploaded']:,}", str(row["parts_uploaded"]), ago,
+        )
+    Console().print(table)
+    return EXIT_OK

@@ -1,0 +1,185 @@
+"""tail → verify → complete → probe → metadata → mark completed.
+
+Safe to run again after a crash at any point: Complete is confirmed with HeadObject when
+S3 no longer knows the upload, and the metadata is written only after the object exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from cefmp4 import logs
+from cefmp4.checkpoint import PartRecord, StreamState
+from cefmp4.errors import UploadNotFound
+from cefmp4.hashing import multipart_etag
+from cefmp4.keys import metadata_key
+from cefmp4.metadata import build_metadata, to_json_bytes
+from cefmp4.probe import ProbeResult
+from cefmp4.stream import StreamWorker
+from cefmp4.upload import digest_file, part_bounds
+
+log = structlog.get_logger("cefmp4.finalize")
+
+COMPLETE = "complete"
+TRUNCATED = "truncated"
+SOURCE_DELETED = "source_deleted"
+
+
+def final_status(worker: StreamWorker, truncated: bool) -> tuple[str, str | None]:
+    """(status, end_reason) from what became of the file we hold open."""
+    if truncated:
+        return TRUNCATED, "truncated"
+    if os.fstat(worker.fd).st_nlink == 0:
+        try:
+            st = os.stat(worker.record.path)
+        except OSError:
+            return SOURCE_DELETED, "deleted"
+        if (st.st_dev, st.st_ino) != (worker.record.device, worker.record.inode):
+            return TRUNCATED, "replaced"
+        return SOURCE_DELETED, "deleted"
+    return COMPLETE, None
+
+
+async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
+    ctx = worker.ctx
+    await worker.drain()
+    status, reason = final_status(worker, truncated)
+    if worker.record.state is not StreamState.FINALIZING:
+        worker.record = replace(
+            worker.record, state=StreamState.FINALIZING, status=status, completed_at=ctx.clock()
+        )
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
+    status = worker.record.status or status
+
+    keep_uploaded = status == TRUNCATED and reason == "truncated"
+    while True:
+        try:
+            if keep_uploaded:
+                parts = worker.contiguous_parts()
+                await _complete(worker, parts)
+                sha256 = await _sha256_of_object(worker)
+            else:
+                parts, sha256 = await _upload_rest_verified(worker)
+                await _complete(worker, parts)
+            break
+        except UploadNotFound as exc:
+            if keep_uploaded:
+                raise  # the uploaded bytes are gone from S3 and from the file
+            await worker.restart_upload(str(exc))
+    size = sum(p.size for p in parts)
+    st = os.fstat(worker.fd)
+    worker.record = replace(
+        worker.record, final_size=size, final_mtime_ns=st.st_mtime_ns, sha256=sha256
+    )
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
+
+    probe = await _probe(worker)
+    doc = build_metadata(
+        record=worker.record, parts=parts, probe=probe, status=status,
+        processed_at=ctx.clock(),
+        extra={"end_reason": reason, "parts_reuploaded": worker.reuploaded},
+    )
+    body = to_json_bytes(doc)
+    meta_key = metadata_key(worker.record.key)
+    await ctx.retry(
+        "put_metadata", lambda: ctx.objects.put_object(meta_key, body, "application/json")
+    )
+    log.info(logs.METADATA_WRITTEN, key=meta_key, status=status)
+
+    worker.record = replace(worker.record, state=StreamState.COMPLETED)
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
+    ctx.metrics.streams_completed.inc()
+    ctx.metrics.stream_duration.observe(
+        max(0.0, (worker.record.completed_at or ctx.clock()) - worker.record.started_at)
+    )
+    log.info(
+        logs.STREAM_COMPLETED, status=status, size=size, parts=len(parts),
+        duration_s=probe.duration_seconds, sha256=sha256,
+    )
+
+
+async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str]:
+    """Make S3 hold exactly the file's current bytes (SPEC §2.3).
+
+    One pass over the file hashes every part range; a part whose MD5 differs from what was
+    uploaded (the recorder patched it) or that is missing (the tail) is uploaded again.
+    """
+    while True:
+        size = os.fstat(worker.fd).st_size
+        bounds = part_bounds(worker.schedule, size)
+        digest = await asyncio.to_thread(digest_file, worker.fd, bounds)
+        stale = [
+            d for d in digest.parts
+            if (p := worker.parts.get(d.part_number)) is None
+            or p.md5 != d.md5_hex or p.size != d.size or p.offset != d.offset
+        ]
+        extra = [n for n in worker.parts if n > len(bounds)]
+        if not stale and not extra:
+            return [worker.parts[n] for n in range(1, len(bounds) + 1)], digest.sha256
+        for n in extra:  # the file is shorter than parts we uploaded: not part of the object
+            del worker.parts[n]
+        tasks = [worker.start_part(d.part_number, d.offset, d.size) for d in stale]
+        await asyncio.gather(*tasks)
+        await worker.drain()
+        # Loop: verify again, the recorder may have patched bytes while we uploaded.
+
+
+async def _sha256_of_object(worker: StreamWorker) -> str:
+    """The file no longer holds the uploaded bytes, so hash what S3 holds."""
+    ctx = worker.ctx
+    data = await ctx.retry("get", lambda: ctx.objects.get_object(worker.record.key))
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
+async def _complete(worker: StreamWorker, parts: list[PartRecord]) -> None:
+    ctx = worker.ctx
+    key = worker.record.key
+    if not parts:
+        # An empty recording: S3 has no empty multipart object, so write it directly.
+        if worker.record.upload_id is not None:
+            upload_id = worker.record.upload_id
+            with contextlib.suppress(UploadNotFound):  # already gone: nothing to clean up
+                await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
+        await ctx.retry("put_object", lambda: ctx.objects.put_object(key, b"", "video/mp4"))
+        return
+    upload_id = worker.record.upload_id or await worker.ensure_upload()
+    pairs = [(p.part_number, p.etag) for p in parts]
+    try:
+        await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
+    except UploadNotFound:
+        # Completed before (a crash or a lost response after Complete), or the upload expired.
+        if await _already_complete(worker, parts):
+            log.info(logs.COMPLETE_CONFIRMED, key=key)
+            return
+        raise
+
+
+async def _already_complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
+    ctx = worker.ctx
+    info = await ctx.retry("head", lambda: ctx.objects.head_object(worker.record.key))
+    if info is None:
+        return False
+    if info.size != sum(p.size for p in parts):
+        return False
+    if "-" in info.etag:
+        return info.etag == multipart_etag([p.md5 for p in parts])
+    return True
+
+
+async def _probe(worker: StreamWorker) -> ProbeResult:
+    # /proc/<pid>/fd/<n> reaches the bytes even when the file was deleted or renamed.
+    path = Path(f"/proc/{os.getpid()}/fd/{worker.fd}")
+    if not os.path.exists(path):  # noqa: ASYNC240  (a /proc lookup, never blocks)
+        path = Path(worker.record.path)
+    result = await worker.ctx.prober.probe(path)
+    if result.duration_seconds is None:
+        worker.ctx.metrics.failed_operations.labels(operation="probe").inc()
+        log.warning(logs.PROBE_FAILED, error=result.error)
+    return result

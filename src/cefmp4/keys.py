@@ -1,0 +1,77 @@
+"""Stream ids and object keys.
+
+A video's key is ``{prefix}{stream_id}/{path relative to WATCH_DIR}`` (SPEC §1.3) and its
+metadata sits at the video's key + ``.metadata.json``. The key is computed once when the
+stream starts and stored with it, so a rename or a changed prefix never moves an upload.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import PurePath, PurePosixPath
+
+METADATA_SUFFIX = ".metadata.json"
+MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
+
+# Stream ids are generated here, but ids from elsewhere (tests, older versions) only need
+# to be one safe path segment.
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def new_stream_id(now: datetime | None = None) -> str:
+    """A unique id that sorts by creation time: ``20261124T104500Z-3f9a0c12be``.
+
+    ``now`` defaults to the current time; a naive datetime is taken as UTC. 40 random
+    bits make a collision within one second negligible.
+    """
+    moment = datetime.now(UTC) if now is None else now
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(5)}"
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` can be a stream id: one non-empty segment of ``[A-Za-z0-9._-]``."""
+    return _STREAM_ID.fullmatch(value) is not None
+
+
+def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
+    """The video's key. ``rel_path`` is relative to WATCH_DIR; it is written POSIX-style.
+
+    Raises ``ValueError`` for an unsafe stream id, an absolute or escaping path, or a key
+    longer than S3 allows.
+    """
+    if not is_stream_id(stream_id):
+        raise ValueError(f"invalid stream id: {stream_id!r}")
+    posix = rel_path.as_posix() if isinstance(rel_path, PurePath) else rel_path
+    parts = PurePosixPath(posix).parts
+    if not posix or posix.startswith("/") or not parts or ".." in parts or posix == ".":
+        raise ValueError(f"not a relative path inside the watch directory: {posix!r}")
+    key = f"{prefix}{stream_id}/{posix}"
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ValueError(f"object key is longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}...")
+    return key
+
+
+def metadata_key(video_key: str) -> str:
+    """The metadata document's key, beside the video."""
+    return video_key + METADATA_SUFFIX
+
+
+def parse_key(prefix: str, key: str) -> tuple[str, str] | None:
+    """``(stream_id, rel_path)`` of a video key made by ``object_key``, else ``None``.
+
+    ``None`` for keys outside ``prefix``, metadata keys and anything not shaped like
+    ``{prefix}{stream_id}/{rel_path}``.
+    """
+    if not key.startswith(prefix) or key.endswith(METADATA_SUFFIX):
+        return None
+    stream_id, slash, rel_path = key[len(prefix) :].partition("/")
+    if not slash or not rel_path or not is_stream_id(stream_id):
+        return None
+    parts = PurePosixPath(rel_path).parts
+    if rel_path.startswith("/") or ".." in parts:
+        return None
+    return stream_id, rel_path

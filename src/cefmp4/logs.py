@@ -1,0 +1,194 @@
+"""structlog set-up: JSON or console lines, context variables, and secret redaction.
+
+Every module logs with ``structlog.get_logger(__name__)`` and an event-name constant below,
+with values as keyword fields (``log.info(PART_UPLOADED, part_number=3)``). Stream tasks
+bind ``stream_id`` and ``path`` once with ``structlog.contextvars.bound_contextvars``.
+
+stdlib logging (botocore, aiobotocore, asyncio, watchfiles) goes through the same
+processors, so redaction applies to library messages and tracebacks as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+# --- event names ----------------------------------------------------------------------------
+# process lifecycle
+READY: Final = "ready"  # started: watching, serving, resumed what was unfinished
+SIGNAL_RECEIVED: Final = "signal_received"
+SHUTDOWN: Final = "shutdown"  # draining: no new work, in-flight parts finishing
+FORCED_EXIT: Final = "forced_exit"  # a second signal
+STOPPED: Final = "stopped"
+# one stream
+STREAM_STARTED: Final = "stream_started"
+STREAM_RESUMED: Final = "stream_resumed"
+STREAM_RENAMED: Final = "stream_renamed"
+STREAM_TRUNCATED: Final = "stream_truncated"
+STREAM_IDLE: Final = "stream_idle"
+STREAM_SUSPENDED: Final = "stream_suspended"  # left resumable at shutdown
+STREAM_COMPLETED: Final = "stream_completed"
+STREAM_FAILED: Final = "stream_failed"
+SOURCE_CHANGED: Final = "source_changed"
+SOURCE_GONE: Final = "source_gone"
+# parts and objects
+UPLOAD_CREATED: Final = "upload_created"
+UPLOAD_RESTARTED: Final = "upload_restarted"  # S3 forgot the upload id: from byte 0 again
+PART_UPLOADED: Final = "part_uploaded"
+PART_REUPLOADED: Final = "part_reuploaded"
+PART_ADOPTED: Final = "part_adopted"  # found in ListParts after a restart, bytes match
+PART_MISSING: Final = "part_missing"
+COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
+PROBE_FAILED: Final = "probe_failed"
+METADATA_WRITTEN: Final = "metadata_written"
+# failures
+RETRY: Final = "retry"
+ERROR: Final = "error"
+
+MASK: Final = "***"
+
+# scheme://user:password@host → scheme://user:***@host. The password runs to the last "@"
+# before the host, so an unencoded "@" inside it is masked too.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^/\s]+)@"
+)
+
+# Libraries that log through stdlib logging; chatty below WARNING.
+_LIBRARY_LOGGERS: Final = (
+    "botocore", "aiobotocore", "asyncio", "urllib3", "s3transfer", "watchfiles",
+)
+
+_OURS: Final = "_cefmp4_handler"
+
+_secrets: tuple[str, ...] = ()
+
+
+def set_secrets(secrets: Iterable[str]) -> None:
+    """Replace the strings ``redact`` masks (empty ones are ignored)."""
+    global _secrets  # noqa: PLW0603  (one process-wide list, like the logging config itself)
+    # Longest first, so a secret that contains another is masked whole.
+    _secrets = tuple(sorted({s for s in secrets if s and s.strip()}, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every configured secret and every URL password replaced by ``***``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v) for v in value]
+    # Any other object (an exception, a URL, a settings object) is rendered with str() or
+    # repr() later; if either would show a secret, render it now, redacted.
+    for render in (str, repr):
+        try:
+            text = render(value)
+        except Exception:
+            continue
+        masked = redact(text)
+        if masked != text:
+            return masked
+    return value
+
+
+def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets in every value, exception text included.
+
+    Put it after ``format_exc_info`` so tracebacks are strings by the time it runs.
+    """
+    return {key: _redact_value(value) for key, value in event_dict.items()}
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_event,
+    ]
+
+
+def configure_logging(
+    *,
+    level: str,
+    fmt: Literal["auto", "json", "console"],
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog and stdlib logging for the whole process.
+
+    ``fmt="auto"`` means console lines on a terminal, JSON lines otherwise. Logs go to
+    ``stream`` (stderr by default: stdout is for command output such as ``status --json``).
+    """
+    out = stream if stream is not None else sys.stderr
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    set_secrets(secrets)
+
+    if fmt == "auto":
+        fmt = "console" if _isatty(out) else "json"
+    renderer: Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_isatty(out),
+            # Tracebacks are already strings (format_exc_info, then redacted).
+            exception_formatter=structlog.dev.plain_traceback,
+        )
+
+    structlog.configure(
+        processors=[*_shared_processors(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        context_class=dict,
+        # Not cached: configure_logging may run again (tests, the CLI after parsing flags).
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    # Replace our own handler from an earlier call; leave others' (pytest's capture) alone.
+    for old in list(root.handlers):
+        if getattr(old, _OURS, False):
+            root.removeHandler(old)
+    setattr(handler, _OURS, True)
+    root.addHandler(handler)
+    library_level = max(logging.WARNING, numeric)
+    root.setLevel(library_level)
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(True)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

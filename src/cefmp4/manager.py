@@ -1,0 +1,285 @@
+"""Which file is which stream: start, resume and supervise one worker per stream.
+
+Files are identified by (device, inode), never by name, so a rename keeps its stream and a
+completed, unchanged file is recognised without asking S3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from cefmp4 import logs
+from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.discover import check_file
+from cefmp4.finalize import finalize
+from cefmp4.keys import new_stream_id, object_key
+from cefmp4.pipeline import Context
+from cefmp4.resume import reconcile
+from cefmp4.stream import Outcome, StreamWorker
+
+log = structlog.get_logger("cefmp4.manager")
+
+Identity = tuple[int, int]
+
+UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+
+
+class StreamManager:
+    def __init__(
+        self,
+        ctx: Context,
+        shutdown: asyncio.Event,
+        *,
+        shutdown_grace: float = 20.0,
+        stream_timeout: float | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.shutdown = shutdown
+        self.shutdown_grace = shutdown_grace
+        self.stream_timeout = stream_timeout
+        self.workers: dict[Identity, StreamWorker] = {}
+        self.completed: dict[Identity, StreamRecord] = {}
+        self.unfinished: dict[Identity, StreamRecord] = {}
+        self._starting: set[Identity] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failures = 0
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every known stream once: no S3 request per completed file."""
+        records = await self.ctx.retry("checkpoint", self.ctx.checkpoints.list_streams)
+        for rec in sorted(records, key=lambda r: r.started_at):
+            ident = (rec.device, rec.inode)
+            if rec.state is StreamState.COMPLETED:
+                self.completed[ident] = rec
+            elif rec.state in UNFINISHED:
+                self.unfinished[ident] = rec
+
+    async def resume_all(self, scanned: Iterable[Path]) -> None:
+        """Resume unfinished streams; a file renamed while we were down is found by inode."""
+        by_inode: dict[Identity, Path] = {}
+        for path in scanned:
+            st = check_file(path, self.ctx.config.watch_dir)
+            if st is not None:
+                by_inode[(st.st_dev, st.st_ino)] = path
+        for ident, rec in list(self.unfinished.items()):
+            path = by_inode.get(ident, Path(rec.path))
+            await self._resume(rec, path)
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_path(self, path: Path) -> None:
+        """A file-system event or scan result for ``path``; cheap, never blocks."""
+        if self.shutdown.is_set():
+            return
+        st = check_file(path, self.ctx.config.watch_dir)
+        if st is None:
+            # Deleted or moved away: the worker holding it open notices through fstat.
+            for other in self.workers.values():
+                if other.record.path == str(path):
+                    other.wake.set()
+            return
+        ident = (st.st_dev, st.st_ino)
+        worker = self.workers.get(ident)
+        if worker is not None:
+            worker.notice_path(str(path))
+            return
+        if ident in self._starting:
+            return
+        if ident in self.unfinished:
+            self._spawn(self._resume(self.unfinished[ident], path), ident)
+            return
+        done = self.completed.get(ident)
+        if done is not None and _unchanged(done, st):
+            return
+        self._spawn(self._start_new(path), ident)
+
+    def _spawn(self, coro: object, ident: Identity) -> None:
+        self._starting.add(ident)
+
+        async def starter() -> None:
+            try:
+                await coro  # type: ignore[misc]
+            finally:
+                self._starting.discard(ident)
+
+        self._track(asyncio.create_task(starter(), name=f"start-{ident}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Workers handle their own errors; reaching here is a bug worth shouting about.
+            self.failures += 1
+            log.error(logs.ERROR, task=task.get_name(), error=repr(exc), exc_info=exc)
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def start_file(self, path: Path, rel_path: str) -> bool:
+        """Upload ``path`` under ``rel_path`` unless it is already uploaded and unchanged
+        (``cefmp4 upload``; the file may live outside WATCH_DIR). False if skipped."""
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino)
+        done = self.completed.get(ident)
+        if ident in self.workers or ident in self._starting:
+            return True
+        if ident in self.unfinished:
+            self._spawn(self._resume(self.unfinished[ident], path), ident)
+            return True
+        if done is not None and _unchanged(done, st):
+            return False
+        self._spawn(self._start_new(path, rel_path), ident)
+        return True
+
+    async def _start_new(self, path: Path, rel: str | None = None) -> None:
+        ctx = self.ctx
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(logs.SOURCE_CHANGED, path=str(path), error=str(exc))
+            return
+        st = os.fstat(fd)
+        if rel is None:
+            rel = path.relative_to(ctx.config.watch_dir).as_posix()
+        stream_id = new_stream_id()
+        now = ctx.clock()
+        record = StreamRecord(
+            stream_id=stream_id, path=str(path), rel_path=rel,
+            device=st.st_dev, inode=st.st_ino, bucket=ctx.objects.bucket,
+            key=object_key(ctx.config.key_prefix, stream_id, rel),
+            part_size=ctx.config.part_size, max_parts=ctx.config.max_parts,
+            state=StreamState.ACTIVE, started_at=now, last_activity_at=now,
+        )
+        try:
+            await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+        except BaseException:
+            os.close(fd)
+            raise
+        # A new file waits the full timeout from discovery, whatever its mtime says.
+        worker = StreamWorker(
+            ctx, record, fd, [], self.shutdown, stream_timeout=self.stream_timeout
+        )
+        ctx.metrics.streams_started.inc()
+        log.info(logs.STREAM_STARTED, stream_id=stream_id, path=str(path), key=record.key)
+        self._run(worker)
+
+    async def _resume(self, rec: StreamRecord, path: Path) -> None:
+        ident = (rec.device, rec.inode)
+        fd: int | None = None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != ident:
+                os.close(fd)
+                fd = None
+        except OSError:
+            fd = None
+        if fd is None:
+            # The file is gone; what was uploaded stays in S3 for an operator (issue: finalize
+            # orphaned uploads with source_deleted).
+            log.warning(logs.SOURCE_GONE, stream_id=rec.stream_id, path=rec.path)
+            self.unfinished.pop(ident, None)
+            return
+        try:
+            parts = await self.ctx.retry(
+                "checkpoint", lambda: self.ctx.checkpoints.get_parts(rec.stream_id)
+            )
+            rec, parts = await reconcile(self.ctx, replace(rec, path=str(path)), parts, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.unfinished.pop(ident, None)
+        worker = StreamWorker(
+            self.ctx, rec, fd, parts, self.shutdown, stream_timeout=self.stream_timeout
+        )
+        worker.start_idle_clock(st)
+        log.info(logs.STREAM_RESUMED, stream_id=rec.stream_id, path=str(path), parts=len(parts))
+        self._run(worker)
+
+    def _run(self, worker: StreamWorker) -> None:
+        ident = (worker.record.device, worker.record.inode)
+        self.workers[ident] = worker
+        self.ctx.metrics.active_streams.set(len(self.workers))
+        self._track(asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}"))
+
+    async def _supervise(self, worker: StreamWorker) -> None:
+        ident = (worker.record.device, worker.record.inode)
+        with bound_contextvars(stream_id=worker.stream_id, path=worker.record.path):
+            try:
+                if worker.record.state is StreamState.FINALIZING:
+                    outcome = Outcome.IDLE
+                else:
+                    outcome = await worker.follow()
+                if outcome is Outcome.SHUTDOWN:
+                    await worker.drain(timeout=self.shutdown_grace)
+                    self.unfinished[ident] = worker.record
+                    log.info(logs.STREAM_SUSPENDED, durable_bytes=worker.durable_bytes())
+                    return
+                await finalize(worker, truncated=outcome is Outcome.TRUNCATED)
+                self.completed[ident] = worker.record
+            except asyncio.CancelledError:
+                self.unfinished[ident] = worker.record
+                raise
+            except Exception as exc:
+                # Leave the checkpoint as it is: a later event or restart resumes the stream.
+                self.failures += 1
+                self.unfinished[ident] = worker.record
+                self.ctx.metrics.streams_failed.inc()
+                log.error(logs.STREAM_FAILED, error=str(exc), exc_info=exc)
+            finally:
+                await worker.cancel_inflight()
+                with contextlib.suppress(OSError):
+                    os.close(worker.fd)
+                self.workers.pop(ident, None)
+                self.ctx.metrics.active_streams.set(len(self.workers))
+        # A truncated or regrown file starts a new stream of what it holds now.
+        if not self.shutdown.is_set() and worker.record.state is StreamState.COMPLETED:
+            self.on_path(Path(worker.record.path))
+
+    # --- status ----------------------------------------------------------------------------
+
+    def pending(self) -> tuple[int, float]:
+        now = self.ctx.clock()
+        total, oldest = 0, 0.0
+        for worker in list(self.workers.values()):
+            nbytes, age = worker.pending(now)
+            total += nbytes
+            oldest = max(oldest, age)
+        return total, oldest
+
+    def busy(self) -> bool:
+        return bool(self.workers or self._starting or self._tasks)
+
+    async def wait_idle(self) -> None:
+        """Until no stream is starting or running (for ``upload`` and tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop intake, let workers drain within the grace period, then cancel the rest."""
+        self.shutdown.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _unchanged(done: StreamRecord, st: os.stat_result) -> bool:
+    return st.st_size == done.final_size and st.st_mtime_ns == done.final_mtime_ns

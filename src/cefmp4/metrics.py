@@ -1,0 +1,205 @@
+"""Prometheus collectors of SPEC §1.5, held by one ``Metrics`` object on an injected registry.
+
+Labels are fixed and enumerated: the only label anywhere is ``operation``, whose values are
+``OPERATIONS``. Stream ids and paths belong in logs, never in metrics: every stream would add
+series that never go away.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Final, Literal, get_args
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = structlog.get_logger(__name__)
+
+Operation = Literal[
+    "ensure_bucket",  # HeadBucket / CreateBucket at start-up
+    "create",  # CreateMultipartUpload
+    "upload_part",  # UploadPart
+    "list_parts",  # ListParts / ListMultipartUploads during reconciliation
+    "complete",  # CompleteMultipartUpload
+    "abort",  # AbortMultipartUpload (housekeeping, restart from byte 0)
+    "put_metadata",  # PutObject of the metadata JSON
+    "put_object",  # PutObject of a video too small for multipart (an empty file)
+    "get",  # GetObject (verifying a completed object)
+    "head",  # HeadObject (was the object completed before a crash?)
+    "checkpoint",  # any write or read of the checkpoint store
+    "probe",  # ffprobe
+    "read",  # reading the source file
+    "other",  # anything else; a catch-all so a typo can never create a new series
+]
+OPERATIONS: Final[tuple[str, ...]] = get_args(Operation)
+
+# Recordings last from seconds to a day or more.
+STREAM_DURATION_BUCKETS: Final = (
+    10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0,
+)
+# One part is 5 MiB to 5 GiB; a healthy upload of the default 10 MiB takes well under a second.
+CHUNK_UPLOAD_BUCKETS: Final = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)
+
+PendingSource = Callable[[], tuple[int, float]]
+
+
+class Metrics:
+    """Every collector cefmp4 exposes, registered on ``registry`` (a fresh one by default).
+
+    Never the global ``REGISTRY``: tests and several apps in one process need their own.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # prometheus_client appends "_total" to counter names itself; giving the full
+        # name is accepted too and exposes exactly the SPEC name.
+        self.chunks_uploaded = Counter(
+            "video_chunks_uploaded_total", "Parts uploaded to S3 (re-uploads included).",
+            registry=r,
+        )
+        self.bytes_uploaded = Counter(
+            "video_bytes_uploaded_total", "Bytes sent to S3 as parts (re-uploads included).",
+            registry=r,
+        )
+        self.parts_reuploaded = Counter(
+            "video_parts_reuploaded_total",
+            "Parts sent again after the recorder rewrote them or reconciliation rejected them.",
+            registry=r,
+        )
+        self.parts_adopted = Counter(
+            "video_parts_adopted_total",
+            "Parts found in S3 after a restart and adopted without uploading them again.",
+            registry=r,
+        )
+        self.streams_started = Counter(
+            "streams_started_total", "Streams discovered and started.", registry=r
+        )
+        self.streams_resumed = Counter(
+            "streams_resumed_total", "Unfinished streams resumed from a checkpoint.", registry=r
+        )
+        self.streams_completed = Counter(
+            "streams_completed_total", "Streams completed with their metadata written.",
+            registry=r,
+        )
+        self.streams_failed = Counter(
+            "streams_failed_total", "Streams that ended with an error.", registry=r
+        )
+        self.metadata_written = Counter(
+            "metadata_written_total", "Metadata JSON objects written.", registry=r
+        )
+        self.orphan_uploads_aborted = Counter(
+            "orphan_uploads_aborted_total",
+            "Multipart uploads under the prefix that no checkpoint knew, aborted.",
+            registry=r,
+        )
+        self.failed_operations = Counter(
+            "video_failed_operations_total",
+            "Failed attempts of an operation (each retry counts). operation: "
+            + ", ".join(OPERATIONS),
+            ["operation"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "retries_total", "Retries scheduled after a transient error.", ["operation"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "active_streams", "Streams being uploaded or finalized now.", registry=r
+        )
+        self.pending_bytes = Gauge(
+            "pending_bytes", "Bytes on disk not yet in S3, all streams.", registry=r
+        )
+        self.oldest_pending_age_seconds = Gauge(
+            "oldest_pending_age_seconds",
+            "Age of the oldest byte on disk not yet in S3 (the recovery-point objective).",
+            registry=r,
+        )
+        self.stream_duration = Histogram(
+            "video_stream_duration_seconds",
+            "Wall-clock time from a stream's discovery to its completion.",
+            buckets=STREAM_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.chunk_upload_seconds = Histogram(
+            "video_chunk_upload_seconds",
+            "Time of one successful UploadPart call.",
+            buckets=CHUNK_UPLOAD_BUCKETS,
+            registry=r,
+        )
+        # Every label value exists from the start, at 0, so rate() and alerts see the
+        # series before the first failure.
+        for op in OPERATIONS:
+            self.failed_operations.labels(operation=op)
+            self.retries.labels(operation=op)
+        self._pending_source: PendingSource | None = None
+
+    # -- recording helpers ---------------------------------------------------------------
+
+    def part_uploaded(self, size_bytes: int, seconds: float, *, reupload: bool = False) -> None:
+        self.chunks_uploaded.inc()
+        self.bytes_uploaded.inc(size_bytes)
+        self.chunk_upload_seconds.observe(seconds)
+        if reupload:
+            self.parts_reuploaded.inc()
+
+    def bytes_uploaded_value(self) -> int:
+        """Bytes uploaded so far by this process (for a progress bar)."""
+        for family in self.bytes_uploaded.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    return int(sample.value)
+        return 0
+
+    def operation_failed(self, operation: str) -> None:
+        self.failed_operations.labels(operation=_known(operation)).inc()
+
+    def retried(self, operation: str) -> None:
+        self.retries.labels(operation=_known(operation)).inc()
+
+    # -- pending bytes, computed at scrape time --------------------------------------------
+
+    def set_pending_source(self, fn: PendingSource) -> None:
+        """``fn()`` → ``(pending_bytes, oldest_pending_age_seconds)``, called on each scrape.
+
+        It runs on the event loop inside the scrape, so it must be cheap and non-blocking
+        (sum in-memory counters; no stat() of every file).
+        """
+        self._pending_source = fn
+        self.pending_bytes.set_function(lambda: self._pending(0))
+        self.oldest_pending_age_seconds.set_function(lambda: self._pending(1))
+
+    def _pending(self, index: int) -> float:
+        if self._pending_source is None:
+            return 0.0
+        try:
+            return float(self._pending_source()[index])
+        except Exception:
+            # A broken source must not break /metrics; NaN tells the dashboard it is unknown.
+            log.exception("error", operation="metrics_pending_source")
+            return math.nan
+
+    # -- exposition ------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every collector, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def names(self) -> Iterable[str]:
+        """Names of the exposed metric families (counters with their ``_total``)."""
+        for family in self.registry.collect():
+            yield family.name + "_total" if family.type == "counter" else family.name
+
+
+def _known(operation: str) -> str:
+    return operation if operation in OPERATIONS else "other"

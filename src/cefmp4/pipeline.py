@@ -1,0 +1,68 @@
+"""What every stream needs: the adapters and the values, built once by ``app``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from cefmp4 import logs
+from cefmp4.budget import ByteBudget
+from cefmp4.checkpoint import CheckpointStore
+from cefmp4.metrics import Metrics
+from cefmp4.probe import Prober
+from cefmp4.retry import Backoff, retry_transient
+from cefmp4.storage import ObjectStore
+
+T = TypeVar("T")
+
+log = structlog.get_logger("cefmp4")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    watch_dir: Path
+    key_prefix: str
+    part_size: int
+    max_parts: int
+    stream_timeout: float
+    poll_interval: float
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(slots=True)
+class Context:
+    """Shared by every stream worker. Only ``app`` builds one."""
+
+    config: PipelineConfig
+    objects: ObjectStore
+    checkpoints: CheckpointStore
+    prober: Prober
+    metrics: Metrics
+    budget: ByteBudget
+    upload_slots: asyncio.Semaphore
+    clock: Callable[[], float] = time.time
+    # Operations currently failing, for /readyz and logs: operation -> last error text.
+    failing: dict[str, str] = field(default_factory=dict)
+
+    async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` until it succeeds or fails permanently; transient errors never end it."""
+
+        def on_retry(name: str, attempt: int, delay: float, exc: BaseException) -> None:
+            self.metrics.failed_operations.labels(operation=name).inc()
+            self.failing[name] = str(exc)
+            log.warning(
+                logs.RETRY, operation=name, attempt=attempt, delay_s=round(delay, 2),
+                error=str(exc),
+            )
+
+        result = await retry_transient(
+            op, operation=operation, backoff=self.config.backoff, on_retry=on_retry
+        )
+        self.failing.pop(operation, None)
+        return result

@@ -1,0 +1,421 @@
+"""One contract for every CheckpointStore: embedded SQLite and Redis behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from cefmp4.checkpoint import CheckpointStore, PartRecord, StreamRecord, StreamState
+from cefmp4.checkpoint.redis import open_redis_store
+from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.errors import ConfigError, TransientError
+from tests.support.redis import RedisServer
+
+
+@dataclass
+class Backend:
+    kind: str
+    open: Callable[[], AbstractAsyncContextManager[CheckpointStore]]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        state_dir = tmp_path / "state"
+        yield Backend("sqlite", lambda: open_sqlite_store(state_dir))
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    yield Backend("redis", lambda: open_redis_store(url, key_prefix=prefix))
+    # Keep the session server small: drop this test's keys.
+    async with redis.asyncio.from_url(url) as client:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[CheckpointStore]:
+    async with backend.open() as opened:
+        yield opened
+
+
+def make_stream(stream_id: str = "s1", **changes: object) -> StreamRecord:
+    record = StreamRecord(
+        stream_id=stream_id,
+        path=f"/watch/cam/{stream_id}.mp4",
+        rel_path=f"cam/{stream_id}.mp4",
+        device=2049,
+        inode=1_234_567,
+        bucket="video-streams",
+        key=f"streams/{stream_id}/cam/{stream_id}.mp4",
+        part_size=10 * 1024 * 1024,
+        max_parts=10_000,
+        state=StreamState.ACTIVE,
+        started_at=1_700_000_000.123456,
+        last_activity_at=1_700_000_005.5,
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def make_part(number: int, uploaded_at: float = 1_700_000_010.25, etag: str = "") -> PartRecord:
+    size = 5 * 1024 * 1024
+    return PartRecord(
+        part_number=number,
+        offset=(number - 1) * size,
+        size=size,
+        etag=etag or f"etag-{number:04d}",
+        md5=f"{number:032x}",
+        uploaded_at=uploaded_at,
+    )
+
+
+def assert_same(got: StreamRecord | None, want: StreamRecord) -> None:
+    assert got == want
+    assert got is not None
+    for name in StreamRecord.__slots__:  # equality alone would accept 5 == 5.0
+        assert type(getattr(got, name)) is type(getattr(want, name)), name
+
+
+# -- round trips ----------------------------------------------------------------------
+
+
+async def test_ping(store: CheckpointStore) -> None:
+    await store.ping()
+
+
+async def test_unknown_stream(store: CheckpointStore) -> None:
+    assert await store.get_stream("nope") is None
+    assert await store.get_parts("nope") == []
+    assert await store.list_streams() == []
+    await store.delete_parts("nope")  # deleting nothing is fine
+    await store.delete_stream("nope")
+
+
+async def test_round_trip_minimal_record_keeps_none(store: CheckpointStore) -> None:
+    record = make_stream()
+    await store.put_stream(record)
+    got = await store.get_stream("s1")
+    assert_same(got, record)
+    assert got is not None
+    assert got.state is StreamState.ACTIVE
+    assert got.upload_id is None
+    assert got.completed_at is None
+    assert got.final_size is None
+
+
+async def test_round_trip_every_field(store: CheckpointStore) -> None:
+    record = make_stream(
+        "full",
+        path="/watch/ünï cødé/with space.MP4",
+        rel_path="ünï cødé/with space.MP4",
+        device=2**63 + 5,  # st_dev / st_ino are unsigned 64-bit
+        inode=2**64 - 1,
+        state=StreamState.FINALIZING,
+        started_at=0.1 + 0.2,  # not exactly representable: must come back bit-identical
+        last_activity_at=1_700_000_123.987654321,
+        upload_id="2~abc/DEF+ghi=",
+        status="truncated",
+        completed_at=1_700_000_200.000001,
+        final_size=5 * 1024**4,
+        final_mtime_ns=1_700_000_199_123_456_789,
+        sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        error="",  # empty is a value, not None
+    )
+    await store.put_stream(record)
+    assert_same(await store.get_stream("full"), record)
+
+
+async def test_every_state_round_trips_as_enum(store: CheckpointStore) -> None:
+    for state in StreamState:
+        await store.put_stream(make_stream(f"s-{state.value}", state=state))
+    for state in StreamState:
+        got = await store.get_stream(f"s-{state.value}")
+        assert got is not None
+        assert type(got.state) is StreamState
+        assert got.state is state
+
+
+async def test_put_stream_replaces_and_clears_fields(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream(upload_id="u1", error="boom", status="complete"))
+    replacement = make_stream(upload_id=None, error=None, state=StreamState.FAILED)
+    await store.put_stream(replacement)
+    assert_same(await store.get_stream("s1"), replacement)
+    assert len(await store.list_streams()) == 1
+
+
+# -- listing --------------------------------------------------------------------------
+
+
+async def test_list_streams_all_and_by_state(store: CheckpointStore) -> None:
+    states = [StreamState.ACTIVE, StreamState.ACTIVE, StreamState.FINALIZING,
+              StreamState.COMPLETED, StreamState.FAILED]  # fmt: skip
+    records = [make_stream(f"s{i}", state=s) for i, s in enumerate(states)]
+    for record in records:
+        await store.put_stream(record)
+
+    def ids(found: list[StreamRecord]) -> set[str]:
+        return {r.stream_id for r in found}
+
+    assert ids(await store.list_streams()) == {r.stream_id for r in records}
+    assert ids(await store.list_streams(frozenset({StreamState.ACTIVE}))) == {"s0", "s1"}
+    unfinished = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+    assert ids(await store.list_streams(unfinished)) == {"s0", "s1", "s2"}
+    assert await store.list_streams(frozenset()) == []
+    listed = {r.stream_id: r for r in await store.list_streams()}
+    for record in records:
+        assert_same(listed[record.stream_id], record)
+
+
+async def test_list_thousand_streams_quickly(store: CheckpointStore, backend: Backend) -> None:
+    for i in range(1000):
+        state = StreamState.COMPLETED if i % 10 else StreamState.ACTIVE
+        await store.put_stream(make_stream(f"s{i:04d}", state=state))
+    started = time.perf_counter()
+    everything = await store.list_streams()
+    middle = time.perf_counter()
+    active = await store.list_streams(frozenset({StreamState.ACTIVE}))
+    done = time.perf_counter()
+    print(f"\n{backend.kind}: list 1000 streams {(middle - started) * 1000:.1f} ms, "
+          f"filtered {(done - middle) * 1000:.1f} ms")  # fmt: skip
+    assert len(everything) == 1000
+    assert len(active) == 100
+    assert done - started < 5
+
+
+# -- parts ----------------------------------------------------------------------------
+
+
+async def test_parts_come_back_in_ascending_order(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream())
+    for number in (3, 10, 1, 2, 11):  # 10 and 11 sort after 2 numerically, not as text
+        await store.put_part("s1", make_part(number))
+    parts = await store.get_parts("s1")
+    assert [p.part_number for p in parts] == [1, 2, 3, 10, 11]
+    assert parts[0] == make_part(1)
+    for part in parts:
+        assert type(part.uploaded_at) is float
+        assert type(part.offset) is int
+        assert type(part.size) is int
+
+
+async def test_same_part_number_replaces(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream())
+    await store.put_part("s1", make_part(1, etag="first"))
+    await store.put_part("s1", make_part(2))
+    reupload = make_part(1, etag="second", uploaded_at=1_700_000_020.5)
+    await store.put_part("s1", reupload)
+    parts = await store.get_parts("s1")
+    assert parts == [reupload, make_part(2)]
+
+
+async def test_parts_are_per_stream(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream("a"))
+    await store.put_stream(make_stream("b"))
+    await store.put_part("a", make_part(1))
+    assert await store.get_parts("b") == []
+
+
+async def test_put_part_touches_last_activity(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream(last_activity_at=1_700_000_005.5))
+    later = 1_700_000_099.123456789
+    await store.put_part("s1", make_part(1, uploaded_at=later))
+    got = await store.get_stream("s1")
+    assert got is not None
+    assert got.last_activity_at == later
+    assert type(got.last_activity_at) is float
+    # An older part (a late checkpoint of a re-upload) never moves activity backwards.
+    await store.put_part("s1", make_part(2, uploaded_at=1_700_000_001.0))
+    got = await store.get_stream("s1")
+    assert got is not None
+    assert got.last_activity_at == later
+    # The rest of the record is untouched.
+    assert got == make_stream(last_activity_at=later)
+
+
+async def test_delete_parts_keeps_stream(store: CheckpointStore) -> None:
+    record = make_stream(upload_id="u1")
+    await store.put_stream(record)
+    for number in (1, 2, 3):
+        await store.put_part("s1", make_part(number))
+    await store.delete_parts("s1")
+    assert await store.get_parts("s1") == []
+    assert await store.get_stream("s1") is not None
+    await store.put_part("s1", make_part(1))  # the restarted upload checkpoints again
+    assert [p.part_number for p in await store.get_parts("s1")] == [1]
+
+
+async def test_delete_stream_removes_parts_and_index(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream("gone"))
+    await store.put_stream(make_stream("kept"))
+    await store.put_part("gone", make_part(1))
+    await store.put_part("kept", make_part(1))
+    await store.delete_stream("gone")
+    assert await store.get_stream("gone") is None
+    assert await store.get_parts("gone") == []
+    assert [r.stream_id for r in await store.list_streams()] == ["kept"]
+    assert len(await store.get_parts("kept")) == 1
+
+
+# -- durability -----------------------------------------------------------------------
+
+
+async def test_data_survives_reopening(backend: Backend) -> None:
+    record = make_stream(upload_id="u1", state=StreamState.FINALIZING)
+    async with backend.open() as first:
+        await first.put_stream(record)
+        await first.put_part("s1", make_part(1, uploaded_at=1.5))
+        await first.put_part("s1", make_part(2, uploaded_at=2.5))
+    async with backend.open() as second:
+        assert_same(await second.get_stream("s1"), record)
+        assert await second.get_parts("s1") == [make_part(1, 1.5), make_part(2, 2.5)]
+        assert [r.stream_id for r in await second.list_streams()] == ["s1"]
+
+
+async def test_closed_store_can_be_closed_again(backend: Backend) -> None:
+    async with backend.open() as opened:
+        await opened.ping()
+        await opened.aclose()
+    await opened.aclose()
+
+
+# -- Redis: restarts and outages (a private server each, so the shared one stays up) --
+
+
+async def test_redis_data_survives_server_restart_and_kill(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        record = make_stream(upload_id="u1", last_activity_at=1_700_000_099.5)
+        async with open_redis_store(server.url) as store:
+            await store.put_stream(record)
+            await store.put_part("s1", make_part(1))  # older than last_activity_at
+            server.restart()  # SIGTERM, then start on the same port and directory
+            # The same client carries on once the server is back.
+            assert_same(await store.get_stream("s1"), record)
+            await store.put_part("s1", make_part(2))
+            server.kill()  # a crash: AOF writes were already handed to the OS
+            server.start()
+        async with open_redis_store(server.url) as store:
+            assert_same(await store.get_stream("s1"), record)
+            assert await store.get_parts("s1") == [make_part(1), make_part(2)]
+
+
+async def test_redis_outage_raises_transient_quickly(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        password_url = server.url.replace("redis://", "redis://:s3cr3t-pw@")
+        async with open_redis_store(server.url) as store, open_redis_store(
+            password_url
+        ) as secret_store:
+            await store.ping()
+            server.stop()
+            started = time.monotonic()
+            with pytest.raises(TransientError):
+                await store.ping()
+            with pytest.raises(TransientError):
+                await store.put_part("s1", make_part(1))
+            with pytest.raises(TransientError):
+                await store.list_streams()
+            with pytest.raises(TransientError) as caught:
+                await secret_store.put_stream(make_stream())
+            assert time.monotonic() - started <= 10
+            assert "s3cr3t-pw" not in str(caught.value)
+            assert "s3cr3t-pw" not in repr(secret_store)
+            server.start()  # back on the same port: the stores recover on their own
+            await store.ping()
+            await store.put_part("s1", make_part(1))
+
+
+async def test_redis_bad_url_is_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        async with open_redis_store("http://user:s3cr3t-pw@example.invalid/"):
+            pass
+    assert caught.value.setting == "REDIS_URL"
+    assert "s3cr3t-pw" not in str(caught.value)
+
+
+# -- SQLite: one instance per state directory -----------------------------------------
+
+_OPEN_IN_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from cefmp4.checkpoint.sqlite import open_sqlite_store
+    from cefmp4.errors import ConfigError
+
+    async def main() -> int:
+        try:
+            async with open_sqlite_store(Path(sys.argv[1])) as store:
+                await store.ping()
+                return len(await store.list_streams())
+        except ConfigError as exc:
+            print(exc.setting, exc.message)
+            return 100
+
+    sys.exit(asyncio.run(main()))
+    """
+)
+
+
+async def _open_in_other_process(state_dir: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OPEN_IN_CHILD, str(state_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_sqlite_second_instance_is_refused(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    async with open_sqlite_store(state_dir) as store:
+        await store.put_stream(make_stream())
+        code, out = await _open_in_other_process(state_dir)
+        assert code == 100, out
+        assert out.startswith("STATE_DIR another cefmp4 instance is already using"), out
+        assert "REDIS_URL" in out
+        # Within one process a second open is refused too.
+        with pytest.raises(ConfigError) as caught:
+            async with open_sqlite_store(state_dir):
+                pass
+        assert caught.value.setting == "STATE_DIR"
+        await store.ping()  # the refused attempt did not disturb the owner
+    code, out = await _open_in_other_process(state_dir)
+    assert code == 1, out  # opened, and saw the one stream
+
+
+async def test_sqlite_read_only_beside_the_owner(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    async with open_sqlite_store(state_dir) as owner:
+        await owner.put_stream(make_stream())
+        async with open_sqlite_store(state_dir, read_only=True) as reader:
+            assert [r.stream_id for r in await reader.list_streams()] == ["s1"]
+            await owner.put_part("s1", make_part(1))
+            assert len(await reader.get_parts("s1")) == 1
+
+
+async def test_sqlite_unusable_state_dir_is_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as caught:
+        async with open_sqlite_store(blocker / "state"):
+            pass
+    assert caught.value.setting == "STATE_DIR"
+
+
+async def test_sqlite_creates_state_dir_with_wal(tmp_path: Path) -> None:
+    state_dir = tmp_path / "deep" / "state"
+    async with open_sqlite_store(state_dir) as store:
+        await store.put_stream(make_stream())
+        assert (state_dir / "checkpoints.sqlite3").is_file()
+        assert (state_dir / "checkpoints.sqlite3-wal").is_file()
+        assert (state_dir / "lock").is_file()

@@ -1,0 +1,93 @@
+"""Stream ids and object keys (SPEC §1.3)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import PurePosixPath
+
+import pytest
+
+from cefmp4.keys import is_stream_id, metadata_key, new_stream_id, object_key, parse_key
+
+PREFIX = "streams/"
+
+
+def test_stream_id_shape_and_uniqueness() -> None:
+    now = datetime(2026, 11, 24, 10, 45, 0, tzinfo=UTC)
+    ids = {new_stream_id(now) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"20261124T104500Z-[0-9a-f]{10}", i) for i in ids)
+    assert all(is_stream_id(i) for i in ids)
+
+
+def test_stream_ids_sort_by_time_and_use_utc() -> None:
+    east = timezone(timedelta(hours=2))
+    early = new_stream_id(datetime(2026, 1, 1, 12, 0, tzinfo=east))  # 10:00 UTC
+    late = new_stream_id(datetime(2026, 1, 1, 10, 0, 1, tzinfo=UTC))
+    naive = new_stream_id(datetime(2026, 1, 1, 9, 0))  # taken as UTC
+    assert early.startswith("20260101T100000Z-")
+    assert sorted([late, early, naive]) == [naive, early, late]
+
+
+def test_default_stream_id_is_now() -> None:
+    assert new_stream_id()[:8] == datetime.now(UTC).strftime("%Y%m%d")
+
+
+@pytest.mark.parametrize("rel_path", [
+    "cam1.mp4",
+    "site/cam 2/recording one.mp4",
+    "ünïcødé/録画 ✓.MP4",
+    "deep/a/b/c/d.Mp4",
+])
+def test_object_key_round_trips(rel_path: str) -> None:
+    key = object_key(PREFIX, "20261124T104500Z-0123456789", rel_path)
+    assert key == f"streams/20261124T104500Z-0123456789/{rel_path}"
+    assert parse_key(PREFIX, key) == ("20261124T104500Z-0123456789", rel_path)
+
+
+def test_object_key_writes_paths_posix_style() -> None:
+    key = object_key("p/", "s1", PurePosixPath("a") / "b.mp4")
+    assert key == "p/s1/a/b.mp4"
+
+
+def test_empty_prefix() -> None:
+    assert object_key("", "s1", "x.mp4") == "s1/x.mp4"
+    assert parse_key("", "s1/x.mp4") == ("s1", "x.mp4")
+
+
+def test_metadata_key_sits_beside_the_video() -> None:
+    video = object_key(PREFIX, "s1", "a/b.MP4")
+    assert metadata_key(video) == "streams/s1/a/b.MP4.metadata.json"
+    assert parse_key(PREFIX, metadata_key(video)) is None
+
+
+@pytest.mark.parametrize("key", [
+    "other/s1/x.mp4",  # outside the prefix
+    "streams/s1",  # no relative path
+    "streams/s1/",  # empty relative path
+    "streams//x.mp4",  # empty stream id
+    "streams/../x.mp4",
+    "streams/s1/../../etc/passwd",
+    "streams/s1/x.mp4.metadata.json",
+    "streams",
+])
+def test_parse_key_rejects_foreign_keys(key: str) -> None:
+    assert parse_key(PREFIX, key) is None
+
+
+@pytest.mark.parametrize("rel_path", ["", "/abs.mp4", "../up.mp4", "a/../../b.mp4", "."])
+def test_object_key_refuses_paths_outside_the_watch_dir(rel_path: str) -> None:
+    with pytest.raises(ValueError, match="relative path"):
+        object_key(PREFIX, "s1", rel_path)
+
+
+@pytest.mark.parametrize("stream_id", ["", "a/b", "../x", ".hidden", "sp ace"])
+def test_object_key_refuses_unsafe_stream_ids(stream_id: str) -> None:
+    with pytest.raises(ValueError, match="stream id"):
+        object_key(PREFIX, stream_id, "x.mp4")
+
+
+def test_object_key_refuses_keys_s3_cannot_store() -> None:
+    with pytest.raises(ValueError, match="1024 bytes"):
+        object_key(PREFIX, "s1", "é" * 600 + ".mp4")
