@@ -180,7 +180,7 @@ async def test_real_ffmpeg_recorder(
         proc = record_with_ffmpeg(target, seconds=8, movflags=movflags)
         assert await asyncio.to_thread(proc.wait, 60) == 0
         [doc] = await wait_metadata(s3_server, s3_bucket, "rec.mp4")
-        reuploaded = app.metrics.parts_reuploaded._value.get()  # noqa: SLF001
+        reuploaded = app.metrics.parts_reuploaded._value.get()
     _assert_valid_metadata(doc, target, s3_bucket)
     assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
     assert doc["duration_seconds"] == pytest.approx(8.0, abs=0.2)
