@@ -6,6 +6,7 @@ Only this module and ``cli`` know the concrete adapters and ``Settings``.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,9 @@ from cefmp4.checkpoint import CheckpointStore, StreamRecord
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.discover import scan, watch
+from cefmp4.failpoints import Failpoints
 from cefmp4.health import serve_health
+from cefmp4.housekeeping import adopt_unknown_uploads, sweep_forever
 from cefmp4.manager import StreamManager
 from cefmp4.metrics import Metrics
 from cefmp4.pipeline import Context, PipelineConfig
@@ -78,6 +81,7 @@ async def open_context(
             metrics=metrics or Metrics(),
             budget=ByteBudget(settings.max_inflight_bytes),
             upload_slots=asyncio.Semaphore(settings.upload_concurrency),
+            failpoints=Failpoints(os.environ.get("CEFMP4_FAILPOINTS", "")),
         )
 
 
@@ -113,13 +117,26 @@ class App:
             self.manager = manager
             self.metrics.set_pending_source(manager.pending)
             await manager.load()
+            for record in await adopt_unknown_uploads(ctx):
+                manager.unfinished[(record.device, record.inode)] = record
+            if settings.abort_orphan_uploads_after_hours > 0:
+                grace = settings.abort_orphan_uploads_after_hours * 3600
+                sweeper = asyncio.create_task(
+                    sweep_forever(ctx, grace, interval=min(3600.0, grace / 2)), name="sweep"
+                )
+                stack.push_async_callback(_cancel, sweeper)
             watch_dir = ctx.config.watch_dir
             files = await asyncio.to_thread(scan, watch_dir)
-            await manager.resume_all(files)
+            manager.resume_all(files)
             watcher = asyncio.create_task(
                 self._watch(manager, watch_dir, stop), name="watch"
             )
             for path in files:
+                manager.on_path(path)
+            # The watcher registers its inotify watches on its first step; a file that
+            # appeared between the scan and then would be missed, so look once more.
+            await asyncio.sleep(0.2)
+            for path in await asyncio.to_thread(scan, watch_dir):
                 manager.on_path(path)
             self.ready.set()
             log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
@@ -138,6 +155,11 @@ class App:
         ):
             for path in changes:
                 manager.on_path(path)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def upload_rel_path(path: Path, watch_dir: Path) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cefmp4.app import open_checkpoints
+from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
 from cefmp4.keys import new_stream_id
 from cefmp4.probe import FfprobeProber
@@ -55,8 +58,35 @@ async def _check_s3(settings: Settings) -> list[CheckResult]:
     return results
 
 
+def _check_new_state_dir(state_dir: Path) -> CheckResult:
+    """No database yet is fine (``run`` creates it) if STATE_DIR can be created and written.
+
+    Nothing is created here: the nearest existing ancestor must be a writable directory.
+    """
+    existing = state_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return CheckResult(
+            "checkpoint store", False, f"STATE_DIR: {existing} is not a directory",
+            "point STATE_DIR at a directory cefmp4 may create and write",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return CheckResult(
+            "checkpoint store", False, f"STATE_DIR: {existing} is not writable",
+            "point STATE_DIR at a directory cefmp4 may create and write, or fix its permissions",
+        )
+    return CheckResult(
+        "checkpoint store", True,
+        f"sqlite: no database yet; will be created in STATE_DIR {state_dir}",
+    )
+
+
 async def _check_checkpoints(settings: Settings) -> CheckResult:
-    kind = "redis" if settings.redis_url.get_secret_value() else f"sqlite in {settings.state_dir}"
+    redis_mode = bool(settings.redis_url.get_secret_value())
+    kind = "redis" if redis_mode else f"sqlite in {settings.state_dir}"
+    if not redis_mode and not (settings.state_dir / DB_NAME).exists():
+        return _check_new_state_dir(settings.state_dir)
     try:
         async with asyncio.timeout(15), open_checkpoints(settings, read_only=True) as store:
             await store.ping()

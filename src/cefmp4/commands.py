@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cefmp4.app import open_checkpoints, upload_files
 from cefmp4.checkpoint import StreamRecord
+from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.manager import StreamManager
 from cefmp4.settings import Settings
 
@@ -32,6 +33,7 @@ def upload_command(settings: Settings, files: list[Path]) -> int:
         return EXIT_FAILED
     total = sum(f.stat().st_size for f in todo)
     tty = sys.stdout.isatty()
+    began = time.time()
     results = asyncio.run(_upload_with_progress(settings, todo, total, tty))
     failed = bool(missing)
     for path, record in results.items():
@@ -39,9 +41,12 @@ def upload_command(settings: Settings, files: list[Path]) -> int:
             failed = True
             print(f"FAILED  {path}", file=sys.stderr)
         else:
+            # Completed before this command started: the unchanged file was not sent again.
+            earlier = record.completed_at is not None and record.completed_at < began
             print(
-                f"ok      {path} -> s3://{record.bucket}/{record.key} "
-                f"({record.final_size} bytes, sha256 {record.sha256})"
+                f"{'same' if earlier else 'ok':<8}{path} -> s3://{record.bucket}/{record.key} "
+                f"({record.final_size} bytes, sha256 {record.sha256}"
+                f"{', already uploaded' if earlier else ''})"
             )
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -79,6 +84,8 @@ def _iso(ts: float | None) -> str | None:
 
 
 async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
+    if not settings.redis_url.get_secret_value() and not (settings.state_dir / DB_NAME).exists():
+        return []  # nothing has run with this STATE_DIR yet: no streams, not an error
     async with open_checkpoints(settings, read_only=True) as store:
         records = await store.list_streams()
         rows = []
@@ -107,8 +114,13 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     table = Table(title=f"cefmp4 streams ({len(rows)})")
-    for column in ("stream_id", "state", "path", "bytes", "parts", "last activity"):
-        table.add_column(column)
+    # The id stays whole (it is what an operator greps the logs for); the path folds.
+    id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
+    table.add_column("stream_id", no_wrap=True, min_width=id_width)
+    table.add_column("state", no_wrap=True)
+    table.add_column("path", overflow="fold", min_width=16)
+    for column in ("bytes", "parts", "last activity"):
+        table.add_column(column, no_wrap=True)
     now = time.time()
     for row in rows:
         last = row["last_activity_utc"]
@@ -119,5 +131,9 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
             row["stream_id"], row["status"] or row["state"], row["path"],
             f"{row['bytes_uploaded']:,}", str(row["parts_uploaded"]), ago,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
+        console = Console(width=max(console.width, 200))
+    console.print(table)
     return EXIT_OK

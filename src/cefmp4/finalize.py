@@ -16,11 +16,12 @@ from pathlib import Path
 import structlog
 
 from cefmp4 import logs
-from cefmp4.checkpoint import PartRecord, StreamState
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import UploadNotFound
 from cefmp4.hashing import multipart_etag
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
+from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
 from cefmp4.stream import StreamWorker
 from cefmp4.upload import digest_file, part_bounds
@@ -63,46 +64,93 @@ async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
         try:
             if keep_uploaded:
                 parts = worker.contiguous_parts()
-                await _complete(worker, parts)
-                sha256 = await _sha256_of_object(worker)
+                await complete_parts(ctx, worker.record, parts)
+                sha256 = await _sha256_of_object(ctx, worker.record.key)
             else:
                 parts, sha256 = await _upload_rest_verified(worker)
-                await _complete(worker, parts)
+                await complete_parts(ctx, worker.record, parts)
             break
         except UploadNotFound as exc:
             if keep_uploaded:
                 raise  # the uploaded bytes are gone from S3 and from the file
             await worker.restart_upload(str(exc))
-    size = sum(p.size for p in parts)
-    st = os.fstat(worker.fd)
-    worker.record = replace(
-        worker.record, final_size=size, final_mtime_ns=st.st_mtime_ns, sha256=sha256
-    )
-    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
-
+    ctx.failpoints.hit("after_complete")
     probe = await _probe(worker)
-    doc = build_metadata(
-        record=worker.record, parts=parts, probe=probe, status=status,
-        processed_at=ctx.clock(),
+    worker.record = await publish(
+        ctx, worker.record, parts, sha256=sha256, probe=probe, status=status,
+        mtime_ns=os.fstat(worker.fd).st_mtime_ns,
         extra={"end_reason": reason, "parts_reuploaded": worker.reuploaded},
     )
+
+
+async def finalize_orphan(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
+    """The file vanished while we were down: the object is what was uploaded of it."""
+    record = replace(
+        record, state=StreamState.FINALIZING, status=record.status or SOURCE_DELETED,
+        completed_at=record.completed_at or ctx.clock(),
+    )
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    contiguous: list[PartRecord] = []
+    for part in parts:
+        if part.part_number != len(contiguous) + 1:
+            break
+        contiguous.append(part)
+    if not contiguous:
+        if record.upload_id is not None:
+            await _abort_quietly(ctx, record.key, record.upload_id)
+        failed = replace(
+            record, state=StreamState.FAILED, error="source file gone before any part was uploaded"
+        )
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(failed))
+        ctx.metrics.streams_failed.inc()
+        log.error(logs.STREAM_FAILED, error=failed.error)
+        return
+    await complete_parts(ctx, record, contiguous)
+    sha256 = await _sha256_of_object(ctx, record.key)
+    await publish(
+        ctx, record, contiguous, sha256=sha256,
+        probe=ProbeResult(None, "source file gone before completion; not probed"),
+        status=record.status or SOURCE_DELETED, mtime_ns=None, extra={"end_reason": "deleted"},
+    )
+
+
+async def publish(
+    ctx: Context,
+    record: StreamRecord,
+    parts: list[PartRecord],
+    *,
+    sha256: str,
+    probe: ProbeResult,
+    status: str,
+    mtime_ns: int | None,
+    extra: dict[str, object],
+) -> StreamRecord:
+    """The object is complete: checkpoint it, write the metadata, mark the stream completed."""
+    size = sum(p.size for p in parts)
+    record = replace(record, final_size=size, final_mtime_ns=mtime_ns, sha256=sha256)
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    doc = build_metadata(
+        record=record, parts=parts, probe=probe, status=status, processed_at=ctx.clock(),
+        extra=extra,
+    )
     body = to_json_bytes(doc)
-    meta_key = metadata_key(worker.record.key)
+    meta_key = metadata_key(record.key)
     await ctx.retry(
         "put_metadata", lambda: ctx.objects.put_object(meta_key, body, "application/json")
     )
     log.info(logs.METADATA_WRITTEN, key=meta_key, status=status)
-
-    worker.record = replace(worker.record, state=StreamState.COMPLETED)
-    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
+    ctx.failpoints.hit("after_metadata")
+    record = replace(record, state=StreamState.COMPLETED)
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
     ctx.metrics.streams_completed.inc()
     ctx.metrics.stream_duration.observe(
-        max(0.0, (worker.record.completed_at or ctx.clock()) - worker.record.started_at)
+        max(0.0, (record.completed_at or ctx.clock()) - record.started_at)
     )
     log.info(
         logs.STREAM_COMPLETED, status=status, size=size, parts=len(parts),
         duration_s=probe.duration_seconds, sha256=sha256,
     )
+    return record
 
 
 async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str]:
@@ -131,39 +179,42 @@ async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord],
         # Loop: verify again, the recorder may have patched bytes while we uploaded.
 
 
-async def _sha256_of_object(worker: StreamWorker) -> str:
+async def _sha256_of_object(ctx: Context, key: str) -> str:
     """The file no longer holds the uploaded bytes, so hash what S3 holds."""
-    ctx = worker.ctx
-    data = await ctx.retry("get", lambda: ctx.objects.get_object(worker.record.key))
+    data = await ctx.retry("get", lambda: ctx.objects.get_object(key))
     return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
-async def _complete(worker: StreamWorker, parts: list[PartRecord]) -> None:
-    ctx = worker.ctx
-    key = worker.record.key
+async def _abort_quietly(ctx: Context, key: str, upload_id: str) -> None:
+    with contextlib.suppress(UploadNotFound):  # already gone: nothing to clean up
+        await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
+
+
+async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
+    """CompleteMultipartUpload, confirmed by HeadObject when S3 forgot the upload id."""
+    key = record.key
     if not parts:
         # An empty recording: S3 has no empty multipart object, so write it directly.
-        if worker.record.upload_id is not None:
-            upload_id = worker.record.upload_id
-            with contextlib.suppress(UploadNotFound):  # already gone: nothing to clean up
-                await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
+        if record.upload_id is not None:
+            await _abort_quietly(ctx, key, record.upload_id)
         await ctx.retry("put_object", lambda: ctx.objects.put_object(key, b"", "video/mp4"))
         return
-    upload_id = worker.record.upload_id or await worker.ensure_upload()
+    upload_id = record.upload_id
+    if upload_id is None:
+        raise UploadNotFound("parts without an upload id")
     pairs = [(p.part_number, p.etag) for p in parts]
     try:
         await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
     except UploadNotFound:
         # Completed before (a crash or a lost response after Complete), or the upload expired.
-        if await _already_complete(worker, parts):
+        if await _already_complete(ctx, key, parts):
             log.info(logs.COMPLETE_CONFIRMED, key=key)
             return
         raise
 
 
-async def _already_complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
-    ctx = worker.ctx
-    info = await ctx.retry("head", lambda: ctx.objects.head_object(worker.record.key))
+async def _already_complete(ctx: Context, key: str, parts: list[PartRecord]) -> bool:
+    info = await ctx.retry("head", lambda: ctx.objects.head_object(key))
     if info is None:
         return False
     if info.size != sum(p.size for p in parts):

@@ -19,7 +19,7 @@ from structlog.contextvars import bound_contextvars
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.discover import check_file
-from cefmp4.finalize import finalize
+from cefmp4.finalize import finalize, finalize_orphan
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.pipeline import Context
 from cefmp4.resume import reconcile
@@ -64,7 +64,7 @@ class StreamManager:
             elif rec.state in UNFINISHED:
                 self.unfinished[ident] = rec
 
-    async def resume_all(self, scanned: Iterable[Path]) -> None:
+    def resume_all(self, scanned: Iterable[Path]) -> None:
         """Resume unfinished streams; a file renamed while we were down is found by inode."""
         by_inode: dict[Identity, Path] = {}
         for path in scanned:
@@ -73,7 +73,7 @@ class StreamManager:
                 by_inode[(st.st_dev, st.st_ino)] = path
         for ident, rec in list(self.unfinished.items()):
             path = by_inode.get(ident, Path(rec.path))
-            await self._resume(rec, path)
+            self._spawn(self._resume(rec, path), ident)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -187,10 +187,15 @@ class StreamManager:
         except OSError:
             fd = None
         if fd is None:
-            # The file is gone; what was uploaded stays in S3 for an operator (issue: finalize
-            # orphaned uploads with source_deleted).
-            log.warning(logs.SOURCE_GONE, stream_id=rec.stream_id, path=rec.path)
+            # Deleted while we were down: complete what was uploaded (source_deleted).
             self.unfinished.pop(ident, None)
+            with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
+                log.warning(logs.SOURCE_GONE)
+                parts = await self.ctx.retry(
+                    "checkpoint", lambda: self.ctx.checkpoints.get_parts(rec.stream_id)
+                )
+                rec, parts = await reconcile(self.ctx, rec, parts, None)
+                await finalize_orphan(self.ctx, rec, parts)
             return
         try:
             parts = await self.ctx.retry(

@@ -14,6 +14,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore
+from cefmp4.failpoints import Failpoints
 from cefmp4.metrics import Metrics
 from cefmp4.probe import Prober
 from cefmp4.retry import Backoff, retry_transient
@@ -47,6 +48,7 @@ class Context:
     budget: ByteBudget
     upload_slots: asyncio.Semaphore
     clock: Callable[[], float] = time.time
+    failpoints: Failpoints = field(default_factory=Failpoints)
     # Operations currently failing, for /readyz and logs: operation -> last error text.
     failing: dict[str, str] = field(default_factory=dict)
 
@@ -54,7 +56,7 @@ class Context:
         """Run ``op`` until it succeeds or fails permanently; transient errors never end it."""
 
         def on_retry(name: str, attempt: int, delay: float, exc: BaseException) -> None:
-            self.metrics.failed_operations.labels(operation=name).inc()
+            self.metrics.operation_failed(name)
             self.failing[name] = str(exc)
             log.warning(
                 logs.RETRY, operation=name, attempt=attempt, delay_s=round(delay, 2),

@@ -211,6 +211,7 @@ class StreamWorker:
                     "create",
                     lambda: ctx.objects.create_multipart(self.record.key, "video/mp4"),
                 )
+                ctx.failpoints.hit("after_create")
                 self.record = replace(self.record, upload_id=upload_id)
                 await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(self.record))
                 log.info(logs.UPLOAD_CREATED, key=self.record.key, upload_id=upload_id)
@@ -232,6 +233,7 @@ class StreamWorker:
                     ),
                 )
                 ctx.metrics.chunk_upload_seconds.observe(time.monotonic() - started)
+        ctx.failpoints.hit("after_upload_part")
         part = PartRecord(number, offset, size, etag, body.md5_hex, ctx.clock())
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(self.stream_id, part))
         self.parts[number] = part
