@@ -116,9 +116,10 @@ class App:
             manager = StreamManager(ctx, shutdown, shutdown_grace=settings.shutdown_grace_seconds)
             self.manager = manager
             self.metrics.set_pending_source(manager.pending)
+            # S3 first: uploads the checkpoints do not know are attached or rebuilt, so
+            # that loading the checkpoints then sees every stream to resume.
+            await adopt_unknown_uploads(ctx)
             await manager.load()
-            for record in await adopt_unknown_uploads(ctx):
-                manager.unfinished[(record.device, record.inode)] = record
             if settings.abort_orphan_uploads_after_hours > 0:
                 grace = settings.abort_orphan_uploads_after_hours * 3600
                 sweeper = asyncio.create_task(

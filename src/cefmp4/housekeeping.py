@@ -9,9 +9,10 @@ older than the grace period; nothing outside ``S3_KEY_PREFIX`` is ever touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -25,6 +26,8 @@ from cefmp4.storage import MultipartUpload, UploadedPart
 from cefmp4.upload import read_part
 
 log = structlog.get_logger("cefmp4.housekeeping")
+
+_UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +51,35 @@ async def unknown_uploads(ctx: Context) -> list[Orphan]:
 
 
 async def adopt_unknown_uploads(ctx: Context) -> list[StreamRecord]:
-    """Rebuild checkpoints for unknown uploads of files that are still here."""
-    records = await ctx.retry("checkpoint", ctx.checkpoints.list_streams)
-    known_ids = {r.stream_id for r in records}
+    """Rebuild checkpoints for unknown uploads of files that are still here.
+
+    Returns the records rebuilt from scratch (the checkpoint store lost them). An upload
+    created just before a crash, before its id reached the checkpoint, is attached to its
+    stream; one of a stream that has moved on to another upload is aborted at once.
+    """
+    records = {r.stream_id: r for r in await ctx.retry("checkpoint", ctx.checkpoints.list_streams)}
     adopted: list[StreamRecord] = []
     for orphan in await unknown_uploads(ctx):
-        parsed = parse_key(ctx.config.key_prefix, orphan.upload.key)
-        if parsed is None or parsed[0] in known_ids:
-            continue  # not ours, or a stream that moved on to a newer upload
-        record = await _adopt(ctx, orphan.upload, parsed[0], parsed[1])
-        if record is not None:
-            adopted.append(record)
+        upload = orphan.upload
+        parsed = parse_key(ctx.config.key_prefix, upload.key)
+        if parsed is None:
+            continue  # not a key we make: leave it to the sweeper's grace period
+        known = records.get(parsed[0])
+        if known is None:
+            record = await _adopt(ctx, upload, parsed[0], parsed[1])
+            if record is not None:
+                adopted.append(record)
+        elif known.upload_id is None and known.state in _UNFINISHED and known.key == upload.key:
+            attached = replace(known, upload_id=upload.upload_id)
+            await ctx.retry("checkpoint", lambda r=attached: ctx.checkpoints.put_stream(r))  # type: ignore[misc]
+            records[known.stream_id] = attached
+            log.info(logs.UPLOAD_ATTACHED, stream_id=known.stream_id, upload_id=upload.upload_id)
+        elif known.upload_id != upload.upload_id:
+            with contextlib.suppress(UploadNotFound):
+                await ctx.retry("abort", _abort(ctx, upload))
+            ctx.metrics.orphan_uploads_aborted.inc()
+            log.info(logs.ORPHAN_ABORTED, key=upload.key, upload_id=upload.upload_id,
+                     reason="stream moved on to another upload")
     return adopted
 
 

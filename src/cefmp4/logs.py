@@ -45,6 +45,7 @@ PART_REUPLOADED: Final = "part_reuploaded"
 PART_ADOPTED: Final = "part_adopted"  # found in ListParts after a restart, bytes match
 PART_MISSING: Final = "part_missing"
 STREAM_REBUILT: Final = "stream_rebuilt"
+UPLOAD_ATTACHED: Final = "upload_attached"
 ORPHAN_ABORTED: Final = "orphan_upload_aborted"
 COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
 PROBE_FAILED: Final = "probe_failed"
