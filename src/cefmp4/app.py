@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -16,16 +17,18 @@ import structlog
 from cefmp4 import logs
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord
-from cefmp4.checkpoint.redis import open_redis_store
+from cefmp4.checkpoint.redis import RedisCheckpointStore, open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.discover import scan, watch
 from cefmp4.failpoints import Failpoints
 from cefmp4.health import serve_health
 from cefmp4.housekeeping import adopt_unknown_uploads, sweep_forever
+from cefmp4.lease import LeaseKeeper
 from cefmp4.manager import StreamManager
 from cefmp4.metrics import Metrics
 from cefmp4.pipeline import Context, PipelineConfig
 from cefmp4.probe import FfprobeProber
+from cefmp4.scaleout import LeasedStreamManager
 from cefmp4.settings import Settings
 from cefmp4.storage.s3 import open_s3_store
 
@@ -113,7 +116,7 @@ class App:
                 )
             await ctx.retry("ensure_bucket", ctx.objects.ensure_bucket)
             shutdown = asyncio.Event()
-            manager = StreamManager(ctx, shutdown, shutdown_grace=settings.shutdown_grace_seconds)
+            manager = self._manager(ctx, shutdown, stack)
             self.manager = manager
             self.metrics.set_pending_source(manager.pending)
             # S3 first: uploads the checkpoints do not know are attached or rebuilt, so
@@ -149,6 +152,32 @@ class App:
                 await asyncio.gather(watcher, return_exceptions=True)
                 await manager.stop()
         log.info(logs.STOPPED)
+
+    def _manager(
+        self, ctx: Context, shutdown: asyncio.Event, stack: AsyncExitStack
+    ) -> StreamManager:
+        """One instance on SQLite; with Redis, leases let several share the work."""
+        settings = self.settings
+        grace = settings.shutdown_grace_seconds
+        if not isinstance(ctx.checkpoints, RedisCheckpointStore):
+            return StreamManager(ctx, shutdown, shutdown_grace=grace)
+        owner = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        keeper = LeaseKeeper(ctx.checkpoints, owner, settings.lease_ttl_seconds)
+        manager = LeasedStreamManager(
+            ctx, shutdown, keeper, max_streams=settings.max_streams, shutdown_grace=grace
+        )
+
+        async def guard(record: StreamRecord) -> None:
+            await keeper.verify(record.inode)
+
+        ctx.guard = guard
+        for name, coro in (
+            ("lease-renewal", keeper.renew_forever()),
+            ("takeover", manager.takeover_forever(settings.lease_ttl_seconds / 2)),
+        ):
+            stack.push_async_callback(_cancel, asyncio.create_task(coro, name=name))
+        log.info(logs.SCALE_OUT, instance_id=owner, lease_ttl_s=settings.lease_ttl_seconds)
+        return manager
 
     async def _watch(self, manager: StreamManager, watch_dir: Path, stop: asyncio.Event) -> None:
         async for changes in watch(

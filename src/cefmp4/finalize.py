@@ -203,6 +203,8 @@ async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRec
     if upload_id is None:
         raise UploadNotFound("parts without an upload id")
     pairs = [(p.part_number, p.etag) for p in parts]
+    if ctx.guard is not None:
+        await ctx.guard(record)
     try:
         await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
     except UploadNotFound:

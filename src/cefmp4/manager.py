@@ -19,6 +19,7 @@ from structlog.contextvars import bound_contextvars
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.discover import check_file
+from cefmp4.errors import LeaseLost
 from cefmp4.finalize import finalize, finalize_orphan
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.pipeline import Context
@@ -50,6 +51,7 @@ class StreamManager:
         self.unfinished: dict[Identity, StreamRecord] = {}
         self._starting: set[Identity] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stream_tasks: dict[Identity, asyncio.Task[None]] = {}
         self.failures = 0
 
     # --- start-up --------------------------------------------------------------------------
@@ -95,11 +97,15 @@ class StreamManager:
             return
         if ident in self._starting:
             return
+        self._unknown_file(path, st, ident)
+
+    def _unknown_file(self, path: Path, st: os.stat_result, ident: Identity) -> None:
+        """No worker follows this file: resume its stream, start one, or leave it."""
         if ident in self.unfinished:
             self._spawn(self._resume(self.unfinished[ident], path), ident)
             return
         done = self.completed.get(ident)
-        if done is not None and _unchanged(done, st):
+        if done is not None and unchanged(done, st):
             return
         self._spawn(self._start_new(path), ident)
 
@@ -138,7 +144,7 @@ class StreamManager:
         if ident in self.unfinished:
             self._spawn(self._resume(self.unfinished[ident], path), ident)
             return True
-        if done is not None and _unchanged(done, st):
+        if done is not None and unchanged(done, st):
             return False
         self._spawn(self._start_new(path, rel_path), ident)
         return True
@@ -181,7 +187,8 @@ class StreamManager:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) != ident:
+            # By inode only: on a shared volume the device number is each host's own.
+            if st.st_ino != rec.inode:
                 os.close(fd)
                 fd = None
         except OSError:
@@ -201,7 +208,9 @@ class StreamManager:
             parts = await self.ctx.retry(
                 "checkpoint", lambda: self.ctx.checkpoints.get_parts(rec.stream_id)
             )
-            rec, parts = await reconcile(self.ctx, replace(rec, path=str(path)), parts, fd)
+            # The device number is this host's: on a shared volume another host's differs.
+            local = replace(rec, path=str(path), device=st.st_dev)
+            rec, parts = await reconcile(self.ctx, local, parts, fd)
         except BaseException:
             os.close(fd)
             raise
@@ -217,7 +226,24 @@ class StreamManager:
         ident = (worker.record.device, worker.record.inode)
         self.workers[ident] = worker
         self.ctx.metrics.active_streams.set(len(self.workers))
-        self._track(asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}"))
+        self._on_worker_start(worker)
+        task = asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}")
+        self._stream_tasks[ident] = task
+        self._track(task)
+
+    def _on_worker_start(self, worker: StreamWorker) -> None:
+        """Hook: a worker is about to run (scale-out fences its writes here)."""
+
+    async def _on_worker_end(self, worker: StreamWorker) -> None:
+        """Hook: a worker has stopped, whatever the reason."""
+
+    def _lose(self, ident: Identity) -> None:
+        """Another instance owns this file now: stop its worker at once, touch nothing."""
+        worker = self.workers.get(ident)
+        task = self._stream_tasks.get(ident)
+        if worker is not None and task is not None:
+            worker.lease_lost = True
+            task.cancel()
 
     async def _supervise(self, worker: StreamWorker) -> None:
         ident = (worker.record.device, worker.record.inode)
@@ -235,8 +261,13 @@ class StreamManager:
                 await finalize(worker, truncated=outcome is Outcome.TRUNCATED)
                 self.completed[ident] = worker.record
             except asyncio.CancelledError:
-                self.unfinished[ident] = worker.record
-                raise
+                if not worker.lease_lost:
+                    self.unfinished[ident] = worker.record
+                    raise
+                log.warning(logs.STREAM_RELINQUISHED)
+            except LeaseLost as exc:
+                worker.lease_lost = True
+                log.warning(logs.STREAM_RELINQUISHED, error=str(exc))
             except Exception as exc:
                 # Leave the checkpoint as it is: a later event or restart resumes the stream.
                 self.failures += 1
@@ -248,9 +279,15 @@ class StreamManager:
                 with contextlib.suppress(OSError):
                     os.close(worker.fd)
                 self.workers.pop(ident, None)
+                self._stream_tasks.pop(ident, None)
                 self.ctx.metrics.active_streams.set(len(self.workers))
+                await self._on_worker_end(worker)
         # A truncated or regrown file starts a new stream of what it holds now.
-        if not self.shutdown.is_set() and worker.record.state is StreamState.COMPLETED:
+        if (
+            not self.shutdown.is_set()
+            and not worker.lease_lost
+            and worker.record.state is StreamState.COMPLETED
+        ):
             self.on_path(Path(worker.record.path))
 
     # --- status ----------------------------------------------------------------------------
@@ -286,5 +323,5 @@ class StreamManager:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-def _unchanged(done: StreamRecord, st: os.stat_result) -> bool:
+def unchanged(done: StreamRecord, st: os.stat_result) -> bool:
     return st.st_size == done.final_size and st.st_mtime_ns == done.final_mtime_ns

@@ -13,7 +13,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.budget import ByteBudget
-from cefmp4.checkpoint import CheckpointStore
+from cefmp4.checkpoint import CheckpointStore, StreamRecord
 from cefmp4.failpoints import Failpoints
 from cefmp4.metrics import Metrics
 from cefmp4.probe import Prober
@@ -49,6 +49,9 @@ class Context:
     upload_slots: asyncio.Semaphore
     clock: Callable[[], float] = time.time
     failpoints: Failpoints = field(default_factory=Failpoints)
+    # Called before an irreversible step of a stream (Complete); raises LeaseLost when this
+    # instance no longer owns it (scale-out). None: a single instance owns everything.
+    guard: Callable[[StreamRecord], Awaitable[None]] | None = None
     # Operations currently failing, for /readyz and logs: operation -> last error text.
     failing: dict[str, str] = field(default_factory=dict)
 

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     abort_orphan_uploads_after_hours: float = Field(
         48.0, description="abort unknown uploads under the prefix older than this; 0 = never"
     )
+    instance_id: str = Field(
+        "", description="name of this instance in leases and logs; empty = hostname-pid"
+    )
+    lease_ttl_seconds: float = Field(
+        15.0, description="a stream whose owner stops renewing for this long is taken over"
+    )
+    max_streams: int = Field(
+        64, description="streams this instance works on at once (new files wait for room)"
+    )
     max_parts: int = Field(
         S3_MAX_PARTS, description="part limit per object (10,000 in S3; lower only for testing)"
     )
@@ -118,7 +127,14 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return v
 
-    @field_validator("max_inflight_mb", "upload_concurrency")
+    @field_validator("lease_ttl_seconds")
+    @classmethod
+    def _lease_ttl(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be at least 1 second")
+        return v
+
+    @field_validator("max_inflight_mb", "upload_concurrency", "max_streams")
     @classmethod
     def _positive_int(cls, v: int) -> int:
         if v < 1:
@@ -219,6 +235,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 def check_watch_dir(path: Path) -> None:
     """The watch dir must exist (or be creatable) and be readable."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("WATCH_DIR", f"{path} is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

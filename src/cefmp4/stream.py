@@ -65,6 +65,7 @@ class StreamWorker:
         # is not in S3 yet is the recovery-point objective (oldest_pending_age_seconds).
         self._growth: deque[tuple[int, float]] = deque()
         self.reuploaded = 0
+        self.lease_lost = False  # another instance took the stream over (scale-out)
 
     # --- observation ---------------------------------------------------------------------
 

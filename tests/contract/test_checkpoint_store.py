@@ -18,7 +18,7 @@ import redis.asyncio
 from cefmp4.checkpoint import CheckpointStore, PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import ConfigError, TransientError
+from cefmp4.errors import ConfigError, LeaseLost, TransientError
 from tests.support.redis import RedisServer
 
 
@@ -419,3 +419,54 @@ async def test_sqlite_creates_state_dir_with_wal(tmp_path: Path) -> None:
         assert (state_dir / "checkpoints.sqlite3").is_file()
         assert (state_dir / "checkpoints.sqlite3-wal").is_file()
         assert (state_dir / "lock").is_file()
+
+
+async def test_find_by_inode_oldest_first(store: CheckpointStore) -> None:
+    await store.put_stream(make_stream("late", inode=42, started_at=20.0))
+    await store.put_stream(make_stream("early", inode=42, started_at=10.0))
+    await store.put_stream(make_stream("other", inode=43))
+    assert [r.stream_id for r in await store.find_by_inode(42)] == ["early", "late"]
+    assert await store.find_by_inode(44) == []
+    await store.delete_stream("early")
+    assert [r.stream_id for r in await store.find_by_inode(42)] == ["late"]
+
+
+async def test_redis_leases_and_fencing(redis_url: str) -> None:
+    """SPEC §2.11: one owner at a time; a newer owner's token fences the older one out."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with (
+        open_redis_store(redis_url, key_prefix=prefix) as first,
+        open_redis_store(redis_url, key_prefix=prefix) as second,
+    ):
+        token_a = await first.acquire(7, "a", ttl=0.5)
+        assert token_a is not None
+        assert await second.acquire(7, "b", ttl=0.5) is None  # held by a
+        assert await first.acquire(7, "a", ttl=0.5) == token_a  # re-entrant for the holder
+        assert await first.renew(7, "a", ttl=0.5)
+        assert not await second.renew(7, "b", ttl=0.5)
+        first.fence("s1", 7, token_a)
+        await first.put_stream(make_stream("s1", inode=7))
+        await first.put_part("s1", make_part(1))
+
+        await asyncio.sleep(0.7)  # a's lease expires (a paused process)
+        token_b = await second.acquire(7, "b", ttl=5)
+        assert token_b is not None
+        assert token_b > token_a
+        assert not await first.renew(7, "a", ttl=0.5)
+        second.fence("s1", 7, token_b)
+        await second.put_part("s1", make_part(2))
+        # The former owner wakes up: every write is refused, nothing is overwritten.
+        with pytest.raises(LeaseLost):
+            await first.put_part("s1", make_part(3))
+        with pytest.raises(LeaseLost):
+            await first.put_stream(make_stream("s1", inode=7, state=StreamState.COMPLETED))
+        with pytest.raises(LeaseLost):
+            await first.delete_parts("s1")
+        assert [p.part_number for p in await second.get_parts("s1")] == [1, 2]
+        got = await second.get_stream("s1")
+        assert got is not None
+        assert got.state is StreamState.ACTIVE
+        await first.release(7, "a")  # not the holder: no effect
+        assert await second.acquire(7, "c", ttl=5) is None
+        await second.release(7, "b")
+        assert await second.acquire(7, "c", ttl=5) == token_b + 1

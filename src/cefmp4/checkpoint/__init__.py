@@ -79,6 +79,12 @@ class CheckpointStore(Protocol):
     ) -> list[StreamRecord]:
         """All streams, or those in ``states``; no particular order."""
 
+    async def find_by_inode(self, inode: int) -> list[StreamRecord]:
+        """Every stream of the file with this inode, oldest first.
+
+        Keyed by inode alone: on a shared volume the device number differs between hosts.
+        """
+
     async def put_part(self, stream_id: str, part: PartRecord) -> None:
         """Create or replace one part (same part number = re-upload) and touch activity."""
 
@@ -92,3 +98,26 @@ class CheckpointStore(Protocol):
         """Forget the stream and its parts."""
 
     async def aclose(self) -> None: ...
+
+
+class Leases(Protocol):
+    """Expiring ownership of a file's streams for scale-out (SPEC §2.11); Redis only.
+
+    A lease is keyed by the file's inode: one file has at most one live stream at a time.
+    ``acquire`` returns a fencing token that grows with every new owner; once registered
+    with ``fence``, every checkpoint write of that stream checks the token atomically and
+    raises ``LeaseLost`` when a newer owner has taken over.
+    """
+
+    async def acquire(self, inode: int, owner: str, ttl: float) -> int | None:
+        """The new fencing token, the current one if ``owner`` holds it, else None."""
+
+    async def renew(self, inode: int, owner: str, ttl: float) -> bool:
+        """Extend the lease; False if ``owner`` no longer holds it."""
+
+    async def release(self, inode: int, owner: str) -> None: ...
+
+    def fence(self, stream_id: str, inode: int, token: int) -> None:
+        """Guard every later write of ``stream_id`` with ``token``."""
+
+    def unfence(self, stream_id: str) -> None: ...

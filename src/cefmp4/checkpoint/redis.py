@@ -11,11 +11,13 @@ transactions, ``put_part`` is one Lua script (atomic like MULTI/EXEC, and it can
 ``last_activity_at`` touch conditional without a read round trip). Values are strings;
 ``_FIELD_TYPES`` turns them back into ``int``, ``float``, ``StreamState`` or ``str``.
 
-Scale-out (SPEC §2.11), not implemented yet: each stream gets an expiring lease
-``{p}lease:{id}`` holding the owner's instance id and a fencing token (``INCR
-{p}fence:{id}``). Every write above then becomes a Lua script that first compares the
-caller's token with the stored one and fails with ``LeaseLost`` when they differ; the
-methods grow a ``token`` argument (or the store is bound to one) at that point.
+    {p}inode:{ino}   set: ids of the streams of the file with that inode (find_by_inode)
+
+Scale-out (SPEC §2.11): a file's streams are owned through ``{p}lease:{ino}`` (the owner's
+instance id, with a TTL) and fenced by ``{p}fence:{ino}``, a counter bumped for every new
+owner. Once a stream is ``fence``d, each of its writes runs as a Lua script that first
+compares the caller's token with the counter and fails with ``LeaseLost`` when a newer owner
+has taken over, so a paused or partitioned former owner can never overwrite its progress.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.typing import EncodableT
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.errors import ConfigError, PermanentError, TransientError
+from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
 
 __all__ = ["RedisCheckpointStore", "open_redis_store"]
 
@@ -52,12 +54,64 @@ assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
 # Lua numbers are doubles, like Python floats, and ARGV[3] is repr(float), so the stored
 # value round-trips exactly.
 _PUT_PART_LUA = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then
+    return redis.error_reply('LEASELOST')
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local current = redis.call('HGET', KEYS[2], 'last_activity_at')
 if current and tonumber(current) < tonumber(ARGV[3]) then
     redis.call('HSET', KEYS[2], 'last_activity_at', ARGV[3])
 end
 return 1
+"""
+
+# put_stream as one script so it can be fenced: KEYS stream hash, index set, inode set,
+# fence counter; ARGV token ('' = unfenced), stream id, then field/value pairs.
+_PUT_STREAM_LUA = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
+    return redis.error_reply('LEASELOST')
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+_DELETE_PARTS_LUA = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return redis.error_reply('LEASELOST')
+end
+return redis.call('DEL', KEYS[1])
+"""
+
+# Leases: KEYS lease, fence; ARGV owner, ttl in ms.
+_ACQUIRE_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(redis.call('GET', KEYS[2]))
+end
+if holder then
+    return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return token
+"""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 # list_streams reads the hashes in pipelines of this many commands: one round trip for a
@@ -131,6 +185,8 @@ def _mapped_errors(operation: str) -> Iterator[None]:
         # BusyLoadingError is a ConnectionError; asyncio.TimeoutError is an OSError.
         raise TransientError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
     except rexc.ResponseError as exc:
+        if "LEASELOST" in str(exc):
+            raise LeaseLost(f"redis {operation}: another instance owns the stream now") from exc
         if str(exc).startswith(_TRANSIENT_REPLIES):
             raise TransientError(f"redis {operation}: {exc}") from exc
         raise PermanentError(f"redis {operation}: {exc}") from exc
@@ -144,6 +200,13 @@ class RedisCheckpointStore:
         self._prefix = key_prefix
         self._index = f"{key_prefix}streams"
         self._put_part_script = client.register_script(_PUT_PART_LUA)
+        self._put_stream_script = client.register_script(_PUT_STREAM_LUA)
+        self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
+        self._acquire_script = client.register_script(_ACQUIRE_LUA)
+        self._renew_script = client.register_script(_RENEW_LUA)
+        self._release_script = client.register_script(_RELEASE_LUA)
+        # stream id -> (fence key, token) of the streams this process owns.
+        self._fences: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:  # the client's repr would show host and port, never more
         return f"RedisCheckpointStore(key_prefix={self._prefix!r})"
@@ -154,19 +217,71 @@ class RedisCheckpointStore:
     def _parts_key(self, stream_id: str) -> str:
         return f"{self._prefix}parts:{stream_id}"
 
+    def _inode_key(self, inode: int) -> str:
+        return f"{self._prefix}inode:{inode}"
+
+    def _fence_key(self, inode: int) -> str:
+        return f"{self._prefix}fence:{inode}"
+
+    def _lease_key(self, inode: int) -> str:
+        return f"{self._prefix}lease:{inode}"
+
+    def _fence_of(self, stream_id: str) -> tuple[str, str]:
+        return self._fences.get(stream_id, (f"{self._prefix}fence:none", ""))
+
     async def ping(self) -> None:
         with _mapped_errors("ping"):
             await self._client.ping()
 
     async def put_stream(self, record: StreamRecord) -> None:
-        key = self._stream_key(record.stream_id)
+        fence_key, token = self._fence_of(record.stream_id)
+        flat: list[EncodableT] = []
+        for name, value in _encode_record(record).items():
+            flat += [name, value]
         with _mapped_errors("put_stream"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                # DEL first so that a field set back to None disappears from the hash.
-                pipe.delete(key)
-                pipe.hset(key, mapping=_encode_record(record))
-                pipe.sadd(self._index, record.stream_id)
-                await pipe.execute()
+            # DEL first so that a field set back to None disappears from the hash.
+            await self._put_stream_script(
+                keys=[self._stream_key(record.stream_id), self._index,
+                      self._inode_key(record.inode), fence_key],
+                args=[token, record.stream_id, *flat],
+            )  # fmt: skip
+
+    async def find_by_inode(self, inode: int) -> list[StreamRecord]:
+        with _mapped_errors("find_by_inode"):
+            ids = sorted(map(_text, await self._client.smembers(self._inode_key(inode))))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream_id in ids:
+                    pipe.hgetall(self._stream_key(stream_id))
+                raws = [_text_dict(raw) for raw in await pipe.execute()] if ids else []
+        records = [_decode_record(raw) for raw in raws if raw]
+        return sorted(records, key=lambda r: r.started_at)
+
+    # --- leases (SPEC §2.11) ------------------------------------------------------------
+
+    async def acquire(self, inode: int, owner: str, ttl: float) -> int | None:
+        with _mapped_errors("acquire_lease"):
+            token = await self._acquire_script(
+                keys=[self._lease_key(inode), self._fence_key(inode)],
+                args=[owner, max(1, int(ttl * 1000))],
+            )
+        return None if token is None else int(token)
+
+    async def renew(self, inode: int, owner: str, ttl: float) -> bool:
+        with _mapped_errors("renew_lease"):
+            ok = await self._renew_script(
+                keys=[self._lease_key(inode)], args=[owner, max(1, int(ttl * 1000))]
+            )
+        return bool(ok)
+
+    async def release(self, inode: int, owner: str) -> None:
+        with _mapped_errors("release_lease"):
+            await self._release_script(keys=[self._lease_key(inode)], args=[owner])
+
+    def fence(self, stream_id: str, inode: int, token: int) -> None:
+        self._fences[stream_id] = (self._fence_key(inode), str(token))
+
+    def unfence(self, stream_id: str) -> None:
+        self._fences.pop(stream_id, None)
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
         with _mapped_errors("get_stream"):
@@ -196,11 +311,13 @@ class RedisCheckpointStore:
         return out
 
     async def put_part(self, stream_id: str, part: PartRecord) -> None:
+        fence_key, token = self._fence_of(stream_id)
         with _mapped_errors("put_part"):
             await self._put_part_script(
-                keys=[self._parts_key(stream_id), self._stream_key(stream_id)],
-                args=[part.part_number, _encode_part(part), repr(float(part.uploaded_at))],
-            )
+                keys=[self._parts_key(stream_id), self._stream_key(stream_id), fence_key],
+                args=[part.part_number, _encode_part(part), repr(float(part.uploaded_at)),
+                      token],
+            )  # fmt: skip
 
     async def get_parts(self, stream_id: str) -> list[PartRecord]:
         with _mapped_errors("get_parts"):
@@ -210,14 +327,20 @@ class RedisCheckpointStore:
         return parts
 
     async def delete_parts(self, stream_id: str) -> None:
+        fence_key, token = self._fence_of(stream_id)
         with _mapped_errors("delete_parts"):
-            await self._client.delete(self._parts_key(stream_id))
+            await self._delete_parts_script(
+                keys=[self._parts_key(stream_id), fence_key], args=[token]
+            )
 
     async def delete_stream(self, stream_id: str) -> None:
         with _mapped_errors("delete_stream"):
+            record = await self.get_stream(stream_id)
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(self._stream_key(stream_id), self._parts_key(stream_id))
                 pipe.srem(self._index, stream_id)
+                if record is not None:
+                    pipe.srem(self._inode_key(record.inode), stream_id)
                 await pipe.execute()
 
     async def aclose(self) -> None:

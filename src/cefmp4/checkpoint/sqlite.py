@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS streams (
     error            TEXT
 );
 CREATE INDEX IF NOT EXISTS streams_identity ON streams (device, inode);
+CREATE INDEX IF NOT EXISTS streams_inode ON streams (inode);
 CREATE INDEX IF NOT EXISTS streams_state ON streams (state);
 CREATE TABLE IF NOT EXISTS parts (
     stream_id    TEXT NOT NULL,
@@ -228,6 +229,15 @@ class SqliteCheckpointStore:
             marks = ", ".join("?" * len(states))
             values = [s.value for s in states]
             rows = self._conn.execute(f"{_SELECT_STREAMS} WHERE state IN ({marks})", values)
+        return [_row_to_record(row) for row in rows]
+
+    async def find_by_inode(self, inode: int) -> list[StreamRecord]:
+        return await self._run("find_by_inode", self._find_by_inode_sync, inode)
+
+    def _find_by_inode_sync(self, inode: int) -> list[StreamRecord]:
+        rows = self._conn.execute(
+            f"{_SELECT_STREAMS} WHERE inode = ? ORDER BY started_at", (_to_i64(inode),)
+        )
         return [_row_to_record(row) for row in rows]
 
     async def put_part(self, stream_id: str, part: PartRecord) -> None:

@@ -141,7 +141,8 @@ class S3ObjectStore:
         except boto_errors.ClientError as exc:
             code, status = _error_code(exc)
             if code in _NOT_FOUND_CODES or code == "NoSuchBucket" or status == 404:
-                raise PermanentError(f"bucket {self.bucket!r} does not exist") from exc
+                missing = f"S3_BUCKET_NAME: bucket {self.bucket!r} does not exist"
+                raise PermanentError(missing) from exc
             if code in _ACCESS_CODES or status == 403:
                 raise PermanentError(self._access_denied()) from exc
             _raise(exc, "HeadBucket")
@@ -186,7 +187,7 @@ class S3ObjectStore:
                 return  # created concurrently by another instance of ours
             if code in _ACCESS_CODES or status == 403:
                 raise PermanentError(
-                    f"bucket {self.bucket!r} does not exist and cannot be created: "
+                    f"S3_BUCKET_NAME: bucket {self.bucket!r} does not exist and cannot be created: "
                     "access denied; create it or grant s3:CreateBucket"
                 ) from exc
             if code == "BucketAlreadyExists":

@@ -1,0 +1,262 @@
+"""``python -m bench``: start SeaweedFS, make media, run the scenarios, print the tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import profile, scenarios
+from bench.report import Row, med, table
+from bench.seaweed import Seaweed, tool
+
+ALL = ("catchup", "drop", "live", "many", "idle")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Runs = dict[str, dict[str, list[float]]]  # tool -> metric -> one value per run
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--runs", type=int, default=3, help="repetitions per scenario (issue: 5)")
+    p.add_argument("--scenarios", default=",".join(ALL), help=f"comma list of {','.join(ALL)}")
+    p.add_argument("--size-mb", type=int, default=500, help="catch-up/drop file size (MiB)")
+    p.add_argument("--timeout", type=float, default=2.0, help="STREAM_TIMEOUT_SECONDS")
+    p.add_argument("--live-seconds", type=float, default=60, help="writer duration, live/many")
+    p.add_argument("--idle-seconds", type=float, default=60, help="idle CPU window")
+    p.add_argument("--idle-files", type=int, default=1000, help="completed files for idle")
+    p.add_argument("--many-sync", action="store_true",
+                   help="many: start all 20 writers at once (part boundaries coincide)")
+    p.add_argument("--profile", action="store_true",
+                   help="also py-spy one `cefmp4 upload` of the catch-up file")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "cefmp4-bench",
+                   help="media cache and per-run scratch (SeaweedFS data is removed at exit)")
+    args = p.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(args.scenarios) - set(ALL)
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def find_aws() -> str:
+    """awscli v1 from the venv; if it cannot run there, a private venv under bench/."""
+    aws = shutil.which("aws", path=str(Path(sys.executable).parent))
+    if aws and subprocess.run([aws, "--version"], capture_output=True, check=False).returncode == 0:
+        return aws
+    venv = Path(__file__).resolve().parent / ".venv-aws"
+    if not (venv / "bin" / "aws").exists():
+        print("awscli does not run in this venv; installing it into bench/.venv-aws")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "awscli"], check=True)
+    return str(venv / "bin" / "aws")
+
+
+def collect(runs: list[dict[str, dict[str, float]]]) -> Runs:
+    out: Runs = {}
+    for run in runs:
+        for name, metrics in run.items():
+            for metric, value in metrics.items():
+                out.setdefault(name, {}).setdefault(metric, []).append(value)
+    return out
+
+
+def _v(r: Runs, name: str, metric: str) -> list[float]:
+    return r.get(name, {}).get(metric, [])
+
+
+def _check(values: list[float], limit: float, *, at_least: bool = False) -> bool | None:
+    m = med(values)
+    if math.isnan(m) or math.isnan(limit):
+        return None
+    return m >= limit if at_least else m <= limit
+
+
+def catchup_rows(r: Runs) -> list[Row]:
+    s5 = {m: _v(r, "s5cmd", m) for m in ("mb_s", "cpu_s")}
+    rows = []
+    targets: dict[str, tuple[str, Callable[[list[float]], bool | None]]] = {
+        "mb_s": ("≥ 1.0x s5cmd", lambda v: _check(v, med(s5["mb_s"]), at_least=True)),
+        "cpu_s": ("≤ 1.1x s5cmd", lambda v: _check(v, 1.1 * med(s5["cpu_s"]))),
+        "rss_mib": ("≤ 100 MiB", lambda v: _check(v, 100)),
+        "sha256_ok": ("= 1", lambda v: _check(v, 1, at_least=True)),
+    }
+    for metric in ("mb_s", "cpu_s", "rss_mib", "wall_s", "sha256_ok"):
+        for name in ("cefmp4", "s5cmd", "aws"):
+            target, judge = targets.get(metric, ("", lambda _v: None))
+            ours = name == "cefmp4"
+            rows.append(Row(
+                metric, name, _v(r, name, metric), _v(r, "s5cmd", metric),
+                target if ours else "", judge(_v(r, name, metric)) if ours else None,
+            ))
+    return rows
+
+
+def drop_rows(r: Runs) -> list[Row]:
+    s5 = _v(r, "s5cmd", "upload_s")
+    after = _v(r, "cefmp4", "after_timeout_s")
+    return [
+        Row("metadata after timeout (S3) s", "cefmp4", after, s5, "≤ 1.1x s5cmd + 1 s",
+            _check(after, 1.1 * med(s5) + 1)),
+        Row("metadata after timeout (log) s", "cefmp4", _v(r, "cefmp4", "log_after_timeout_s"),
+            s5),
+        Row("upload s", "s5cmd", s5),
+        Row("daemon CPU-s", "cefmp4", _v(r, "cefmp4", "cpu_s")),
+        Row("daemon peak RSS MiB", "cefmp4", _v(r, "cefmp4", "rss_mib")),
+    ]
+
+
+def _grow_rows(r: Runs, limits: dict[str, tuple[str, float]]) -> list[Row]:
+    rows = []
+    for metric in ("lag_p50_s", "lag_p95_s", "lag_max_s", "meta_after_timeout_s", "cpu_pct",
+                   "cpu_pct_window", "rss_mib", "parts", "parts_unlisted"):
+        values = _v(r, "cefmp4", metric)
+        target, limit = limits.get(metric, ("", math.nan))
+        rows.append(Row(metric, "cefmp4", values, None, target,
+                        _check(values, limit) if target else None))
+    return rows
+
+
+def live_rows(r: Runs) -> list[Row]:
+    return _grow_rows(r, {
+        "lag_p50_s": ("≤ 0.3 s", 0.3), "lag_p95_s": ("≤ 0.6 s", 0.6),
+        "meta_after_timeout_s": ("≤ 1 s", 1.0), "parts_unlisted": ("= 0", 0),
+    })
+
+
+def many_rows(r: Runs) -> list[Row]:
+    return _grow_rows(r, {
+        "cpu_pct": ("≤ 15 %", 15), "rss_mib": ("≤ 150 MiB", 150), "lag_max_s": ("≤ 2 s", 2),
+        "parts_unlisted": ("= 0", 0),
+    })
+
+
+def idle_rows(r: Runs, files: int) -> list[Row]:
+    limits = {
+        "ready_s": ("≤ 5 s", 5.0),
+        "startup_requests": (f"≪ {files} (none per file)", files / 10),
+        "idle_cpu_pct": ("≤ 0.5 %", 0.5),
+        "streams_started": ("= 0", 0),
+    }
+    metrics = ["ready_s", "startup_requests", "idle_cpu_pct", "idle_requests", "startup_cpu_s",
+               "rss_mib", "streams_started"]
+    metrics += sorted(m for m in r.get("cefmp4", {}) if m.startswith("req_"))
+    rows = []
+    for metric in metrics:
+        values = _v(r, "cefmp4", metric)
+        target, limit = limits.get(metric, ("", math.nan))
+        rows.append(Row(metric, "cefmp4", values, None, target,
+                        _check(values, limit) if target else None))
+    return rows
+
+
+def run_scenario(b: scenarios.Bench, name: str, idle_bucket: list[str]) -> Runs:
+    runs = []
+    for i in range(b.runs):
+        if name == "idle":
+            if not idle_bucket:
+                idle_bucket.append(scenarios.idle_setup(b))
+            runs.append(scenarios.idle(b, i, idle_bucket[0]))
+        else:
+            runs.append(getattr(scenarios, name)(b, i))
+    return collect(runs)
+
+
+def render(name: str, r: Runs, args: argparse.Namespace) -> str:
+    n = f"{args.runs} run(s)"
+    part = f"part {scenarios.PART_MIB} MiB, concurrency {scenarios.CONCURRENCY}"
+    if name == "catchup":
+        return table(f"1. catch-up: {args.size_mb} MiB file, {part}, {n}", catchup_rows(r),
+                     "÷ s5cmd", "MB/s = 10^6 B per wall second of the whole child "
+                     "(start-up and cefmp4's verify/probe/metadata included)")
+    if name == "drop":
+        return table(f"2. drop: {args.size_mb} MiB into `cefmp4 run`, timeout "
+                     f"{args.timeout:g} s, {n}", drop_rows(r), "÷ s5cmd")
+    if name == "live":
+        return table(f"3. live: 4 MiB/s for {args.live_seconds:g} s, {n}", live_rows(r), "",
+                     "lag: part's last byte written → listed by ListParts (50 ms polling)")
+    if name == "many":
+        start = "at once" if args.many_sync else "started 0.5 s apart"
+        return table(f"4. many: 20 files x 1 MiB/s for {args.live_seconds:g} s, {start}, {n}",
+                     many_rows(r), "", "cpu_pct: cefmp4 (+ffprobe) while all 20 grow; "
+                     "cpu_pct_window: first to last write (includes early files' finalize)")
+    return table(f"5. idle: {args.idle_files} completed files, {args.idle_seconds:g} s idle, "
+                 f"{n}", idle_rows(r, args.idle_files), "",
+                 "requests counted by a proxy in front of SeaweedFS; start-up = spawn → "
+                 "ready + 0.5 s")
+
+
+def environment() -> dict[str, Any]:
+    def version(args: list[str]) -> str:
+        try:
+            out = subprocess.run(
+                args, capture_output=True, text=True, timeout=30, check=False
+            )
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "?"
+
+    return {
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "s5cmd": version([tool("s5cmd"), "version"]), "weed": version([tool("weed"), "version"]),
+        "cefmp4": version([tool("cefmp4"), "--version"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
+    aws = find_aws() if {"catchup"} & set(args.scenarios) else "aws"
+    seaweed = Seaweed(work / "seaweed")
+    seaweed.start()
+    print(f"SeaweedFS at {seaweed.endpoint_url}; scratch {work}")
+    b = scenarios.Bench(
+        work=work, seaweed=seaweed, size_mb=args.size_mb, runs=args.runs,
+        timeout=args.timeout, live_seconds=args.live_seconds,
+        idle_seconds=args.idle_seconds, idle_files=args.idle_files, aws=aws,
+        media_dir=args.work_dir,  # media files are cached across invocations
+        many_sync=args.many_sync,
+    )
+    results: dict[str, Runs] = {}
+    tables: list[str] = []
+    started = time.time()
+    env = environment()
+    try:
+        idle_bucket: list[str] = []
+        for name in args.scenarios:
+            print(f"-- {name}")
+            results[name] = run_scenario(b, name, idle_bucket)
+            tables.append(render(name, results[name], args))
+            print(tables[-1] + "\n")
+        if args.profile:
+            results["profile"] = {"py-spy": {}}
+            tables.append(profile.run(b, RESULTS))
+    finally:
+        scenarios.cleanup(b)
+        seaweed.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n\n".join(tables))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
+    out.write_text(json.dumps({
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": env, "started": started, "finished": time.time(),
+        "settings": {"CHUNK_SIZE_MB": scenarios.PART_MIB,
+                     "UPLOAD_CONCURRENCY": scenarios.CONCURRENCY,
+                     "MAX_INFLIGHT_MB": scenarios.INFLIGHT_MIB},
+        "results": results, "tables": tables,
+    }, indent=2, default=str))
+    print(f"\nresults: {out}")
+    return 0

@@ -1,0 +1,102 @@
+"""Keeping the leases of the streams this instance owns (SPEC §2.11, Redis only).
+
+A lease is renewed every third of its TTL. When a renewal says another instance holds it,
+or renewals have failed for longer than the TTL (we cannot know whether it expired), the
+stream's ``on_lost`` callback stops its worker at once. Checkpoint writes are fenced as
+well, so even a worker that has not yet heard the news cannot overwrite newer progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from cefmp4 import logs
+from cefmp4.checkpoint import Leases
+from cefmp4.errors import CefmpError, LeaseLost
+
+log = structlog.get_logger("cefmp4.lease")
+
+
+@dataclass(slots=True)
+class _Held:
+    stream_ids: set[str]
+    token: int
+    on_lost: Callable[[], None]
+    renewed_at: float
+
+
+class LeaseKeeper:
+    def __init__(self, leases: Leases, owner: str, ttl: float) -> None:
+        self.leases = leases
+        self.owner = owner
+        self.ttl = ttl
+        self._held: dict[int, _Held] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def acquire(self, inode: int, on_lost: Callable[[], None]) -> int | None:
+        """Take the file's lease; None when another instance holds it."""
+        token = await self.leases.acquire(inode, self.owner, self.ttl)
+        if token is not None:
+            self._held[inode] = _Held(set(), token, on_lost, time.monotonic())
+        return token
+
+    def bind(self, inode: int, stream_id: str) -> None:
+        """Fence ``stream_id``'s checkpoint writes with the file's token."""
+        held = self._held[inode]
+        held.stream_ids.add(stream_id)
+        self.leases.fence(stream_id, inode, held.token)
+
+    def set_on_lost(self, inode: int, on_lost: Callable[[], None]) -> None:
+        self._held[inode].on_lost = on_lost
+
+    async def verify(self, inode: int) -> None:
+        """Before an irreversible step (CompleteMultipartUpload): still ours, or LeaseLost."""
+        if inode not in self._held or not await self.leases.renew(inode, self.owner, self.ttl):
+            raise LeaseLost(f"lease of inode {inode} lost")
+        self._held[inode].renewed_at = time.monotonic()
+
+    async def release(self, inode: int) -> None:
+        held = self._held.pop(inode, None)
+        if held is None:
+            return
+        for stream_id in held.stream_ids:
+            self.leases.unfence(stream_id)
+        try:
+            await self.leases.release(inode, self.owner)
+        except CefmpError as exc:  # it expires by itself; say so and move on
+            log.warning(logs.LEASE_RELEASE_FAILED, inode=inode, error=str(exc))
+
+    def _lose(self, inode: int) -> None:
+        held = self._held.pop(inode, None)
+        if held is None:
+            return
+        for stream_id in held.stream_ids:
+            self.leases.unfence(stream_id)
+        log.warning(logs.LEASE_LOST, inode=inode, streams=sorted(held.stream_ids))
+        held.on_lost()
+
+    async def renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            for inode in list(self._held):
+                held = self._held.get(inode)
+                if held is None:
+                    continue
+                try:
+                    ok = await self.leases.renew(inode, self.owner, self.ttl)
+                except CefmpError as exc:
+                    if time.monotonic() - held.renewed_at > self.ttl:
+                        log.warning(logs.LEASE_LOST, inode=inode, error=str(exc))
+                        self._lose(inode)
+                    continue
+                if ok:
+                    held.renewed_at = time.monotonic()
+                else:
+                    self._lose(inode)
