@@ -75,6 +75,7 @@ async def open_context(
             max_parts=settings.max_parts,
             stream_timeout=settings.stream_timeout_seconds,
             poll_interval=settings.poll_interval_seconds,
+            parts_in_flight=settings.upload_concurrency + 1,
         )
         yield Context(
             config=config,

@@ -3,6 +3,7 @@
     CefmpError
     ├── ConfigError          invalid setting; the CLI prints one line and exits 2
     ├── TransientError       worth retrying: timeouts, refused connections, 5xx, throttling
+    │   └── ContentChanged   S3 got other bytes than the Content-MD5 said (BadDigest)
     ├── PermanentError       retrying cannot help: access denied, bucket missing, bad request
     │   ├── UploadNotFound   the multipart upload id is unknown to S3 (expired, aborted)
     │   └── LeaseLost        another instance owns the stream now (fencing token rejected)
@@ -27,6 +28,10 @@ class ConfigError(CefmpError):
 
 class TransientError(CefmpError):
     """The operation may succeed if tried again later."""
+
+
+class ContentChanged(TransientError):
+    """The part body did not match its Content-MD5: hash the bytes again, then resend."""
 
 
 class PermanentError(CefmpError):

@@ -83,6 +83,22 @@ async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
     )
 
 
+async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str] | None:
+    """A file that was complete before we read it needs no second read: every part's MD5
+    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
+    st = os.fstat(worker.fd)
+    if worker.running_sha is None or not worker.quiet_since_start(st):
+        return None
+    bounds = part_bounds(worker.schedule, st.st_size)
+    missing = [b for b in bounds if b[0] not in worker.parts]
+    await asyncio.gather(*(worker.start_part(*b) for b in missing))
+    await worker.drain()
+    sha256 = worker.running_sha.hexdigest(len(bounds))
+    if sha256 is None or not worker.quiet_since_start(os.fstat(worker.fd)):
+        return None
+    return [worker.parts[n] for n in range(1, len(bounds) + 1)], sha256
+
+
 async def finalize_orphan(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
     """The file vanished while we were down: the object is what was uploaded of it."""
     record = replace(
@@ -159,6 +175,9 @@ async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord],
     One pass over the file hashes every part range; a part whose MD5 differs from what was
     uploaded (the recorder patched it) or that is missing (the tail) is uploaded again.
     """
+    fast = await _quiet_file_parts(worker)
+    if fast is not None:
+        return fast
     while True:
         size = os.fstat(worker.fd).st_size
         bounds = part_bounds(worker.schedule, size)

@@ -23,7 +23,7 @@ from cefmp4.keys import parse_key
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
 from cefmp4.storage import MultipartUpload, UploadedPart
-from cefmp4.upload import read_part
+from cefmp4.upload import hash_range
 
 log = structlog.get_logger("cefmp4.housekeeping")
 
@@ -148,11 +148,11 @@ async def _verified_parts(
         if s3_part.size != size:
             continue
         try:
-            body = await asyncio.to_thread(read_part, fd, offset, size)
+            md5_hex, _ = await asyncio.to_thread(hash_range, fd, offset, size)
         except SourceError:
             continue
-        if body.md5_hex == s3_part.etag:
-            parts.append(PartRecord(number, offset, size, s3_part.etag, body.md5_hex, ctx.clock()))
+        if md5_hex == s3_part.etag:
+            parts.append(PartRecord(number, offset, size, s3_part.etag, md5_hex, ctx.clock()))
     return parts
 
 

@@ -33,6 +33,10 @@ class PipelineConfig:
     max_parts: int
     stream_timeout: float
     poll_interval: float
+    # Parts of one stream read ahead or uploading at once: enough to keep every upload slot
+    # busy while the next part is read and hashed, few enough that the first part goes up
+    # at once and memory stays low. The byte budget bounds the total across streams.
+    parts_in_flight: int = 6
     backoff: Backoff = field(default_factory=Backoff)
 
 

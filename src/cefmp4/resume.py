@@ -17,7 +17,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.errors import SourceError, UploadNotFound
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
-from cefmp4.upload import read_part
+from cefmp4.upload import hash_range
 
 log = structlog.get_logger("cefmp4.resume")
 
@@ -61,12 +61,12 @@ async def reconcile(
         if s3_part.size != size:
             continue  # a tail uploaded by an interrupted finalize; finalize redoes it
         try:
-            body = await asyncio.to_thread(read_part, fd, offset, size)
+            md5_hex, _ = await asyncio.to_thread(hash_range, fd, offset, size)
         except SourceError:
             continue
-        if body.md5_hex != s3_part.etag:
+        if md5_hex != s3_part.etag:
             continue
-        adopted = PartRecord(number, offset, size, s3_part.etag, body.md5_hex, ctx.clock())
+        adopted = PartRecord(number, offset, size, s3_part.etag, md5_hex, ctx.clock())
         await ctx.retry(
             "checkpoint",
             lambda part=adopted: ctx.checkpoints.put_part(record.stream_id, part),  # type: ignore[misc]

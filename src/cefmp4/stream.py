@@ -19,16 +19,17 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
-from cefmp4.errors import SourceError, UploadNotFound
+from cefmp4.errors import ContentChanged, SourceError, UploadNotFound
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
-from cefmp4.upload import read_part
+from cefmp4.upload import FileRange, RunningSha256, hash_range
+
+# A file whose mtime is at least this old when we first see it, and unchanged when the
+# stream completes, was not written while we read it (mtime is coarse, hence the margin).
+QUIET_MARGIN_S = 2.0
 
 log = structlog.get_logger("cefmp4.stream")
 
-# Parts of one stream read ahead / in flight at once; the global byte budget and upload
-# slots bound the total across streams.
-MAX_PARTS_IN_FLIGHT = 8
 
 
 class Outcome(enum.Enum):
@@ -66,6 +67,10 @@ class StreamWorker:
         self._growth: deque[tuple[int, float]] = deque()
         self.reuploaded = 0
         self.lease_lost = False  # another instance took the stream over (scale-out)
+        # SHA-256 built while parts are read; with a quiet file it spares finalize a pass.
+        self.running_sha: RunningSha256 | None = None if parts else RunningSha256()
+        self._hash_lock = asyncio.Lock()  # parts are hashed one at a time, in order
+        self.quiet_stat: tuple[int, int, int] | None = None  # (size, mtime_ns, ctime_ns)
 
     # --- observation ---------------------------------------------------------------------
 
@@ -100,6 +105,12 @@ class StreamWorker:
         self.wake.set()
 
     def _observe(self, st: os.stat_result) -> None:
+        fingerprint = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self.size == 0 and self.mtime_ns == 0:
+            if self.ctx.clock() - st.st_mtime_ns / 1e9 >= QUIET_MARGIN_S:
+                self.quiet_stat = fingerprint
+        elif fingerprint != self.quiet_stat:
+            self.quiet_stat = None
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
             if st.st_size > self.size:
                 self._growth.append((st.st_size, self.ctx.clock()))
@@ -139,6 +150,10 @@ class StreamWorker:
                 async with asyncio.timeout(wait):
                     await self.wake.wait()
 
+    def quiet_since_start(self, st: os.stat_result) -> bool:
+        """The file was already finished when the stream began and has not changed since."""
+        return self.quiet_stat == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     def contiguous_parts(self) -> list[PartRecord]:
         parts: list[PartRecord] = []
         while (part := self.parts.get(len(parts) + 1)) is not None:
@@ -151,7 +166,8 @@ class StreamWorker:
 
     def _start_ready_parts(self) -> None:
         n = 1
-        while len(self._inflight) < MAX_PARTS_IN_FLIGHT and n <= self.record.max_parts:
+        limit = self.ctx.config.parts_in_flight
+        while len(self._inflight) < limit and n <= self.record.max_parts:
             offset, size = self.schedule.offset_of(n), self.schedule.size_of(n)
             if offset + size > self.size:
                 return  # only full parts go up while the stream is active
@@ -223,19 +239,30 @@ class StreamWorker:
         ctx = self.ctx
         reupload = number in self.parts
         async with ctx.budget.hold(size):
-            body = await asyncio.to_thread(read_part, self.fd, offset, size)
+            md5_hex, md5_b64 = await self._hash_part(number, offset, size)
             upload_id = await self.ensure_upload()
+            md5 = [md5_hex, md5_b64]
+
+            async def attempt() -> str:
+                try:
+                    return await ctx.objects.upload_part(
+                        self.record.key, upload_id, number, FileRange(self.fd, offset, size),
+                        md5[1],
+                    )
+                except ContentChanged:
+                    # The recorder rewrote these bytes after we hashed them: hash again.
+                    if self.running_sha is not None:
+                        self.running_sha.invalidate()
+                    md5[:] = await asyncio.to_thread(hash_range, self.fd, offset, size)
+                    raise
+
             async with ctx.upload_slots:
                 started = time.monotonic()
-                etag = await ctx.retry(
-                    "upload_part",
-                    lambda: ctx.objects.upload_part(
-                        self.record.key, upload_id, number, body.data, body.md5_b64
-                    ),
-                )
+                etag = await ctx.retry("upload_part", attempt)
                 ctx.metrics.chunk_upload_seconds.observe(time.monotonic() - started)
+            md5_hex = md5[0]
         ctx.failpoints.hit("after_upload_part")
-        part = PartRecord(number, offset, size, etag, body.md5_hex, ctx.clock())
+        part = PartRecord(number, offset, size, etag, md5_hex, ctx.clock())
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(self.stream_id, part))
         self.parts[number] = part
         ctx.metrics.chunks_uploaded.inc()
@@ -248,6 +275,21 @@ class StreamWorker:
             part_number=number, offset=offset, size=size, etag=etag,
         )
 
+    async def _hash_part(self, number: int, offset: int, size: int) -> tuple[str, str]:
+        """Content-MD5 of the part, feeding the running SHA-256 when it is next in order."""
+        running = self.running_sha
+        async with self._hash_lock:
+            sha = running.for_part(number) if running is not None else None
+            try:
+                digest = await asyncio.to_thread(hash_range, self.fd, offset, size, sha)
+            except BaseException:
+                if running is not None and sha is not None:
+                    running.invalidate()  # the digest may hold part of this range
+                raise
+            if running is not None and sha is not None:
+                running.fed(number)
+            return digest
+
     async def restart_upload(self, reason: str) -> None:
         """S3 forgot the upload (expired, aborted): start this stream again from byte 0."""
         log.warning(logs.UPLOAD_RESTARTED, reason=reason, parts_lost=len(self.parts))
@@ -255,6 +297,7 @@ class StreamWorker:
         ctx = self.ctx
         self.ctx.metrics.parts_reuploaded.inc(len(self.parts))
         self.parts.clear()
+        self.running_sha = RunningSha256()
         self.record = replace(self.record, upload_id=None)
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(self.stream_id))
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(self.record))

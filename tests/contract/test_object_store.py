@@ -29,10 +29,17 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     ReadTimeoutError,
 )
 
-from cefmp4.errors import ConfigError, PermanentError, TransientError, UploadNotFound
+from cefmp4.errors import (
+    ConfigError,
+    ContentChanged,
+    PermanentError,
+    TransientError,
+    UploadNotFound,
+)
 from cefmp4.storage import ObjectStore
 from cefmp4.storage.memory import MemoryObjectStore, multipart_etag
 from cefmp4.storage.s3 import S3ObjectStore, _map_error, open_s3_store
+from cefmp4.upload import FileRange, hash_range
 from tests.support.seaweed import DEFAULT_PORTS, SeaweedS3, s3_store_for, write_s3_identities
 
 MiB = 1024 * 1024
@@ -414,7 +421,7 @@ def client_error(code: str, status: int) -> Exception:
         ("InvalidPartOrder", 400, PermanentError),
         ("MalformedXML", 400, PermanentError),
         ("SomethingNew", 409, PermanentError),
-        ("BadDigest", 400, TransientError),
+        ("BadDigest", 400, ContentChanged),
         ("XAmzContentSHA256Mismatch", 400, TransientError),
         ("RequestTimeout", 400, TransientError),
         ("RequestTimeTooSkewed", 403, TransientError),
@@ -450,3 +457,25 @@ async def test_half_given_credentials_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="S3_SECRET_ACCESS_KEY"):
         async with open_s3_store(bucket="b", access_key_id="only-the-id"):
             pass
+
+
+async def test_part_streamed_from_a_file_range(store: ObjectStore, tmp_path: Path) -> None:
+    """A part body can be a FileRange: streamed from the file, never whole in memory."""
+    data = os.urandom(6 * 1024 * 1024)
+    path = tmp_path / "src.bin"
+    path.write_bytes(b"header" + data + b"trailer")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        key = "streams/range/a.mp4"
+        upload_id = await store.create_multipart(key, "video/mp4")
+        md5_hex, md5_b64 = hash_range(fd, 6, len(data))
+        etag = await store.upload_part(key, upload_id, 1, FileRange(fd, 6, len(data)), md5_b64)
+        assert etag == md5_hex == hashlib.md5(data).hexdigest()
+        # Bytes that changed after hashing are refused, not stored under the old MD5.
+        stale = hash_range(fd, 0, len(data))[1]
+        with pytest.raises(ContentChanged):
+            await store.upload_part(key, upload_id, 2, FileRange(fd, 6, len(data)), stale)
+        await store.complete_multipart(key, upload_id, [(1, etag)])
+        assert await store.get_object(key) == data
+    finally:
+        os.close(fd)

@@ -12,6 +12,18 @@ from datetime import datetime
 from typing import Protocol
 
 
+class BinaryIOLike(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
+# A part body: the bytes, or a readable, seekable, sized file-like object that the store
+# streams from (``cefmp4.upload.FileRange``), so a part never has to sit in memory whole.
+PartBody = bytes | BinaryIOLike
+
+
 @dataclass(frozen=True, slots=True)
 class UploadedPart:
     part_number: int
@@ -48,9 +60,11 @@ class ObjectStore(Protocol):
         """Start a multipart upload; returns its upload id."""
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: bytes, md5_b64: str
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
     ) -> str:
-        """Upload one part with Content-MD5; returns its ETag (without quotes)."""
+        """Upload one part with Content-MD5; returns its ETag (without quotes).
+
+        ``ContentChanged`` when the bytes that arrived do not match ``md5_b64``."""
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         """Every part S3 holds for the upload, ascending part number, one per number."""

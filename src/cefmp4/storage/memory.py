@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cefmp4.errors import CefmpError, PermanentError, TransientError, UploadNotFound
-from cefmp4.storage import MultipartUpload, ObjectInfo, UploadedPart
+from cefmp4.errors import CefmpError, ContentChanged, PermanentError, UploadNotFound
+from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
 
 __all__ = ["MIN_PART_SIZE", "MemoryObjectStore", "StoredObject", "multipart_etag"]
 
@@ -109,9 +109,12 @@ class MemoryObjectStore:
         return upload_id
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: bytes, md5_b64: str
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
     ) -> str:
         await self._enter("upload_part")
+        if not isinstance(body, bytes):
+            body.seek(0)
+            body = body.read()
         upload = self._upload("UploadPart", key, upload_id)
         if not 1 <= part_number <= MAX_PART_NUMBER:
             raise PermanentError(f"UploadPart failed: InvalidArgument (part {part_number})")
@@ -125,7 +128,7 @@ class MemoryObjectStore:
             raise PermanentError("UploadPart failed: InvalidDigest")
         digest = hashlib.md5(body).digest()
         if digest != expected:
-            raise TransientError("UploadPart failed: BadDigest")  # as s3._map_error maps it
+            raise ContentChanged("UploadPart failed: BadDigest")  # as s3._map_error maps it
         etag = digest.hex()
         upload.parts[part_number] = (body, etag)
         return etag

@@ -19,8 +19,15 @@ import botocore.exceptions as boto_errors  # type: ignore[import-untyped]
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-from cefmp4.errors import CefmpError, ConfigError, PermanentError, TransientError, UploadNotFound
-from cefmp4.storage import MultipartUpload, ObjectInfo, UploadedPart
+from cefmp4.errors import (
+    CefmpError,
+    ConfigError,
+    ContentChanged,
+    PermanentError,
+    TransientError,
+    UploadNotFound,
+)
+from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -96,6 +103,8 @@ def _map_client_error(exc: boto_errors.ClientError, operation: str) -> CefmpErro
     text = f"{operation} failed: {code or status}" + (f" ({message})" if message else "")
     if code == "NoSuchUpload":
         return UploadNotFound(text)
+    if code == "BadDigest":
+        return ContentChanged(text)
     if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
         return TransientError(text)
     # AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, NoSuchBucket, InvalidPart,
@@ -212,7 +221,7 @@ class S3ObjectStore:
         return response["UploadId"]
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: bytes, md5_b64: str
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
     ) -> str:
         try:
             response = await self._client.upload_part(
@@ -348,9 +357,14 @@ def _client_config(
         "connect_timeout": connect_timeout,
         "read_timeout": read_timeout,
     }
+    # Every part carries Content-MD5, which already protects the body; SigV4 payload
+    # signing would hash each part once more with SHA-256 (botocore does it on plain-http
+    # endpoints). UNSIGNED-PAYLOAD is what botocore itself uses over https.
+    s3: dict[str, Any] = {"payload_signing_enabled": False}
     if path_style:
         # Custom endpoints (MinIO, SeaweedFS, ...) rarely have wildcard DNS for buckets.
-        options["s3"] = {"addressing_style": "path"}
+        s3["addressing_style"] = "path"
+    options["s3"] = s3
     return AioConfig(**options)
 
 
