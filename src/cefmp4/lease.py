@@ -48,13 +48,19 @@ class LeaseKeeper:
         return token
 
     def bind(self, inode: int, stream_id: str) -> None:
-        """Fence ``stream_id``'s checkpoint writes with the file's token."""
-        held = self._held[inode]
+        """Fence ``stream_id``'s checkpoint writes with the file's token; LeaseLost if the
+        lease is gone already (lost while the stream was being claimed)."""
+        held = self._held.get(inode)
+        if held is None:
+            raise LeaseLost(f"lease of inode {inode} lost")
         held.stream_ids.add(stream_id)
         self.leases.fence(stream_id, inode, held.token)
 
     def set_on_lost(self, inode: int, on_lost: Callable[[], None]) -> None:
-        self._held[inode].on_lost = on_lost
+        held = self._held.get(inode)
+        if held is None:
+            raise LeaseLost(f"lease of inode {inode} lost")
+        held.on_lost = on_lost
 
     async def verify(self, inode: int) -> None:
         """Before an irreversible step (CompleteMultipartUpload): still ours, or LeaseLost."""

@@ -160,6 +160,11 @@ class StreamManager:
         if rel is None:
             rel = path.relative_to(ctx.config.watch_dir).as_posix()
         stream_id = new_stream_id()
+        try:
+            self._before_first_write(st.st_ino, stream_id)
+        except LeaseLost:
+            os.close(fd)
+            raise
         now = ctx.clock()
         record = StreamRecord(
             stream_id=stream_id, path=str(path), rel_path=rel,
@@ -205,6 +210,7 @@ class StreamManager:
                 await finalize_orphan(self.ctx, rec, parts)
             return
         try:
+            self._before_first_write(rec.inode, rec.stream_id)
             parts = await self.ctx.retry(
                 "checkpoint", lambda: self.ctx.checkpoints.get_parts(rec.stream_id)
             )
@@ -224,15 +230,24 @@ class StreamManager:
 
     def _run(self, worker: StreamWorker) -> None:
         ident = (worker.record.device, worker.record.inode)
+        try:
+            self._on_worker_start(worker)
+        except LeaseLost:
+            # Lost while claiming (a stall longer than the lease): the new owner has it.
+            log.warning(logs.STREAM_RELINQUISHED, stream_id=worker.stream_id)
+            os.close(worker.fd)
+            return
         self.workers[ident] = worker
         self.ctx.metrics.active_streams.set(len(self.workers))
-        self._on_worker_start(worker)
         task = asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}")
         self._stream_tasks[ident] = task
         self._track(task)
 
+    def _before_first_write(self, inode: int, stream_id: str) -> None:
+        """Hook: about to write the stream's checkpoints (scale-out fences them here)."""
+
     def _on_worker_start(self, worker: StreamWorker) -> None:
-        """Hook: a worker is about to run (scale-out fences its writes here)."""
+        """Hook: a worker is about to run; LeaseLost if it must not."""
 
     async def _on_worker_end(self, worker: StreamWorker) -> None:
         """Hook: a worker has stopped, whatever the reason."""

@@ -18,6 +18,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.discover import check_file
+from cefmp4.errors import LeaseLost
 from cefmp4.lease import LeaseKeeper
 from cefmp4.manager import UNFINISHED, Identity, StreamManager, unchanged
 from cefmp4.pipeline import Context
@@ -41,6 +42,9 @@ class LeasedStreamManager(StreamManager):
         self.max_streams = max_streams
         # Files another instance owns, and until when we stop asking (monotonic time).
         self._foreign: dict[Identity, float] = {}
+        # Files seen while we had no room or another instance held them: looked at again
+        # when a worker ends and on every takeover round, so none is forgotten.
+        self._deferred: dict[Identity, Path] = {}
 
     def at_capacity(self) -> bool:
         return len(self.workers) + len(self._starting) >= self.max_streams
@@ -52,8 +56,18 @@ class LeasedStreamManager(StreamManager):
 
     def _unknown_file(self, path: Path, st: os.stat_result, ident: Identity) -> None:
         if self.at_capacity() or self._foreign.get(ident, 0.0) > time.monotonic():
+            self._deferred[ident] = path
             return
+        self._deferred.pop(ident, None)
         self._spawn(self._claim(path, ident), ident)
+
+    def _retry_deferred(self) -> None:
+        for ident, path in list(self._deferred.items()):
+            if self.at_capacity():
+                return
+            if self._foreign.get(ident, 0.0) <= time.monotonic():
+                del self._deferred[ident]
+                self.on_path(path)
 
     async def _claim(self, path: Path, ident: Identity) -> None:
         ctx = self.ctx
@@ -62,12 +76,16 @@ class LeasedStreamManager(StreamManager):
             "checkpoint", lambda: self.keeper.acquire(inode, lambda: self._lose(ident))
         )
         if token is None:
-            self._foreign[ident] = time.monotonic() + self.keeper.ttl / 2
+            # Its lease cannot expire sooner than one TTL from now.
+            self._foreign[ident] = time.monotonic() + self.keeper.ttl
+            self._deferred[ident] = path
             return
         self._foreign.pop(ident, None)
         try:
             records = await ctx.retry("checkpoint", lambda: ctx.checkpoints.find_by_inode(inode))
             await self._start_or_resume(path, ident, records[-1] if records else None)
+        except LeaseLost as exc:
+            log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
         finally:
             if ident not in self.workers:
                 await self.keeper.release(inode)
@@ -87,6 +105,9 @@ class LeasedStreamManager(StreamManager):
             return
         await self._start_new(path)
 
+    def _before_first_write(self, inode: int, stream_id: str) -> None:
+        self.keeper.bind(inode, stream_id)
+
     def _on_worker_start(self, worker: StreamWorker) -> None:
         ident = (worker.record.device, worker.record.inode)
         self.keeper.set_on_lost(worker.record.inode, lambda: self._lose(ident))
@@ -95,6 +116,7 @@ class LeasedStreamManager(StreamManager):
     async def _on_worker_end(self, worker: StreamWorker) -> None:
         if not worker.lease_lost:
             await self.keeper.release(worker.record.inode)
+        self._retry_deferred()
 
     # --- takeover --------------------------------------------------------------------------
 
@@ -108,6 +130,7 @@ class LeasedStreamManager(StreamManager):
             await asyncio.sleep(interval)
 
     async def _takeover_once(self) -> None:
+        self._retry_deferred()
         if self.at_capacity():
             return
         ctx = self.ctx
@@ -121,7 +144,10 @@ class LeasedStreamManager(StreamManager):
             path = _locate(ctx.config.watch_dir, record)
             ident = (record.device, record.inode)
             if path is not None:
-                st = os.stat(path)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # gone since _locate: the next round sees it as such
                 ident = (st.st_dev, st.st_ino)
             if ident in self._starting or ident in self.workers:
                 continue
