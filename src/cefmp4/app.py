@@ -17,7 +17,6 @@ import structlog
 from cefmp4 import logs
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord
-from cefmp4.checkpoint.redis import RedisCheckpointStore, open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.discover import scan, watch
 from cefmp4.failpoints import Failpoints
@@ -43,6 +42,9 @@ async def open_checkpoints(
     single-instance lock so ``status`` and ``check`` work beside a running daemon."""
     url = settings.redis_url.get_secret_value()
     if url:
+        # Imported here: redis-py costs ~60 ms of start-up that SQLite users need not pay.
+        from cefmp4.checkpoint.redis import open_redis_store
+
         async with open_redis_store(url, settings.redis_key_prefix) as redis_store:
             yield redis_store
     else:
@@ -160,8 +162,11 @@ class App:
         """One instance on SQLite; with Redis, leases let several share the work."""
         settings = self.settings
         grace = settings.shutdown_grace_seconds
-        if not isinstance(ctx.checkpoints, RedisCheckpointStore):
+        if not settings.redis_url.get_secret_value():
             return StreamManager(ctx, shutdown, shutdown_grace=grace)
+        from cefmp4.checkpoint.redis import RedisCheckpointStore
+
+        assert isinstance(ctx.checkpoints, RedisCheckpointStore)
         owner = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         keeper = LeaseKeeper(ctx.checkpoints, owner, settings.lease_ttl_seconds)
         manager = LeasedStreamManager(

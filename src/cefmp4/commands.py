@@ -17,8 +17,11 @@ from rich.table import Table
 from cefmp4.app import open_checkpoints, upload_files
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
+from cefmp4.errors import CefmpError
 from cefmp4.manager import StreamManager
 from cefmp4.settings import Settings
+from cefmp4.storage import MultipartUpload
+from cefmp4.storage.s3 import open_s3_store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -136,4 +139,44 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
         console = Console(width=max(console.width, 200))
     console.print(table)
+    known = {row["upload_id"] for row in rows if row["upload_id"]}
+    _print_unknown_uploads(console, settings, known)
     return EXIT_OK
+
+
+def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]) -> None:
+    """SPEC §2.13: multipart uploads under the prefix that no checkpoint knows."""
+    try:
+        uploads = asyncio.run(_list_uploads(settings))
+    except (CefmpError, TimeoutError) as exc:
+        console.print(f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})")
+        return
+    orphans = [u for u in uploads if u.upload_id not in known]
+    if not orphans:
+        console.print(f"no unknown multipart uploads under {settings.s3_key_prefix!r}")
+        return
+    grace_h = settings.abort_orphan_uploads_after_hours
+    table = Table(title=f"multipart uploads no checkpoint knows ({len(orphans)})")
+    for column in ("key", "upload_id", "age", "aborted by the sweeper"):
+        table.add_column(column, overflow="fold")
+    now = time.time()
+    for upload in sorted(orphans, key=lambda u: u.initiated):
+        age_h = (now - upload.initiated.timestamp()) / 3600
+        when = "never (ABORT_ORPHAN_UPLOADS_AFTER_HOURS=0)" if grace_h <= 0 else (
+            "next sweep" if age_h >= grace_h else f"in {grace_h - age_h:.1f} h"
+        )
+        table.add_row(upload.key, upload.upload_id, f"{age_h:.1f} h", when)
+    console.print(table)
+
+
+async def _list_uploads(settings: Settings) -> list[MultipartUpload]:
+    async with asyncio.timeout(20), open_s3_store(
+        bucket=settings.s3_bucket_name,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.s3_access_key_id.get_secret_value(),
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        region=settings.s3_region_name,
+        connect_timeout=3,
+        read_timeout=10,
+    ) as store:
+        return await store.list_multipart_uploads(settings.s3_key_prefix)

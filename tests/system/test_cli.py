@@ -478,3 +478,26 @@ def test_top_level_help_lists_the_commands() -> None:
     assert result.returncode == 0, result.stderr
     for command in ("run", "upload", "status", "check"):
         assert command in result.stdout
+
+
+def test_status_lists_multipart_uploads_no_checkpoint_knows(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, sample_mp4: Path
+) -> None:
+    """SPEC §2.13: `status` shows the uploads under the prefix that the sweeper would abort."""
+    _settings, env = _setup(tmp_path, s3_server, s3_bucket)
+    target = tmp_path / "known.mp4"
+    shutil.copyfile(sample_mp4, target)
+    assert run_cli(["upload", str(target)], env).returncode == 0
+    client = s3_server.boto_client()
+    stray = client.create_multipart_upload(
+        Bucket=s3_bucket, Key="streams/20260101T000000Z-0123456789/lost.mp4"
+    )["UploadId"]
+    outside = client.create_multipart_upload(Bucket=s3_bucket, Key="other/x.mp4")["UploadId"]
+    table = run_cli(["status"], env)
+    assert table.returncode == 0, table.stderr
+    assert stray in table.stdout
+    assert "lost.mp4" in table.stdout
+    assert outside not in table.stdout  # never outside S3_KEY_PREFIX
+    # The JSON form stays a list of streams.
+    rows = _status_json(env)
+    assert [r["path"] for r in rows] == [str(target.resolve())]
