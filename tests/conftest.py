@@ -33,3 +33,23 @@ def hermetic_env(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # A .env in the developer's working directory must not leak into tests.
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# Registered here, in the root conftest, so `scripts/test --crash-iterations N` works
+# without naming tests/system on the command line.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cefmp4 system tests")
+    group.addoption(
+        "--crash-iterations",
+        type=int,
+        default=20,
+        metavar="N",
+        help="SIGKILLs dealt by the randomized crash loop (default: %(default)s)",
+    )
+    group.addoption(
+        "--crash-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="seed of the randomized crash loop (default: a fresh one, printed)",
+    )
