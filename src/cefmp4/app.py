@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from cefmp4.discover import scan, watch
 from cefmp4.failpoints import Failpoints
 from cefmp4.health import serve_health
 from cefmp4.housekeeping import adopt_unknown_uploads, sweep_forever
-from cefmp4.lease import LeaseKeeper
+from cefmp4.lease import LeaseKeeper, default_owner
 from cefmp4.manager import StreamManager
 from cefmp4.metrics import Metrics
 from cefmp4.pipeline import Context, PipelineConfig
@@ -167,7 +166,7 @@ class App:
         from cefmp4.checkpoint.redis import RedisCheckpointStore
 
         assert isinstance(ctx.checkpoints, RedisCheckpointStore)
-        owner = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        owner = settings.instance_id or default_owner()
         keeper = LeaseKeeper(ctx.checkpoints, owner, settings.lease_ttl_seconds)
         manager = LeasedStreamManager(
             ctx, shutdown, keeper, max_streams=settings.max_streams, shutdown_grace=grace

@@ -9,6 +9,8 @@ well, so even a worker that has not yet heard the news cannot overwrite newer pr
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,34 @@ from cefmp4.checkpoint import Leases
 from cefmp4.errors import CefmpError, LeaseLost
 
 log = structlog.get_logger("cefmp4.lease")
+
+
+def default_owner() -> str:
+    """``host:pid-namespace:pid``: unique among live processes, and precise enough to tell
+    that a lease's holder was an earlier process on this very host that has died."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}:{namespace}:{os.getpid()}"
+
+
+def dead_predecessor(owner: str, holder: str) -> bool:
+    """True if ``holder`` names a process of this host and pid namespace that is gone
+    (killed and restarted: its leases need not be waited out)."""
+    mine = owner.split(":")
+    theirs = holder.split(":")
+    if len(mine) != 3 or len(theirs) != 3 or mine[:2] != theirs[:2] or mine[1] == "0":
+        return False
+    if not theirs[2].isdigit() or theirs[2] == mine[2]:
+        return False
+    try:
+        os.kill(int(theirs[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive (maybe another user's): wait for the lease to expire
+    return False
 
 
 @dataclass(slots=True)
@@ -41,8 +71,14 @@ class LeaseKeeper:
         return len(self._held)
 
     async def acquire(self, inode: int, on_lost: Callable[[], None]) -> int | None:
-        """Take the file's lease; None when another instance holds it."""
+        """Take the file's lease; None when another live instance holds it."""
         token = await self.leases.acquire(inode, self.owner, self.ttl)
+        if token is None:
+            holder = await self.leases.holder(inode)
+            if holder is not None and dead_predecessor(self.owner, holder):
+                token = await self.leases.steal(inode, holder, self.owner, self.ttl)
+                if token is not None:
+                    log.info(logs.LEASE_RECLAIMED, inode=inode, previous_owner=holder)
         if token is not None:
             self._held[inode] = _Held(set(), token, on_lost, time.monotonic())
         return token

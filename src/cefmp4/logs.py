@@ -51,6 +51,7 @@ LEASE_RELEASE_FAILED: Final = "lease_release_failed"
 STREAM_RELINQUISHED: Final = "stream_relinquished"
 STREAM_TAKEN_OVER: Final = "stream_taken_over"
 SCALE_OUT: Final = "scale_out"
+LEASE_RECLAIMED: Final = "lease_reclaimed"
 ORPHAN_ABORTED: Final = "orphan_upload_aborted"
 COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
 PROBE_FAILED: Final = "probe_failed"

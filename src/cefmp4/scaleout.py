@@ -17,7 +17,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
-from cefmp4.discover import check_file
+from cefmp4.discover import check_file, scan
 from cefmp4.errors import LeaseLost
 from cefmp4.lease import LeaseKeeper
 from cefmp4.manager import UNFINISHED, Identity, StreamManager, unchanged
@@ -136,12 +136,18 @@ class LeasedStreamManager(StreamManager):
         ctx = self.ctx
         records = await ctx.retry("checkpoint", lambda: ctx.checkpoints.list_streams(UNFINISHED))
         mine = {w.stream_id for w in self.workers.values()}
+        scanned: dict[int, Path] | None = None
         for record in records:
             if self.at_capacity() or self.shutdown.is_set():
                 return
             if record.stream_id in mine:
                 continue
             path = _locate(ctx.config.watch_dir, record)
+            if path is None:
+                # Renamed while nobody watched? Look for the inode before calling it gone.
+                if scanned is None:
+                    scanned = await asyncio.to_thread(_scan_by_inode, ctx.config.watch_dir)
+                path = scanned.get(record.inode)
             ident = (record.device, record.inode)
             if path is not None:
                 try:
@@ -165,3 +171,13 @@ def _locate(watch_dir: Path, record: StreamRecord) -> Path | None:
         except OSError:
             continue
     return None
+
+
+def _scan_by_inode(watch_dir: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for path in scan(watch_dir):
+        try:
+            found[os.stat(path).st_ino] = path
+        except OSError:
+            continue
+    return found

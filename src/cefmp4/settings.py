@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         48.0, description="abort unknown uploads under the prefix older than this; 0 = never"
     )
     instance_id: str = Field(
-        "", description="name of this instance in leases and logs; empty = hostname-pid"
+        "", description="name of this instance in leases and logs; empty = host:pid-namespace:pid"
     )
     lease_ttl_seconds: float = Field(
         15.0, description="a stream whose owner stops renewing for this long is taken over"

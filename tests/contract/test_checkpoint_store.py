@@ -470,3 +470,17 @@ async def test_redis_leases_and_fencing(redis_url: str) -> None:
         assert await second.acquire(7, "c", ttl=5) is None
         await second.release(7, "b")
         assert await second.acquire(7, "c", ttl=5) == token_b + 1
+
+
+async def test_redis_lease_steal_only_from_the_named_holder(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        assert await store.holder(9) is None
+        token = await store.acquire(9, "dead", ttl=30)
+        assert token is not None
+        assert await store.holder(9) == "dead"
+        assert await store.steal(9, "someone-else", "me", ttl=30) is None
+        stolen = await store.steal(9, "dead", "me", ttl=30)
+        assert stolen == token + 1
+        assert await store.holder(9) == "me"
+        assert not await store.renew(9, "dead", ttl=30)

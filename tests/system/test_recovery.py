@@ -232,17 +232,7 @@ def test_restart_over_completed_files_uploads_nothing(
 # --- 8. idle while down --------------------------------------------------------------------
 
 
-LEASE_WAIT_BUG = (
-    "Redis mode: a restarted process has a new INSTANCE_ID (default hostname-pid), so it "
-    "cannot re-acquire the leases its crashed predecessor held and resumes its own streams "
-    "only after LEASE_TTL_SECONDS (scaleout takeover), not promptly"
-)
-
-
-@pytest.mark.parametrize(
-    "checkpoint_kind",
-    ["sqlite", pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=LEASE_WAIT_BUG))],
-)
+@pytest.mark.parametrize("checkpoint_kind", ["sqlite", "redis"])
 def test_stream_that_went_idle_while_down_is_finalized_promptly(
     tmp_path: Path,
     s3_server: SeaweedS3,

@@ -115,6 +115,13 @@ class Leases(Protocol):
     async def renew(self, inode: int, owner: str, ttl: float) -> bool:
         """Extend the lease; False if ``owner`` no longer holds it."""
 
+    async def holder(self, inode: int) -> str | None:
+        """Who holds the lease now, if anyone."""
+
+    async def steal(self, inode: int, old_owner: str, owner: str, ttl: float) -> int | None:
+        """Take the lease from ``old_owner`` (known to be dead); a new token, or None if
+        ``old_owner`` no longer holds it."""
+
     async def release(self, inode: int, owner: str) -> None: ...
 
     def fence(self, stream_id: str, inode: int, token: int) -> None:

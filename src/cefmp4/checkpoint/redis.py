@@ -100,6 +100,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return token
 """
 
+# Take over from a given holder only (one known to be dead): KEYS lease, fence;
+# ARGV old owner, new owner, ttl in ms.
+_STEAL_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return token
+"""
+
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -204,6 +215,7 @@ class RedisCheckpointStore:
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
         self._acquire_script = client.register_script(_ACQUIRE_LUA)
         self._renew_script = client.register_script(_RENEW_LUA)
+        self._steal_script = client.register_script(_STEAL_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
@@ -263,6 +275,19 @@ class RedisCheckpointStore:
             token = await self._acquire_script(
                 keys=[self._lease_key(inode), self._fence_key(inode)],
                 args=[owner, max(1, int(ttl * 1000))],
+            )
+        return None if token is None else int(token)
+
+    async def holder(self, inode: int) -> str | None:
+        with _mapped_errors("lease_holder"):
+            value = await self._client.get(self._lease_key(inode))
+        return None if value is None else _text(value)
+
+    async def steal(self, inode: int, old_owner: str, owner: str, ttl: float) -> int | None:
+        with _mapped_errors("steal_lease"):
+            token = await self._steal_script(
+                keys=[self._lease_key(inode), self._fence_key(inode)],
+                args=[old_owner, owner, max(1, int(ttl * 1000))],
             )
         return None if token is None else int(token)
 
