@@ -71,7 +71,7 @@ async def adopt_unknown_uploads(ctx: Context) -> list[StreamRecord]:
                 adopted.append(record)
         elif known.upload_id is None and known.state in _UNFINISHED and known.key == upload.key:
             attached = replace(known, upload_id=upload.upload_id)
-            await ctx.retry("checkpoint", lambda r=attached: ctx.checkpoints.put_stream(r))  # type: ignore[misc]
+            await ctx.retry("checkpoint", _put_stream(ctx, attached))
             records[known.stream_id] = attached
             log.info(logs.UPLOAD_ATTACHED, stream_id=known.stream_id, upload_id=upload.upload_id)
         elif known.upload_id != upload.upload_id:
@@ -131,6 +131,10 @@ def _put_part(
     ctx: Context, stream_id: str, part: PartRecord
 ) -> Callable[[], Awaitable[None]]:
     return lambda: ctx.checkpoints.put_part(stream_id, part)
+
+
+def _put_stream(ctx: Context, record: StreamRecord) -> Callable[[], Awaitable[None]]:
+    return lambda: ctx.checkpoints.put_stream(record)
 
 
 def _abort(ctx: Context, upload: MultipartUpload) -> Callable[[], Awaitable[None]]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
@@ -109,12 +110,12 @@ class StreamManager:
             return
         self._spawn(self._start_new(path), ident)
 
-    def _spawn(self, coro: object, ident: Identity) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], ident: Identity) -> None:
         self._starting.add(ident)
 
         async def starter() -> None:
             try:
-                await coro  # type: ignore[misc]
+                await coro
             finally:
                 self._starting.discard(ident)
 
@@ -315,9 +316,6 @@ class StreamManager:
             total += nbytes
             oldest = max(oldest, age)
         return total, oldest
-
-    def busy(self) -> bool:
-        return bool(self.workers or self._starting or self._tasks)
 
     async def wait_idle(self) -> None:
         """Until no stream is starting or running (for ``upload`` and tests)."""

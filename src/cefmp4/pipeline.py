@@ -64,6 +64,7 @@ class Context:
 
         def on_retry(name: str, attempt: int, delay: float, exc: BaseException) -> None:
             self.metrics.operation_failed(name)
+            self.metrics.retried(name)
             self.failing[name] = str(exc)
             log.warning(
                 logs.RETRY, operation=name, attempt=attempt, delay_s=round(delay, 2),

@@ -8,6 +8,7 @@ upload S3 no longer knows is either already complete (HeadObject) or restarted f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import structlog
@@ -67,10 +68,11 @@ async def reconcile(
         if md5_hex != s3_part.etag:
             continue
         adopted = PartRecord(number, offset, size, s3_part.etag, md5_hex, ctx.clock())
-        await ctx.retry(
-            "checkpoint",
-            lambda part=adopted: ctx.checkpoints.put_part(record.stream_id, part),  # type: ignore[misc]
-        )
+        await ctx.retry("checkpoint", _put_part(ctx, record.stream_id, adopted))
         kept[number] = adopted
         log.info(logs.PART_ADOPTED, part_number=number, size=size)
     return record, [kept[n] for n in sorted(kept)]
+
+
+def _put_part(ctx: Context, stream_id: str, part: PartRecord) -> Callable[[], Awaitable[None]]:
+    return lambda: ctx.checkpoints.put_part(stream_id, part)
