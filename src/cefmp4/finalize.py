@@ -24,7 +24,7 @@ from cefmp4.metadata import build_metadata, to_json_bytes
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
 from cefmp4.stream import StreamWorker
-from cefmp4.upload import digest_file, part_bounds
+from cefmp4.verify import upload_rest_verified
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -67,7 +67,7 @@ async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
                 await complete_parts(ctx, worker.record, parts)
                 sha256 = await _sha256_of_object(ctx, worker.record.key)
             else:
-                parts, sha256 = await _upload_rest_verified(worker)
+                parts, sha256 = await upload_rest_verified(worker)
                 await complete_parts(ctx, worker.record, parts)
             break
         except UploadNotFound as exc:
@@ -81,22 +81,6 @@ async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
         mtime_ns=os.fstat(worker.fd).st_mtime_ns,
         extra={"end_reason": reason, "parts_reuploaded": worker.reuploaded},
     )
-
-
-async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str] | None:
-    """A file that was complete before we read it needs no second read: every part's MD5
-    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
-    st = os.fstat(worker.fd)
-    if worker.running_sha is None or not worker.quiet_since_start(st):
-        return None
-    bounds = part_bounds(worker.schedule, st.st_size)
-    missing = [b for b in bounds if b[0] not in worker.parts]
-    await asyncio.gather(*(worker.start_part(*b) for b in missing))
-    await worker.drain()
-    sha256 = worker.running_sha.hexdigest(len(bounds))
-    if sha256 is None or not worker.quiet_since_start(os.fstat(worker.fd)):
-        return None
-    return [worker.parts[n] for n in range(1, len(bounds) + 1)], sha256
 
 
 async def finalize_orphan(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
@@ -167,35 +151,6 @@ async def publish(
         duration_s=probe.duration_seconds, sha256=sha256,
     )
     return record
-
-
-async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str]:
-    """Make S3 hold exactly the file's current bytes (SPEC §2.3).
-
-    One pass over the file hashes every part range; a part whose MD5 differs from what was
-    uploaded (the recorder patched it) or that is missing (the tail) is uploaded again.
-    """
-    fast = await _quiet_file_parts(worker)
-    if fast is not None:
-        return fast
-    while True:
-        size = os.fstat(worker.fd).st_size
-        bounds = part_bounds(worker.schedule, size)
-        digest = await asyncio.to_thread(digest_file, worker.fd, bounds)
-        stale = [
-            d for d in digest.parts
-            if (p := worker.parts.get(d.part_number)) is None
-            or p.md5 != d.md5_hex or p.size != d.size or p.offset != d.offset
-        ]
-        extra = [n for n in worker.parts if n > len(bounds)]
-        if not stale and not extra:
-            return [worker.parts[n] for n in range(1, len(bounds) + 1)], digest.sha256
-        for n in extra:  # the file is shorter than parts we uploaded: not part of the object
-            del worker.parts[n]
-        tasks = [worker.start_part(d.part_number, d.offset, d.size) for d in stale]
-        await asyncio.gather(*tasks)
-        await worker.drain()
-        # Loop: verify again, the recorder may have patched bytes while we uploaded.
 
 
 async def _sha256_of_object(ctx: Context, key: str) -> str:

@@ -23,10 +23,7 @@ from cefmp4.errors import ContentChanged, SourceError, UploadNotFound
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
 from cefmp4.upload import FileRange, RunningSha256, hash_range
-
-# A file whose mtime is at least this old when we first see it, and unchanged when the
-# stream completes, was not written while we read it (mtime is coarse, hence the margin).
-QUIET_MARGIN_S = 2.0
+from cefmp4.verify import QUIET_MARGIN_S, Predigest
 
 log = structlog.get_logger("cefmp4.stream")
 
@@ -70,6 +67,7 @@ class StreamWorker:
         # SHA-256 built while parts are read; with a quiet file it spares finalize a pass.
         self.running_sha: RunningSha256 | None = None if parts else RunningSha256()
         self._hash_lock = asyncio.Lock()  # parts are hashed one at a time, in order
+        self.predigest = Predigest(self)
         self.quiet_stat: tuple[int, int, int] | None = None  # (size, mtime_ns, ctime_ns)
 
     # --- observation ---------------------------------------------------------------------
@@ -144,6 +142,8 @@ class StreamWorker:
             if idle_for >= self.timeout:
                 log.info(logs.STREAM_IDLE, idle_s=round(idle_for, 2), size=self.size)
                 return Outcome.IDLE
+            if not self._inflight:
+                self.predigest.maybe_start(idle_for)
             self.wake.clear()
             wait = min(self.ctx.config.poll_interval, self.timeout - idle_for)
             with contextlib.suppress(TimeoutError):
@@ -212,6 +212,7 @@ class StreamWorker:
         await self._reap_parts()
 
     async def cancel_inflight(self) -> None:
+        await self.predigest.cancel()
         for task in self._inflight.values():
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)

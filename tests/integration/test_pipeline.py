@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from cefmp4.parts import MIB
 from tests.support.app import make_settings, running_app, sha256_file, wait_for, wait_metadata
@@ -189,3 +190,30 @@ async def test_real_ffmpeg_recorder(
         # The muxer patched bytes in part 1 after it went up (faststart: everything moved).
         assert reuploaded >= 1
         assert doc["parts_reuploaded"] >= 1
+
+
+@pytest.mark.parametrize("patch_after_predigest", [False, True])
+async def test_live_stream_is_verified_during_the_idle_wait(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, media_dir: Path,
+    patch_after_predigest: bool,
+) -> None:
+    """The second pass of SPEC §2.3 runs while the stream waits out its timeout; a patch
+    made after it restarts the wait and the pass, and the object still matches the file."""
+    source = make_mp4(media_dir / f"pre-{tmp_path.name}.mp4", seconds=4, mbytes=14)
+    settings = _settings(tmp_path, s3_server, s3_bucket, None, stream_timeout_seconds=6.0)
+    target = settings.watch_dir / "pre.mp4"
+    with structlog.testing.capture_logs() as events:
+        async with running_app(settings):
+            writer = GrowingWriter(
+                source, target, rate=8_000_000, patch=(36, 40),
+                patch_delay=4.5 if patch_after_predigest else 0.0,
+            )
+            writer.start()
+            await asyncio.to_thread(writer.wait, 60)
+            [doc] = await wait_metadata(s3_server, s3_bucket, "pre.mp4")
+    names = [e["event"] for e in events]
+    # A patch after the first pass restarts the idle wait, and with it a fresh pass.
+    assert "predigest_used" in names
+    assert writer.patched
+    _assert_valid_metadata(doc, target, s3_bucket)
+    assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
