@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -28,7 +29,7 @@ from cefmp4.pipeline import Context, PipelineConfig
 from cefmp4.probe import FfprobeProber
 from cefmp4.scaleout import LeasedStreamManager
 from cefmp4.settings import Settings
-from cefmp4.storage.s3 import open_s3_store
+from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 
 log = structlog.get_logger("cefmp4.app")
 
@@ -51,6 +52,18 @@ async def open_checkpoints(
             yield sqlite_store
 
 
+def open_objects(settings: Settings, **options: Any) -> AbstractAsyncContextManager[S3ObjectStore]:
+    """The S3 store the settings describe (``options``: pool size, timeouts, ...)."""
+    return open_s3_store(
+        bucket=settings.s3_bucket_name,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=settings.s3_access_key_id.get_secret_value(),
+        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        region=settings.s3_region_name,
+        **options,
+    )
+
+
 @asynccontextmanager
 async def open_context(
     settings: Settings, metrics: Metrics | None = None
@@ -58,12 +71,8 @@ async def open_context(
     """Every adapter opened once, closed in reverse order."""
     async with AsyncExitStack() as stack:
         objects = await stack.enter_async_context(
-            open_s3_store(
-                bucket=settings.s3_bucket_name,
-                endpoint_url=settings.s3_endpoint_url,
-                access_key_id=settings.s3_access_key_id.get_secret_value(),
-                secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-                region=settings.s3_region_name,
+            open_objects(
+                settings,
                 max_pool_connections=max(10, settings.upload_concurrency * 2),
                 storage_class=settings.s3_storage_class,
             )

@@ -10,13 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cefmp4.app import open_checkpoints
+from cefmp4.app import open_checkpoints, open_objects
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
 from cefmp4.keys import new_stream_id
 from cefmp4.probe import FfprobeProber
 from cefmp4.settings import Settings, check_watch_dir
-from cefmp4.storage.s3 import open_s3_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +34,7 @@ async def _check_s3(settings: Settings) -> list[CheckResult]:
         "(or the AWS credential chain when they are empty)"
     )
     try:
-        async with asyncio.timeout(30), open_s3_store(
-            bucket=settings.s3_bucket_name,
-            endpoint_url=settings.s3_endpoint_url,
-            access_key_id=settings.s3_access_key_id.get_secret_value(),
-            secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-            region=settings.s3_region_name,
-        ) as store:
+        async with asyncio.timeout(30), open_objects(settings) as store:
             await store.ensure_bucket()
             results.append(CheckResult("s3 bucket", True, f"s3://{store.bucket} at {where}"))
             key = f"{settings.s3_key_prefix}.cefmp4-check/{new_stream_id()}"

@@ -14,14 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from cefmp4.app import open_checkpoints, upload_files
+from cefmp4.app import open_checkpoints, open_objects, upload_files
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError
 from cefmp4.manager import StreamManager
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
-from cefmp4.storage.s3 import open_s3_store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -170,13 +169,8 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
 
 
 async def _list_uploads(settings: Settings) -> list[MultipartUpload]:
-    async with asyncio.timeout(20), open_s3_store(
-        bucket=settings.s3_bucket_name,
-        endpoint_url=settings.s3_endpoint_url,
-        access_key_id=settings.s3_access_key_id.get_secret_value(),
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        region=settings.s3_region_name,
-        connect_timeout=3,
-        read_timeout=10,
-    ) as store:
+    async with (
+        asyncio.timeout(20),
+        open_objects(settings, connect_timeout=3, read_timeout=10) as store,
+    ):
         return await store.list_multipart_uploads(settings.s3_key_prefix)
