@@ -72,7 +72,7 @@ class Settings(BaseSettings):
 
     # --- further settings ----------------------------------------------------------------
     max_inflight_mb: int = Field(
-        64, description="global cap on part bytes in memory across all streams (MiB)"
+        64, description="global cap on part bytes being read or sent at once, all streams (MiB)"
     )
     upload_concurrency: int = Field(
         4, description="parts uploaded at once across all streams"
