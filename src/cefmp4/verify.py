@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("cefmp4.verify")
 
-# mtime is coarse (a kernel tick): a file is "settled" when its last write is this old.
-QUIET_MARGIN_S = 2.0
+# A file is "settled" when its last write is this old. Any later write then moves its
+# mtime (and ctime) forward, as long as the file system keeps mtime to a second or finer:
+# a kernel tick on local file systems, 1 s on the coarsest NFS servers.
+QUIET_MARGIN_S = 1.0
 
 Fingerprint = tuple[int, int, int]
 
