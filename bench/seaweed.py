@@ -92,6 +92,7 @@ class Seaweed:
             tool("weed"), "mini", f"-dir={self.data_dir / 'data'}", f"-ip={HOST}",
             f"-ip.bind={HOST}", "-admin.ui=false", "-webdav=false",
             "-master.telemetry=false", "-s3.port.https=0", f"-s3.config={config}",
+            "-volume.max=20000",  # a bucket per run: do not run out of volume slots
         ] + [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         with (self.data_dir / "weed.log").open("ab") as log:

@@ -182,6 +182,10 @@ class SeaweedS3:
             "-admin.ui=false",
             "-webdav=false",
             "-master.telemetry=false",  # no calls home from tests
+            # Every bucket is a collection with volumes of its own; the default limit (free
+            # disk / 128 MB) runs out after a few hundred test buckets ("no free volumes").
+            "-volume.max=20000",
+            "-master.volumeSizeLimitMB=64",
             "-s3.port.https=0",
         ]
         args += [f"-{flag}={port}" for flag, port in self._chosen_ports().items()]
@@ -350,6 +354,23 @@ def s3_bucket(s3_server: SeaweedS3) -> Iterator[str]:
     try:
         client.create_bucket(Bucket=name)
         yield name
+        # Drop it again: SeaweedFS frees the bucket's volumes with it.
+        _delete_bucket(client, name)
     finally:
         with contextlib.suppress(Exception):
             client.close()
+
+
+def _delete_bucket(client: Any, name: str) -> None:
+    """Empty and delete a bucket; best effort, the server may be down after an outage test."""
+    with contextlib.suppress(Exception):
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(
+                Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=name)
