@@ -126,13 +126,14 @@ class App:
                     )
                 )
             await ctx.retry("ensure_bucket", ctx.objects.ensure_bucket)
+            # S3 first: uploads the checkpoints do not know are attached or rebuilt before
+            # anything reads the checkpoints (scale-out's takeover loop starts with the
+            # manager and would otherwise resume a stream without its upload id).
+            await adopt_unknown_uploads(ctx)
             shutdown = asyncio.Event()
             manager = self._manager(ctx, shutdown, stack)
             self.manager = manager
             self.metrics.set_pending_source(manager.pending)
-            # S3 first: uploads the checkpoints do not know are attached or rebuilt, so
-            # that loading the checkpoints then sees every stream to resume.
-            await adopt_unknown_uploads(ctx)
             await manager.load()
             if settings.abort_orphan_uploads_after_hours > 0:
                 grace = settings.abort_orphan_uploads_after_hours * 3600
