@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     max_parts: int = Field(
         S3_MAX_PARTS, description="part limit per object (10,000 in S3; lower only for testing)"
     )
+    rescan_interval_seconds: float = Field(
+        60.0, description="look at the whole watch dir this often (what inotify missed); 0 = off"
+    )
+    cefmp4_failpoints: str = Field(
+        "", description="testing only: crash at these step boundaries (comma-separated)"
+    )
 
     @field_validator("chunk_size_mb")
     @classmethod
@@ -120,7 +126,17 @@ class Settings(BaseSettings):
             raise ValueError("must be greater than 0")
         return v
 
-    @field_validator("shutdown_grace_seconds", "abort_orphan_uploads_after_hours")
+    @field_validator("cefmp4_failpoints")
+    @classmethod
+    def _failpoints(cls, v: str) -> str:
+        from cefmp4.failpoints import Failpoints
+
+        Failpoints(v)  # ValueError naming the unknown point
+        return v
+
+    @field_validator(
+        "shutdown_grace_seconds", "abort_orphan_uploads_after_hours", "rescan_interval_seconds"
+    )
     @classmethod
     def _non_negative(cls, v: float) -> float:
         if v < 0:
