@@ -10,36 +10,38 @@ store, prober, clock) may be injected; the defaults are built from the settings.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from cefmp4 import logs
+from cefmp4.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
-from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.clock import Clock, SystemClock
-from cefmp4.discover import scan, watch
+from cefmp4.discover import scan
 from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
 from cefmp4.health import serve_health
 from cefmp4.housekeeping import sweep_forever
+from cefmp4.intake import rescan_forever, watch_forever
 from cefmp4.lease import LeaseKeeper, default_owner
 from cefmp4.metrics import Metrics
 from cefmp4.ownership import LeasedOwnership, LocalOwnership, Ownership
-from cefmp4.pipeline import Context, PipelineConfig
+from cefmp4.pipeline import Context
 from cefmp4.probe import FfprobeProber, Prober
 from cefmp4.readiness import Readiness
 from cefmp4.reconcile import abort_superseded, rebuild_from_s3
 from cefmp4.settings import Settings
 from cefmp4.storage import ObjectStore
-from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 from cefmp4.supervisor import StreamSupervisor
 from cefmp4.takeover import takeover_forever
 from cefmp4.tasks import TaskSupervisor
+
+__all__ = ["App", "Stopped", "open_checkpoints", "open_objects"]
 
 log = structlog.get_logger("cefmp4.app")
 
@@ -48,48 +50,6 @@ T = TypeVar("T")
 
 class Stopped(Exception):
     """A stop signal arrived during start-up."""
-
-
-@asynccontextmanager
-async def open_checkpoints(
-    settings: Settings, *, read_only: bool = False
-) -> AsyncIterator[CheckpointStore]:
-    """Redis when REDIS_URL is set, else the embedded store. ``read_only`` skips SQLite's
-    single-instance lock so ``status`` and ``check`` work beside a running daemon."""
-    url = settings.redis_url.get_secret_value()
-    if url:
-        # Imported here: redis-py costs ~60 ms of start-up that SQLite users need not pay.
-        from cefmp4.checkpoint.redis import open_redis_store
-
-        async with open_redis_store(url, settings.redis_key_prefix) as redis_store:
-            yield redis_store
-    else:
-        async with open_sqlite_store(settings.state_dir, read_only=read_only) as sqlite_store:
-            yield sqlite_store
-
-
-def open_objects(settings: Settings, **options: Any) -> AbstractAsyncContextManager[S3ObjectStore]:
-    """The S3 store the settings describe (``options``: pool size, timeouts, ...)."""
-    return open_s3_store(
-        bucket=settings.s3_bucket_name,
-        endpoint_url=settings.s3_endpoint_url,
-        access_key_id=settings.s3_access_key_id.get_secret_value(),
-        secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        region=settings.s3_region_name,
-        **options,
-    )
-
-
-def pipeline_config(settings: Settings) -> PipelineConfig:
-    return PipelineConfig(
-        watch_dir=settings.watch_dir.resolve(),
-        key_prefix=settings.s3_key_prefix,
-        part_size=settings.part_size_bytes,
-        max_parts=settings.max_parts,
-        stream_timeout=settings.stream_timeout_seconds,
-        poll_interval=settings.poll_interval_seconds,
-        parts_in_flight=settings.upload_concurrency + 1,
-    )
 
 
 def upload_rel_path(path: Path, watch_dir: Path) -> str:
@@ -156,9 +116,10 @@ class App:
         files = await self._until(stop, asyncio.to_thread(scan, watch_dir))
         if not supervisor.ownership.shared:
             supervisor.resume_unfinished(files)
-        self.tasks.start("watcher", lambda: self._watch(supervisor, watch_dir, stop))
-        if settings.rescan_interval_seconds > 0:
-            self.tasks.start("rescan", lambda: self._rescan_forever(supervisor, watch_dir))
+        polling, every = settings.watch_force_polling, settings.rescan_interval_seconds
+        self.tasks.start("watcher", lambda: watch_forever(supervisor, watch_dir, stop, polling))
+        if every > 0:
+            self.tasks.start("rescan", lambda: rescan_forever(supervisor, watch_dir, every))
         for path in files:
             supervisor.on_path(path)
         # The watcher registers its inotify watches on its first step; a file that
@@ -288,8 +249,9 @@ class App:
             # S3 first: uploads the checkpoints do not know are attached or rebuilt before
             # anything reads the checkpoints (the takeover loop would otherwise resume a
             # stream without its upload id).
-            await self._until(stop, rebuild_from_s3(ctx))
-            await self._until(stop, abort_superseded(ctx))
+            await self._until(stop, rebuild_from_s3(ctx, ownership))
+            grace = max(600.0, 4 * settings.lease_ttl_seconds)
+            await self._until(stop, abort_superseded(ctx, grace))
         self.supervisor = StreamSupervisor(
             ctx, ownership, max_streams=settings.max_streams,
             shutdown_grace=settings.shutdown_grace_seconds, stream_timeout=stream_timeout,
@@ -330,28 +292,3 @@ class App:
             await asyncio.gather(task, return_exceptions=True)
             raise Stopped
         return task.result()
-
-    async def _watch(
-        self, supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event
-    ) -> None:
-        polling = self.settings.watch_force_polling
-        async for changes in watch(watch_dir, stop, force_polling=polling):
-            for path in changes:
-                supervisor.on_path(path)
-
-    async def _rescan_forever(self, supervisor: StreamSupervisor, watch_dir: Path) -> None:
-        """The safety net for what the watcher missed (watch limits, network file systems)."""
-        while True:
-            await self.clock.sleep(self.settings.rescan_interval_seconds)
-            for path in await asyncio.to_thread(scan, watch_dir):
-                supervisor.on_path(path)
-            supervisor.retry_deferred()
-
-
-async def upload_files(
-    settings: Settings,
-    files: Sequence[Path],
-    on_start: Callable[[App], None] | None = None,
-) -> dict[Path, StreamRecord | None]:
-    """``cefmp4 upload``: the burst path with no idle wait."""
-    return await App(settings).run_burst(files, on_start=on_start)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from cefmp4.app import App, open_checkpoints, open_objects, upload_files
+from cefmp4.app import App, open_checkpoints, open_objects
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError
@@ -78,6 +79,13 @@ async def _upload_with_progress(
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+
+
+async def upload_files(
+    settings: Settings, files: list[Path], on_start: Callable[[App], None] | None = None
+) -> dict[Path, StreamRecord | None]:
+    """``cefmp4 upload``: the burst path with no idle wait."""
+    return await App(settings).run_burst(files, on_start=on_start)
 
 
 def _iso(ts: float | None) -> str | None:

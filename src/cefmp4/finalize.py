@@ -8,8 +8,6 @@ never overwritten, and the metadata is written only after the object exists.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -19,7 +17,13 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.complete import abort_quietly, complete_parts, existing_object, put_empty
+from cefmp4.complete import (
+    abort_quietly,
+    complete_parts,
+    existing_object,
+    put_empty,
+    sha256_of_object,
+)
 from cefmp4.errors import ObjectExists, UploadNotFound
 from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
@@ -36,6 +40,16 @@ log = structlog.get_logger("cefmp4.finalize")
 COMPLETE = "complete"
 TRUNCATED = "truncated"
 SOURCE_DELETED = "source_deleted"
+_REASONS = {TRUNCATED: "truncated", SOURCE_DELETED: "deleted"}
+
+
+class TruncatedNow(Exception):
+    """The file lost bytes that are already in S3 while finalize was verifying it."""
+
+
+def _check_not_truncated(worker: StreamWorker) -> None:
+    if truncated(os.fstat(worker.fd), worker.up.uploaded_extent()):
+        raise TruncatedNow
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
@@ -59,7 +73,9 @@ def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | No
 
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
     ctx, up = worker.ctx, worker.up
-    await up.drain()
+    if truncated_now:
+        await up.cancel_beyond(os.fstat(worker.fd).st_size)
+    await up.drain(timeout=ctx.config.drain_timeout)
     resumed = worker.record.state is StreamState.FINALIZING
     if resumed and truncated(os.fstat(worker.fd), up.uploaded_extent()):
         truncated_now = True  # truncated while nobody watched: what was uploaded stands
@@ -71,8 +87,9 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         )
         record = worker.record
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
-    status = worker.record.status or COMPLETE
-    reason = {COMPLETE: None, TRUNCATED: "truncated", SOURCE_DELETED: "deleted"}.get(status)
+    else:  # the end decided before a restart stands
+        status = worker.record.status or COMPLETE
+        reason = _REASONS.get(status)
     # Only what S3 already holds makes the object when the file no longer has those bytes:
     # truncated now, or ended before a crash by something this descriptor cannot undo.
     keep = truncated_now or (resumed and status != COMPLETE)
@@ -87,6 +104,12 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
             else:
                 await put_empty(ctx, worker.record)
             break
+        except TruncatedNow:
+            # Bytes S3 holds left the file while we verified: they make the object.
+            worker.record = replace(worker.record, status=TRUNCATED)
+            await ctx.retry("checkpoint", _put(ctx, worker.record))
+            await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)
+            return
         except UploadNotFound as exc:
             try:
                 await up.restart(str(exc))
@@ -94,6 +117,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
                 await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
                 return
         except ObjectExists:
+            # Completed before a crash: that object stands, whatever the file holds now.
             await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
             return
     ctx.failpoints.hit("after_complete")
@@ -136,7 +160,7 @@ async def finish_kept(
     ctx.failpoints.hit("after_complete")
     sha256 = running.hexdigest(len(parts)) if running is not None else None
     if sha256 is None:
-        sha256 = await _sha256_of_object(ctx, record.key)
+        sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in parts))
     gone = status == SOURCE_DELETED
     probe = (
         ProbeResult(None, "source file gone before completion; not probed")
@@ -171,11 +195,13 @@ async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord],
     while True:
         if digest is None:
             digest = await digest_now(worker.fd, up.schedule, ctx.clock)
+        _check_not_truncated(worker)
         stale = stale_parts(digest, up.parts)
         up.forget_parts_beyond(len(digest.result.parts))
         for d in stale:
             up.start_part(d.part_number, d.offset, d.size)
         await up.drain()
+        _check_not_truncated(worker)
         # Never without the fingerprint check: a write since the pass began means the
         # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
         # have been trusted (settled) to prove the bytes did not move while hashed.
@@ -198,6 +224,7 @@ async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str
         if number not in up.parts and not up.is_inflight(number):
             up.start_part(number, offset, size)
     await up.drain()
+    _check_not_truncated(worker)
     after = os.fstat(worker.fd)
     sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
     parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
@@ -244,12 +271,6 @@ async def publish(
         duration_s=probe.duration_seconds, sha256=sha256,
     )
     return record
-
-
-async def _sha256_of_object(ctx: Context, key: str) -> str:
-    """The file no longer holds the uploaded bytes, so hash what S3 holds."""
-    data = await ctx.retry("get", lambda: ctx.objects.get_object(key))
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 async def _probe(ctx: Context, fd: int, path: str) -> ProbeResult:

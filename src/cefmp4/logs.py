@@ -64,6 +64,7 @@ METADATA_WRITTEN: Final = "metadata_written"
 RETRY: Final = "retry"
 TASK_FAILED: Final = "task_failed"  # a supervised background task raised
 TASK_RESTARTING: Final = "task_restarting"
+RESCAN_DONE: Final = "rescan"  # a periodic look at the whole watch dir finished
 STREAM_DEFERRED: Final = "stream_deferred"  # no room or no descriptor: retried later
 SOURCE_UNREADABLE: Final = "source_unreadable"  # permission or I/O error opening it
 ERROR: Final = "error"

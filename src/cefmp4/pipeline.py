@@ -40,6 +40,9 @@ class PipelineConfig:
     # busy while the next part is read and hashed, few enough that the first part goes up
     # at once and memory stays low. The byte budget bounds the total across streams.
     parts_in_flight: int = 6
+    # How long finalize waits for parts still in flight before it cancels them (they are
+    # sent again by the verification if the object needs them): never an unbounded wait.
+    drain_timeout: float = 120.0
     backoff: Backoff = field(default_factory=Backoff)
 
 

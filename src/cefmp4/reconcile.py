@@ -19,17 +19,20 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.complete import already_complete
-from cefmp4.errors import SourceError, UploadNotFound
+from cefmp4.errors import LeaseLost, SourceError, UploadNotFound
+from cefmp4.identity import Ident
 from cefmp4.keys import parse_key
+from cefmp4.ownership import Ownership
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
-from cefmp4.source import hash_range, open_source
+from cefmp4.source import OpenedSource, hash_range, open_source
 from cefmp4.storage import MultipartUpload, UploadedPart
 
 log = structlog.get_logger("cefmp4.reconcile")
@@ -117,8 +120,10 @@ async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     return [u for u in uploads if u.upload_id not in known and u.key.startswith(prefix)]
 
 
-async def rebuild_from_s3(ctx: Context) -> list[StreamRecord]:
-    """Attach or rebuild the checkpoints of unknown uploads of files that are still here.
+async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamRecord]:
+    """Attach or rebuild the checkpoints of unknown uploads of files that are still here,
+    each only while holding the file (its lease, in scale-out: a peer that just created the
+    upload owns it and will checkpoint it itself).
 
     Returns the records rebuilt from scratch (the checkpoint store lost them)."""
     records = {r.stream_id: r for r in await ctx.retry("checkpoint", ctx.checkpoints.list_streams)}
@@ -129,25 +134,51 @@ async def rebuild_from_s3(ctx: Context) -> list[StreamRecord]:
             continue  # not a key we make: leave it to the sweeper's grace period
         known = records.get(parsed[0])
         if known is None:
-            record = await _rebuild(ctx, upload, parsed[0], parsed[1])
+            record = await _rebuild(ctx, ownership, upload, parsed[0], parsed[1])
             if record is not None:
                 rebuilt.append(record)
         elif known.upload_id is None and known.state in UNFINISHED and known.key == upload.key:
-            attached = replace(known, upload_id=upload.upload_id)
-            await ctx.retry("checkpoint", _put_stream(ctx, attached))
+            ident = (known.device, known.inode)
+            if not await _hold(ctx, ownership, ident, known.stream_id):
+                continue
+            try:
+                attached = replace(known, upload_id=upload.upload_id)
+                await ctx.retry("checkpoint", _put_stream(ctx, attached))
+            finally:
+                await ownership.release(known.inode)
             records[known.stream_id] = attached
             log.info(logs.UPLOAD_ATTACHED, stream_id=known.stream_id, upload_id=upload.upload_id)
     return rebuilt
 
 
-async def abort_superseded(ctx: Context) -> list[MultipartUpload]:
-    """Abort unknown uploads of streams that have moved on to another upload id."""
+async def _hold(ctx: Context, ownership: Ownership, ident: Ident, stream_id: str) -> bool:
+    """Own the file for a moment (fencing ``stream_id``'s writes), or False."""
+    if not await ctx.retry("checkpoint", lambda: ownership.acquire(ident, _nothing)):
+        return False
+    try:
+        ownership.bind(ident[1], stream_id, _nothing)
+    except LeaseLost:
+        return False
+    return True
+
+
+def _nothing() -> None:
+    return None
+
+
+async def abort_superseded(ctx: Context, grace_seconds: float) -> list[MultipartUpload]:
+    """Abort unknown uploads of streams that have moved on to another upload id, once
+    older than ``grace_seconds`` (never one a peer has just created and not checkpointed
+    yet; what is younger is left to the sweeper)."""
     records = {r.stream_id: r for r in await ctx.retry("checkpoint", ctx.checkpoints.list_streams)}
     aborted: list[MultipartUpload] = []
+    now = ctx.clock.time()
     for upload in await unknown_uploads(ctx):
         parsed = parse_key(ctx.config.key_prefix, upload.key)
         known = records.get(parsed[0]) if parsed is not None else None
         if known is None or known.upload_id is None or known.upload_id == upload.upload_id:
+            continue
+        if now - upload.initiated.timestamp() < grace_seconds:
             continue
         with contextlib.suppress(UploadNotFound):
             await ctx.retry("abort", _abort(ctx, upload))
@@ -159,13 +190,34 @@ async def abort_superseded(ctx: Context) -> list[MultipartUpload]:
 
 
 async def _rebuild(
-    ctx: Context, upload: MultipartUpload, stream_id: str, rel_path: str
+    ctx: Context, ownership: Ownership, upload: MultipartUpload, stream_id: str, rel_path: str
 ) -> StreamRecord | None:
     path = ctx.config.watch_dir / rel_path
     try:
         source = await open_source(path)
     except SourceError:
         return None
+    ident = (source.st.st_dev, source.st.st_ino)
+    try:
+        held = await _hold(ctx, ownership, ident, stream_id)
+    except BaseException:
+        os_close(source.fd)
+        raise
+    if not held:
+        os_close(source.fd)
+        return None
+    try:
+        return await _rebuild_held(
+            ctx, upload, stream_id, path, rel_path=rel_path, source=source
+        )
+    finally:
+        await ownership.release(ident[1])
+
+
+async def _rebuild_held(
+    ctx: Context, upload: MultipartUpload, stream_id: str, path: Path, *, rel_path: str,
+    source: OpenedSource,
+) -> StreamRecord | None:
     try:
         try:
             remote = await ctx.retry(

@@ -19,11 +19,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cefmp4.errors import ConfigError
+from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 
-MIB = 1024 * 1024
-S3_MIN_PART_MIB = 5
-S3_MAX_PART_MIB = 5 * 1024
-S3_MAX_PARTS = 10_000
+# S3's limits live in ``cefmp4.parts``; here in the settings' units.
+S3_MIN_PART_MIB = MIN_PART_SIZE // MIB
+S3_MAX_PART_MIB = MAX_PART_SIZE // MIB
+S3_MAX_PARTS = MAX_PARTS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]

@@ -142,6 +142,7 @@ class StreamWorker:
             extent = self.up.uploaded_extent()
             if truncated(st, extent):
                 log.warning(logs.STREAM_TRUNCATED, size=st.st_size, uploaded=extent)
+                await self.up.cancel_beyond(st.st_size)
                 return Outcome.TRUNCATED
             self.growth.observe(st)
             await self.up.reap()

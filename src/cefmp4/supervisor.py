@@ -128,8 +128,12 @@ class StreamSupervisor:
             started += len(self._starting) - before
         return started
 
+    def open_streams(self) -> int:
+        """Streams running or being started now."""
+        return len(self.workers) + len(self._starting)
+
     def at_capacity(self) -> bool:
-        return len(self.workers) + len(self._starting) >= self.max_streams
+        return self.open_streams() >= self.max_streams
 
     def is_claimed(self, ident: Ident) -> bool:
         return ident in self._starting or ident in self.workers
@@ -189,6 +193,8 @@ class StreamSupervisor:
                 latest = None
             if latest is not None and latest.stream_id in running:
                 return
+            if latest is not None and self.ownership.shared:
+                log.info(logs.STREAM_TAKEN_OVER, stream_id=latest.stream_id, path=str(path))
             worker = await self._make_worker(path, ident, rel, latest)
             if worker is not None:
                 self._run(worker)

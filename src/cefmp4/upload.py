@@ -6,6 +6,7 @@ hold in flight; ``upload_slots`` bounds the UploadPart calls running at once.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -120,6 +121,15 @@ class Uploader:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.reap()
 
+    async def cancel_beyond(self, size: int) -> None:
+        """Cancel the parts in flight that reach past ``size`` (the file was truncated):
+        they cannot succeed, and must not be waited for."""
+        doomed = [n for n in self._inflight if self.schedule.end_of(n) > size]
+        tasks = [self._inflight.pop(n) for n in doomed]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def cancel_inflight(self) -> None:
         tasks = list(self._inflight.values())
         self._inflight.clear()
@@ -155,6 +165,11 @@ class Uploader:
             key = self.record.key
 
             async def attempt() -> str:
+                # Every attempt looks at the file first: a truncation while a part was in
+                # flight (the body reader's error may reach us as a transport error) must
+                # end the part, never send other bytes under the old part number.
+                if os.fstat(self.fd).st_size < offset + size:
+                    raise SourceError(f"file shrank below byte {offset + size}")
                 try:
                     return await ctx.objects.upload_part(
                         key, upload_id, number, FileRange(self.fd, offset, size), md5[1]
