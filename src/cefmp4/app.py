@@ -119,7 +119,7 @@ class App:
             if settings.prom_port:
                 await stack.enter_async_context(
                     serve_health(
-                        host="0.0.0.0",  # scraped from outside the container
+                        host=settings.prom_host,
                         port=settings.prom_port,
                         metrics=self.metrics,
                         checks=readiness_checks(ctx),
