@@ -19,7 +19,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import SourceError, UploadNotFound
-from cefmp4.keys import parse_key
+from cefmp4.keys import parse_key, within_prefix
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
 from cefmp4.storage import MultipartUpload, UploadedPart
@@ -46,7 +46,7 @@ async def unknown_uploads(ctx: Context) -> list[Orphan]:
     return [
         Orphan(u, max(0.0, now - u.initiated.timestamp()))
         for u in uploads
-        if u.upload_id not in known and u.key.startswith(prefix)
+        if u.upload_id not in known and within_prefix(prefix, u.key)
     ]
 
 
