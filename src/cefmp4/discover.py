@@ -51,6 +51,13 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def is_candidate_name(name: str) -> bool:
+    """Whether a file name (one component) is named like a recording: ``*.mp4`` in any
+    case, not hidden. The per-file test of a scan, so it is string work only."""
+    return len(name) > len(MP4_SUFFIX) and name[-len(MP4_SUFFIX) :].lower() == MP4_SUFFIX \
+        and not _is_hidden(name)
+
+
 def is_candidate(path: Path, watch_dir: Path) -> bool:
     """Whether ``path`` is named like a recording we upload. Pure: no file-system access.
 
@@ -58,7 +65,7 @@ def is_candidate(path: Path, watch_dir: Path) -> bool:
     ``watch_dir`` (hidden files are recorders' temporaries; hidden dirs are tool state).
     Both paths are compared as given, so pass them in the same form (both absolute).
     """
-    if path.suffix.lower() != MP4_SUFFIX:
+    if not is_candidate_name(path.name):
         return False
     try:
         parts = path.relative_to(watch_dir).parts
@@ -198,8 +205,9 @@ NOT_REGULAR = "not a regular file (fifo, socket or device): never opened"
 def _walk(
     top: Path, watch_dir: Path, notices: Notices, unreadable: set[str] | None = None,
     directories: list[Path] | None = None,
-) -> Iterator[Path]:  # fmt: skip
-    """Candidate files under ``top`` (a directory inside ``watch_dir``), in no order.
+) -> Iterator[str]:  # fmt: skip
+    """Candidate files under ``top`` (a directory inside ``watch_dir``), in no order, as
+    strings (a Path per file would be most of the cost of a large tree).
 
     Iterative, ``os.scandir``-based: directory entries carry their type (``d_type``), so a
     tree costs one ``scandir`` per directory plus a stat per symlink only; nothing is
@@ -226,8 +234,8 @@ def _walk(
                             stack.append(Path(entry.path))
                         else:
                             notices.skip(entry.path, NOT_UTF8)
-                    elif (path := _file_entry(entry, watch_dir, notices)) is not None:
-                        yield path
+                    elif is_candidate_name(entry.name) and _is_file(entry, watch_dir, notices):
+                        yield entry.path
         except PermissionError:
             if unreadable is not None:
                 unreadable.add(os.fspath(directory))
@@ -235,20 +243,18 @@ def _walk(
             continue  # gone meanwhile, or not a directory any more
 
 
-def _file_entry(entry: os.DirEntry[str], watch_dir: Path, notices: Notices) -> Path | None:
-    """The path of a non-directory entry if it is a file to upload (d_type, no stat)."""
-    path = Path(entry.path)
-    if not is_candidate(path, watch_dir):
-        return None
+def _is_file(entry: os.DirEntry[str], watch_dir: Path, notices: Notices) -> bool:
+    """Whether a candidate's entry is a file to upload (``d_type``; a stat for links only).
+    Its directory is inside ``watch_dir`` and not hidden: :func:`_walk` only enters such."""
     if not is_utf8(entry.name):
         notices.skip(entry.path, NOT_UTF8)
-        return None
+        return False
     if entry.is_file(follow_symlinks=False):
-        return path
+        return True
     if entry.is_symlink():
-        return path if check_file(path, watch_dir) is not None else None
+        return check_file(Path(entry.path), watch_dir) is not None
     notices.skip(entry.path, NOT_REGULAR)
-    return None
+    return False
 
 
 def scan(watch_dir: Path, *, notices: Notices | None = None) -> list[Path]:
@@ -265,14 +271,21 @@ def scan(watch_dir: Path, *, notices: Notices | None = None) -> list[Path]:
     Measured for 100,000 ``.mp4`` files in 1,110 nested directories (page cache warm, a
     2-core VM): see README, "Discovery".
     """
-    return sorted(_scan(watch_dir, notices or NOTICES)[0])
+    return [Path(file) for file in scan_paths(watch_dir, notices=notices)]
 
 
-def _scan(watch_dir: Path, notices: Notices) -> tuple[list[Path], list[Path]]:
-    """(files, readable directories) of one full walk; updates ``notices.unreadable``."""
+def scan_paths(watch_dir: Path, *, notices: Notices | None = None) -> list[str]:
+    """:func:`scan` as sorted strings: for the periodic rescan, which compares them with the
+    paths it already knows and makes a Path of the new ones only (building 100,000 Paths
+    costs twice as much as the walk itself)."""
+    return _scan(watch_dir, notices or NOTICES)[0]
+
+
+def _scan(watch_dir: Path, notices: Notices) -> tuple[list[str], list[Path]]:
+    """(files sorted, readable directories) of one full walk; updates ``notices``."""
     unreadable: set[str] = set()
     directories: list[Path] = []
-    files = list(_walk(watch_dir, watch_dir, notices, unreadable, directories))
+    files = sorted(_walk(watch_dir, watch_dir, notices, unreadable, directories))
     notices.set_unreadable(unreadable)
     return files, directories
 
@@ -314,7 +327,7 @@ def _nominate(raw_path: str, watch_dir: Path, notices: Notices) -> list[Path]:
     except OSError:
         return []
     if stat.S_ISDIR(st.st_mode):
-        return list(_walk(path, watch_dir, notices))
+        return [Path(file) for file in _walk(path, watch_dir, notices)]
     if not is_candidate(path, watch_dir):
         return []
     if check_file(path, watch_dir) is not None:
@@ -357,9 +370,10 @@ def _watch_roots(watch_dir: Path, notices: Notices) -> tuple[list[Path], list[Pa
     directories after it unwatched; so with unreadable directories about, every readable
     directory is a root of its own (a directory watched twice is one watch)."""
     files, directories = _scan(watch_dir, notices)
+    paths = [Path(file) for file in files]
     if not notices.unreadable:
-        return files, [watch_dir]
-    return files, directories
+        return paths, [watch_dir]
+    return paths, directories
 
 
 async def watch(

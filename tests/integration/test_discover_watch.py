@@ -12,15 +12,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from cefmp4 import logs
-from cefmp4.discover import NOT_REGULAR, Notices, check_file, is_utf8, printable, scan, watch
+from cefmp4.discover import (
+    NOT_REGULAR,
+    Notices,
+    check_file,
+    is_utf8,
+    printable,
+    scan,
+    scan_paths,
+    watch,
+)
 
 # The watch must hand over a change well within this; the spec wants ~0.1 s.
 DEADLINE = 1.0
@@ -146,6 +156,28 @@ def test_scan_many_files_is_fast(tmp_path: Path) -> None:
     found = scan(tmp_path)
     assert len(found) == 3000
     assert time.monotonic() - started < 2.0
+
+
+def test_scan_paths_is_scan_as_strings_without_a_stat_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for d in range(5):
+        for f in range(20):
+            write(tmp_path / f"d{d}" / f"sub{d}" / f"{f}.mp4")
+    calls = {"lstat": 0, "stat": 0}
+    for name in calls:
+        real = getattr(os, name)
+
+        def counting(*args: object, _real: object = real, _name: str = name, **kw: object) -> object:  # noqa: E501
+            calls[_name] += 1
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, name, counting)
+    found = scan_paths(tmp_path, notices=Notices())
+    monkeypatch.undo()
+    assert found == [str(p) for p in scan(tmp_path, notices=Notices())]
+    assert len(found) == 100
+    assert calls == {"lstat": 0, "stat": 0}  # d_type from scandir: no stat per file
 
 
 def test_scan_skips_unreadable_dirs(tmp_path: Path) -> None:
@@ -355,7 +387,7 @@ def _bad_name(directory: Path, name: bytes) -> Path:
     return Path(os.fsdecode(os.fsencode(directory) + b"/" + name))
 
 
-def _skipped(events: list[dict[str, object]], path: Path) -> list[dict[str, object]]:
+def _skipped(events: list[MutableMapping[str, Any]], path: Path) -> list[MutableMapping[str, Any]]:
     return [e for e in events if e["event"] == logs.FILE_SKIPPED and e["path"] == printable(path)]
 
 
