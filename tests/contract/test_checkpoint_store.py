@@ -668,7 +668,8 @@ async def test_redis_builds_the_state_index_for_older_data(redis_url: str) -> No
         await store.put_stream(make_stream("old-active"))
         await store.put_stream(make_stream("old-done", state=StreamState.COMPLETED))
     async with redis.asyncio.from_url(redis_url) as client:  # as an older version left it
-        await client.delete(f"{prefix}state:active", f"{prefix}state:completed")
+        await client.delete(f"{prefix}state:active", f"{prefix}state:completed",
+                            f"{prefix}state-index")
     async with open_redis_store(redis_url, key_prefix=prefix) as store:
         got = await store.list_streams(frozenset({StreamState.ACTIVE}))
         assert [r.stream_id for r in got] == ["old-active"]

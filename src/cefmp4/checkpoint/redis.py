@@ -112,15 +112,19 @@ end
 return 1
 """
 
-# KEYS stream hash, all-streams set, inode set, new state's set, the four state sets,
-# fence; ARGV fence check (4), stream id, then field/value pairs. DEL first so that a field
-# set back to None disappears from the hash.
+# KEYS stream hash, all-streams set, inode set, new state's set, state-index marker, the
+# four state sets, fence; ARGV fence check (4), stream id, then field/value pairs. DEL
+# first so that a field set back to None disappears from the hash. The first stream of a
+# new data set marks the state sets complete (nothing older to index).
 _PUT_STREAM_LUA = _FENCE_CHECK + """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('SET', KEYS[5], '1')
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[5])
-for i = 5, #KEYS - 1 do
+for i = 6, #KEYS - 1 do
     redis.call('SREM', KEYS[i], ARGV[5])
 end
 redis.call('SADD', KEYS[4], ARGV[5])
@@ -374,14 +378,15 @@ class RedisCheckpointStore:
             await self._put_stream_script(
                 keys=[self._stream_key(record.stream_id), self._index,
                       self._inode_key(record.inode), self._state_key(record.state),
-                      *self._state_keys(), fence_key],
+                      self._index_marker, *self._state_keys(), fence_key],
                 args=[*check, record.stream_id, *flat],
             )  # fmt: skip
 
     async def _read_records(
         self, ids: list[str], *, check_parts: bool
     ) -> list[tuple[str, StreamRecord | QuarantinedRecord | None]]:
-        """(id, record | quarantined | None if gone) of each id, in batched pipelines."""
+        """(id, record | quarantined | None if gone) of each id, in batched pipelines; with
+        ``check_parts``, an unfinished stream's parts must parse too (resume reads them)."""
         out: list[tuple[str, StreamRecord | QuarantinedRecord | None]] = []
         for start in range(0, len(ids), _BATCH):
             batch = ids[start : start + _BATCH]
@@ -390,25 +395,50 @@ class RedisCheckpointStore:
                     pipe.hgetall(self._stream_key(stream_id))
                 # A key of another type answers WRONGTYPE: that record, not the batch, fails.
                 replies = await pipe.execute(raise_on_error=False)
-            for stream_id, reply in zip(batch, replies, strict=True):
-                out.append((stream_id, await self._parse(stream_id, reply, check_parts)))
+            parsed = [self._parse(i, reply) for i, reply in zip(batch, replies, strict=True)]
+            if check_parts:
+                await self._check_parts(parsed)
+            out += parsed
         return out
 
-    async def _parse(
-        self, stream_id: str, reply: Any, check_parts: bool
-    ) -> StreamRecord | QuarantinedRecord | None:
+    def _parse(
+        self, stream_id: str, reply: Any
+    ) -> tuple[str, StreamRecord | QuarantinedRecord | None]:
         if isinstance(reply, Exception):
-            return QuarantinedRecord(stream_id, "not a Redis hash")
+            return stream_id, QuarantinedRecord(stream_id, "not a Redis hash")
         raw = _text_dict(reply)
         if not raw:
-            return None
+            return stream_id, None
         try:
-            record = _decode_record(raw)
-            if check_parts and record.state in _UNFINISHED:
-                await self._get_parts_raw(record.stream_id)
+            return stream_id, _decode_record(raw)
         except MalformedRecord as exc:
-            return quarantined(stream_id, str(exc), raw)
-        return record
+            return stream_id, quarantined(stream_id, str(exc), raw)
+
+    async def _check_parts(
+        self, parsed: list[tuple[str, StreamRecord | QuarantinedRecord | None]]
+    ) -> None:
+        """Quarantine (in place) the unfinished records whose parts do not parse."""
+        unfinished = [
+            (i, record) for i, (_, record) in enumerate(parsed)
+            if isinstance(record, StreamRecord) and record.state in _UNFINISHED
+        ]  # fmt: skip
+        if not unfinished:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, record in unfinished:
+                pipe.hgetall(self._parts_key(record.stream_id))
+            replies = await pipe.execute(raise_on_error=False)
+        for (i, record), reply in zip(unfinished, replies, strict=True):
+            try:
+                if isinstance(reply, Exception):
+                    raise MalformedRecord("parts: not a Redis hash")
+                for number, text in _text_dict(reply).items():
+                    _decode_part(number, text)
+            except MalformedRecord as exc:
+                parsed[i] = (record.stream_id, QuarantinedRecord(
+                    record.stream_id, str(exc), record.path, record.key, record.upload_id,
+                    record.state.value,
+                ))  # fmt: skip
 
     def _usable(
         self, read: list[tuple[str, StreamRecord | QuarantinedRecord | None]]
