@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +44,12 @@ _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 _SSL_CERT_REQS = ("none", "optional", "required")
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_NO_CONTROL_CHARACTERS = frozenset({
+    "s3_access_key_id", "s3_secret_access_key", "s3_key_prefix", "s3_endpoint_url",
+    "redis_url", "redis_key_prefix", "instance_id", "s3_storage_class", "prom_host",
+})  # fmt: skip
+MAX_NAME_LENGTH = 256
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
@@ -140,11 +147,37 @@ class Settings(BaseSettings):
         # A value from a non-UTF-8 environment arrives surrogate-escaped; it could never be
         # sent to S3 or Redis. Paths are exempt: the file system takes any bytes.
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(v, str) and (field is None or field.annotation is not Path):
+        if not isinstance(v, str):
+            return v
+        if "\x00" in v:
+            raise ValueError("must not contain a NUL character")
+        if field is None or field.annotation is not Path:
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError("is not valid UTF-8") from None
+        if info.field_name in _NO_CONTROL_CHARACTERS and any(
+            unicodedata.category(ch) == "Cc" for ch in v
+        ):
+            # A newline in a credential is a file-reading accident and would break the
+            # HTTP header it goes into; in a key prefix it breaks S3's XML listings.
+            raise ValueError("must not contain control characters (newline, tab, ...)")
+        return v
+
+    @field_validator("s3_access_key_id", "instance_id", mode="before")
+    @classmethod
+    def _no_spaces(cls, v: Any) -> Any:
+        if isinstance(v, str) and any(ch.isspace() for ch in v):
+            raise ValueError("must not contain spaces")
+        if isinstance(v, str) and len(v) > MAX_NAME_LENGTH:
+            raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters")
+        return v
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _storage_class(cls, v: str) -> str:
+        if v and not _STORAGE_CLASS.fullmatch(v):
+            raise ValueError("must be a storage class name such as STANDARD_IA")
         return v
 
     @field_validator("*", mode="after")

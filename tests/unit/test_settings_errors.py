@@ -100,6 +100,11 @@ def _assert_one_line(result: subprocess.CompletedProcess[str], name: str) -> str
         ("CHUNK_SIZE_MB", "5121"),
         ("WATCH_FORCE_POLLING", "sometimes"),
         ("LOG_FORMAT", "xml"),
+        ("S3_ACCESS_KEY_ID", "AKIA EXAMPLE"),
+        ("S3_SECRET_ACCESS_KEY", "CONFIGTEST-secret\n"),
+        ("S3_STORAGE_CLASS", "standard ia"),
+        ("S3_KEY_PREFIX", "cam\tone/"),
+        ("INSTANCE_ID", "x" * 300),
     ],
 )
 def test_bad_setting_is_one_line_exit_2(tmp_path: Path, name: str, value: str) -> None:
@@ -115,6 +120,13 @@ def test_a_value_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         errors="backslashreplace", timeout=60, check=False,
     )  # fmt: skip
     _assert_one_line(result, "S3_KEY_PREFIX")
+
+
+def test_a_nul_in_a_path_from_dotenv_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"STATE_DIR=state\x00dir\n")
+    env = _env(tmp_path)
+    del env["STATE_DIR"]
+    _assert_one_line(_run(tmp_path, env), "STATE_DIR")
 
 
 def test_a_dotenv_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
