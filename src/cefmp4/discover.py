@@ -364,16 +364,15 @@ class _Stop:
         self._set = True
 
 
-def _watch_roots(watch_dir: Path, notices: Notices) -> tuple[list[Path], list[Path]]:
+def _watch_roots(watch_dir: Path, notices: Notices) -> tuple[list[str], list[Path]]:
     """(files now, roots to watch). The inotify backend adds its recursive watches in one
     walk that gives up at the first directory it may not read (EACCES), leaving the
     directories after it unwatched; so with unreadable directories about, every readable
     directory is a root of its own (a directory watched twice is one watch)."""
     files, directories = _scan(watch_dir, notices)
-    paths = [Path(file) for file in files]
     if not notices.unreadable:
-        return paths, [watch_dir]
-    return paths, directories
+        return files, [watch_dir]
+    return files, directories
 
 
 async def watch(
@@ -415,7 +414,7 @@ async def watch(
     while not stop_event.is_set():
         files, roots = await asyncio.to_thread(_watch_roots, watch_dir, notices)
         if restarted and files:
-            yield set(files)
+            yield {Path(file) for file in files}
         started = time.monotonic()
         try:
             async for nominated in _watch_once(

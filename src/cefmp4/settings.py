@@ -213,6 +213,13 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return v
 
+    @field_validator("rescan_interval_seconds")
+    @classmethod
+    def _rescan(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("must be 0 (off) or at least 1 second (a scan reads the whole tree)")
+        return v
+
     @field_validator("lease_ttl_seconds")
     @classmethod
     def _lease_ttl(cls, v: float) -> float:
@@ -420,6 +427,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except UnicodeDecodeError:
         raise ConfigError(".env", "is not valid UTF-8 text") from None
+    except OSError as exc:  # a .env that exists but cannot be read
+        raise ConfigError(".env", f"cannot be read: {exc.strerror or exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = err.get("loc") or ()

@@ -76,6 +76,7 @@ def _assert_one_line(result: subprocess.CompletedProcess[str], name: str) -> str
         ("RESCAN_INTERVAL_SECONDS", "-1"),
         ("RESCAN_INTERVAL_SECONDS", "inf"),
         ("RESCAN_INTERVAL_SECONDS", "often"),
+        ("RESCAN_INTERVAL_SECONDS", "0.001"),
         ("S3_BUCKET_NAME", "Bad_Bucket!"),
         ("S3_BUCKET_NAME", "ab"),
         ("S3_BUCKET_NAME", "-leading-hyphen"),
