@@ -26,6 +26,7 @@ import structlog
 import watchfiles
 
 from cefmp4 import logs
+from cefmp4.readiness import Readiness
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,7 @@ RESTART_DELAY_STEP = 0.5
 MAX_RESTART_DELAY = 30.0
 HEALTHY_RUN_SECONDS = 60.0
 _UNDECODABLE = "Unable to decode path"
+WATCHER = "watcher"  # the component name in Readiness
 
 
 def _is_hidden(name: str) -> bool:
@@ -240,7 +242,9 @@ def _walk(
             if unreadable is not None:
                 unreadable.add(os.fspath(directory))
         except OSError:
-            continue  # gone meanwhile, or not a directory any more
+            # A subdirectory gone meanwhile is no news; the watch dir itself gone is.
+            if unreadable is not None and directory is top:
+                unreadable.add(os.fspath(directory))
 
 
 def _is_file(entry: os.DirEntry[str], watch_dir: Path, notices: Notices) -> bool:
@@ -370,6 +374,10 @@ def _watch_roots(watch_dir: Path, notices: Notices) -> tuple[list[str], list[Pat
     directories after it unwatched; so with unreadable directories about, every readable
     directory is a root of its own (a directory watched twice is one watch)."""
     files, directories = _scan(watch_dir, notices)
+    if os.fspath(watch_dir) in notices.unreadable:
+        # watchfiles ignores a root it cannot watch (ignore_permission_denied covers every
+        # error), which would be a watcher that silently sees nothing.
+        raise FileNotFoundError(f"the watch directory cannot be read: {watch_dir}")
     if not notices.unreadable:
         return files, [watch_dir]
     return files, directories
@@ -384,6 +392,7 @@ async def watch(
     step_ms: int = DEFAULT_STEP_MS,
     notices: Notices | None = None,
     max_restart_delay: float = MAX_RESTART_DELAY,
+    readiness: Readiness | None = None,
 ) -> AsyncIterator[set[Path]]:
     """Yield sets of candidate paths that changed under ``watch_dir`` until ``stop_event``.
 
@@ -404,7 +413,9 @@ async def watch(
     failures repeat, and the first batch after a restart is a full scan, so that no file
     created meanwhile is lost. Such files themselves are skipped with one warning each (see
     :func:`scan`). The watcher also restarts when a scan finds that the set of unreadable
-    directories changed, so that a directory that became readable is watched.
+    directories changed, so that a directory that became readable is watched. While it
+    waits to restart after repeated failures, ``readiness`` reports the component
+    ``watcher`` as failing (``/readyz`` 503: discovery rests on the rescan meanwhile).
     """
     watch_dir = Path(os.path.abspath(watch_dir))  # noqa: ASYNC240  (one getcwd, once)
     notices = notices or NOTICES
@@ -412,11 +423,13 @@ async def watch(
     restarted = False
     reported: set[str] = set()
     while not stop_event.is_set():
-        files, roots = await asyncio.to_thread(_watch_roots, watch_dir, notices)
-        if restarted and files:
-            yield {Path(file) for file in files}
         started = time.monotonic()
         try:
+            files, roots = await asyncio.to_thread(_watch_roots, watch_dir, notices)
+            if readiness is not None:
+                readiness.ok(WATCHER)
+            if restarted and files:
+                yield {Path(file) for file in files}
             async for nominated in _watch_once(
                 watch_dir, roots, _Stop(stop_event, notices), notices,
                 force_polling=force_polling, debounce_ms=debounce_ms, step_ms=step_ms,
@@ -438,6 +451,8 @@ async def watch(
             )  # fmt: skip
             delay = min(max_restart_delay, RESTART_DELAY_STEP * 2 ** (failures - 2))
             if failures > 1:
+                if readiness is not None:
+                    readiness.fail(WATCHER, exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
         restarted = True

@@ -31,6 +31,7 @@ from cefmp4.discover import (
     scan_paths,
     watch,
 )
+from cefmp4.readiness import Readiness
 
 # The watch must hand over a change well within this; the spec wants ~0.1 s.
 DEADLINE = 1.0
@@ -603,3 +604,35 @@ async def test_an_unreadable_subdirectory_does_not_blind_its_siblings() -> None:
             if directory.is_dir():
                 directory.chmod(0o755)
         shutil.rmtree(top)
+
+
+async def test_a_watcher_that_cannot_start_is_reported_and_recovers(tmp_path: Path) -> None:
+    watch_dir = tmp_path / "watch"
+    watch_dir.mkdir()
+    readiness = Readiness()
+    stop = asyncio.Event()
+    seen: set[Path] = set()
+
+    async def run() -> None:
+        async for batch in watch(watch_dir, stop, notices=Notices(), max_restart_delay=0.2,
+                                 readiness=readiness):  # fmt: skip
+            seen.update(batch)
+
+    watch_dir.rmdir()  # gone: every start of the watcher fails
+    task = asyncio.create_task(run())
+    try:
+        await _until(lambda: "watcher" in readiness.failures())
+        write(watch_dir / "back.mp4")  # the directory is back, with a file in it
+        await _until(lambda: watch_dir / "back.mp4" in seen)
+        assert "watcher" not in readiness.failures()
+        write(watch_dir / "new.mp4")  # and it is watched again
+        await _until(lambda: watch_dir / "new.mp4" in seen)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110  (state changed by another task, no event)
+            await asyncio.sleep(0.02)
