@@ -7,8 +7,8 @@ one slow or silent client holds only its own connection, never the others or shu
 in :class:`~cefmp4.readiness.Readiness` (supervised tasks, the watcher, streams retrying).
 Its body names each dependency or component and, when failing, the error *class* only::
 
-    {"status": "unavailable", "checks": {"s3": "ok", "checkpoint_store": "TransientError",
-                                         "watcher": "WatchfilesRustInternalError"}}
+    {"status": "unavailable", "checks": {"s3": "ok", "checkpoint_store": "down: TransientError",
+                                         "watcher": "down: WatchfilesRustInternalError"}}
 
 never a message: messages carry endpoints, paths and sometimes credentials, and the port
 is open to whoever can reach it. The pings run concurrently, each under a timeout, and
@@ -63,7 +63,7 @@ class CachedPings:
         self._round: asyncio.Task[dict[str, str]] | None = None
 
     async def results(self) -> dict[str, str]:
-        """name -> ``"ok"`` or the class name of the error (``TimeoutError`` for no answer)."""
+        """name -> ``"ok"`` or ``"down: <error class>"`` (``TimeoutError`` for no answer)."""
         if self._result is not None and self._clock() - self._at < self._ttl:
             return self._result
         if self._round is None or self._round.done():
@@ -83,7 +83,7 @@ class CachedPings:
             async with asyncio.timeout(self._timeout):
                 await check()
         except Exception as exc:  # a failing dependency is an answer, not an error here
-            return type(exc).__name__
+            return down(type(exc).__name__)
         return OK
 
     async def aclose(self) -> None:
@@ -109,11 +109,18 @@ class HealthServer:
         return f"http://{host}:{self.port}"
 
     async def report(self) -> tuple[bool, dict[str, str]]:
-        """``(ready, {name: "ok" | error class})``: the pings, then every reported failure."""
+        """``(ready, {name: "ok" | "down: <error class>"})``: the pings, then every failure
+        reported to Readiness."""
         report = dict(await self.pings.results())
         if self.readiness is not None:
-            report.update(self.readiness.failures(self.readiness_grace))
+            failing = self.readiness.failures(self.readiness_grace)
+            report.update({name: down(error) for name, error in failing.items()})
         return all(v == OK for v in report.values()), report
+
+
+def down(error_class: str) -> str:
+    """The report value of a failing check: ``"down: TransientError"``, the class only."""
+    return f"down: {error_class}"
 
 
 def _json(status: int, doc: object) -> web.Response:

@@ -71,7 +71,7 @@ async def test_readyz_flips_when_a_check_fails() -> None:
         doc = json.loads(body)
         assert doc == {
             "status": "unavailable",
-            "checks": {"s3": "ConnectionRefusedError", "checkpoint_store": "ok"},
+            "checks": {"s3": "down: ConnectionRefusedError", "checkpoint_store": "ok"},
         }
 
         down["s3"] = None
@@ -88,7 +88,7 @@ async def test_readyz_is_503_while_a_component_is_reported_failing() -> None:
         readiness.fail("watcher", TransientError("inotify at /secret/path failed"))
         status, _, body = await get(server.url, "/readyz")
         assert status == 503
-        assert json.loads(body)["checks"] == {"s3": "ok", "watcher": "TransientError"}
+        assert json.loads(body)["checks"] == {"s3": "ok", "watcher": "down: TransientError"}
         assert b"secret" not in body
         readiness.ok("watcher")
         assert (await get(server.url, "/readyz"))[0] == 200
@@ -109,7 +109,9 @@ async def test_readyz_checks_run_concurrently_with_timeout() -> None:
         status, _, body = await get(server.url, "/readyz")
         elapsed = time.monotonic() - started
     assert status == 503
-    assert json.loads(body)["checks"] == {"a": "TimeoutError", "b": "TimeoutError", "c": "ok"}
+    assert json.loads(body)["checks"] == {
+        "a": "down: TimeoutError", "b": "down: TimeoutError", "c": "ok"
+    }
     assert elapsed < 1.4  # concurrently: not 0.5 + 0.5 + 0.2
 
 
@@ -160,7 +162,7 @@ async def test_readyz_body_has_no_message_no_password() -> None:
     ) as server:
         status, _, body = await get(server.url, "/readyz")
     assert status == 503
-    assert json.loads(body)["checks"] == {"checkpoint_store": "OSError"}
+    assert json.loads(body)["checks"] == {"checkpoint_store": "down: OSError"}
 
 
 @pytest.mark.parametrize(
