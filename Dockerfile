@@ -1,6 +1,6 @@
 # cefmp4: upload growing MP4 recordings to S3 while they are recorded.
 #   docker build -t cefmp4 .    (docker-compose.yml runs it with MinIO and Redis)
-FROM python:3.12-slim
+FROM python:3.12.8-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
