@@ -18,10 +18,13 @@ RUN groupadd --system cefmp4 \
        --shell /usr/sbin/nologin cefmp4
 
 WORKDIR /app
-# Metadata first, so the dependency layer is rebuilt only when pyproject.toml changes.
+# The lock first, so the dependency layer is rebuilt only when it changes. Exact versions
+# with hashes (scripts/lock); cefmp4 itself then adds no dependency of its own.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . \
+RUN pip install --no-deps . \
     && mkdir -p /data/input-videos /data/state \
     && chown -R cefmp4:cefmp4 /data
 
