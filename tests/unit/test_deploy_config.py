@@ -1,4 +1,7 @@
-"""Deployment files agree with the code: Settings, example.env, compose, Dockerfile, dashboards."""
+"""Deployment files agree with the code: Settings, example.env, compose, Dockerfile.
+
+Monitoring (alerts, dashboard): tests/unit/test_monitoring.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from cefmp4.metrics import Metrics
 from cefmp4.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -325,22 +327,3 @@ def test_dockerfile_runs_as_non_root_under_dumb_init_with_healthcheck() -> None:
     entrypoint = next(parts[1] for parts in instructions if parts[0].upper() == "ENTRYPOINT")
     assert json.loads(entrypoint)[0] == "dumb-init"
     assert "ffmpeg" in text  # ffprobe
-
-
-def _metric_names_in(text: str) -> set[str]:
-    known_suffix = re.compile(r"\b([a-z_]+(?:_total|_seconds(?:_bucket)?|_bytes|_streams))\b")
-    return {m for m in known_suffix.findall(text)}
-
-
-def test_dashboard_and_alerts_use_existing_metrics() -> None:
-    exposed = set(Metrics().names())
-    exposed |= {f"{n}_{s}" for n in exposed for s in ("bucket", "count", "sum")}
-    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
-    exprs = " ".join(
-        t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])
-    )
-    alerts = (ROOT / "deploy" / "alerts.yml").read_text()
-    for source, text in (("dashboard", exprs), ("alerts", alerts)):
-        used = _metric_names_in(text) - {"humanizeDuration"}
-        assert used, source
-        assert used <= exposed, f"{source} uses unknown metrics: {sorted(used - exposed)}"
