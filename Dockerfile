@@ -13,8 +13,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg dumb-init \
     && rm -rf /var/lib/apt/lists/*
 
-RUN groupadd --system cefmp4 \
-    && useradd --system --gid cefmp4 --home-dir /app --no-create-home \
+# A fixed numeric UID/GID: Kubernetes' runAsNonRoot can verify it, and the manifests in
+# deploy/kubernetes/ name it (runAsUser: 10001).
+RUN groupadd --system --gid 10001 cefmp4 \
+    && useradd --system --uid 10001 --gid cefmp4 --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin cefmp4
 
 WORKDIR /app
@@ -34,7 +36,7 @@ ENV WATCH_DIR=/data/input-videos \
 VOLUME ["/data/input-videos", "/data/state"]
 EXPOSE 8000
 
-USER cefmp4
+USER 10001:10001
 
 # No curl in the image: Python's urllib asks /healthz. PROM_PORT=0 disables the server,
 # and then there is nothing to ask.
