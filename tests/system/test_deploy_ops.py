@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -268,3 +269,20 @@ def test_status_watch_bad_options_are_one_line(args: list[str], setting: str) ->
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"configuration error: {setting}" in result.stderr
+
+
+def test_status_watch_with_the_store_down_says_so_and_keeps_going(tmp_path: Path) -> None:
+    nowhere = SimpleNamespace(endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+    settings = make_settings(tmp_path=tmp_path, s3=nowhere, bucket="unused")  # type: ignore[arg-type]
+    env = settings_env(settings, REDIS_URL=f"redis://:watch-pw-31f@127.0.0.1:{_closed_port()}/0")
+    result = run_cli(["status", "--watch", "--count", "2", "--interval", "0.1"], env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("checkpoint store did not answer") == 2
+    assert "watch-pw-31f" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
