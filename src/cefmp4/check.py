@@ -72,6 +72,8 @@ async def _bucket_ready(
         results.append(CheckResult("s3 bucket", True, bucket))
         return True
     except PermanentError as exc:
+        # ping() words a missing bucket "S3_BUCKET_NAME: bucket ... does not exist"; any
+        # other permanent error (access denied) is reported by the caller.
         if "does not exist" not in str(exc):
             raise
     if not fix:

@@ -114,19 +114,22 @@ COMPOSE_SECRETS = {
 }
 
 
-def _docker_compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _docker_compose(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose binary not installed (CI installs it)")
     clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    # An empty --env-file: a developer's own .env (with real passwords) must not count.
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
     return subprocess.run(
-        [binary, "config"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        check=False, env={**clean, **env},
+        [binary, "--env-file", str(empty), "config"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=False, env={**clean, **env},
     )
 
 
-def test_docker_compose_config_is_valid() -> None:
-    result = _docker_compose(COMPOSE_SECRETS)
+def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
+    result = _docker_compose(COMPOSE_SECRETS, tmp_path)
     assert result.returncode == 0, result.stderr
     yaml = pytest.importorskip("yaml")
     rendered = yaml.safe_load(result.stdout)
@@ -136,9 +139,9 @@ def test_docker_compose_config_is_valid() -> None:
 
 
 @pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
-def test_compose_refuses_to_start_without_each_password(missing: str) -> None:
+def test_compose_refuses_to_start_without_each_password(missing: str, tmp_path: Path) -> None:
     env = {k: v for k, v in COMPOSE_SECRETS.items() if k != missing}
-    result = _docker_compose(env)
+    result = _docker_compose(env, tmp_path)
     assert result.returncode != 0
     assert f"set {missing} in .env" in result.stderr
 
