@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
@@ -192,6 +193,38 @@ class Settings(BaseSettings):
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+    # --- secrets from files (Docker/Kubernetes secrets; SPEC §1.2) -------------------------
+    # Owned with cli.refuse_secret_flags: a secret never has to be a flag or an environment
+    # variable. Read once, here; the value then lives only in the SecretStr field above.
+    s3_access_key_id_file: str = Field(
+        "", description="read S3_ACCESS_KEY_ID from this file (trailing newline trimmed)"
+    )
+    s3_secret_access_key_file: str = Field(
+        "", description="read S3_SECRET_ACCESS_KEY from this file (trailing newline trimmed)"
+    )
+    redis_url_file: str = Field(
+        "", description="read REDIS_URL from this file (trailing newline trimmed)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        values = dict(data)
+        for secret, file_field in SECRET_FILES.items():
+            path = _raw_str(values.get(file_field))
+            if not path:
+                continue
+            if _raw_str(values.get(secret)):
+                raise ValueError(
+                    f"{env_name(file_field)}: give {env_name(secret)} or "
+                    f"{env_name(file_field)}, not both"
+                )
+            values[secret] = read_secret_file(env_name(file_field), path)
+        return values
+    # --- end of secrets from files ---------------------------------------------------------
 
     @field_validator("chunk_size_mb")
     @classmethod
@@ -428,6 +461,52 @@ def redis_url_problem(url: str) -> str | None:
 
 
 _SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"}
+
+# --- secrets from files (see Settings._read_secret_files) -----------------------------------
+# secret field -> the field naming the file it can be read from
+SECRET_FILES: dict[str, str] = {
+    "s3_access_key_id": "s3_access_key_id_file",
+    "s3_secret_access_key": "s3_secret_access_key_file",
+    "redis_url": "redis_url_file",
+}
+# A secret file is a few bytes; a larger one is a wrong path (a video, a device).
+_MAX_SECRET_BYTES = 64 * 1024
+
+
+def _raw_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def read_secret_file(setting: str, path: str) -> str:
+    """The secret in ``path`` without its trailing newline; ConfigError naming ``setting``."""
+    try:
+        # A FIFO or a device would block or never end: only regular files (Kubernetes'
+        # secret files are symlinks to regular files, which stat follows).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{setting}: {path} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_SECRET_BYTES:
+        raise ValueError(f"{setting}: {path} is larger than {_MAX_SECRET_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{setting}: {path} is not UTF-8 text") from None
+    # One trailing newline (echo, editors, kubectl create secret --from-file); nothing else,
+    # since leading or inner spaces may belong to the secret.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ValueError(f"{setting}: {path} is empty")
+    if "\n" in text:
+        raise ValueError(f"{setting}: {path} holds more than one line")
+    return text
+# --- end of secrets from files --------------------------------------------------------------
 
 
 def env_name(field: str) -> str:
