@@ -806,3 +806,14 @@ async def test_redis_every_error_is_mapped(tmp_path: Path) -> None:
         async with open_redis_store(right) as store:
             assert [r.stream_id for r in await store.list_streams()] == ["s2"]
             assert [q.stream_id for q in await store.list_quarantined()] == ["s1"]
+
+
+async def test_sqlite_unfinished_listing_uses_the_state_index(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "state") as store:
+        await store.put_stream(make_stream("s1"))
+        db = store.db_path
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM streams WHERE state IN ('active', 'finalizing')"
+        ).fetchall()
+    assert any("streams_state" in str(row) for row in plan), plan
