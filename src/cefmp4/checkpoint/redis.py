@@ -23,10 +23,12 @@ every new owner. ``{ns}`` is the lease namespace (``cefmp4.lease.lease_namespace
 file systems or deployments sharing a key prefix do not collide on an inode number. Once a
 stream is ``fence``d, each of its writes first compares the caller's token with the counter
 and fails with ``LeaseLost`` when a newer owner has taken over, so a paused or partitioned
-former owner can never overwrite its progress. A write *without* a token is refused
-(``LeaseLost``) while anyone holds the file's lease, so no unfenced writer (``cefmp4
-upload``, a process that lost track of its lease) can touch a leased stream; and with
-``require_fence=True`` every write needs a token (the daemon in scale-out mode).
+former owner can never overwrite its progress. A write of a file whose lease this store
+object acquired is fenced with that token even before ``fence`` registers the stream (a
+resume that writes first and binds later). ``unfenced_writes`` decides the rest:
+``"allow"`` (the default, as before), ``"refuse_when_leased"`` (``LeaseLost`` while anyone
+holds the file's lease: no unfenced writer — ``cefmp4 upload``, an adoption at start-up —
+can touch a leased stream) or ``"refuse"`` (every write needs a token).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import redis.asyncio
 import redis.exceptions as rexc
@@ -57,7 +59,9 @@ from cefmp4.checkpoint import (
 )
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
 
-__all__ = ["RedisCheckpointStore", "open_redis_store"]
+__all__ = ["RedisCheckpointStore", "UnfencedWrites", "open_redis_store"]
+
+UnfencedWrites = Literal["allow", "refuse_when_leased", "refuse"]
 
 # How each StreamRecord field is parsed back from its hash string.
 _FIELD_TYPES: Final[dict[str, type]] = {
@@ -84,16 +88,18 @@ if token ~= '' then
         return redis.error_reply('LEASELOST')
     end
 else
-    if ARGV[4] == '1' then
-        return redis.error_reply('UNFENCED write refused: REQUIRE_FENCE')
+    if ARGV[4] == 'refuse' then
+        return redis.error_reply('UNFENCED write refused (unfenced_writes=refuse)')
     end
-    local lease = ARGV[2]
-    if lease == '' then
-        local inode = redis.call('HGET', KEYS[1], 'inode')
-        if inode then lease = ARGV[3] .. inode end
-    end
-    if lease ~= '' and redis.call('EXISTS', lease) == 1 then
-        return redis.error_reply('LEASELOST')
+    if ARGV[4] == 'refuse_when_leased' then
+        local lease = ARGV[2]
+        if lease == '' then
+            local inode = redis.call('HGET', KEYS[1], 'inode')
+            if inode then lease = ARGV[3] .. inode end
+        end
+        if lease ~= '' and redis.call('EXISTS', lease) == 1 then
+            return redis.error_reply('LEASELOST')
+        end
     end
 end
 """
@@ -302,19 +308,23 @@ class RedisCheckpointStore:
     """``CheckpointStore`` on Redis. Build it with ``open_redis_store``.
 
     ``lease_namespace`` goes into every lease and fence key (see the module docstring);
-    ``require_fence`` refuses any write without a fencing token.
+    ``unfenced_writes``: what a write without a token may do (see the module docstring).
     """
 
     def __init__(
         self, client: redis.asyncio.Redis, key_prefix: str = "cefmp4:", *,
-        lease_namespace: str = "", require_fence: bool = False,
+        lease_namespace: str = "", unfenced_writes: UnfencedWrites = "allow",
     ) -> None:  # fmt: skip
         self._client = client
         self._prefix = key_prefix
         self._index = f"{key_prefix}streams"
         self._index_marker = f"{key_prefix}state-index"
         self._lease_ns = f"{lease_namespace}:" if lease_namespace else ""
-        self._require_fence = "1" if require_fence else "0"
+        self._unfenced_writes = unfenced_writes
+        # Leases this object acquired (inode -> token), and the inode of each stream it
+        # has seen: an unregistered write of a held file is fenced all the same.
+        self._held: dict[int, str] = {}
+        self._inodes: dict[str, int] = {}
         self._put_part_script = client.register_script(_PUT_PART_LUA)
         self._put_stream_script = client.register_script(_PUT_STREAM_LUA)
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
@@ -355,9 +365,13 @@ class RedisCheckpointStore:
     def _fence_args(self, stream_id: str, inode: int | None) -> tuple[str, list[EncodableT]]:
         """(fence key, the four fence-check ARGV) of a write of ``stream_id``."""
         fence_key, token = self._fences.get(stream_id, (f"{self._prefix}fence:none", ""))
+        if inode is None:
+            inode = self._inodes.get(stream_id)
+        if not token and inode is not None and inode in self._held:
+            fence_key, token = self._fence_key(inode), self._held[inode]
         lease = "" if inode is None else self._lease_key(inode)
         lease_prefix = f"{self._prefix}lease:{self._lease_ns}"
-        return fence_key, [token, lease, lease_prefix, self._require_fence]
+        return fence_key, [token, lease, lease_prefix, self._unfenced_writes]
 
     def _quarantine(self, stream_id: str, reason: str) -> None:
         if stream_id not in self._warned:
@@ -381,6 +395,10 @@ class RedisCheckpointStore:
                       self._index_marker, *self._state_keys(), fence_key],
                 args=[*check, record.stream_id, *flat],
             )  # fmt: skip
+        if record.state in _UNFINISHED:
+            self._inodes[record.stream_id] = record.inode
+        else:  # bounded by the streams in flight, not by history
+            self._inodes.pop(record.stream_id, None)
 
     async def _read_records(
         self, ids: list[str], *, check_parts: bool
@@ -410,9 +428,12 @@ class RedisCheckpointStore:
         if not raw:
             return stream_id, None
         try:
-            return stream_id, _decode_record(raw)
+            record = _decode_record(raw)
         except MalformedRecord as exc:
             return stream_id, quarantined(stream_id, str(exc), raw)
+        if record.state in _UNFINISHED:  # the ones that may be written again
+            self._inodes[stream_id] = record.inode
+        return stream_id, record
 
     async def _check_parts(
         self, parsed: list[tuple[str, StreamRecord | QuarantinedRecord | None]]
@@ -472,7 +493,10 @@ class RedisCheckpointStore:
                 keys=[self._lease_key(inode), self._fence_key(inode)],
                 args=[owner, max(1, int(ttl * 1000))],
             )
-        return None if token is None else int(token)
+        if token is None:
+            return None
+        self._held[inode] = str(token)
+        return int(token)
 
     async def holder(self, inode: int) -> str | None:
         with _mapped_errors("lease_holder"):
@@ -485,7 +509,10 @@ class RedisCheckpointStore:
                 keys=[self._lease_key(inode), self._fence_key(inode)],
                 args=[old_owner, owner, max(1, int(ttl * 1000))],
             )
-        return None if token is None else int(token)
+        if token is None:
+            return None
+        self._held[inode] = str(token)
+        return int(token)
 
     async def renew(self, inode: int, owner: str, ttl: float) -> bool:
         with _mapped_errors("renew_lease"):
@@ -495,6 +522,7 @@ class RedisCheckpointStore:
         return bool(ok)
 
     async def release(self, inode: int, owner: str) -> None:
+        self._held.pop(inode, None)
         with _mapped_errors("release_lease"):
             await self._release_script(keys=[self._lease_key(inode)], args=[owner])
 
@@ -582,6 +610,7 @@ class RedisCheckpointStore:
 
     async def delete_stream(self, stream_id: str) -> None:
         fence_key, check = self._fence_args(stream_id, None)
+        self._inodes.pop(stream_id, None)
         with _mapped_errors("delete_stream"):
             await self._delete_stream_script(
                 keys=[self._stream_key(stream_id), self._parts_key(stream_id), self._index,
@@ -598,7 +627,7 @@ class RedisCheckpointStore:
 @asynccontextmanager
 async def open_redis_store(
     url: str, key_prefix: str = "cefmp4:", *, lease_namespace: str = "",
-    require_fence: bool = False,
+    unfenced_writes: UnfencedWrites = "allow",
 ) -> AsyncIterator[RedisCheckpointStore]:
     """A store on the Redis at ``url`` for the ``async with``; closed on exit.
 
@@ -626,7 +655,7 @@ async def open_redis_store(
         # ``from None``: redis-py's message may quote parts of the URL.
         raise ConfigError("REDIS_URL", "not a valid redis://, rediss:// or unix:// URL") from None
     store = RedisCheckpointStore(
-        client, key_prefix, lease_namespace=lease_namespace, require_fence=require_fence
+        client, key_prefix, lease_namespace=lease_namespace, unfenced_writes=unfenced_writes
     )
     try:
         yield store
