@@ -8,10 +8,11 @@ import io
 import os
 from collections.abc import AsyncIterator
 
+import crc32c
 import pytest
 
-from cefmp4.errors import SourceError, TransientError
-from cefmp4.storage.s3 import S3ObjectStore
+from cefmp4.errors import ContentChanged, SourceError, TransientError
+from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 from tests.support.seaweed import SeaweedS3, s3_store_for
 
 MiB = 1024 * 1024
@@ -106,3 +107,71 @@ async def test_a_body_shorter_than_its_length_is_a_source_error(store: S3ObjectS
             key, upload_id, 1, Short(data, MiB, OSError()), md5_b64(data)
         )
     await store.abort_multipart(key, upload_id)
+
+
+def crc_b64(body: bytes) -> str:
+    return base64.b64encode(crc32c.crc32c(body).to_bytes(4, "big")).decode()
+
+
+async def test_seaweedfs_is_probed_to_check_crc32c(s3_server: SeaweedS3, s3_bucket: str) -> None:
+    """SeaweedFS verifies x-amz-checksum-crc32c: parts carry it instead of Content-MD5."""
+    client = s3_server.boto_client()
+    async with open_s3_store(
+        bucket=s3_bucket, endpoint_url=s3_server.endpoint_url, access_key_id="test",
+        secret_access_key="test", probe_prefix="streams/",
+    ) as store:
+        assert await store.part_checksum() == "crc32c"
+        # The probe left no upload behind, and nothing outside the prefix.
+        assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+        data = os.urandom(5 * MiB)
+        key = "streams/crc.mp4"
+        upload_id = await store.create_multipart(key, "video/mp4")
+        # A wrong CRC32C is refused by the server, as a changed body (re-read, resend).
+        with pytest.raises(ContentChanged):
+            await store.upload_part(key, upload_id, 1, data, crc32c_b64=crc_b64(data + b"x"))
+        etag = await store.upload_part(key, upload_id, 1, data, crc32c_b64=crc_b64(data))
+        assert etag == hashlib.md5(data).hexdigest()  # the ETag is still the part's MD5
+        tail = b"tail"
+        etag2 = await store.upload_part(key, upload_id, 2, tail, crc32c_b64=crc_b64(tail))
+        await store.complete_multipart(key, upload_id, [(1, etag), (2, etag2)])
+        assert await store.get_object(key) == data + tail
+
+
+async def test_without_a_prefix_to_probe_parts_carry_content_md5(
+    store: S3ObjectStore,
+) -> None:
+    assert await store.part_checksum() == "md5"
+    key = "streams/md5.mp4"
+    upload_id = await store.create_multipart(key, "video/mp4")
+    data = b"x" * 1000
+    with pytest.raises(ContentChanged):
+        await store.upload_part(
+            key, upload_id, 1, data, md5_b64(b"other"), crc32c_b64=crc_b64(data)
+        )
+    await store.abort_multipart(key, upload_id)
+
+
+class _IgnoresChecksums:
+    """A client whose store takes any body whatever checksum it declares (as moto does)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def create_multipart_upload(self, **kw: object) -> dict[str, str]:
+        self.calls.append("create")
+        return {"UploadId": "u"}
+
+    async def upload_part(self, **kw: object) -> dict[str, str]:
+        self.calls.append("part")
+        return {"ETag": '"e"'}
+
+    async def abort_multipart_upload(self, **kw: object) -> None:
+        self.calls.append("abort")
+
+
+async def test_a_store_that_ignores_crc32c_gets_content_md5() -> None:
+    client = _IgnoresChecksums()
+    store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
+    assert await store.part_checksum() == "md5"
+    assert await store.part_checksum() == "md5"
+    assert client.calls == ["create", "part", "abort"]  # probed once

@@ -1,22 +1,29 @@
 """ObjectStore over aiobotocore: one client per process, errors mapped at this boundary.
 
 botocore is configured on purpose (see ``_client_config``): its own retries are off because
-``cefmp4.retry`` retries without limit and stacked retry layers multiply the waits; CRC
-checksum headers are sent only when an operation requires them because many S3-compatible
-stores reject them; every UploadPart carries Content-MD5 instead.
+``cefmp4.retry`` retries without limit and stacked retry layers multiply the waits; its
+default CRC checksum headers and trailers are off because many S3-compatible stores reject
+them. Every UploadPart carries an integrity check the server verifies instead: a CRC32C
+(``x-amz-checksum-crc32c``, ~15x cheaper to compute than MD5) where a probe showed the store
+checks it, else Content-MD5 (see ``S3ObjectStore.part_checksum``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, cast
 
 import aiohttp
 import aiohttp.payload
 import botocore.exceptions as boto_errors  # type: ignore[import-untyped]
+import crc32c
+import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
@@ -36,9 +43,21 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["S3ObjectStore", "open_s3_store"]
+__all__ = ["ChecksumMode", "S3ObjectStore", "crc32c_b64", "open_s3_store"]
+
+log = structlog.get_logger("cefmp4.s3")
 
 _DEFAULT_REGION = "us-east-1"
+
+ChecksumMode = Literal["md5", "crc32c"]
+CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check this store gets
+# What stores answer when a body does not match its declared checksum.
+_DIGEST_MISMATCH: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
+
+
+def crc32c_b64(data: bytes | bytearray | memoryview) -> str:
+    """The ``x-amz-checksum-crc32c`` value of ``data``: big-endian CRC32C, base64."""
+    return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode("ascii")
 
 # Error codes whose meaning does not depend on the HTTP status they arrive with.
 _TRANSIENT_CODES = frozenset(
@@ -205,12 +224,26 @@ class S3ObjectStore:
     """The ObjectStore Protocol over one open aiobotocore S3 client, bound to one bucket."""
 
     def __init__(
-        self, client: S3Client, bucket: str, *, region: str = "", storage_class: str = ""
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        region: str = "",
+        storage_class: str = "",
+        checksum: Literal["auto", "md5", "crc32c"] = "auto",
+        probe_prefix: str | None = None,
     ) -> None:
         self._client = client
         self.bucket = bucket
         self._region = region
         self._storage_class = storage_class
+        # "auto" needs somewhere inside the key prefix to probe; without one, Content-MD5.
+        self._checksum: ChecksumMode | None = (
+            "md5" if checksum == "auto" and probe_prefix is None
+            else None if checksum == "auto" else checksum
+        )
+        self._probe_prefix = probe_prefix or ""
+        self._probe_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r})"
@@ -291,9 +324,76 @@ class S3ObjectStore:
             _raise(exc, "CreateMultipartUpload")
         return response["UploadId"]
 
+    async def part_checksum(self) -> ChecksumMode:
+        """The per-part integrity check this store verifies, probed once and remembered.
+
+        The probe (a multipart upload under ``{prefix}.cefmp4-check/``, aborted at once)
+        sends a part with a wrong CRC32C: a store that checks it refuses it, then takes the
+        same part with the right one. A store that accepts the wrong one (it ignores the
+        header) or rejects the header outright gets Content-MD5. An outage answers "md5"
+        for now and the next call probes again.
+        """
+        if self._checksum is not None:
+            return self._checksum
+        async with self._probe_lock:
+            if self._checksum is None:
+                mode, definite = await self._probe_checksum()
+                if not definite:
+                    return mode
+                self._checksum = mode
+                log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
+            return self._checksum
+
+    async def _probe_checksum(self) -> tuple[ChecksumMode, bool]:
+        key = f"{self._probe_prefix}.cefmp4-check/checksum-{uuid.uuid4().hex}"
+        body = b"cefmp4 checksum probe"
+        try:
+            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except _MAPPED as exc:
+            return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+        upload_id = created["UploadId"]
+
+        async def send(crc: str) -> None:
+            await self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
+                ChecksumCRC32C=crc,
+            )
+
+        try:
+            try:
+                await send(crc32c_b64(body + b"!"))
+                return "md5", True  # a wrong CRC32C was taken: the store does not check it
+            except boto_errors.ClientError as exc:
+                if _error_code(exc)[0] not in _DIGEST_MISMATCH:
+                    return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+            await send(crc32c_b64(body))
+            return "crc32c", True
+        except _MAPPED as exc:
+            return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+        finally:
+            with contextlib.suppress(*_MAPPED):
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: PartBody,
+        md5_b64: str = "",
+        *,
+        crc32c_b64: str = "",
     ) -> str:
+        """``crc32c_b64`` is sent where ``part_checksum()`` is "crc32c", else ``md5_b64``."""
+        check: dict[str, str]
+        if crc32c_b64 and (not md5_b64 or await self.part_checksum() == "crc32c"):
+            check = {"ChecksumCRC32C": crc32c_b64}
+        elif md5_b64:
+            check = {"ContentMD5": md5_b64}
+        else:
+            raise ValueError("upload_part needs md5_b64 or crc32c_b64")
         payload = _PartPayload(body)
         try:
             response = await self._client.upload_part(
@@ -302,8 +402,8 @@ class S3ObjectStore:
                 UploadId=upload_id,
                 PartNumber=part_number,
                 Body=payload,
-                ContentMD5=md5_b64,
                 ContentLength=len(body),
+                **check,  # type: ignore[arg-type]
             )
         except _MAPPED as exc:
             if payload.error is not None:
@@ -455,8 +555,14 @@ async def open_s3_store(
     storage_class: str = "",
     connect_timeout: float = 5,
     read_timeout: float = 60,
+    checksum: Literal["auto", "md5", "crc32c"] = "auto",
+    probe_prefix: str | None = None,
 ) -> AsyncIterator[S3ObjectStore]:
-    """Open one S3 client for the lifetime of the block. Empty strings mean "not given"."""
+    """Open one S3 client for the lifetime of the block. Empty strings mean "not given".
+
+    ``checksum``: the per-part integrity check; "auto" probes the store once, under
+    ``probe_prefix`` (the key prefix), on first need, and without a prefix uses Content-MD5.
+    """
     if bool(access_key_id) != bool(secret_access_key):
         missing = "S3_SECRET_ACCESS_KEY" if access_key_id else "S3_ACCESS_KEY_ID"
         raise ConfigError(missing, "set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
@@ -483,4 +589,6 @@ async def open_s3_store(
             bucket,
             region=resolved_region or str(client.meta.region_name or ""),
             storage_class=storage_class,
+            checksum=checksum,
+            probe_prefix=probe_prefix,
         )
