@@ -181,6 +181,8 @@ def startup_rows(r: Runs) -> list[Row]:
     rows = [
         Row("--help s", "cefmp4", _v(r, "cefmp4", "help_s")),
         Row("check s", "cefmp4", _v(r, "cefmp4", "check_s")),
+        Row("python -c pass s", "floor", _v(r, "floor", "python_s")),
+        Row("import aiobotocore+aiohttp s", "floor", _v(r, "floor", "s3_stack_import_s")),
     ]
     for metric, target in (("first_part_s", ("≤ 0.3 s", 0.3)), ("first_request_s", None),
                            ("cpu_s", None)):

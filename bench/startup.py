@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from bench import media, s3util
 from bench.procs import run_measured
@@ -17,6 +18,7 @@ from bench.scenarios import PART_MIB, Bench, counting_proxy, op_name
 from bench.seaweed import tool
 
 FILE_MIB = 2 * PART_MIB  # two parts: the first goes up while the second is read
+_STACK = "import aiobotocore.session, aiohttp, botocore.client"
 
 
 def _first(requests: list[tuple[float, str, str]], op: str) -> float:
@@ -44,10 +46,15 @@ def startup(b: Bench, run: int) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
 
     help_res = run_measured([tool("cefmp4"), "--help"], b.base_env(), b.cwd())
+    # The floor: an empty interpreter, and one that only imports the S3 client stack.
+    python = str(Path(tool("cefmp4")).parent / "python")
+    bare = run_measured([python, "-c", "pass"], b.base_env(), b.cwd())
+    stack = run_measured([python, "-c", _STACK], b.base_env(), b.cwd())
     name = f"startup-{run}-{uuid.uuid4().hex[:6]}"
     env = b.cefmp4_env(bucket, name, endpoint=proxy.endpoint_url)
     check = run_measured([tool("cefmp4"), "check"], env, b.cwd())
     upload = _timed(b, "cefmp4 upload", [tool("cefmp4"), "upload", str(path)], env)
+    out["floor"] = {"python_s": bare.wall_s, "s3_stack_import_s": stack.wall_s}
     out["cefmp4"] = {"help_s": help_res.wall_s, "check_s": check.wall_s,
                      "check_ok": float(check.code == 0), **upload}
 
