@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, largetree, profile, scenarios, startup
+from bench import capacity, floor, largetree, profile, scenarios, startup
 from bench.report import Row, med, table
 from bench.seaweed import Seaweed, tool
 
-ALL = ("catchup", "drop", "live", "many", "idle", "startup", "capacity", "large-tree")
+ALL = ("catchup", "drop", "live", "many", "idle", "startup", "capacity", "large-tree", "floor")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 Runs = dict[str, dict[str, list[float]]]  # tool -> metric -> one value per run
@@ -240,6 +240,8 @@ def run_scenario(b: scenarios.Bench, name: str, prepared: dict[str, Any]) -> Run
             runs.append(startup.startup(b, i))
         elif name == "capacity":
             runs.append(capacity.capacity(b, i))
+        elif name == "floor":
+            runs.append(floor.floor(b, i))
         else:
             runs.append(getattr(scenarios, name)(b, i))
     return collect(runs)
@@ -280,6 +282,11 @@ def render(name: str, r: Runs, args: argparse.Namespace) -> str:
                      f"{args.tree_idle_seconds:g} s idle, {n}", tree_rows(r, args.tree_files),
                      "", "requests by the counting proxy; rescan: the CPU burst of the first "
                      "periodic rescan (n/a: none seen)")
+    if name == "floor":
+        rows = [Row(m, name, _v(r, name, m)) for name in ("read", "sha256", "md5", "crc32c")
+                for m in ("cpu_s", "mb_s")]
+        return table(f"9. floor: one in-process pass over the {args.size_mb} MiB file "
+                     "(4 MiB preadv blocks, page cache)", rows, "")
     return table(f"5. idle: {args.idle_files} completed files, {args.idle_seconds:g} s idle, "
                  f"{n}", idle_rows(r, args.idle_files), "",
                  "requests counted by a proxy in front of SeaweedFS; start-up = spawn → "
