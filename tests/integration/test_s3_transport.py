@@ -175,3 +175,31 @@ async def test_a_store_that_ignores_crc32c_gets_content_md5() -> None:
     assert await store.part_checksum() == "md5"
     assert await store.part_checksum() == "md5"
     assert client.calls == ["create", "part", "abort"]  # probed once
+
+
+class CachedBody(FailingBody):
+    """A body that offers page-cache reads; ``cold`` reads answer None (not cached)."""
+
+    def __init__(self, data: bytes, fail_at: int, error: Exception, cold: bool) -> None:
+        super().__init__(data, fail_at, error)
+        self.cold = cold
+        self.cached_reads = 0
+
+    def read_cached(self, size: int) -> bytes | None:
+        self.cached_reads += 1
+        return None if self.cold else self.read(size)
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["cached", "cold"])
+async def test_a_body_with_page_cache_reads(store: S3ObjectStore, cold: bool) -> None:
+    data = os.urandom(3 * MiB + 5)
+    key = "streams/cached.mp4"
+    upload_id = await store.create_multipart(key, "video/mp4")
+    body = CachedBody(data, len(data), OSError(), cold)
+    etag = await store.upload_part(key, upload_id, 1, body, md5_b64(data))
+    assert etag == hashlib.md5(data).hexdigest()
+    assert body.cached_reads >= 4  # one try per 1 MiB read; cold ones fall back to a thread
+    failing = CachedBody(data, MiB, SourceError("gone"), cold)
+    with pytest.raises(SourceError, match="gone"):
+        await store.upload_part(key, upload_id, 2, failing, md5_b64(data))
+    await store.abort_multipart(key, upload_id)

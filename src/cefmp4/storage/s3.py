@@ -14,7 +14,7 @@ import asyncio
 import base64
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, cast
@@ -197,19 +197,27 @@ class _PartPayload(aiohttp.payload.Payload):
             await writer.write(memoryview(body)[:size])
             return
         loop = asyncio.get_running_loop()
+        # Optional on a body: bytes the page cache holds, read without blocking (None when
+        # they are not cached). The part was just hashed, so they almost always are, and
+        # the read needs no thread hop.
+        cached = getattr(body, "read_cached", None)
         body.seek(0)  # a body resent on the same payload starts from its first byte
         sent = 0
         while sent < size:
-            chunk = await loop.run_in_executor(None, self._read, min(_BODY_READ, size - sent))
+            want = min(_BODY_READ, size - sent)
+            chunk = self._read(cached, want) if cached is not None else None
+            if not chunk:
+                # ``_read`` raises on an empty read: the body ended before its length.
+                chunk = await loop.run_in_executor(None, self._read, body.read, want) or b""
             await writer.write(chunk)
             sent += len(chunk)
 
-    def _read(self, size: int) -> bytes:
-        assert not isinstance(self._body, bytes)
+    def _read(self, read: Callable[[int], bytes | None], size: int) -> bytes | None:
+        """``read(size)``; whatever it raises is recorded as this body's SourceError."""
         try:
-            chunk = self._body.read(size)
-            if not chunk:
-                end = self._body.tell()
+            chunk = read(size)
+            if chunk is not None and not chunk:
+                end = self._body.tell() if not isinstance(self._body, bytes) else 0
                 raise SourceError(f"part body ended after {end} of {self._length} bytes")
         except SourceError as exc:
             self.error = exc
