@@ -206,13 +206,14 @@ def drop(b: Bench, run: int) -> dict[str, dict[str, float]]:
         daemon.stop()
     peer = b.s5cmd_cp(path, bucket, f"s5cmd/{path.name}")
     s3util.delete_prefix(b.s3, bucket)
+    gib = path.stat().st_size / 2**30
     res = {
         "cefmp4": {
             "after_timeout_s": t_meta - t_drop - b.timeout,
             "log_after_timeout_s": t_log - t_drop - b.timeout,
-            "cpu_s": cpu, "rss_mib": rss,
+            "cpu_s": cpu, "rss_mib": rss, "cpu_s_per_gib": cpu / gib,
         },
-        "s5cmd": {"upload_s": peer.wall_s},
+        "s5cmd": {"upload_s": peer.wall_s, "cpu_s_per_gib": peer.cpu_s / gib},
     }
     print(f"  drop run {run + 1}: metadata {res['cefmp4']['after_timeout_s']:.2f} s after "
           f"timeout, s5cmd {peer.wall_s:.2f} s")
