@@ -11,32 +11,27 @@ checks it, else Content-MD5 (see ``S3ObjectStore.part_checksum``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
-import aiohttp
-import aiohttp.payload
 import botocore.exceptions as boto_errors  # type: ignore[import-untyped]
-import crc32c
 import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-from cefmp4.errors import (
-    CefmpError,
-    ConfigError,
-    ContentChanged,
-    PermanentError,
-    SourceError,
-    TransientError,
-    UploadNotFound,
-)
+from cefmp4.errors import ConfigError, PermanentError, TransientError
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage.s3_body import PartPayload, crc32c_b64
+from cefmp4.storage.s3_errors import ACCESS_CODES as _ACCESS_CODES
+from cefmp4.storage.s3_errors import MAPPED as _MAPPED
+from cefmp4.storage.s3_errors import NOT_FOUND_CODES as _NOT_FOUND_CODES
+from cefmp4.storage.s3_errors import error_code as _error_code
+from cefmp4.storage.s3_errors import map_error as _map_error
+from cefmp4.storage.s3_errors import raise_mapped as _raise
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -55,177 +50,8 @@ CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check t
 _DIGEST_MISMATCH: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 
 
-def crc32c_b64(data: bytes | bytearray | memoryview) -> str:
-    """The ``x-amz-checksum-crc32c`` value of ``data``: big-endian CRC32C, base64."""
-    return base64.b64encode(crc32c.crc32c(data).to_bytes(4, "big")).decode("ascii")
-
-# Error codes whose meaning does not depend on the HTTP status they arrive with.
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",  # the clock may be corrected (NTP) while we retry
-        "InternalError",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "BadDigest",  # the body was corrupted in transit; the caller re-reads and resends
-        "XAmzContentSHA256Mismatch",
-    }
-)
-_TRANSIENT_BOTOCORE = (
-    boto_errors.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
-    boto_errors.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ...
-    boto_errors.IncompleteReadError,
-    boto_errors.FlexibleChecksumError,  # a response body corrupted in transit
-)
-_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-_ACCESS_CODES = frozenset(
-    {
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AllAccessDisabled",
-    }
-)
-
-
-def _error_code(exc: boto_errors.ClientError) -> tuple[str, int]:
-    response: dict[str, Any] = exc.response
-    code = str(response.get("Error", {}).get("Code", "") or "")
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
-def _map_error(exc: BaseException, operation: str) -> CefmpError:
-    """Classify a library error as cefmp4's own; messages name no credentials.
-
-    Server messages are kept (they explain, e.g., which part is too small); botocore puts
-    the access key id only in separate fields of the error document, never in ``Message``.
-    """
-    if isinstance(exc, boto_errors.ClientError):
-        return _map_client_error(exc, operation)
-    if isinstance(exc, _TRANSIENT_BOTOCORE):
-        # Refused/reset connections, connect and read timeouts, truncated or corrupted bodies.
-        return TransientError(f"{operation} failed: {exc}")
-    if isinstance(exc, boto_errors.BotoCoreError):
-        # NoCredentialsError, ParamValidationError, ...: configuration, not the network.
-        return PermanentError(f"{operation} failed: {exc}")
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-        return TransientError(f"{operation} failed: {type(exc).__name__}: {exc}")
-    return PermanentError(f"{operation} failed: {type(exc).__name__}: {exc}")
-
-
-def _map_client_error(exc: boto_errors.ClientError, operation: str) -> CefmpError:
-    code, status = _error_code(exc)
-    message = str(exc.response.get("Error", {}).get("Message", "") or "")
-    text = f"{operation} failed: {code or status}" + (f" ({message})" if message else "")
-    if code == "NoSuchUpload":
-        return UploadNotFound(text)
-    if code == "BadDigest":
-        return ContentChanged(text)
-    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
-        return TransientError(text)
-    # AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, NoSuchBucket, InvalidPart,
-    # EntityTooSmall, MalformedXML, ... and every other 4xx: retrying cannot help.
-    return PermanentError(text)
-
-
-def _raise(exc: BaseException, operation: str) -> NoReturn:
-    raise _map_error(exc, operation) from exc
-
-
-# Exceptions this module maps; anything else (bugs, cancellation) propagates untouched.
-_MAPPED = (
-    boto_errors.ClientError,
-    boto_errors.BotoCoreError,
-    aiohttp.ClientError,
-    asyncio.TimeoutError,
-    OSError,
-)
-
-
 def _strip(etag: str) -> str:
     return etag.strip('"')
-
-
-# Bytes per executor hop when streaming a file-like part body. aiohttp's own file payload
-# reads 256 KiB per hop; four times that cuts the thread hand-offs (and the wake-ups of the
-# event loop they cost) by four while a hop's buffer stays small next to a part.
-_BODY_READ = 1024 * 1024
-
-
-class _PartPayload(aiohttp.payload.Payload):
-    """A part body as an aiohttp payload: streamed in 1 MiB reads, errors kept apart.
-
-    aiohttp reports any exception from a request body as a broken connection, which
-    aiobotocore turns into ``EndpointConnectionError``: a local read error would look like an
-    S3 outage and be retried. The payload records what the body raised so ``upload_part``
-    can raise it as the ``SourceError`` it is.
-    """
-
-    def __init__(self, body: PartBody) -> None:
-        super().__init__(body, content_type=None)
-        self._body = body
-        self._length = self._size = len(body)
-        self.error: SourceError | None = None
-
-    # botocore accepts a blob with ``read`` and may rewind it before a retry.
-    def read(self, size: int = -1) -> bytes:
-        if isinstance(self._body, bytes):
-            return self._body if size < 0 else self._body[:size]
-        return self._body.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0 if isinstance(self._body, bytes) else self._body.seek(offset, whence)
-
-    def tell(self) -> int:
-        return 0 if isinstance(self._body, bytes) else self._body.tell()
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("a part body is binary")
-
-    async def write(self, writer: Any) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        size = self._length if content_length is None else min(self._length, content_length)
-        body = self._body
-        if isinstance(body, bytes):
-            await writer.write(memoryview(body)[:size])
-            return
-        loop = asyncio.get_running_loop()
-        # Optional on a body: bytes the page cache holds, read without blocking (None when
-        # they are not cached). The part was just hashed, so they almost always are, and
-        # the read needs no thread hop.
-        cached = getattr(body, "read_cached", None)
-        body.seek(0)  # a body resent on the same payload starts from its first byte
-        sent = 0
-        while sent < size:
-            want = min(_BODY_READ, size - sent)
-            chunk = self._read(cached, want) if cached is not None else None
-            if not chunk:
-                # ``_read`` raises on an empty read: the body ended before its length.
-                chunk = await loop.run_in_executor(None, self._read, body.read, want) or b""
-            await writer.write(chunk)
-            sent += len(chunk)
-
-    def _read(self, read: Callable[[int], bytes | None], size: int) -> bytes | None:
-        """``read(size)``; whatever it raises is recorded as this body's SourceError."""
-        try:
-            chunk = read(size)
-            if chunk is not None and not chunk:
-                end = self._body.tell() if not isinstance(self._body, bytes) else 0
-                raise SourceError(f"part body ended after {end} of {self._length} bytes")
-        except SourceError as exc:
-            self.error = exc
-            raise
-        except Exception as exc:
-            self.error = SourceError(f"reading the part body failed: {type(exc).__name__}: {exc}")
-            raise self.error from exc
-        return chunk
 
 
 class S3ObjectStore:
@@ -402,7 +228,7 @@ class S3ObjectStore:
             check = {"ContentMD5": md5_b64}
         else:
             raise ValueError("upload_part needs md5_b64 or crc32c_b64")
-        payload = _PartPayload(body)
+        payload = PartPayload(body)
         try:
             response = await self._client.upload_part(
                 Bucket=self.bucket,
