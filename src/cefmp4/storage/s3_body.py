@@ -13,6 +13,8 @@ import crc32c
 from cefmp4.errors import SourceError
 from cefmp4.storage import PartBody
 
+_Bytes = bytes | bytearray | memoryview
+
 
 def crc32c_b64(data: bytes | bytearray | memoryview) -> str:
     """The ``x-amz-checksum-crc32c`` value of ``data``: big-endian CRC32C, base64."""
@@ -79,7 +81,7 @@ class PartPayload(aiohttp.payload.Payload):
             await writer.write(chunk)
             sent += len(chunk)
 
-    def _read(self, read: Callable[[int], bytes | None], size: int) -> bytes | None:
+    def _read(self, read: Callable[[int], _Bytes | None], size: int) -> _Bytes | None:
         """``read(size)``; whatever it raises is recorded as this body's SourceError."""
         try:
             chunk = read(size)
