@@ -434,7 +434,7 @@ async def open_s3_store(
     )
     async with creator as raw_client:
         client = cast("S3Client", raw_client)
-        yield S3ObjectStore(
+        store = S3ObjectStore(
             client,
             bucket,
             region=resolved_region or str(client.meta.region_name or ""),
@@ -442,3 +442,12 @@ async def open_s3_store(
             checksum=checksum,
             probe_prefix=probe_prefix,
         )
+        # Probe while the caller opens its other adapters and reads the first part: the
+        # answer is then ready when that part is hashed. A failed probe is only "md5 for
+        # now" (see part_checksum), so its outcome needs no handling here.
+        probe = asyncio.create_task(store.part_checksum(), name="s3-checksum-probe")
+        try:
+            yield store
+        finally:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
