@@ -9,11 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from cefmp4.app import App, open_checkpoints, open_objects
 from cefmp4.checkpoint import StreamRecord
@@ -21,6 +17,9 @@ from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,6 +57,9 @@ async def _upload_with_progress(
 ) -> dict[Path, StreamRecord | None]:
     if not tty:
         return await upload_files(settings, files)
+    # rich only where it draws: its import is start-up time that a pipe does not need.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     apps: list[App] = []
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
@@ -122,6 +124,9 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"cefmp4 streams ({len(rows)})")
     # The id stays whole (it is what an operator greps the logs for); the path folds.
     id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
@@ -157,6 +162,8 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
     except (CefmpError, TimeoutError) as exc:
         console.print(f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})")
         return
+    from rich.table import Table
+
     orphans = [u for u in uploads if u.upload_id not in known]
     if not orphans:
         console.print(f"no unknown multipart uploads under {settings.s3_key_prefix!r}")
