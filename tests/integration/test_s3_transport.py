@@ -129,8 +129,17 @@ async def test_seaweedfs_is_probed_to_check_crc32c(s3_server: SeaweedS3, s3_buck
         # A wrong CRC32C is refused by the server, as a changed body (re-read, resend).
         with pytest.raises(ContentChanged):
             await store.upload_part(key, upload_id, 1, data, crc32c_b64=crc_b64(data + b"x"))
+        sent: list[dict[str, str]] = []
+        store._client.meta.events.register(
+            "before-send.s3.UploadPart",
+            lambda request, **_: sent.append({k.lower(): v for k, v in request.headers.items()}),
+        )
         etag = await store.upload_part(key, upload_id, 1, data, crc32c_b64=crc_b64(data))
         assert etag == hashlib.md5(data).hexdigest()  # the ETag is still the part's MD5
+        # Our CRC32C and its algorithm header; no Content-MD5, no botocore trailer.
+        assert sent[-1]["x-amz-checksum-crc32c"] in (crc_b64(data), crc_b64(data).encode())
+        assert "x-amz-sdk-checksum-algorithm" in sent[-1]
+        assert not {"content-md5", "x-amz-trailer", "content-encoding"} & sent[-1].keys()
         tail = b"tail"
         etag2 = await store.upload_part(key, upload_id, 2, tail, crc32c_b64=crc_b64(tail))
         await store.complete_multipart(key, upload_id, [(1, etag), (2, etag2)])
