@@ -212,3 +212,30 @@ async def test_a_body_with_page_cache_reads(store: S3ObjectStore, cold: bool) ->
     with pytest.raises(SourceError, match="gone"):
         await store.upload_part(key, upload_id, 2, failing, md5_b64(data))
     await store.abort_multipart(key, upload_id)
+
+
+async def test_a_probe_before_the_bucket_exists_is_tried_again(s3_server: SeaweedS3) -> None:
+    """`run` opens the store before ensure_bucket: a probe that cannot start decides nothing."""
+    bucket = f"late-{os.urandom(6).hex()}"
+    async with open_s3_store(
+        bucket=bucket, endpoint_url=s3_server.endpoint_url, access_key_id="test",
+        secret_access_key="test", probe_prefix="streams/",
+    ) as store:
+        assert await store.part_checksum() == "md5"  # NoSuchBucket: for now
+        await store.ensure_bucket()
+        assert await store.part_checksum() == "crc32c"
+        assert await store.part_checksum() == "crc32c"
+    s3_server.boto_client().delete_bucket(Bucket=bucket)  # the probe left it empty
+
+
+class _CannotCreate(_IgnoresChecksums):
+    async def create_multipart_upload(self, **kw: object) -> dict[str, str]:
+        self.calls.append("create")
+        raise ConnectionResetError("refused")
+
+
+async def test_a_probe_that_never_starts_settles_on_content_md5() -> None:
+    client = _CannotCreate()
+    store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
+    assert [await store.part_checksum() for _ in range(5)] == ["md5"] * 5
+    assert client.calls == ["create"] * 3  # three tries, then Content-MD5 for good

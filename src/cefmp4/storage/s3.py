@@ -46,6 +46,7 @@ _DEFAULT_REGION = "us-east-1"
 
 ChecksumMode = Literal["md5", "crc32c"]
 CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check this store gets
+_PROBE_TRIES: Final = 3  # probes that could not start before settling on Content-MD5
 # What stores answer when a body does not match its declared checksum.
 _DIGEST_MISMATCH: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 
@@ -78,6 +79,7 @@ class S3ObjectStore:
         )
         self._probe_prefix = probe_prefix or ""
         self._probe_lock = asyncio.Lock()
+        self._probes = 0
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r})"
@@ -164,15 +166,17 @@ class S3ObjectStore:
         The probe (a multipart upload under ``{prefix}.cefmp4-check/``, aborted at once)
         sends a part with a wrong CRC32C: a store that checks it refuses it, then takes the
         same part with the right one. A store that accepts the wrong one (it ignores the
-        header) or rejects the header outright gets Content-MD5. An outage answers "md5"
-        for now and the next call probes again.
+        header) or rejects the header outright gets Content-MD5. When the probe cannot start
+        (an outage, a bucket not created yet) the answer is "md5" for now and a later call
+        probes again, up to ``_PROBE_TRIES`` times in all; then Content-MD5 for good.
         """
         if self._checksum is not None:
             return self._checksum
         async with self._probe_lock:
             if self._checksum is None:
                 mode, definite = await self._probe_checksum()
-                if not definite:
+                self._probes += 1
+                if not definite and self._probes < _PROBE_TRIES:
                     return mode
                 self._checksum = mode
                 log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
@@ -183,8 +187,9 @@ class S3ObjectStore:
         body = b"cefmp4 checksum probe"
         try:
             created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-        except _MAPPED as exc:
-            return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+        except _MAPPED:
+            return "md5", False  # says nothing about checksums: maybe the next time
+
         upload_id = created["UploadId"]
 
         async def send(crc: str) -> None:
