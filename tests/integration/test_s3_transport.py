@@ -166,6 +166,10 @@ class _IgnoresChecksums:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
+    async def list_multipart_uploads(self, **kw: object) -> dict[str, object]:
+        self.calls.append("list")
+        return {}
+
     async def create_multipart_upload(self, **kw: object) -> dict[str, str]:
         self.calls.append("create")
         return {"UploadId": "u"}
@@ -183,7 +187,7 @@ async def test_a_store_that_ignores_crc32c_gets_content_md5() -> None:
     store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
     assert await store.part_checksum() == "md5"
     assert await store.part_checksum() == "md5"
-    assert client.calls == ["create", "part", "abort"]  # probed once
+    assert client.calls == ["list", "create", "part", "abort"]  # probed once
 
 
 class CachedBody(FailingBody):
@@ -238,4 +242,23 @@ async def test_a_probe_that_never_starts_settles_on_content_md5() -> None:
     client = _CannotCreate()
     store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
     assert [await store.part_checksum() for _ in range(5)] == ["md5"] * 5
-    assert client.calls == ["create"] * 3  # three tries, then Content-MD5 for good
+    assert client.calls == ["list", "create"] * 3  # three tries, then Content-MD5 for good
+
+
+async def test_a_probe_left_open_by_a_killed_process_is_aborted_by_the_next(
+    s3_server: SeaweedS3, s3_bucket: str
+) -> None:
+    client = s3_server.boto_client()
+    left = client.create_multipart_upload(
+        Bucket=s3_bucket, Key="streams/.cefmp4-check/checksum-killed"
+    )["UploadId"]
+    mine = client.create_multipart_upload(Bucket=s3_bucket, Key="streams/cam/a.mp4")["UploadId"]
+    async with open_s3_store(
+        bucket=s3_bucket, endpoint_url=s3_server.endpoint_url, access_key_id="test",
+        secret_access_key="test", probe_prefix="streams/",
+    ) as store:
+        assert await store.part_checksum() == "crc32c"
+    open_ids = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get(
+        "Uploads", [])}
+    assert left not in open_ids
+    assert open_ids == {mine}  # nothing but the probes is touched

@@ -183,7 +183,9 @@ class S3ObjectStore:
             return self._checksum
 
     async def _probe_checksum(self) -> tuple[ChecksumMode, bool]:
-        key = f"{self._probe_prefix}.cefmp4-check/checksum-{uuid.uuid4().hex}"
+        probes = f"{self._probe_prefix}.cefmp4-check/checksum-"
+        await self._abort_left_probes(probes)
+        key = f"{probes}{uuid.uuid4().hex}"
         body = b"cefmp4 checksum probe"
         try:
             created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
@@ -214,6 +216,17 @@ class S3ObjectStore:
                 await self._client.abort_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id
                 )
+
+    async def _abort_left_probes(self, prefix: str) -> None:
+        """Probes a killed process left open (best effort: never more than a stray upload;
+        one of a peer starting at this moment fails its probe, which it then tries again)."""
+        with contextlib.suppress(*_MAPPED):
+            response = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+            for upload in response.get("Uploads", []):
+                if upload["Key"].startswith(prefix):
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
 
     async def upload_part(
         self,
