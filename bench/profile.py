@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def run(b: Bench, results: Path) -> str:
         return "== profile ==\npy-spy not installed: .venv/bin/pip install py-spy"
     path = media.sized_file(b.media_dir, b.size_mb)
     bucket = b.bucket("profile")
-    env = b.cefmp4_env(bucket, "profile")
+    # A fresh STATE_DIR: a completed, unchanged file would not be uploaded again.
+    env = b.cefmp4_env(bucket, f"profile-{uuid.uuid4().hex[:8]}")
     results.mkdir(exist_ok=True)
     out = results / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     args = [spy, "record", "--rate", "200", "--nonblocking", "--threads", "--format", "raw",

@@ -1,4 +1,4 @@
-"""The five scenarios. Each returns raw per-run values; ``tables`` turns them into rows."""
+"""Scenarios 1-5 (6-8 have modules of their own). Each returns raw per-run values."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ class Bench:
     aws: str
     media_dir: Path
     many_sync: bool = False
+    capacity_seconds: float = 40
+    capacity_counts: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
+    tree_files: int = 100_000
+    tree_idle_seconds: float = 20
     s3: Any = None
     proxy: CountingProxy | None = None
     _sha: dict[Path, str] = field(default_factory=dict)
@@ -202,13 +206,14 @@ def drop(b: Bench, run: int) -> dict[str, dict[str, float]]:
         daemon.stop()
     peer = b.s5cmd_cp(path, bucket, f"s5cmd/{path.name}")
     s3util.delete_prefix(b.s3, bucket)
+    gib = path.stat().st_size / 2**30
     res = {
         "cefmp4": {
             "after_timeout_s": t_meta - t_drop - b.timeout,
             "log_after_timeout_s": t_log - t_drop - b.timeout,
-            "cpu_s": cpu, "rss_mib": rss,
+            "cpu_s": cpu, "rss_mib": rss, "cpu_s_per_gib": cpu / gib,
         },
-        "s5cmd": {"upload_s": peer.wall_s},
+        "s5cmd": {"upload_s": peer.wall_s, "cpu_s_per_gib": peer.cpu_s / gib},
     }
     print(f"  drop run {run + 1}: metadata {res['cefmp4']['after_timeout_s']:.2f} s after "
           f"timeout, s5cmd {peer.wall_s:.2f} s")
@@ -345,7 +350,7 @@ def many(b: Bench, run: int) -> dict[str, dict[str, float]]:
 # --- 5. idle -------------------------------------------------------------------------------
 
 
-def _op(method: str, target: str) -> str:
+def op_name(method: str, target: str) -> str:
     path, _, query = target.partition("?")
     keys = {kv.split("=", 1)[0] for kv in query.split("&") if kv}
     on_object = path.strip("/").count("/") >= 1
@@ -376,11 +381,16 @@ def idle_setup(b: Bench) -> str:
     return bucket
 
 
-def idle(b: Bench, run: int, bucket: str) -> dict[str, dict[str, float]]:
+def counting_proxy(b: Bench) -> CountingProxy:
+    """The bench's one counting proxy in front of SeaweedFS, started on first use."""
     if b.proxy is None:
         b.proxy = CountingProxy("127.0.0.1", int(b.seaweed.endpoint_url.rsplit(":", 1)[1]))
         b.proxy.start()
-    proxy = b.proxy
+    return b.proxy
+
+
+def idle(b: Bench, run: int, bucket: str) -> dict[str, dict[str, float]]:
+    proxy = counting_proxy(b)
     env = b.cefmp4_env(bucket, "idle", endpoint=proxy.endpoint_url)
     daemon = b.daemon(env, f"idle-{run}")
     try:
@@ -397,7 +407,7 @@ def idle(b: Bench, run: int, bucket: str) -> dict[str, dict[str, float]]:
         started_streams = daemon.count("stream_started") + daemon.count("stream_resumed")
     finally:
         daemon.stop()
-    ops = Counter(_op(m, t) for _, m, t in startup)
+    ops = Counter(op_name(m, t) for _, m, t in startup)
     print(f"  idle run {run + 1}: ready {ready_s:.2f} s, start-up requests {len(startup)} "
           f"{dict(ops)}, idle cpu {cpu_pct:.2f} %, idle requests {len(idle_reqs)}")
     return {"cefmp4": {

@@ -41,6 +41,7 @@ def open_objects(settings: Settings, **options: Any) -> AbstractAsyncContextMana
         access_key_id=settings.s3_access_key_id.get_secret_value(),
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
         region=settings.s3_region_name,
+        probe_prefix=settings.s3_key_prefix,  # where "which checksum?" may be asked, once
         **options,
     )
 

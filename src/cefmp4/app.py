@@ -25,9 +25,7 @@ from cefmp4.clock import Clock, SystemClock
 from cefmp4.discover import scan
 from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
-from cefmp4.health import serve_health
 from cefmp4.housekeeping import sweep_forever
-from cefmp4.intake import rescan_forever, watch_forever
 from cefmp4.lease import LeaseKeeper, default_owner
 from cefmp4.metrics import Metrics
 from cefmp4.ownership import LeasedOwnership, LocalOwnership, Ownership
@@ -116,6 +114,9 @@ class App:
         files = await self._until(stop, asyncio.to_thread(scan, watch_dir))
         if not supervisor.ownership.shared:
             supervisor.resume_unfinished(files)
+        # Imported here: watchfiles is for the daemon only (start-up of `upload`).
+        from cefmp4.intake import rescan_forever, watch_forever
+
         polling, every = settings.watch_force_polling, settings.rescan_interval_seconds
         self.tasks.start("watcher", lambda: watch_forever(supervisor, watch_dir, stop, polling))
         if every > 0:
@@ -235,6 +236,9 @@ class App:
         )
         self.ctx = ctx
         if daemon and settings.prom_port:
+            # Imported here: aiohttp.web costs tens of ms that `upload` does not need.
+            from cefmp4.health import serve_health
+
             await stack.enter_async_context(
                 serve_health(
                     host=settings.prom_host,

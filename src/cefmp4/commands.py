@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -32,6 +32,9 @@ from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,6 +72,8 @@ async def _upload_with_progress(
 ) -> dict[Path, StreamRecord | None]:
     if not tty:
         return await upload_files(settings, files)
+    # rich only where it draws: its import is start-up time that a pipe does not need.
+
     apps: list[App] = []
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
@@ -133,6 +138,9 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(logs.redact(json.dumps(rows, indent=2)))
         return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"cefmp4 streams ({len(rows)})")
     # The id stays whole (it is what an operator greps the logs for); the path folds.
     id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
@@ -170,6 +178,8 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
             f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})"
         ), markup=False)
         return
+    from rich.table import Table
+
     orphans = [u for u in uploads if u.upload_id not in known]
     if not orphans:
         console.print(

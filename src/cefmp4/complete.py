@@ -30,7 +30,7 @@ def matches(info: ObjectInfo, parts: list[PartRecord]) -> bool:
     if not parts or info.size != sum(p.size for p in parts):
         return False
     if "-" in info.etag:
-        return info.etag == multipart_etag([p.md5 for p in parts])
+        return info.etag == multipart_etag([p.etag for p in parts])
     return True
 
 

@@ -33,7 +33,7 @@ from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
 from cefmp4.source import RunningSha256
 from cefmp4.stream import StreamWorker
-from cefmp4.verify import digest_now, stale_parts, unchanged_since, verified
+from cefmp4.verify import digest_now, needs_md5, stale_parts, unchanged_since, verified
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -194,7 +194,7 @@ async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord],
     digest = await worker.predigest.take()
     while True:
         if digest is None:
-            digest = await digest_now(worker.fd, up.schedule, ctx.clock)
+            digest = await digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts))
         _check_not_truncated(worker)
         stale = stale_parts(digest, up.parts)
         up.forget_parts_beyond(len(digest.result.parts))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from cefmp4 import __version__
 from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.hashing import CRC32C_PREFIX, is_md5_record
 from cefmp4.probe import ProbeResult
 
 CONTENT_TYPE = "application/json"
@@ -111,7 +112,9 @@ def _check_parts(parts: Sequence[PartRecord]) -> list[dict[str, object]]:
             "offset_bytes": part.offset,
             "size_bytes": part.size,
             "etag": part.etag,
-            "md5": part.md5,
+            # The recorded digest under its own name: "md5", or "crc32c" (8 hex digits).
+            ("md5" if is_md5_record(part.md5) else "crc32c"):
+                part.md5.removeprefix(CRC32C_PREFIX),
             "uploaded_at_utc": iso_utc(part.uploaded_at),
         })
         expected_offset += part.size

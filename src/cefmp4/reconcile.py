@@ -32,7 +32,7 @@ from cefmp4.keys import parse_key, within_prefix
 from cefmp4.ownership import Ownership
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
-from cefmp4.source import OpenedSource, hash_range, open_source
+from cefmp4.source import OpenedSource, digest_range, open_source
 from cefmp4.storage import MultipartUpload, UploadedPart
 
 log = structlog.get_logger("cefmp4.reconcile")
@@ -70,11 +70,11 @@ async def verified_parts(
         if s3_part.size != size:
             continue  # a tail uploaded by an interrupted finalize; finalize redoes it
         try:
-            md5_hex, _ = await asyncio.to_thread(hash_range, fd, offset, size)
+            digest = await asyncio.to_thread(digest_range, fd, offset, size, md5=True)
         except SourceError:
             continue
-        if md5_hex == s3_part.etag:
-            part = PartRecord(number, offset, size, s3_part.etag, md5_hex, ctx.clock.time())
+        if digest.md5_hex == s3_part.etag:
+            part = PartRecord(number, offset, size, s3_part.etag, digest.record, ctx.clock.time())
             kept[number] = part
             adopted.append(part)
     for number in checkpointed.keys() - {p.part_number for p in remote}:

@@ -1,9 +1,10 @@
 """The source file: opening it safely, reading byte ranges, hashing them.
 
-A part is never held in memory whole: one pass hashes it in small blocks (Content-MD5, and
-the stream's running SHA-256), then the S3 client streams it straight from the file
-(``FileRange``). The page cache serves the second read. Should the bytes change in
-between, S3 answers BadDigest (``ContentChanged``) and the part is hashed and sent again.
+A part is never held in memory whole: one pass hashes it in small blocks (its CRC32C, its
+MD5 only for a Content-MD5 store, and the stream's running SHA-256), then the S3 client
+streams it straight from the file (``FileRange``), from the page cache without a thread hop
+where it can (``read_cached``). Should the bytes change in between, S3 answers BadDigest
+(``ContentChanged``) and the part is hashed and sent again.
 
 Every read goes through ``_pread_into``, so every OS error is classified the same way.
 """
@@ -11,7 +12,6 @@ Every read goes through ``_pread_into``, so every OS error is classified the sam
 from __future__ import annotations
 
 import asyncio
-import base64
 import errno
 import hashlib
 import io
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
+
 from cefmp4.errors import (
     SourceBusy,
     SourceError,
@@ -30,6 +32,7 @@ from cefmp4.errors import (
     SourceReplaced,
     SourceTransient,
 )
+from cefmp4.hashing import PartDigest
 
 _READ_BLOCK = 4 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -122,18 +125,27 @@ def _blocks(fd: int, offset: int, size: int) -> Iterator[memoryview]:
         done += got
 
 
-def hash_range(
-    fd: int, offset: int, size: int, sha: hashlib._Hash | None = None
-) -> tuple[str, str]:
-    """(MD5 hex, MD5 base64) of ``size`` bytes at ``offset``, also fed to ``sha`` if given.
-    Blocking; run it in a thread (hashlib releases the GIL on large blocks)."""
-    md5 = hashlib.md5(usedforsecurity=False)
+def digest_range(
+    fd: int, offset: int, size: int, sha: hashlib._Hash | None = None, *, md5: bool = False
+) -> PartDigest:
+    """The digest of ``size`` bytes at ``offset`` (MD5 too if ``md5``), in one read that
+    also feeds ``sha`` if given. Blocking; run it in a thread (hashlib and crc32c release
+    the GIL on large blocks, so it hashes on a second core while the loop sends)."""
+    crc = 0
+    md5_sum = hashlib.md5(usedforsecurity=False) if md5 else None
     for block in _blocks(fd, offset, size):
-        md5.update(block)
+        crc = crc32c.crc32c(block, crc)
+        if md5_sum is not None:
+            md5_sum.update(block)
         if sha is not None:
             sha.update(block)
-    digest = md5.digest()
-    return digest.hex(), base64.b64encode(digest).decode("ascii")
+    return PartDigest(crc, md5_sum.digest() if md5_sum is not None else None)
+
+
+def hash_range(fd: int, offset: int, size: int) -> tuple[str, str]:
+    """(MD5 hex, MD5 base64) of ``size`` bytes at ``offset``: to match an ETag."""
+    digest = digest_range(fd, offset, size, md5=True)
+    return digest.md5_hex, digest.md5_b64
 
 
 class FileRange(io.RawIOBase):
@@ -179,13 +191,37 @@ class FileRange(io.RawIOBase):
         self._pos += got
         return got
 
+    def read_cached(self, size: int) -> bytearray | memoryview | None:
+        """Up to ``size`` bytes the page cache holds, without blocking (``RWF_NOWAIT``):
+        the S3 transport sends them with no thread hop. None when they are not cached."""
+        want = min(size, self._size - self._pos)
+        if want <= 0 or not _NOWAIT[0]:
+            return None
+        buf = bytearray(want)
+        try:
+            got = os.preadv(self._fd, [buf], self._offset + self._pos, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                _NOWAIT[0] = False  # this file system cannot: read in a thread from now on
+                return None
+            raise classify_os_error(exc, f"read at byte {self._offset + self._pos}") from exc
+        if got <= 0:
+            return None  # the blocking read decides (end of file: SourceError)
+        self._pos += got
+        return buf if got == want else memoryview(buf)[:got]
+
+
+_NOWAIT = [hasattr(os, "RWF_NOWAIT")]
+
 
 @dataclass(frozen=True, slots=True)
 class RangeDigest:
     part_number: int
     offset: int
     size: int
-    md5_hex: str
+    digest: PartDigest
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,17 +231,20 @@ class FileDigest:
     parts: list[RangeDigest]
 
 
-def digest_file(fd: int, bounds: list[tuple[int, int, int]]) -> FileDigest:
-    """One sequential pass: the MD5 of each (part_number, offset, size) range and the
-    SHA-256 of all of them. ``bounds`` must be contiguous from 0. Blocking (a thread)."""
+def digest_file(
+    fd: int, bounds: list[tuple[int, int, int]], *, md5: bool = False
+) -> FileDigest:
+    """One sequential pass: the digest of each (part_number, offset, size) range (MD5 too
+    if ``md5``) and the SHA-256 of all of them. ``bounds`` must be contiguous from 0.
+    Blocking (a thread)."""
     sha = hashlib.sha256()
     digests: list[RangeDigest] = []
     expected = 0
     for number, offset, size in bounds:
         if offset != expected:
             raise ValueError("ranges must be contiguous from 0")
-        md5_hex, _ = hash_range(fd, offset, size, sha)
-        digests.append(RangeDigest(number, offset, size, md5_hex))
+        digest = digest_range(fd, offset, size, sha, md5=md5)
+        digests.append(RangeDigest(number, offset, size, digest))
         expected = offset + size
     return FileDigest(expected, sha.hexdigest(), digests)
 

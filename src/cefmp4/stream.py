@@ -20,7 +20,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.identity import Fingerprint, fingerprint, truncated
 from cefmp4.pipeline import Context
 from cefmp4.upload import Uploader
-from cefmp4.verify import QUIET_MARGIN_S, Predigest
+from cefmp4.verify import QUIET_MARGIN_S, Predigest, needs_md5
 
 log = structlog.get_logger("cefmp4.stream")
 
@@ -99,7 +99,9 @@ class StreamWorker:
         self.wake = asyncio.Event()
         self.up = Uploader(ctx, record, fd, parts, on_part_done=self.wake.set)
         self.growth = Growth(ctx)
-        self.predigest = Predigest(fd, self.up.schedule, ctx.clock, record.stream_id)
+        self.predigest = Predigest(
+            fd, self.up.schedule, ctx.clock, record.stream_id, lambda: needs_md5(self.up.parts)
+        )
         self.lease_lost = False  # another instance took the stream over (scale-out)
 
     # --- observation ---------------------------------------------------------------------

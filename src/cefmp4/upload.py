@@ -17,9 +17,10 @@ from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.clock import wait_tasks
 from cefmp4.complete import existing_object
 from cefmp4.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
+from cefmp4.hashing import PartDigest
 from cefmp4.parts import PartSchedule, contiguous
 from cefmp4.pipeline import Context
-from cefmp4.source import FileRange, RunningSha256, hash_range
+from cefmp4.source import FileRange, RunningSha256, digest_range
 
 log = structlog.get_logger("cefmp4.upload")
 
@@ -160,7 +161,9 @@ class Uploader:
         ctx = self.ctx
         reupload = number in self.parts
         async with ctx.budget.hold(size):
-            md5 = list(await self._hash_part(number, offset, size))
+            # MD5 only where the store verifies nothing cheaper (Content-MD5).
+            md5 = await ctx.objects.part_checksum() == "md5"
+            digest = [await self._hash_part(number, offset, size, md5)]
             upload_id = await self.ensure_upload()
             key = self.record.key
 
@@ -172,13 +175,16 @@ class Uploader:
                     raise SourceError(f"file shrank below byte {offset + size}")
                 try:
                     return await ctx.objects.upload_part(
-                        key, upload_id, number, FileRange(self.fd, offset, size), md5[1]
+                        key, upload_id, number, FileRange(self.fd, offset, size),
+                        digest[0].md5_b64, crc32c_b64=digest[0].crc32c_b64,
                     )
                 except ContentChanged:
                     # The recorder rewrote these bytes after we hashed them: hash again.
                     if self.running_sha is not None:
                         self.running_sha.invalidate()
-                    md5[:] = await asyncio.to_thread(hash_range, self.fd, offset, size)
+                    digest[0] = await asyncio.to_thread(
+                        digest_range, self.fd, offset, size, md5=md5
+                    )
                     raise
 
             async with ctx.upload_slots:
@@ -186,7 +192,7 @@ class Uploader:
                 etag = await ctx.retry("upload_part", attempt)
                 ctx.metrics.chunk_upload_seconds.observe(ctx.clock.monotonic() - started)
         ctx.failpoints.hit("after_upload_part")
-        part = PartRecord(number, offset, size, etag, md5[0], ctx.clock.time())
+        part = PartRecord(number, offset, size, etag, digest[0].record, ctx.clock.time())
         stream_id = self.record.stream_id
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(stream_id, part))
         self.parts[number] = part
@@ -200,13 +206,15 @@ class Uploader:
             part_number=number, offset=offset, size=size, etag=etag,
         )
 
-    async def _hash_part(self, number: int, offset: int, size: int) -> tuple[str, str]:
-        """Content-MD5 of the part, feeding the running SHA-256 when it is next in order."""
+    async def _hash_part(self, number: int, offset: int, size: int, md5: bool) -> PartDigest:
+        """The part's digest, feeding the running SHA-256 when it is next in order."""
         running = self.running_sha
         async with self._hash_lock:
             sha = running.for_part(number) if running is not None else None
             try:
-                digest = await asyncio.to_thread(hash_range, self.fd, offset, size, sha)
+                digest = await asyncio.to_thread(
+                    digest_range, self.fd, offset, size, sha, md5=md5
+                )
             except BaseException:
                 if running is not None and sha is not None:
                     running.invalidate()  # the digest may hold part of this range

@@ -1,11 +1,12 @@
 """What changed in the file since its parts went up (SPEC §2.3): the pure decisions.
 
 Recorders patch bytes they already wrote (the ``mdat`` size, a faststart rewrite), so every
-uploaded range is hashed again before Complete and a part whose MD5 changed goes up again.
-Two ways keep that second pass off the critical path:
+uploaded range is hashed again before Complete and a part whose digest changed goes up
+again (CRC32C; MD5 for parts recorded with one). Two ways keep that second pass off the
+critical path:
 
 * a file that was already finished when its stream began and has not changed since needs
-  none: its parts' MD5s and its running SHA-256 were taken from the bytes that went up;
+  none: its parts' digests and its running SHA-256 were taken from the bytes that went up;
 * a live stream gets its pass while it waits out the idle timeout (``Predigest``), and
   finalize reuses it when the file has not changed since.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -27,6 +28,7 @@ from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord
 from cefmp4.clock import Clock
 from cefmp4.errors import SourceError
+from cefmp4.hashing import is_md5_record, same_bytes
 from cefmp4.identity import Fingerprint, fingerprint
 from cefmp4.parts import PartSchedule, part_bounds
 from cefmp4.source import FileDigest, RangeDigest, digest_file
@@ -52,12 +54,20 @@ class Digest:
     mtime_ns: int  # the mtime of the bytes that were hashed
 
 
-async def digest_now(fd: int, schedule: PartSchedule, clock: Clock) -> Digest:
+async def digest_now(
+    fd: int, schedule: PartSchedule, clock: Clock, *, md5: bool = False
+) -> Digest:
     st = os.fstat(fd)
     trusted = settled(st, clock.time())
     bounds = part_bounds(schedule, st.st_size)
-    result = await asyncio.to_thread(digest_file, fd, bounds)
+    result = await asyncio.to_thread(digest_file, fd, bounds, md5=md5)
     return Digest(fingerprint(st), trusted, result, st.st_mtime_ns)
+
+
+def needs_md5(parts: Mapping[int, PartRecord]) -> bool:
+    """Some part was recorded with its MD5 (before CRC32C, or adopted by reconcile): the
+    pass that verifies it must compute MD5 too."""
+    return any(is_md5_record(p.md5) for p in parts.values())
 
 
 def stale_parts(digest: Digest, parts: Mapping[int, PartRecord]) -> list[RangeDigest]:
@@ -65,7 +75,7 @@ def stale_parts(digest: Digest, parts: Mapping[int, PartRecord]) -> list[RangeDi
     return [
         d for d in digest.result.parts
         if (p := parts.get(d.part_number)) is None
-        or p.md5 != d.md5_hex or p.size != d.size or p.offset != d.offset
+        or not same_bytes(p.md5, d.digest) or p.size != d.size or p.offset != d.offset
     ]
 
 
@@ -74,7 +84,7 @@ def verified(digest: Digest, parts: Mapping[int, PartRecord]) -> list[PartRecord
     wanted = digest.result.parts
     chosen = [parts.get(d.part_number) for d in wanted]
     for part, d in zip(chosen, wanted, strict=True):
-        if part is None or part.md5 != d.md5_hex or part.size != d.size:
+        if part is None or not same_bytes(part.md5, d.digest) or part.size != d.size:
             return None
     return [p for p in chosen if p is not None]
 
@@ -87,8 +97,12 @@ def unchanged_since(fd: int, digest: Digest) -> bool:
 class Predigest:
     """Hashes a quiet live stream while it waits out its idle timeout."""
 
-    def __init__(self, fd: int, schedule: PartSchedule, clock: Clock, name: str) -> None:
+    def __init__(
+        self, fd: int, schedule: PartSchedule, clock: Clock, name: str,
+        needs_md5: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._fd = fd
+        self._needs_md5 = needs_md5
         self._schedule = schedule
         self._clock = clock
         self._name = name
@@ -108,7 +122,9 @@ class Predigest:
 
     async def _run(self) -> None:
         try:
-            digest = await digest_now(self._fd, self._schedule, self._clock)
+            digest = await digest_now(
+                self._fd, self._schedule, self._clock, md5=self._needs_md5()
+            )
             if fingerprint(os.fstat(self._fd)) == digest.fingerprint:
                 self.ready = digest
         except (OSError, SourceError, ValueError) as exc:

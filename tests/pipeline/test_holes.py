@@ -131,7 +131,8 @@ class TwoAtOnceLost(MemoryObjectStore):
         self._both = asyncio.Event()
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+        self, key: str, upload_id: str, part_number: int, body: PartBody,
+        md5_b64: str = "", **check: str
     ) -> str:
         if self._arrived < 2:
             self._arrived += 1
@@ -139,7 +140,7 @@ class TwoAtOnceLost(MemoryObjectStore):
                 self._both.set()
             await self._both.wait()
             raise UploadNotFound(f"UploadPart failed: NoSuchUpload ({upload_id})")
-        return await super().upload_part(key, upload_id, part_number, body, md5_b64)
+        return await super().upload_part(key, upload_id, part_number, body, md5_b64, **check)
 
 
 async def test_hole2_no_such_upload_with_two_parts_in_flight_restarts_the_upload(
@@ -164,13 +165,14 @@ class TruncatesDuringPart(MemoryObjectStore):
         self.done = False
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+        self, key: str, upload_id: str, part_number: int, body: PartBody,
+        md5_b64: str = "", **check: str
     ) -> str:
         if part_number == self.number and not self.done:
             self.done = True
             with self.path.open("r+b") as f:
                 f.truncate(self.keep)
-        return await super().upload_part(key, upload_id, part_number, body, md5_b64)
+        return await super().upload_part(key, upload_id, part_number, body, md5_b64, **check)
 
 
 @pytest.mark.parametrize("keep", [2 * PART - 10, 2 * PART + 10])

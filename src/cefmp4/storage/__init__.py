@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 class BinaryIOLike(Protocol):
@@ -20,7 +20,9 @@ class BinaryIOLike(Protocol):
 
 
 # A part body: the bytes, or a readable, seekable, sized file-like object that the store
-# streams from (``cefmp4.upload.FileRange``), so a part never has to sit in memory whole.
+# streams from (``cefmp4.source.FileRange``), so a part never has to sit in memory whole.
+# Such a body may also offer ``read_cached(size) -> bytes-like | None``: bytes the page
+# cache holds, read without blocking (None: not cached), so the store needs no thread.
 PartBody = bytes | BinaryIOLike
 
 
@@ -59,12 +61,24 @@ class ObjectStore(Protocol):
     async def create_multipart(self, key: str, content_type: str) -> str:
         """Start a multipart upload; returns its upload id."""
 
-    async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
-    ) -> str:
-        """Upload one part with Content-MD5; returns its ETag (without quotes).
+    async def part_checksum(self) -> Literal["md5", "crc32c"]:
+        """The per-part check this store verifies: "crc32c" (``x-amz-checksum-crc32c``)
+        where it does, else "md5" (Content-MD5). Decided once per store."""
 
-        ``ContentChanged`` when the bytes that arrived do not match ``md5_b64``."""
+    async def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: PartBody,
+        md5_b64: str = "",
+        *,
+        crc32c_b64: str = "",
+    ) -> str:
+        """Upload one part with the check ``part_checksum()`` names (``crc32c_b64`` or
+        ``md5_b64``; give at least that one); returns its ETag (without quotes).
+
+        ``ContentChanged`` when the bytes that arrived do not match it."""
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         """Every part S3 holds for the upload, ascending part number, one per number."""

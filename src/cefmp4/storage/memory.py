@@ -15,6 +15,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
+
+import crc32c
 
 from cefmp4.errors import CefmpError, ContentChanged, PermanentError, UploadNotFound
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
@@ -49,6 +52,10 @@ class _Upload:
 
 class MemoryObjectStore:
     """The ObjectStore Protocol in a dict. ``objects`` and ``calls`` are for assertions."""
+
+    # What ``part_checksum()`` answers: a store that takes x-amz-checksum-crc32c, or
+    # (set "md5") one that only takes Content-MD5.
+    part_checks: Literal["md5", "crc32c"] = "crc32c"
 
     def __init__(
         self, bucket: str = "test-bucket", *, bucket_exists: bool = True, can_create: bool = True
@@ -108,8 +115,18 @@ class MemoryObjectStore:
         self._uploads[upload_id] = _Upload(key, content_type, datetime.now(UTC))
         return upload_id
 
+    async def part_checksum(self) -> Literal["md5", "crc32c"]:
+        return self.part_checks
+
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: PartBody,
+        md5_b64: str = "",
+        *,
+        crc32c_b64: str = "",
     ) -> str:
         await self._enter("upload_part")
         if not isinstance(body, bytes):
@@ -120,14 +137,16 @@ class MemoryObjectStore:
             raise PermanentError(f"UploadPart failed: InvalidArgument (part {part_number})")
         if len(body) > MAX_PART_SIZE:
             raise PermanentError("UploadPart failed: EntityTooLarge")
+        # The check S3 makes: the CRC32C where this store takes it, else Content-MD5.
+        crc = bool(crc32c_b64) and (not md5_b64 or self.part_checks == "crc32c")
         try:
-            expected = base64.b64decode(md5_b64, validate=True)
+            expected = base64.b64decode(crc32c_b64 if crc else md5_b64, validate=True)
         except binascii.Error:
             expected = b""
-        if len(expected) != 16:
+        if len(expected) != (4 if crc else 16):
             raise PermanentError("UploadPart failed: InvalidDigest")
         digest = hashlib.md5(body).digest()
-        if digest != expected:
+        if (crc32c.crc32c(body).to_bytes(4, "big") if crc else digest) != expected:
             raise ContentChanged("UploadPart failed: BadDigest")  # as s3._map_error maps it
         etag = digest.hex()
         upload.parts[part_number] = (body, etag)

@@ -1,131 +1,56 @@
 """ObjectStore over aiobotocore: one client per process, errors mapped at this boundary.
 
 botocore is configured on purpose (see ``_client_config``): its own retries are off because
-``cefmp4.retry`` retries without limit and stacked retry layers multiply the waits; CRC
-checksum headers are sent only when an operation requires them because many S3-compatible
-stores reject them; every UploadPart carries Content-MD5 instead.
+``cefmp4.retry`` retries without limit and stacked retry layers multiply the waits; its
+default CRC checksum headers and trailers are off because many S3-compatible stores reject
+them. Every UploadPart carries an integrity check the server verifies instead: a CRC32C
+(``x-amz-checksum-crc32c``, ~15x cheaper to compute than MD5) where a probe showed the store
+checks it, else Content-MD5 (see ``S3ObjectStore.part_checksum``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
-import aiohttp
 import botocore.exceptions as boto_errors  # type: ignore[import-untyped]
+import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-from cefmp4.errors import (
-    CefmpError,
-    ConfigError,
-    ContentChanged,
-    PermanentError,
-    TransientError,
-    UploadNotFound,
-)
+from cefmp4.errors import ConfigError, PermanentError, TransientError
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage.s3_body import PartPayload, crc32c_b64
+from cefmp4.storage.s3_errors import ACCESS_CODES as _ACCESS_CODES
+from cefmp4.storage.s3_errors import MAPPED as _MAPPED
+from cefmp4.storage.s3_errors import NOT_FOUND_CODES as _NOT_FOUND_CODES
+from cefmp4.storage.s3_errors import error_code as _error_code
+from cefmp4.storage.s3_errors import map_error as _map_error
+from cefmp4.storage.s3_errors import raise_mapped as _raise
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["S3ObjectStore", "open_s3_store"]
+__all__ = ["ChecksumMode", "S3ObjectStore", "crc32c_b64", "open_s3_store"]
+
+log = structlog.get_logger("cefmp4.s3")
 
 _DEFAULT_REGION = "us-east-1"
 
-# Error codes whose meaning does not depend on the HTTP status they arrive with.
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",  # the clock may be corrected (NTP) while we retry
-        "InternalError",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "BadDigest",  # the body was corrupted in transit; the caller re-reads and resends
-        "XAmzContentSHA256Mismatch",
-    }
-)
-_TRANSIENT_BOTOCORE = (
-    boto_errors.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
-    boto_errors.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ...
-    boto_errors.IncompleteReadError,
-    boto_errors.FlexibleChecksumError,  # a response body corrupted in transit
-)
-_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-_ACCESS_CODES = frozenset(
-    {
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AllAccessDisabled",
-    }
-)
-
-
-def _error_code(exc: boto_errors.ClientError) -> tuple[str, int]:
-    response: dict[str, Any] = exc.response
-    code = str(response.get("Error", {}).get("Code", "") or "")
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
-def _map_error(exc: BaseException, operation: str) -> CefmpError:
-    """Classify a library error as cefmp4's own; messages name no credentials.
-
-    Server messages are kept (they explain, e.g., which part is too small); botocore puts
-    the access key id only in separate fields of the error document, never in ``Message``.
-    """
-    if isinstance(exc, boto_errors.ClientError):
-        return _map_client_error(exc, operation)
-    if isinstance(exc, _TRANSIENT_BOTOCORE):
-        # Refused/reset connections, connect and read timeouts, truncated or corrupted bodies.
-        return TransientError(f"{operation} failed: {exc}")
-    if isinstance(exc, boto_errors.BotoCoreError):
-        # NoCredentialsError, ParamValidationError, ...: configuration, not the network.
-        return PermanentError(f"{operation} failed: {exc}")
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-        return TransientError(f"{operation} failed: {type(exc).__name__}: {exc}")
-    return PermanentError(f"{operation} failed: {type(exc).__name__}: {exc}")
-
-
-def _map_client_error(exc: boto_errors.ClientError, operation: str) -> CefmpError:
-    code, status = _error_code(exc)
-    message = str(exc.response.get("Error", {}).get("Message", "") or "")
-    text = f"{operation} failed: {code or status}" + (f" ({message})" if message else "")
-    if code == "NoSuchUpload":
-        return UploadNotFound(text)
-    if code == "BadDigest":
-        return ContentChanged(text)
-    if code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
-        return TransientError(text)
-    # AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, NoSuchBucket, InvalidPart,
-    # EntityTooSmall, MalformedXML, ... and every other 4xx: retrying cannot help.
-    return PermanentError(text)
-
-
-def _raise(exc: BaseException, operation: str) -> NoReturn:
-    raise _map_error(exc, operation) from exc
-
-
-# Exceptions this module maps; anything else (bugs, cancellation) propagates untouched.
-_MAPPED = (
-    boto_errors.ClientError,
-    boto_errors.BotoCoreError,
-    aiohttp.ClientError,
-    asyncio.TimeoutError,
-    OSError,
-)
+ChecksumMode = Literal["md5", "crc32c"]
+CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check this store gets
+_PROBE_TRIES: Final = 3  # probes that could not start before settling on Content-MD5
+# What stores answer when a body does not match its declared checksum.
+_DIGEST_MISMATCH: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 
 
 def _strip(etag: str) -> str:
@@ -136,12 +61,27 @@ class S3ObjectStore:
     """The ObjectStore Protocol over one open aiobotocore S3 client, bound to one bucket."""
 
     def __init__(
-        self, client: S3Client, bucket: str, *, region: str = "", storage_class: str = ""
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        region: str = "",
+        storage_class: str = "",
+        checksum: Literal["auto", "md5", "crc32c"] = "auto",
+        probe_prefix: str | None = None,
     ) -> None:
         self._client = client
         self.bucket = bucket
         self._region = region
         self._storage_class = storage_class
+        # "auto" needs somewhere inside the key prefix to probe; without one, Content-MD5.
+        self._checksum: ChecksumMode | None = (
+            "md5" if checksum == "auto" and probe_prefix is None
+            else None if checksum == "auto" else checksum
+        )
+        self._probe_prefix = probe_prefix or ""
+        self._probe_lock = asyncio.Lock()
+        self._probes = 0
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r})"
@@ -222,20 +162,109 @@ class S3ObjectStore:
             _raise(exc, "CreateMultipartUpload")
         return response["UploadId"]
 
+    async def part_checksum(self) -> ChecksumMode:
+        """The per-part integrity check this store verifies, probed once and remembered.
+
+        The probe (a multipart upload under ``{prefix}.cefmp4-check/``, aborted at once)
+        sends a part with a wrong CRC32C: a store that checks it refuses it, then takes the
+        same part with the right one. A store that accepts the wrong one (it ignores the
+        header) or rejects the header outright gets Content-MD5. When the probe cannot start
+        (an outage, a bucket not created yet) the answer is "md5" for now and a later call
+        probes again, up to ``_PROBE_TRIES`` times in all; then Content-MD5 for good.
+        """
+        if self._checksum is not None:
+            return self._checksum
+        async with self._probe_lock:
+            if self._checksum is None:
+                mode, definite = await self._probe_checksum()
+                self._probes += 1
+                if not definite and self._probes < _PROBE_TRIES:
+                    return mode
+                self._checksum = mode
+                log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
+            return self._checksum
+
+    async def _probe_checksum(self) -> tuple[ChecksumMode, bool]:
+        probes = f"{self._probe_prefix}.cefmp4-check/checksum-"
+        await self._abort_left_probes(probes)
+        key = f"{probes}{uuid.uuid4().hex}"
+        body = b"cefmp4 checksum probe"
+        try:
+            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except _MAPPED:
+            return "md5", False  # says nothing about checksums: maybe the next time
+
+        upload_id = created["UploadId"]
+
+        async def send(crc: str) -> None:
+            await self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=body,
+                ChecksumCRC32C=crc, ChecksumAlgorithm="CRC32C",
+            )
+
+        try:
+            try:
+                await send(crc32c_b64(body + b"!"))
+                return "md5", True  # a wrong CRC32C was taken: the store does not check it
+            except boto_errors.ClientError as exc:
+                if _error_code(exc)[0] not in _DIGEST_MISMATCH:
+                    return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+            await send(crc32c_b64(body))
+            return "crc32c", True
+        except _MAPPED as exc:
+            return "md5", not isinstance(_map_error(exc, "probe"), TransientError)
+        finally:
+            with contextlib.suppress(*_MAPPED):
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+
+    async def _abort_left_probes(self, prefix: str) -> None:
+        """Probes a killed process left open (best effort: never more than a stray upload;
+        one of a peer starting at this moment fails its probe, which it then tries again)."""
+        with contextlib.suppress(*_MAPPED):
+            response = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+            for upload in response.get("Uploads", []):
+                if upload["Key"].startswith(prefix):
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: PartBody,
+        md5_b64: str = "",
+        *,
+        crc32c_b64: str = "",
     ) -> str:
+        """``crc32c_b64`` is sent where ``part_checksum()`` is "crc32c", else ``md5_b64``."""
+        check: dict[str, str]
+        if crc32c_b64 and (not md5_b64 or await self.part_checksum() == "crc32c"):
+            # The algorithm header too: with it a flexible checksum stands in for Content-MD5
+            # where S3 demands one (Object Lock buckets); probed with the same headers.
+            check = {"ChecksumCRC32C": crc32c_b64, "ChecksumAlgorithm": "CRC32C"}
+        elif md5_b64:
+            check = {"ContentMD5": md5_b64}
+        else:
+            raise ValueError("upload_part needs md5_b64 or crc32c_b64")
+        payload = PartPayload(body)
         try:
             response = await self._client.upload_part(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=part_number,
-                Body=body,
-                ContentMD5=md5_b64,
+                Body=payload,
                 ContentLength=len(body),
+                **check,  # type: ignore[arg-type]
             )
         except _MAPPED as exc:
+            if payload.error is not None:
+                # The file, not S3, failed: retrying the upload cannot help.
+                raise payload.error from exc
             _raise(exc, "UploadPart")
         return _strip(response["ETag"])
 
@@ -400,8 +429,14 @@ async def open_s3_store(
     storage_class: str = "",
     connect_timeout: float = 5,
     read_timeout: float = 60,
+    checksum: Literal["auto", "md5", "crc32c"] = "auto",
+    probe_prefix: str | None = None,
 ) -> AsyncIterator[S3ObjectStore]:
-    """Open one S3 client for the lifetime of the block. Empty strings mean "not given"."""
+    """Open one S3 client for the lifetime of the block. Empty strings mean "not given".
+
+    ``checksum``: the per-part integrity check; "auto" probes the store once, under
+    ``probe_prefix`` (the key prefix), on first need, and without a prefix uses Content-MD5.
+    """
     if bool(access_key_id) != bool(secret_access_key):
         missing = "S3_SECRET_ACCESS_KEY" if access_key_id else "S3_ACCESS_KEY_ID"
         raise ConfigError(missing, "set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
@@ -419,13 +454,27 @@ async def open_s3_store(
         endpoint_url=endpoint_url or None,
         aws_access_key_id=access_key_id or None,
         aws_secret_access_key=secret_access_key or None,
+        # Plain http has no certificates to check; skipping the CA bundle saves its load
+        # (tens of ms) before the first request.
+        verify=False if endpoint_url.lower().startswith("http://") else None,
         config=config,
     )
     async with creator as raw_client:
         client = cast("S3Client", raw_client)
-        yield S3ObjectStore(
+        store = S3ObjectStore(
             client,
             bucket,
             region=resolved_region or str(client.meta.region_name or ""),
             storage_class=storage_class,
+            checksum=checksum,
+            probe_prefix=probe_prefix,
         )
+        # Probe while the caller opens its other adapters and reads the first part: the
+        # answer is then ready when that part is hashed. A failed probe is only "md5 for
+        # now" (see part_checksum), so its outcome needs no handling here.
+        probe = asyncio.create_task(store.part_checksum(), name="s3-checksum-probe")
+        try:
+            yield store
+        finally:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)

@@ -1,0 +1,45 @@
+"""The bench runner's new scenarios execute end to end in a tiny configuration.
+
+No timing is asserted (the bench judges targets, tests never do): only that the runner
+exits 0 and reports every metric its tables are built from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(170)
+def test_capacity_and_large_tree_run_in_a_tiny_configuration(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    args = [
+        sys.executable, "-m", "bench", "--runs", "1", "--scenarios", "capacity,large-tree",
+        "--capacity-seconds", "12", "--capacity-counts", "2", "--tree-files", "40",
+        "--tree-idle-seconds", "1", "--work-dir", str(tmp_path / "work"),
+        "--results-dir", str(results),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
+    proc = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=160, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report,) = results.glob("bench-*.json")
+    data = json.loads(report.read_text())["results"]
+    cap = data["capacity"]["cefmp4"]
+    assert cap["count"] == [2.0], cap  # two 0.5 MB/s recordings are kept up with
+    assert cap["parts_missing"] == [0.0]
+    assert cap["parts"][0] >= 1
+    for kind in ("sqlite", "redis"):
+        tree = data["large-tree"][kind]
+        assert not math.isnan(tree["ready_s"][0])
+        assert tree["streams_started"] == [0.0]  # completed, unchanged files stay done
+        assert tree["rss_mib"][0] > 0
