@@ -1,0 +1,319 @@
+"""Durable delivery of post-completion work: notifications and after-upload actions (§2.15/16).
+
+The checkpoint store keeps an *outbox*: when a stream is marked completed, the same store
+write records one item per sink (``webhook``, ``redis``, ``after_upload``), keyed by
+(sink, stream id) so redoing a completion after a crash adds nothing. A
+:class:`Dispatcher` task per sink takes items in completion order (``seq``), delivers the
+oldest, and removes it only once delivered. A transient failure retries the *same* item
+with capped backoff, so order is kept per sink and a receiver that is down for an hour gets
+every notification afterwards; a crash at any point redelivers at most the item in flight
+(at least once: receivers dedupe on the ``Idempotency-Key`` / ``stream_id``).
+
+HTTP status policy of the webhook (``classify_status``):
+
+* 2xx — delivered.
+* 400, 413, 415, 422 — the receiver rejects *this document*: permanent. The item is marked
+  failed in the outbox (kept for inspection, never retried) and the queue moves on.
+* everything else — 3xx (redirects are not followed: a POST must not silently turn into a
+  GET elsewhere; fix the URL), 401/403/404 (wrong URL or secret: nothing is dropped while
+  the operator fixes it), 408, 409 (same Idempotency-Key still being processed), 425, 429,
+  5xx, timeouts and connection errors — retried without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from cefmp4.errors import PermanentError, TransientError
+from cefmp4.retry import Backoff
+
+log = structlog.get_logger("cefmp4.notify")
+
+SINK_WEBHOOK = "webhook"
+SINK_REDIS = "redis"
+SINK_AFTER_UPLOAD = "after_upload"
+NOTIFY_SINKS = frozenset({SINK_WEBHOOK, SINK_REDIS})
+
+SIGNATURE_HEADER = "X-Cefmp4-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+WEBHOOK_TIMEOUT_S = 10.0
+PERMANENT_STATUSES = frozenset({400, 413, 415, 422})
+BATCH = 64
+DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One pending delivery. ``seq`` grows with completion order across all sinks."""
+
+    seq: int
+    sink: str
+    stream_id: str
+    payload: bytes
+    created_at: float
+
+
+class Outbox(Protocol):
+    """The store side (SQLite and Redis checkpoint stores implement it)."""
+
+    async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        """The oldest ``limit`` items of ``sink`` not done nor failed, ascending ``seq``."""
+
+    async def outbox_done(self, sink: str, stream_id: str) -> None:
+        """Delivered: forget the item (a no-op when already gone)."""
+
+    async def outbox_failed(self, sink: str, stream_id: str, error: str) -> None:
+        """Permanently undeliverable: keep it for inspection, never hand it out again."""
+
+    async def outbox_count(self, sinks: frozenset[str]) -> int:
+        """Items still pending for these sinks."""
+
+
+class Sink(Protocol):
+    name: str
+
+    async def deliver(self, item: OutboxItem) -> None:
+        """Deliver once; ``TransientError`` to retry later, ``PermanentError`` to give up."""
+
+
+# --- webhook ------------------------------------------------------------------------------
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The ``X-Cefmp4-Signature`` value: ``sha256=<hex HMAC-SHA256 of the body>``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def webhook_headers(stream_id: str, body: bytes, secret: bytes | None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        IDEMPOTENCY_HEADER: stream_id,
+        "User-Agent": "cefmp4",
+    }
+    if secret:
+        headers[SIGNATURE_HEADER] = signature(secret, body)
+    return headers
+
+
+def classify_status(status: int) -> str:
+    """``"ok"``, ``"permanent"`` or ``"retry"`` for an HTTP status (policy in the docstring)."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in PERMANENT_STATUSES:
+        return "permanent"
+    return "retry"
+
+
+class WebhookSink:
+    """POST the metadata JSON with aiohttp. The URL (it may hold a token) is never logged."""
+
+    name = SINK_WEBHOOK
+
+    def __init__(
+        self, url: str, secret: bytes | None = None, *, timeout: float = WEBHOOK_TIMEOUT_S
+    ) -> None:
+        self._url = url
+        self._secret = secret or None
+        self._timeout = timeout
+        self._session: Any = None
+
+    async def __aenter__(self) -> WebhookSink:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout, connect=min(5.0, self._timeout)),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def deliver(self, item: OutboxItem) -> None:
+        import aiohttp
+
+        if self._session is None:
+            raise RuntimeError("WebhookSink used outside its context")
+        headers = webhook_headers(item.stream_id, item.payload, self._secret)
+        try:
+            async with self._session.post(
+                self._url, data=item.payload, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                await resp.read()  # drain, so the connection can be reused
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # The exception text may contain the URL: name only its class.
+            raise TransientError(f"webhook unreachable ({type(exc).__name__})") from None
+        verdict = classify_status(status)
+        if verdict == "permanent":
+            raise PermanentError(f"webhook rejected the document with HTTP {status}")
+        if verdict == "retry":
+            raise TransientError(f"webhook answered HTTP {status}")
+
+
+# --- Redis stream -------------------------------------------------------------------------
+
+
+class RedisStreamSink:
+    """``XADD <stream> * stream_id <id> metadata <json>`` on the given redis.asyncio client."""
+
+    name = SINK_REDIS
+
+    def __init__(self, client: Any, stream: str) -> None:
+        self._client = client
+        self._stream = stream
+
+    async def deliver(self, item: OutboxItem) -> None:
+        import redis.exceptions
+
+        try:
+            await self._client.xadd(
+                self._stream, {"stream_id": item.stream_id, "metadata": item.payload}
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise TransientError(f"notify redis stream: {type(exc).__name__}") from None
+        except redis.exceptions.ResponseError as exc:
+            text = str(exc)
+            if text.startswith(("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY")):
+                raise TransientError(f"notify redis stream: {text[:80]}") from None
+            # WRONGTYPE (the key is not a stream) and the like need the operator.
+            raise TransientError(f"notify redis stream rejected XADD: {text[:120]}") from None
+
+
+# --- the dispatcher -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DispatchHooks:
+    """Metrics and logs, injected (``notifications_failed_total``, ``notifications_pending``)."""
+
+    failed: Callable[[str], None] = lambda _sink: None
+    pending: Callable[[int], None] = lambda _n: None
+
+
+class Dispatcher:
+    """One loop per sink: oldest first, the same item again after a transient failure."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Sequence[Sink],
+        *,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        hooks: DispatchHooks | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        idle_poll: float = 30.0,
+    ) -> None:
+        self.outbox = outbox
+        self.sinks = list(sinks)
+        self.backoff = backoff
+        self.hooks = hooks or DispatchHooks()
+        self.sleep = sleep
+        self.rng = rng
+        self.idle_poll = idle_poll
+        self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
+        self.delivered = 0
+
+    def poke(self) -> None:
+        """New items were recorded: look now rather than at the next idle poll."""
+        for event in self._wake.values():
+            event.set()
+
+    async def run(self) -> None:
+        """Until cancelled; every error is retried, never the end of the task."""
+        async with asyncio.TaskGroup() as tg:
+            for sink in self.sinks:
+                tg.create_task(self._run_sink(sink), name=f"outbox-{sink.name}")
+
+    async def drain(self) -> None:
+        """Deliver everything pending now, then return (``upload`` and tests)."""
+        for sink in self.sinks:
+            while await self._one_batch(sink):
+                pass
+
+    async def _run_sink(self, sink: Sink) -> None:
+        wake = self._wake[sink.name]
+        while True:
+            wake.clear()
+            if await self._one_batch(sink):
+                continue
+            try:
+                async with asyncio.timeout(self.idle_poll):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _one_batch(self, sink: Sink) -> bool:
+        """Deliver one batch of ``sink``'s items; False when there was nothing pending."""
+        items = await self._store("outbox_pending", lambda: self.outbox.outbox_pending(
+            sink.name, BATCH))
+        await self._report_pending()
+        if not items:
+            return False
+        for item in items:
+            await self._deliver(sink, item)
+        await self._report_pending()
+        return True
+
+    async def _deliver(self, sink: Sink, item: OutboxItem) -> None:
+        attempt = 0
+        with structlog.contextvars.bound_contextvars(stream_id=item.stream_id, sink=sink.name):
+            while True:
+                try:
+                    await sink.deliver(item)
+                except TransientError as exc:
+                    self.hooks.failed(sink.name)
+                    wait = self.backoff.delay(attempt, self.rng)
+                    log.warning("delivery_retry", attempt=attempt + 1, delay_s=round(wait, 2),
+                                error=str(exc))
+                    attempt += 1
+                    await self.sleep(wait)
+                    continue
+                except PermanentError as exc:
+                    self.hooks.failed(sink.name)
+                    reason = str(exc)
+                    log.error("delivery_failed", error=reason)
+                    await self._store("outbox_failed", functools.partial(
+                        self.outbox.outbox_failed, sink.name, item.stream_id, reason))
+                    return
+                except Exception as exc:
+                    # A bug in a sink must not stop the queue forever: count, log, retry.
+                    self.hooks.failed(sink.name)
+                    log.error("delivery_error", error=repr(exc), exc_info=exc)
+                    await self.sleep(self.backoff.delay(attempt, self.rng))
+                    attempt += 1
+                    continue
+                break
+            await self._store("outbox_done", lambda: self.outbox.outbox_done(
+                sink.name, item.stream_id))
+            self.delivered += 1
+            log.info("delivered", attempts=attempt + 1)
+
+    async def _report_pending(self) -> None:
+        names = frozenset(s.name for s in self.sinks) & NOTIFY_SINKS
+        if names:
+            count = await self._store("outbox_count", lambda: self.outbox.outbox_count(names))
+            self.hooks.pending(count)
+
+    async def _store(self, operation: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except TransientError as exc:
+                wait = self.backoff.delay(attempt, self.rng)
+                log.warning("outbox_retry", operation=operation, error=str(exc),
+                            delay_s=round(wait, 2))
+                attempt += 1
+                await self.sleep(wait)
