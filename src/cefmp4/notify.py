@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from cefmp4.checkpoint import StreamRecord
 from cefmp4.errors import PermanentError, TransientError
 from cefmp4.retry import Backoff
 
@@ -64,6 +65,12 @@ class OutboxItem:
 
 class Outbox(Protocol):
     """The store side (SQLite and Redis checkpoint stores implement it)."""
+
+    async def put_stream_with_outbox(
+        self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float
+    ) -> None:
+        """``put_stream(record)`` and add ``(sink, payload)`` items for the record's stream,
+        in one atomic write; an item that exists already is left as it is."""
 
     async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
         """The oldest ``limit`` items of ``sink`` not done nor failed, ascending ``seq``."""

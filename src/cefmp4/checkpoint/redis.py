@@ -23,7 +23,7 @@ has taken over, so a paused or partitioned former owner can never overwrite its 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
 from typing import Any, Final
@@ -36,6 +36,7 @@ from redis.typing import EncodableT
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
+from cefmp4.notify import OutboxItem
 
 __all__ = ["RedisCheckpointStore", "open_redis_store"]
 
@@ -75,6 +76,31 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+# put_stream plus outbox items (cefmp4.notify), atomically. KEYS: stream hash, index set,
+# inode set, fence counter, outbox sequence counter, then per item its sink's sorted set and
+# its item hash. ARGV: token, stream id, created_at, item count, the items' (sink, payload)
+# pairs, then the record's field/value pairs. An item that exists already keeps its seq.
+_PUT_STREAM_OUTBOX_LUA = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
+    return redis.error_reply('LEASELOST')
+end
+local n = tonumber(ARGV[4])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5 + 2 * n))
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+for i = 1, n do
+    local zset, item = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+    if redis.call('EXISTS', item) == 0 then
+        local seq = redis.call('INCR', KEYS[5])
+        redis.call('HSET', item, 'sink', ARGV[3 + 2 * i], 'payload', ARGV[4 + 2 * i],
+                   'created_at', ARGV[3], 'seq', seq)
+        redis.call('ZADD', zset, seq, ARGV[2])
+    end
+end
 return 1
 """
 
@@ -217,6 +243,7 @@ class RedisCheckpointStore:
         self._renew_script = client.register_script(_RENEW_LUA)
         self._steal_script = client.register_script(_STEAL_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
+        self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
 
@@ -367,6 +394,78 @@ class RedisCheckpointStore:
                 if record is not None:
                     pipe.srem(self._inode_key(record.inode), stream_id)
                 await pipe.execute()
+
+    # --- the outbox (cefmp4.notify.Outbox) -----------------------------------------------
+    #   {p}outbox-seq              counter: completion order across sinks
+    #   {p}outbox:{sink}           sorted set: stream id -> seq, the pending items
+    #   {p}outbox-item:{sink}:{id} hash: sink, payload, created_at, seq (failed: error)
+
+    def _outbox_key(self, sink: str) -> str:
+        return f"{self._prefix}outbox:{sink}"
+
+    def _outbox_item_key(self, sink: str, stream_id: str) -> str:
+        return f"{self._prefix}outbox-item:{sink}:{stream_id}"
+
+    async def put_stream_with_outbox(
+        self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float
+    ) -> None:
+        fence_key, token = self._fence_of(record.stream_id)
+        keys = [self._stream_key(record.stream_id), self._index, self._inode_key(record.inode),
+                fence_key, f"{self._prefix}outbox-seq"]  # fmt: skip
+        item_args: list[EncodableT] = []
+        for sink, payload in items:
+            keys += [self._outbox_key(sink), self._outbox_item_key(sink, record.stream_id)]
+            item_args += [sink, payload.decode()]  # UTF-8 JSON: the client decodes replies
+        flat: list[EncodableT] = []
+        for name, value in _encode_record(record).items():
+            flat += [name, value]
+        with _mapped_errors("put_stream"):
+            await self._put_outbox_script(
+                keys=keys,
+                args=[token, record.stream_id, repr(float(created_at)), len(items), *item_args,
+                      *flat],
+            )  # fmt: skip
+
+    async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        with _mapped_errors("outbox_pending"):
+            members = await self._client.zrange(self._outbox_key(sink), 0, max(0, limit - 1))
+            ids = [_text(m) for m in members if isinstance(m, str | bytes)]
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream_id in ids:
+                    pipe.hgetall(self._outbox_item_key(sink, stream_id))
+                raws = [_text_dict(raw) for raw in await pipe.execute()]
+        out: list[OutboxItem] = []
+        for stream_id, raw in zip(ids, raws, strict=True):
+            if not raw or "payload" not in raw or "failed" in raw:
+                continue  # deleted by hand, or failed: never handed out again
+            out.append(OutboxItem(int(raw.get("seq", 0)), sink, stream_id,
+                                  raw["payload"].encode(), float(raw.get("created_at", 0))))
+        return out
+
+    async def outbox_done(self, sink: str, stream_id: str) -> None:
+        with _mapped_errors("outbox_done"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._outbox_key(sink), stream_id)
+                pipe.delete(self._outbox_item_key(sink, stream_id))
+                await pipe.execute()
+
+    async def outbox_failed(self, sink: str, stream_id: str, error: str) -> None:
+        with _mapped_errors("outbox_failed"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._outbox_key(sink), stream_id)
+                pipe.hset(self._outbox_item_key(sink, stream_id), "failed", error or "failed")
+                await pipe.execute()
+
+    async def outbox_count(self, sinks: frozenset[str]) -> int:
+        if not sinks:
+            return 0
+        with _mapped_errors("outbox_count"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for sink in sorted(sinks):
+                    pipe.zcard(self._outbox_key(sink))
+                return sum(int(n) for n in await pipe.execute())
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""

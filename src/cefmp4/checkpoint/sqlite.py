@@ -17,7 +17,7 @@ import fcntl
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import ConfigError, PermanentError, TransientError
+from cefmp4.notify import OutboxItem
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
 
@@ -33,7 +34,7 @@ LOCK_NAME = "lock"
 
 # PRAGMA user_version of the schema below. A later release that changes the tables adds a
 # migration step in ``_migrate`` and bumps this; an older binary refuses a newer file.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the outbox table (notifications and after-upload actions)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -70,6 +71,21 @@ CREATE TABLE IF NOT EXISTS parts (
     uploaded_at  REAL NOT NULL,
     PRIMARY KEY (stream_id, part_number)
 ) WITHOUT ROWID;
+"""
+
+# Post-completion work (cefmp4.notify): one row per (sink, stream), written in the same
+# transaction that marks the stream completed; ``seq`` is the completion order.
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink       TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    failed     TEXT,
+    UNIQUE (sink, stream_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, failed, seq);
 """
 
 # Column order of ``streams`` = StreamRecord field order (``key`` is ``object_key``: KEY is
@@ -273,6 +289,61 @@ class SqliteCheckpointStore:
             if with_stream:
                 conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
 
+    # -- the outbox (cefmp4.notify.Outbox) --------------------------------------------------
+
+    async def put_stream_with_outbox(
+        self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float
+    ) -> None:
+        """``put_stream`` and the record's outbox items in one transaction; an item that
+        already exists (a redone completion) keeps its place in the order."""
+        await self._run("put_stream", self._put_with_outbox_sync, _record_to_row(record),
+                        record.stream_id, list(items), float(created_at))  # fmt: skip
+
+    def _put_with_outbox_sync(self, row: tuple[Any, ...], stream_id: str,
+                              items: list[tuple[str, bytes]], created_at: float) -> None:
+        with self._transaction() as conn:
+            conn.execute(_UPSERT_STREAM, row)
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (sink, stream_id, payload, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(sink, stream_id, payload, created_at) for sink, payload in items],
+            )
+
+    async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        return await self._run("outbox_pending", self._outbox_pending_sync, sink, limit)
+
+    def _outbox_pending_sync(self, sink: str, limit: int) -> list[OutboxItem]:
+        rows = self._conn.execute(
+            "SELECT seq, sink, stream_id, payload, created_at FROM outbox "
+            "WHERE sink = ? AND failed IS NULL ORDER BY seq LIMIT ?", (sink, limit),
+        )
+        return [OutboxItem(seq, sk, sid, bytes(payload), at) for seq, sk, sid, payload, at in rows]
+
+    async def outbox_done(self, sink: str, stream_id: str) -> None:
+        await self._run("outbox_done", self._outbox_write_sync,
+                        "DELETE FROM outbox WHERE sink = ? AND stream_id = ?", (sink, stream_id))
+
+    async def outbox_failed(self, sink: str, stream_id: str, error: str) -> None:
+        await self._run("outbox_failed", self._outbox_write_sync,
+                        "UPDATE outbox SET failed = ? WHERE sink = ? AND stream_id = ?",
+                        (error or "failed", sink, stream_id))  # fmt: skip
+
+    def _outbox_write_sync(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._transaction() as conn:
+            conn.execute(sql, args)
+
+    async def outbox_count(self, sinks: frozenset[str]) -> int:
+        return await self._run("outbox_count", self._outbox_count_sync, sorted(sinks))
+
+    def _outbox_count_sync(self, sinks: list[str]) -> int:
+        if not sinks:
+            return 0
+        marks = ", ".join("?" * len(sinks))
+        (count,) = self._conn.execute(
+            f"SELECT count(*) FROM outbox WHERE failed IS NULL AND sink IN ({marks})", sinks
+        ).fetchone()
+        return int(count)
+
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread; safe to call twice."""
         if self._closed:
@@ -355,11 +426,12 @@ def _migrate(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> None:
         )
     if read_only:
         raise ConfigError("STATE_DIR", f"{db_path} is not initialised yet; run cefmp4 first")
-    # version 0: a new file. Later versions add ``if version < N:`` steps here.
+    # version 0: a new file; 1: before the outbox. Later versions add ``if version < N:``.
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Not executescript(): it COMMITs first, which would split the migration.
-        for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+        script = (_SCHEMA if version < 1 else "") + _OUTBOX_SCHEMA
+        for statement in filter(None, (s.strip() for s in script.split(";"))):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
