@@ -26,15 +26,16 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
+from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.errors import PermanentError
-from cefmp4.hashing import normalize_etag
+from cefmp4.hashing import multipart_etag, normalize_etag
 from cefmp4.notify import SINK_AFTER_UPLOAD, OutboxItem
 from cefmp4.writers import scan_writers
 
@@ -263,3 +264,44 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionOutbox:
+    """What marking a stream completed records in the outbox (from the settings)."""
+
+    notify_sinks: tuple[str, ...] = ()
+    action: str = KEEP
+    target_dir: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.notify_sinks) or self.action != KEEP
+
+    def items(
+        self,
+        record: StreamRecord,
+        parts: Sequence[PartRecord],
+        metadata_body: bytes,
+        *,
+        status: str,
+        metadata_key: str,
+    ) -> list[tuple[str, bytes]]:
+        """One notification per sink (the metadata document as written to S3), and the
+        after-upload intent for a ``complete`` stream whose final file state is known."""
+        items = [(sink, metadata_body) for sink in self.notify_sinks]
+        known = (record.final_size, record.final_mtime_ns, record.sha256)
+        if self.action == KEEP or status != "complete" or None in known:
+            return items
+        assert record.final_size is not None
+        assert record.final_mtime_ns is not None
+        assert record.sha256 is not None
+        intent = Intent(
+            action=self.action, stream_id=record.stream_id, status=status, path=record.path,
+            rel_path=record.rel_path, device=record.device, inode=record.inode,
+            size=record.final_size, mtime_ns=record.final_mtime_ns, sha256=record.sha256,
+            key=record.key, etag=multipart_etag([p.md5 for p in parts]) if parts else None,
+            metadata_key=metadata_key, target_dir=self.target_dir,
+        )
+        items.append((SINK_AFTER_UPLOAD, intent.to_json()))
+        return items

@@ -245,3 +245,39 @@ def test_move_target_stays_inside_the_target_dir() -> None:
     first, fallback = move_targets(intent)
     assert first == Path("/done/x.mp4")
     assert fallback == Path("/done/x.sid.mp4")
+
+
+def _record(**kw: object):  # type: ignore[no-untyped-def]
+    from cefmp4.checkpoint import StreamRecord, StreamState
+
+    rec = StreamRecord(
+        stream_id="sid", path="/in/cam/a.mp4", rel_path="cam/a.mp4", device=1, inode=2,
+        bucket="b", key="p/sid/cam/a.mp4", part_size=5 << 20, max_parts=10_000,
+        state=StreamState.COMPLETED, started_at=1.0, last_activity_at=2.0, status="complete",
+        final_size=10, final_mtime_ns=123, sha256="ab" * 32,
+    )
+    return replace(rec, **kw)
+
+
+def test_completion_outbox_items() -> None:
+    from cefmp4.after_upload import CompletionOutbox
+    from cefmp4.checkpoint import PartRecord
+    from cefmp4.hashing import multipart_etag
+
+    parts = [PartRecord(1, 0, 10, "e1", "0" * 32, 1.0)]
+    keep = CompletionOutbox(("webhook", "redis"))
+    assert keep.items(_record(), parts, b"{doc}", status="complete", metadata_key="m") == [
+        ("webhook", b"{doc}"), ("redis", b"{doc}")]
+    delete = CompletionOutbox((), "delete")
+    [(sink, payload)] = delete.items(_record(), parts, b"{}", status="complete",
+                                     metadata_key="m")
+    intent = Intent.from_json(payload)
+    assert sink == "after_upload"
+    assert (intent.inode, intent.size, intent.mtime_ns) == (2, 10, 123)
+    assert intent.etag == multipart_etag(["0" * 32])
+    # Never for truncated or source_deleted streams, nor without a known final state.
+    for status in ("truncated", "source_deleted"):
+        assert delete.items(_record(), parts, b"{}", status=status, metadata_key="m") == []
+    assert delete.items(_record(final_mtime_ns=None), parts, b"{}", status="complete",
+                        metadata_key="m") == []
+    assert not CompletionOutbox().enabled
