@@ -24,6 +24,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -43,6 +44,20 @@ log = structlog.get_logger("cefmp4.after_upload")
 
 KEEP, DELETE, MOVE = "keep", "delete", "move"
 COPY_BLOCK = 4 * 1024 * 1024
+
+
+async def track_free_bytes(
+    path: Path, set_value: Callable[[float], None], *, interval: float = 15.0
+) -> None:
+    """Keep ``watch_dir_free_bytes`` current (statvfs off the loop: NFS may stall)."""
+    while True:
+        try:
+            st = await asyncio.to_thread(os.statvfs, path)
+            set_value(float(st.f_bavail * st.f_frsize))
+        except OSError as exc:
+            set_value(math.nan)
+            log.warning("free_space_unknown", error=str(exc))
+        await asyncio.sleep(interval)
 
 
 class _HeadInfo(Protocol):

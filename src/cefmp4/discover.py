@@ -22,7 +22,7 @@ from pathlib import Path
 
 import watchfiles
 
-MP4_SUFFIX = ".mp4"
+from cefmp4.containers import DEFAULT_EXTENSIONS, has_extension
 
 # Recorders append continuously; the watcher hands over a batch once no event arrived for
 # ``step_ms`` or ``debounce_ms`` passed, so new bytes are seen within ~0.1 s.
@@ -37,14 +37,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def is_candidate(path: Path, watch_dir: Path) -> bool:
+def is_candidate(
+    path: Path, watch_dir: Path, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> bool:
     """Whether ``path`` is named like a recording we upload. Pure: no file-system access.
 
-    Accepts ``*.mp4`` in any case, inside ``watch_dir``, with no hidden component below
-    ``watch_dir`` (hidden files are recorders' temporaries; hidden dirs are tool state).
+    Accepts names ending in one of ``extensions`` (lower-case, from WATCH_EXTENSIONS; any
+    case in the name), inside ``watch_dir``, with no hidden component below ``watch_dir``
+    (hidden files are recorders' temporaries; hidden dirs are tool state).
     Both paths are compared as given, so pass them in the same form (both absolute).
     """
-    if path.suffix.lower() != MP4_SUFFIX:
+    if not has_extension(path.name, extensions):
         return False
     try:
         parts = path.relative_to(watch_dir).parts
@@ -109,7 +112,9 @@ def _follow_link(link: Path, watch_dir: Path) -> os.stat_result | None:
     return target_st
 
 
-def _walk(top: Path, watch_dir: Path) -> Iterator[Path]:
+def _walk(
+    top: Path, watch_dir: Path, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> Iterator[Path]:
     """Candidate files under ``top`` (a directory inside ``watch_dir``), in no order.
 
     Iterative, ``os.scandir``-based: directory entries carry their type, so a tree of
@@ -130,7 +135,7 @@ def _walk(top: Path, watch_dir: Path) -> Iterator[Path]:
                         stack.append(Path(entry.path))
                         continue
                     path = Path(entry.path)
-                    if not is_candidate(path, watch_dir):
+                    if not is_candidate(path, watch_dir, extensions):
                         continue
                     if entry.is_file(follow_symlinks=False) or (
                         entry.is_symlink() and check_file(path, watch_dir) is not None
@@ -140,17 +145,20 @@ def _walk(top: Path, watch_dir: Path) -> Iterator[Path]:
             continue
 
 
-def scan(watch_dir: Path) -> list[Path]:
+def scan(watch_dir: Path, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS) -> list[Path]:
     """Every candidate file under ``watch_dir`` that :func:`check_file` accepts, sorted.
 
     Blocking: from async code, run it with ``asyncio.to_thread(scan, watch_dir)``. A file
     that appears between the scan and the start of :func:`watch` is nominated on its next
     write; a file that is never written again after that window is found by the next scan.
     """
-    return sorted(_walk(watch_dir, watch_dir))
+    return sorted(_walk(watch_dir, watch_dir, extensions))
 
 
-def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
+def _wanted(
+    change: watchfiles.Change, raw_path: str, watch_dir: Path,
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+) -> bool:
     """The watchfiles filter: candidates, plus directories that just appeared.
 
     A directory created or moved into the tree may already hold recordings whose own
@@ -160,7 +168,7 @@ def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
     next to the recordings are dropped without touching the disk.
     """
     path = Path(raw_path)
-    if is_candidate(path, watch_dir):
+    if is_candidate(path, watch_dir, extensions):
         return True
     if change != watchfiles.Change.added:
         return False
@@ -176,27 +184,32 @@ def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
         return False
 
 
-def _nominate(raw_path: str, watch_dir: Path) -> list[Path]:
+def _nominate(
+    raw_path: str, watch_dir: Path, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> list[Path]:
     """The paths one filtered event stands for (re-checked now, not as the event said)."""
     path = Path(raw_path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         # Gone (deleted, renamed away): still news for the stream that follows it.
-        return [path] if is_candidate(path, watch_dir) else []
+        return [path] if is_candidate(path, watch_dir, extensions) else []
     except OSError:
         return []
     if stat.S_ISDIR(st.st_mode):
-        return list(_walk(path, watch_dir))
-    if is_candidate(path, watch_dir) and check_file(path, watch_dir) is not None:
+        return list(_walk(path, watch_dir, extensions))
+    if is_candidate(path, watch_dir, extensions) and check_file(path, watch_dir) is not None:
         return [path]
     return []
 
 
-def _nominate_all(changes: set[tuple[watchfiles.Change, str]], watch_dir: Path) -> set[Path]:
+def _nominate_all(
+    changes: set[tuple[watchfiles.Change, str]], watch_dir: Path,
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
+) -> set[Path]:
     nominated: set[Path] = set()
     for _change, raw_path in changes:
-        nominated.update(_nominate(raw_path, watch_dir))
+        nominated.update(_nominate(raw_path, watch_dir, extensions))
     return nominated
 
 
@@ -207,6 +220,7 @@ async def watch(
     force_polling: bool = False,
     debounce_ms: int = DEFAULT_DEBOUNCE_MS,
     step_ms: int = DEFAULT_STEP_MS,
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS,
 ) -> AsyncIterator[set[Path]]:
     """Yield sets of candidate paths that changed under ``watch_dir`` until ``stop_event``.
 
@@ -223,7 +237,7 @@ async def watch(
     watch_dir = Path(os.path.abspath(watch_dir))  # noqa: ASYNC240  (one getcwd, once)
 
     def watch_filter(change: watchfiles.Change, raw_path: str) -> bool:
-        return _wanted(change, raw_path, watch_dir)
+        return _wanted(change, raw_path, watch_dir, extensions)
 
     changes_iter = watchfiles.awatch(
         watch_dir,
@@ -240,6 +254,6 @@ async def watch(
     async with contextlib.aclosing(changes_iter):
         async for changes in changes_iter:
             # Off the event loop: a directory moved in may hold thousands of files to walk.
-            nominated = await asyncio.to_thread(_nominate_all, changes, watch_dir)
+            nominated = await asyncio.to_thread(_nominate_all, changes, watch_dir, extensions)
             if nominated:
                 yield nominated

@@ -70,3 +70,42 @@ class WebhookReceiver:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class ThreadedReceiver:
+    """A WebhookReceiver on its own event loop thread, for tests that block (subprocesses)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import threading
+
+        self.port = port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._rx: WebhookReceiver | None = None
+        self.received: list[Received] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _call(self, coro: object) -> object:
+        assert asyncio.iscoroutine(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def start(self) -> None:
+        """Serve (again) on the same port; what was received before is kept."""
+        rx = WebhookReceiver(port=self.port, received=self.received)
+        self._call(rx.start())
+        self._rx = rx
+
+    def stop(self) -> None:
+        if self._rx is not None:
+            self._call(self._rx.stop())
+            self._rx = None
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

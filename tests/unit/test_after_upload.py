@@ -281,3 +281,32 @@ def test_completion_outbox_items() -> None:
     assert delete.items(_record(final_mtime_ns=None), parts, b"{}", status="complete",
                         metadata_key="m") == []
     assert not CompletionOutbox().enabled
+
+
+async def test_free_bytes_tracker(tmp_path: Path) -> None:
+    import asyncio
+
+    from cefmp4.after_upload import track_free_bytes
+
+    seen: list[float] = []
+    got = asyncio.Event()
+
+    def record(value: float) -> None:
+        seen.append(value)
+        got.set()
+
+    task = asyncio.create_task(track_free_bytes(tmp_path, record, interval=3600))
+    async with asyncio.timeout(5):
+        await got.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    st = os.statvfs(tmp_path)
+    assert abs(seen[0] - st.f_bavail * st.f_frsize) < 1 << 30
+    seen.clear()
+    got.clear()
+    task = asyncio.create_task(track_free_bytes(tmp_path / "gone", record, interval=3600))
+    async with asyncio.timeout(5):
+        await got.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert seen[0] != seen[0]  # NaN: unknown, not 0
