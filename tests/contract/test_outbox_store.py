@@ -65,6 +65,14 @@ async def test_done_and_failed_leave_the_queue(backend: Backend) -> None:
         assert [i.stream_id for i in await s.outbox_pending("webhook", 10)] == ["s3"]
 
 
+async def test_completed_by_round_trips(backend: Backend) -> None:
+    async with backend.open() as store:
+        await store.put_stream(make_stream("s1", completed_by="hold_expired"))
+        got = await store.get_stream("s1")
+        assert got is not None
+        assert got.completed_by == "hold_expired"
+
+
 async def test_outbox_survives_reopening(backend: Backend) -> None:
     async with backend.open() as store:
         s: Any = store
@@ -102,13 +110,19 @@ async def test_sqlite_version_1_database_gains_the_outbox(tmp_path: Path) -> Non
     state = tmp_path / "state"
     async with open_sqlite_store(state) as store:
         await store.put_stream(make_stream("old"))
+    # Make it exactly what schema 1 was: no outbox table, no completed_by column.
     conn = sqlite3.connect(state / DB_NAME)
     conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE streams DROP COLUMN completed_by")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
     async with open_sqlite_store(state) as store:
         assert await store.get_stream("old") is not None
+        await store.put_stream(make_stream("by", completed_by="writer_closed"))
+        got = await store.get_stream("by")
+        assert got is not None
+        assert got.completed_by == "writer_closed"
         await store.put_stream_with_outbox(make_stream("new"), [("webhook", b"{}")], 1.0)
         assert len(await store.outbox_pending("webhook", 10)) == 1
     conn = sqlite3.connect(state / DB_NAME)

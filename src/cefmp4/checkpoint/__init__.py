@@ -61,6 +61,7 @@ class StreamRecord:
     final_mtime_ns: int | None = None  # mtime of the source when completed
     sha256: str | None = None
     error: str | None = None
+    completed_by: str | None = None  # what ended the stream (metadata ``completed_by``)
 
 
 class CheckpointStore(Protocol):

@@ -46,7 +46,7 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "bucket": str, "key": str, "part_size": int, "max_parts": int, "state": StreamState,
     "started_at": float, "last_activity_at": float, "upload_id": str, "status": str,
     "completed_at": float, "final_size": int, "final_mtime_ns": int, "sha256": str,
-    "error": str,
+    "error": str, "completed_by": str,
 }  # fmt: skip
 assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
 

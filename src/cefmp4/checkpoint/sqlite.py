@@ -34,7 +34,8 @@ LOCK_NAME = "lock"
 
 # PRAGMA user_version of the schema below. A later release that changes the tables adds a
 # migration step in ``_migrate`` and bumps this; an older binary refuses a newer file.
-SCHEMA_VERSION = 2  # 2: the outbox table (notifications and after-upload actions)
+# 2: the outbox table (notifications and after-upload actions), streams.completed_by.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS streams (
     final_size       INTEGER,
     final_mtime_ns   INTEGER,
     sha256           TEXT,
-    error            TEXT
+    error            TEXT,
+    completed_by     TEXT
 );
 CREATE INDEX IF NOT EXISTS streams_identity ON streams (device, inode);
 CREATE INDEX IF NOT EXISTS streams_inode ON streams (inode);
@@ -72,6 +74,8 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (stream_id, part_number)
 ) WITHOUT ROWID;
 """
+
+_V2_COLUMNS = "ALTER TABLE streams ADD COLUMN completed_by TEXT;"
 
 # Post-completion work (cefmp4.notify): one row per (sink, stream), written in the same
 # transaction that marks the stream completed; ``seq`` is the completion order.
@@ -93,7 +97,7 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, failed, seq);
 _STREAM_COLUMNS = (
     "stream_id", "path", "rel_path", "device", "inode", "bucket", "object_key", "part_size",
     "max_parts", "state", "started_at", "last_activity_at", "upload_id", "status",
-    "completed_at", "final_size", "final_mtime_ns", "sha256", "error",
+    "completed_at", "final_size", "final_mtime_ns", "sha256", "error", "completed_by",
 )  # fmt: skip
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
 _UPSERT_STREAM = (
@@ -150,14 +154,14 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _row_to_record(row: tuple[Any, ...]) -> StreamRecord:
     (stream_id, path, rel_path, device, inode, bucket, key, part_size, max_parts, state,
      started_at, last_activity_at, upload_id, status, completed_at, final_size,
-     final_mtime_ns, sha256, error) = row  # fmt: skip
+     final_mtime_ns, sha256, error, completed_by) = row  # fmt: skip
     return StreamRecord(
         stream_id=stream_id, path=path, rel_path=rel_path, device=_from_i64(device),
         inode=_from_i64(inode), bucket=bucket, key=key, part_size=part_size,
         max_parts=max_parts, state=StreamState(state), started_at=started_at,
         last_activity_at=last_activity_at, upload_id=upload_id, status=status,
         completed_at=completed_at, final_size=final_size, final_mtime_ns=final_mtime_ns,
-        sha256=sha256, error=error,
+        sha256=sha256, error=error, completed_by=completed_by,
     )  # fmt: skip
 
 
@@ -167,7 +171,7 @@ def _record_to_row(r: StreamRecord) -> tuple[Any, ...]:
         r.part_size, r.max_parts, r.state.value, float(r.started_at),
         float(r.last_activity_at), r.upload_id, r.status,
         None if r.completed_at is None else float(r.completed_at), r.final_size,
-        r.final_mtime_ns, r.sha256, r.error,
+        r.final_mtime_ns, r.sha256, r.error, r.completed_by,
     )  # fmt: skip
 
 
@@ -430,7 +434,7 @@ def _migrate(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Not executescript(): it COMMITs first, which would split the migration.
-        script = (_SCHEMA if version < 1 else "") + _OUTBOX_SCHEMA
+        script = (_SCHEMA if version < 1 else _V2_COLUMNS) + _OUTBOX_SCHEMA
         for statement in filter(None, (s.strip() for s in script.split(";"))):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
