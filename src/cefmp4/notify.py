@@ -314,6 +314,8 @@ class Dispatcher:
             self.hooks.pending(count)
 
     async def _store(self, operation: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        """The store call until it succeeds: the outbox task recovers from anything but
+        cancellation (an outage, or an error that needs the operator, which is logged)."""
         attempt = 0
         while True:
             try:
@@ -322,5 +324,9 @@ class Dispatcher:
                 wait = self.backoff.delay(attempt, self.rng)
                 log.warning("outbox_retry", operation=operation, error=str(exc),
                             delay_s=round(wait, 2))
-                attempt += 1
-                await self.sleep(wait)
+            except Exception as exc:
+                wait = self.backoff.delay(attempt, self.rng)
+                log.error("outbox_error", operation=operation, error=repr(exc),
+                          delay_s=round(wait, 2), exc_info=exc)
+            attempt += 1
+            await self.sleep(wait)

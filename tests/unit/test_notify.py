@@ -26,6 +26,7 @@ class MemoryOutbox:
         self.failed: dict[tuple[str, str], str] = {}
         self.seq = 0
         self.outage = 0  # the next N calls raise TransientError
+        self.broken = 0  # then the next N raise PermanentError
 
     def add(self, sink: str, stream_id: str, payload: bytes = b"{}") -> None:
         if (sink, stream_id) in self.items:
@@ -37,6 +38,9 @@ class MemoryOutbox:
         if self.outage:
             self.outage -= 1
             raise TransientError("store down")
+        if self.broken:
+            self.broken -= 1
+            raise PermanentError("needs the operator")
 
     async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
         self._maybe_fail()
@@ -132,6 +136,17 @@ async def test_store_outage_is_waited_out() -> None:
     outbox.add("redis", "s1")
     outbox.outage = 3
     sink = ScriptedSink("redis")
+    d, _, _ = _dispatcher(outbox, sink)
+    await d.drain()
+    assert sink.delivered == ["s1"]
+    assert not outbox.items
+
+
+async def test_store_errors_never_end_the_dispatcher() -> None:
+    outbox = MemoryOutbox()
+    outbox.add("webhook", "s1")
+    outbox.broken = 2
+    sink = ScriptedSink()
     d, _, _ = _dispatcher(outbox, sink)
     await d.drain()
     assert sink.delivered == ["s1"]
