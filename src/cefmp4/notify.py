@@ -84,6 +84,10 @@ class Outbox(Protocol):
     async def outbox_count(self, sinks: frozenset[str]) -> int:
         """Items still pending for these sinks."""
 
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        """Take or renew the right to deliver (one dispatcher per store, so several
+        instances on one Redis keep the order and do not all deliver everything)."""
+
 
 class Sink(Protocol):
     name: str
@@ -221,6 +225,8 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         idle_poll: float = 30.0,
+        owner: str = "cefmp4",
+        claim_ttl: float = 30.0,
     ) -> None:
         self.outbox = outbox
         self.sinks = list(sinks)
@@ -231,6 +237,8 @@ class Dispatcher:
         self.idle_poll = idle_poll
         self._wake = {sink.name: asyncio.Event() for sink in self.sinks}
         self.delivered = 0
+        self.owner = owner
+        self.claim_ttl = claim_ttl
 
     def poke(self) -> None:
         """New items were recorded: look now rather than at the next idle poll."""
@@ -244,19 +252,30 @@ class Dispatcher:
                 tg.create_task(self._run_sink(sink), name=f"outbox-{sink.name}")
 
     async def drain(self) -> None:
-        """Deliver everything pending now, then return (``upload`` and tests)."""
+        """Deliver everything pending now, then return (``upload`` and tests). Returns at
+        once when another dispatcher holds the claim: it delivers them."""
         for sink in self.sinks:
-            while await self._one_batch(sink):
+            while await self._claimed() and await self._one_batch(sink):
                 pass
+
+    async def _claimed(self) -> bool:
+        claim = getattr(self.outbox, "outbox_claim", None)
+        if claim is None:
+            return True
+        ok: bool = await self._store("outbox_claim", lambda: claim(self.owner, self.claim_ttl))
+        return ok
 
     async def _run_sink(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
         while True:
             wake.clear()
+            if not await self._claimed():
+                await self.sleep(self.claim_ttl / 3)  # another instance delivers
+                continue
             if await self._one_batch(sink):
                 continue
             try:
-                async with asyncio.timeout(self.idle_poll):
+                async with asyncio.timeout(min(self.idle_poll, self.claim_ttl / 3)):
                     await wake.wait()
             except TimeoutError:
                 pass
@@ -269,11 +288,14 @@ class Dispatcher:
         if not items:
             return False
         for item in items:
-            await self._deliver(sink, item)
+            if not await self._deliver(sink, item):
+                break
         await self._report_pending()
         return True
 
-    async def _deliver(self, sink: Sink, item: OutboxItem) -> None:
+    async def _deliver(self, sink: Sink, item: OutboxItem) -> bool:
+        """True once the item is done with (delivered or failed for good); False when the
+        claim was lost while retrying (the new holder delivers it)."""
         attempt = 0
         with structlog.contextvars.bound_contextvars(stream_id=item.stream_id, sink=sink.name):
             while True:
@@ -286,6 +308,8 @@ class Dispatcher:
                                 error=str(exc))
                     attempt += 1
                     await self.sleep(wait)
+                    if not await self._claimed():
+                        return False
                     continue
                 except PermanentError as exc:
                     self.hooks.failed(sink.name)
@@ -293,7 +317,7 @@ class Dispatcher:
                     log.error("delivery_failed", error=reason)
                     await self._store("outbox_failed", functools.partial(
                         self.outbox.outbox_failed, sink.name, item.stream_id, reason))
-                    return
+                    return True
                 except Exception as exc:
                     # A bug in a sink must not stop the queue forever: count, log, retry.
                     self.hooks.failed(sink.name)
@@ -306,6 +330,7 @@ class Dispatcher:
                 sink.name, item.stream_id))
             self.delivered += 1
             log.info("delivered", attempts=attempt + 1)
+            return True
 
     async def _report_pending(self) -> None:
         names = frozenset(s.name for s in self.sinks) & NOTIFY_SINKS

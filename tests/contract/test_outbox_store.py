@@ -128,3 +128,19 @@ async def test_sqlite_version_1_database_gains_the_outbox(tmp_path: Path) -> Non
     conn = sqlite3.connect(state / DB_NAME)
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     conn.close()
+
+
+async def test_one_dispatcher_at_a_time(backend: Backend) -> None:
+    import asyncio
+
+    async with backend.open() as store:
+        s: Any = store
+        assert await s.outbox_claim("a", 0.3)
+        assert await s.outbox_claim("a", 0.3)  # renewal
+        if backend.kind == "sqlite":
+            assert await s.outbox_claim("b", 0.3)  # one process per state dir anyway
+            return
+        assert not await s.outbox_claim("b", 0.3)
+        await asyncio.sleep(0.45)  # a: gone without renewing
+        assert await s.outbox_claim("b", 0.3)
+        assert not await s.outbox_claim("a", 0.3)

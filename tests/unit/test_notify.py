@@ -202,3 +202,45 @@ def test_signature_and_headers() -> None:
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Cefmp4-Signature"] == sig
     assert "X-Cefmp4-Signature" not in webhook_headers("abc", body, None)
+
+
+class ClaimingOutbox(MemoryOutbox):
+    def __init__(self) -> None:
+        super().__init__()
+        self.holder = "other"
+
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        return self.holder == owner
+
+
+async def test_only_the_claim_holder_delivers() -> None:
+    outbox = ClaimingOutbox()
+    outbox.add("webhook", "s1")
+    sink = ScriptedSink()
+    d, _, _ = _dispatcher(outbox, sink)
+    d.owner = "me"
+    await d.drain()
+    assert sink.attempts == []
+    assert ("webhook", "s1") in outbox.items
+    outbox.holder = "me"
+    await d.drain()
+    assert sink.delivered == ["s1"]
+
+
+async def test_a_lost_claim_stops_retrying_and_keeps_the_item() -> None:
+    outbox = ClaimingOutbox()
+    outbox.holder = "me"
+    outbox.add("webhook", "s1")
+
+    class Flaky(ScriptedSink):
+        async def deliver(self, item: OutboxItem) -> None:
+            self.attempts.append(item.stream_id)
+            outbox.holder = "other"  # another instance took over meanwhile
+            raise TransientError("503")
+
+    flaky = Flaky()
+    d, _, _ = _dispatcher(outbox, flaky)
+    d.owner = "me"
+    await d.drain()
+    assert ("webhook", "s1") in outbox.items
+    assert flaky.attempts == ["s1"]  # not retried by the instance that lost the claim

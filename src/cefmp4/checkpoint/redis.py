@@ -104,6 +104,19 @@ end
 return 1
 """
 
+# The one outbox dispatcher: KEYS claim; ARGV owner, ttl in ms. Renew if ours, else take
+# it if free.
+_OUTBOX_CLAIM_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+return 0
+"""
+
 _DELETE_PARTS_LUA = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return redis.error_reply('LEASELOST')
@@ -244,6 +257,7 @@ class RedisCheckpointStore:
         self._steal_script = client.register_script(_STEAL_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
+        self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
 
@@ -457,6 +471,13 @@ class RedisCheckpointStore:
                 pipe.zrem(self._outbox_key(sink), stream_id)
                 pipe.hset(self._outbox_item_key(sink, stream_id), "failed", error or "failed")
                 await pipe.execute()
+
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        with _mapped_errors("outbox_claim"):
+            ok = await self._outbox_claim_script(
+                keys=[f"{self._prefix}outbox-claim"], args=[owner, max(1, int(ttl * 1000))]
+            )
+        return bool(ok)
 
     async def outbox_count(self, sinks: frozenset[str]) -> int:
         if not sinks:

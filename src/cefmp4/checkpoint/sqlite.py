@@ -336,6 +336,10 @@ class SqliteCheckpointStore:
         with self._transaction() as conn:
             conn.execute(sql, args)
 
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        """Always this process's: the state directory's lock admits one instance."""
+        return True
+
     async def outbox_count(self, sinks: frozenset[str]) -> int:
         return await self._run("outbox_count", self._outbox_count_sync, sorted(sinks))
 
