@@ -24,7 +24,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -37,27 +36,13 @@ import structlog
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.errors import PermanentError
 from cefmp4.hashing import multipart_etag, normalize_etag
-from cefmp4.notify import SINK_AFTER_UPLOAD, OutboxItem
+from cefmp4.outbox import SINK_AFTER_UPLOAD, OutboxItem
 from cefmp4.writers import scan_writers
 
 log = structlog.get_logger("cefmp4.after_upload")
 
 KEEP, DELETE, MOVE = "keep", "delete", "move"
 COPY_BLOCK = 4 * 1024 * 1024
-
-
-async def track_free_bytes(
-    path: Path, set_value: Callable[[float], None], *, interval: float = 15.0
-) -> None:
-    """Keep ``watch_dir_free_bytes`` current (statvfs off the loop: NFS may stall)."""
-    while True:
-        try:
-            st = await asyncio.to_thread(os.statvfs, path)
-            set_value(float(st.f_bavail * st.f_frsize))
-        except OSError as exc:
-            set_value(math.nan)
-            log.warning("free_space_unknown", error=str(exc))
-        await asyncio.sleep(interval)
 
 
 class _HeadInfo(Protocol):

@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio
 
 from cefmp4.errors import PermanentError, TransientError
-from cefmp4.notify import OutboxItem, RedisStreamSink, WebhookSink
+from cefmp4.notify import RedisStreamSink, WebhookSink
+from cefmp4.outbox import OutboxItem
 from tests.support.proc import free_port
 from tests.support.webhook import WebhookReceiver
 

@@ -12,7 +12,7 @@ import pytest
 
 from cefmp4.after_upload import AfterUploadSink, Intent, move_targets, staged_name
 from cefmp4.errors import PermanentError, TransientError
-from cefmp4.notify import OutboxItem
+from cefmp4.outbox import OutboxItem
 
 ETAG = "0123456789abcdef0123456789abcdef-2"
 
@@ -286,7 +286,7 @@ def test_completion_outbox_items() -> None:
 async def test_free_bytes_tracker(tmp_path: Path) -> None:
     import asyncio
 
-    from cefmp4.after_upload import track_free_bytes
+    from cefmp4.feature_wiring import track_free_bytes
 
     seen: list[float] = []
     got = asyncio.Event()

@@ -9,14 +9,8 @@ import hmac
 import pytest
 
 from cefmp4.errors import PermanentError, TransientError
-from cefmp4.notify import (
-    Dispatcher,
-    DispatchHooks,
-    OutboxItem,
-    classify_status,
-    signature,
-    webhook_headers,
-)
+from cefmp4.notify import classify_status, signature, webhook_headers
+from cefmp4.outbox import Dispatcher, DispatchHooks, OutboxItem
 from cefmp4.retry import Backoff
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cefmp4.completion import CompletedBy, CompletionPolicy
 from cefmp4.writers import (
     CloseWatcher,
-    CompletedBy,
-    CompletionPolicy,
     Ident,
     WriterScanner,
     probe_signals,

@@ -36,7 +36,7 @@ from redis.typing import EncodableT
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
-from cefmp4.notify import OutboxItem
+from cefmp4.outbox import OutboxItem
 
 __all__ = ["RedisCheckpointStore", "open_redis_store"]
 
@@ -260,6 +260,11 @@ class RedisCheckpointStore:
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The connection pool, shared with the NOTIFY_REDIS_STREAM sink."""
+        return self._client
 
     def __repr__(self) -> str:  # the client's repr would show host and port, never more
         return f"RedisCheckpointStore(key_prefix={self._prefix!r})"

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.errors import ConfigError, PermanentError, TransientError
-from cefmp4.notify import OutboxItem
+from cefmp4.outbox import OutboxItem
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
 
