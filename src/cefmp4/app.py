@@ -116,7 +116,7 @@ class App:
             self.tasks.start("sweeper", lambda: sweep_forever(ctx, grace, interval))
         watch_dir, exts = ctx.config.watch_dir, ctx.config.extensions
         self.features.start(self.tasks, watch_dir, self.metrics)
-        files = await self._until(stop, asyncio.to_thread(scan, watch_dir, exts))
+        files = await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts))
         if not supervisor.ownership.shared:
             supervisor.resume_unfinished(files)
         polling, every = settings.watch_force_polling, settings.rescan_interval_seconds
@@ -128,7 +128,7 @@ class App:
         # The watcher registers its inotify watches on its first step; a file that
         # appeared between the scan and then would be missed, so look once more.
         await self._until(stop, self.clock.sleep(0.2))
-        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir, exts)):
+        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts)):
             supervisor.on_path(path)
         self.ready.set()
         log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
@@ -169,7 +169,7 @@ class App:
             try:
                 if files is None:
                     paths = await asyncio.to_thread(
-                        scan, ctx.config.watch_dir, ctx.config.extensions
+                        scan, ctx.config.watch_dir, extensions=ctx.config.extensions
                     )
                     supervisor.resume_unfinished(paths)
                     for path in paths:
@@ -248,13 +248,13 @@ class App:
         )
         self.ctx = ctx
         if daemon and settings.prom_port:
-            # TODO(lead): pass readiness=self.readiness once health.serve_health takes it.
             await stack.enter_async_context(
                 serve_health(
-                    host="0.0.0.0",  # scraped from outside the container
+                    host=settings.prom_host,
                     port=settings.prom_port,
                     metrics=self.metrics,
                     checks={"s3": objects.ping, "checkpoint_store": checkpoints.ping},
+                    readiness=self.readiness,
                 )
             )
         await self._until(stop, ctx.retry("ensure_bucket", objects.ensure_bucket))

@@ -30,7 +30,9 @@ async def rescan_forever(supervisor: StreamSupervisor, watch_dir: Path, every: f
     while True:
         await clock.sleep(every)
         began = clock.monotonic()
-        files = await asyncio.to_thread(scan, watch_dir, supervisor.ctx.config.extensions)
+        files = await asyncio.to_thread(
+            scan, watch_dir, extensions=supervisor.ctx.config.extensions
+        )
         for path in files:
             supervisor.on_path(path)
         supervisor.retry_deferred()

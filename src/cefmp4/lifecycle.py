@@ -183,7 +183,7 @@ def scan_by_inode(
 ) -> dict[int, Path]:
     """Blocking (a thread): every candidate file under ``watch_dir`` by inode."""
     found: dict[int, Path] = {}
-    for path in scan(watch_dir, extensions):
+    for path in scan(watch_dir, extensions=extensions):
         try:
             found[os.stat(path).st_ino] = path
         except OSError:

@@ -97,6 +97,8 @@ def test_truncated_stream_keeps_its_file_until_its_successor_is_confirmed(
     docs = {d["status"]: d for d in view.metadata("trunc.mp4")}
     assert set(docs) == {"truncated", "complete"}
     assert docs["complete"]["total_size_bytes"] == 1_000_000
+    assert docs["truncated"]["completed_by"] == "truncated"
+    assert docs["complete"]["completed_by"] == "idle_timeout"
     acted = [e for e in daemon.events() if e.get("event") == "after_upload_done"]
     assert [e.get("stream_id") for e in acted] == [docs["complete"]["stream_id"]]
     assert daemon.stop() == 0
