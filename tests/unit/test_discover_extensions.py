@@ -34,6 +34,6 @@ def test_scan_finds_every_listed_extension(tmp_path: Path) -> None:
     for name in ("a.mp4", "b.MKV", "sub/c.ts", "d.mov", ".e.mkv"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    found = [p.relative_to(tmp_path).as_posix() for p in scan(tmp_path, EXTS)]
+    found = [p.relative_to(tmp_path).as_posix() for p in scan(tmp_path, extensions=EXTS)]
     assert found == ["a.mp4", "b.MKV", "sub/c.ts"]
     assert [p.name for p in scan(tmp_path)] == ["a.mp4"]
