@@ -281,7 +281,8 @@ def scan(
 
     Cost: one ``scandir`` per directory and no ``stat`` per plain file, no S3 request.
     Measured for 100,000 ``.mp4`` files in 1,110 nested directories (page cache warm, a
-    2-core VM): see README, "Discovery".
+    loaded 2-core VM): 0.6 s CPU, most of it building the Paths; :func:`scan_paths` 0.18 s
+    CPU and ~24 MiB transient RSS (0.3 % of a core at the default 60 s interval).
     """
     return [Path(f) for f in scan_paths(watch_dir, notices=notices, extensions=extensions)]
 

@@ -681,8 +681,9 @@ async def test_redis_refuses_unfenced_writes_to_a_leased_stream(redis_url: str) 
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
     async with (
         open_redis_store(redis_url, key_prefix=prefix) as owner,
-        open_redis_store(redis_url, key_prefix=prefix) as other,  # e.g. `cefmp4 upload`
-    ):
+        open_redis_store(redis_url, key_prefix=prefix,  # e.g. `cefmp4 upload`
+                         unfenced_writes="refuse_when_leased") as other,
+    ):  # fmt: skip
         token = await owner.acquire(7, "owner", ttl=30)
         assert token is not None
         owner.fence("s1", 7, token)
@@ -703,9 +704,41 @@ async def test_redis_refuses_unfenced_writes_to_a_leased_stream(redis_url: str) 
         await other.put_part("s1", make_part(2))  # nobody holds the lease now
 
 
+async def test_redis_writes_of_a_held_lease_are_fenced_before_fence_is_called(
+    redis_url: str,
+) -> None:
+    """A resume that writes before it binds the stream is fenced by the lease it holds:
+    once another owner took over, that write is refused rather than silently unfenced."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with (
+        open_redis_store(redis_url, key_prefix=prefix) as paused,
+        open_redis_store(redis_url, key_prefix=prefix) as newer,
+    ):
+        assert await paused.acquire(9, "paused", ttl=0.3) is not None
+        await paused.put_stream(make_stream("s9", inode=9))  # no fence() call: still fenced
+        await asyncio.sleep(0.5)  # its lease expires
+        assert await newer.acquire(9, "newer", ttl=30) is not None
+        await newer.put_part("s9", make_part(1))
+        with pytest.raises(LeaseLost):
+            await paused.put_stream(make_stream("s9", inode=9, state=StreamState.FAILED))
+        with pytest.raises(LeaseLost):
+            await paused.put_part("s9", make_part(2))
+        got = await newer.get_stream("s9")
+        assert got is not None
+        assert got.state is StreamState.ACTIVE
+
+
+async def test_redis_allow_mode_keeps_unfenced_writes_of_unleased_files(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:  # default: allow
+        await store.put_stream(make_stream("s1", inode=11))
+        await store.put_part("s1", make_part(1))
+        assert [p.part_number for p in await store.get_parts("s1")] == [1]
+
+
 async def test_redis_require_fence_refuses_every_unfenced_write(redis_url: str) -> None:
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
-    async with open_redis_store(redis_url, key_prefix=prefix, require_fence=True) as store:
+    async with open_redis_store(redis_url, key_prefix=prefix, unfenced_writes="refuse") as store:
         with pytest.raises(PermanentError, match="UNFENCED"):
             await store.put_stream(make_stream("s1", inode=8))
         token = await store.acquire(8, "me", ttl=30)
@@ -773,3 +806,14 @@ async def test_redis_every_error_is_mapped(tmp_path: Path) -> None:
         async with open_redis_store(right) as store:
             assert [r.stream_id for r in await store.list_streams()] == ["s2"]
             assert [q.stream_id for q in await store.list_quarantined()] == ["s1"]
+
+
+async def test_sqlite_unfinished_listing_uses_the_state_index(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path / "state") as store:
+        await store.put_stream(make_stream("s1"))
+        db = store.db_path
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM streams WHERE state IN ('active', 'finalizing')"
+        ).fetchall()
+    assert any("streams_state" in str(row) for row in plan), plan
