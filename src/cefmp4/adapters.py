@@ -55,4 +55,5 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         stream_timeout=settings.stream_timeout_seconds,
         poll_interval=settings.poll_interval_seconds,
         parts_in_flight=settings.upload_concurrency + 1,
+        extensions=settings.extensions,
     )

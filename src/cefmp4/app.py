@@ -25,6 +25,7 @@ from cefmp4.clock import Clock, SystemClock
 from cefmp4.discover import scan
 from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
+from cefmp4.feature_wiring import Features, open_features
 from cefmp4.housekeeping import sweep_forever
 from cefmp4.lease import LeaseKeeper, default_owner
 from cefmp4.metrics import Metrics
@@ -79,6 +80,7 @@ class App:
         self.ready = asyncio.Event()
         self.ctx: Context | None = None
         self.supervisor: StreamSupervisor | None = None
+        self.features = Features()  # writer signals, outbox (§2.14-§2.16)
         self._objects, self._checkpoints, self._prober = objects, checkpoints, prober
 
     # --- the daemon ------------------------------------------------------------------------
@@ -110,8 +112,9 @@ class App:
             grace = settings.abort_orphan_uploads_after_hours * 3600
             interval = min(3600.0, grace / 2)
             self.tasks.start("sweeper", lambda: sweep_forever(ctx, grace, interval))
-        watch_dir = ctx.config.watch_dir
-        files = await self._until(stop, asyncio.to_thread(scan, watch_dir))
+        watch_dir, exts = ctx.config.watch_dir, ctx.config.extensions
+        self.features.start(self.tasks, watch_dir, self.metrics)
+        files = await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts))
         if not supervisor.ownership.shared:
             supervisor.resume_unfinished(files)
         # Imported here: watchfiles is for the daemon only (start-up of `upload`).
@@ -126,7 +129,7 @@ class App:
         # The watcher registers its inotify watches on its first step; a file that
         # appeared between the scan and then would be missed, so look once more.
         await self._until(stop, self.clock.sleep(0.2))
-        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir)):
+        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts)):
             supervisor.on_path(path)
         self.ready.set()
         log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
@@ -166,7 +169,9 @@ class App:
             assert supervisor is not None
             try:
                 if files is None:
-                    paths = await asyncio.to_thread(scan, ctx.config.watch_dir)
+                    paths = await asyncio.to_thread(
+                        scan, ctx.config.watch_dir, extensions=ctx.config.extensions
+                    )
                     supervisor.resume_unfinished(paths)
                     for path in paths:
                         supervisor.on_path(path)
@@ -177,6 +182,7 @@ class App:
                 if on_start is not None:
                     on_start(self)
                 await supervisor.wait_idle()
+                await self.features.deliver_pending()
                 return {path: await self._completed(ctx, path) for path in paths}
             finally:
                 await self.shutdown()
@@ -220,6 +226,12 @@ class App:
                 stop, stack.enter_async_context(open_checkpoints(settings))
             )
         ownership = self._ownership(checkpoints)
+        failpoints = Failpoints(settings.cefmp4_failpoints)
+        self.features = await open_features(
+            settings, objects, checkpoints, clock=self.clock, failpoints=failpoints,
+            metrics=self.metrics, daemon=daemon, owner=settings.instance_id or default_owner(),
+            stack=stack,
+        )
         ctx = Context(
             config=pipeline_config(settings),
             objects=objects,
@@ -231,8 +243,9 @@ class App:
             upload_slots=asyncio.Semaphore(settings.upload_concurrency),
             clock=self.clock,
             readiness=self.readiness,
-            failpoints=Failpoints(settings.cefmp4_failpoints),
+            failpoints=failpoints,
             guard=ownership.guard(),
+            **self.features.context_fields(),
         )
         self.ctx = ctx
         if daemon and settings.prom_port:

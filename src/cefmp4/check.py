@@ -26,6 +26,7 @@ from cefmp4.keys import new_stream_id
 from cefmp4.probe import FfprobeProber
 from cefmp4.settings import Settings, check_watch_dir
 from cefmp4.storage.s3 import S3ObjectStore
+from cefmp4.writers import probe_signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,40 @@ def _check_watch_dir(settings: Settings, *, fix: bool) -> CheckResult:
     return CheckResult("watch dir", True, f"{path.resolve()}{done}")
 
 
+def _check_writer_signals(settings: Settings) -> CheckResult:
+    """Which writer signals this deployment has (§2.14); informational unless a setting
+    that needs one has none at all."""
+    report = probe_signals()
+    detail = "; ".join(report.lines)
+    if settings.complete_on_close_seconds is not None and report.close_events is not None:
+        return CheckResult(
+            "writer signals", False, detail,
+            "COMPLETE_ON_CLOSE_SECONDS needs inotify (Linux); unset it or run on Linux",
+        )
+    if settings.hold_while_open and report.open_writers is not None and (
+        "not mounted" in report.open_writers
+    ):
+        return CheckResult(
+            "writer signals", False, detail, "HOLD_WHILE_OPEN needs /proc; unset it or mount /proc"
+        )
+    return CheckResult("writer signals", True, detail)
+
+
+def _check_after_upload(settings: Settings) -> CheckResult | None:
+    if settings.after_upload != "move" or settings.after_upload_dir is None:
+        return None
+    target = settings.after_upload_dir.absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return CheckResult(
+            "after-upload dir", False, f"AFTER_UPLOAD_DIR: {existing} is not a writable directory",
+            "point AFTER_UPLOAD_DIR at a directory cefmp4 may create and write",
+        )
+    return CheckResult("after-upload dir", True, f"move to {target}")
+
+
 def _fix_state_dir(settings: Settings) -> None:
     """--fix: the embedded store's directory, so the check below sees it."""
     if settings.redis_url.get_secret_value():
@@ -176,6 +211,10 @@ async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResu
         lambda: _check_ffprobe(settings),
     ]
     results = [_check_watch_dir(settings, fix=fix)]
+    results.append(await asyncio.to_thread(_check_writer_signals, settings))
+    after = _check_after_upload(settings)
+    if after is not None:
+        results.append(after)
     for outcome in await asyncio.gather(*(probe() for probe in probes)):
         results.extend(outcome if isinstance(outcome, list) else [outcome])
     return results

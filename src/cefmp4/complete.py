@@ -12,6 +12,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.containers import content_type
 from cefmp4.errors import UploadNotFound
 from cefmp4.hashing import multipart_etag
 from cefmp4.pipeline import Context
@@ -68,8 +69,8 @@ async def put_empty(ctx: Context, record: StreamRecord) -> None:
     """An empty recording: S3 has no empty multipart object, so write it directly."""
     if record.upload_id is not None:
         await abort_quietly(ctx, record.key, record.upload_id)
-    key = record.key
-    await ctx.retry("put_object", lambda: ctx.objects.put_object(key, b"", "video/mp4"))
+    key, ctype = record.key, content_type(record.rel_path)
+    await ctx.retry("put_object", lambda: ctx.objects.put_object(key, b"", ctype))
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 Three layers, cheapest first:
 
-* :func:`is_candidate` looks at the name only (``*.mp4`` in any case, no hidden part,
+* :func:`is_candidate` looks at the name only (WATCH_EXTENSIONS in any case, no hidden part,
   inside the watch dir). It runs on every raw event, so it touches no disk.
 * :func:`check_file` asks the file system whether a candidate is something to upload: a
   regular file, or a symlink whose target is a regular file inside the watch dir.
@@ -26,11 +26,13 @@ import structlog
 import watchfiles
 
 from cefmp4 import logs
+from cefmp4.containers import DEFAULT_EXTENSIONS, has_extension
 from cefmp4.readiness import Readiness
 
 log = structlog.get_logger(__name__)
 
 MP4_SUFFIX = ".mp4"
+Exts = tuple[str, ...]  # WATCH_EXTENSIONS, lower-case (cefmp4.containers.parse_extensions)
 
 # Recorders append continuously; the watcher hands over a batch once no event arrived for
 # ``step_ms`` or ``debounce_ms`` passed, so new bytes are seen within ~0.1 s.
@@ -53,21 +55,23 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def is_candidate_name(name: str) -> bool:
-    """Whether a file name (one component) is named like a recording: ``*.mp4`` in any
-    case, not hidden. The per-file test of a scan, so it is string work only."""
-    return len(name) > len(MP4_SUFFIX) and name[-len(MP4_SUFFIX) :].lower() == MP4_SUFFIX \
-        and not _is_hidden(name)
+def is_candidate_name(name: str, extensions: Exts = DEFAULT_EXTENSIONS) -> bool:
+    """Whether a file name (one component) is named like a recording: one of
+    ``extensions`` (WATCH_EXTENSIONS, lower-case) in any case, not hidden. The per-file
+    test of a scan, so it is string work only."""
+    return has_extension(name, extensions) and not _is_hidden(name)
 
 
-def is_candidate(path: Path, watch_dir: Path) -> bool:
+def is_candidate(
+    path: Path, watch_dir: Path, extensions: Exts = DEFAULT_EXTENSIONS
+) -> bool:
     """Whether ``path`` is named like a recording we upload. Pure: no file-system access.
 
     Accepts ``*.mp4`` in any case, inside ``watch_dir``, with no hidden component below
     ``watch_dir`` (hidden files are recorders' temporaries; hidden dirs are tool state).
     Both paths are compared as given, so pass them in the same form (both absolute).
     """
-    if not is_candidate_name(path.name):
+    if not is_candidate_name(path.name, extensions):
         return False
     try:
         parts = path.relative_to(watch_dir).parts
@@ -206,7 +210,7 @@ NOT_REGULAR = "not a regular file (fifo, socket or device): never opened"
 
 def _walk(
     top: Path, watch_dir: Path, notices: Notices, unreadable: set[str] | None = None,
-    directories: list[Path] | None = None,
+    directories: list[Path] | None = None, *, extensions: Exts = DEFAULT_EXTENSIONS,
 ) -> Iterator[str]:  # fmt: skip
     """Candidate files under ``top`` (a directory inside ``watch_dir``), in no order, as
     strings (a Path per file would be most of the cost of a large tree).
@@ -236,7 +240,9 @@ def _walk(
                             stack.append(Path(entry.path))
                         else:
                             notices.skip(entry.path, NOT_UTF8)
-                    elif is_candidate_name(entry.name) and _is_file(entry, watch_dir, notices):
+                    elif is_candidate_name(entry.name, extensions) and _is_file(
+                        entry, watch_dir, notices
+                    ):
                         yield entry.path
         except PermissionError:
             if unreadable is not None:
@@ -261,7 +267,9 @@ def _is_file(entry: os.DirEntry[str], watch_dir: Path, notices: Notices) -> bool
     return False
 
 
-def scan(watch_dir: Path, *, notices: Notices | None = None) -> list[Path]:
+def scan(
+    watch_dir: Path, *, notices: Notices | None = None, extensions: Exts = DEFAULT_EXTENSIONS
+) -> list[Path]:
     """Every candidate file under ``watch_dir`` that :func:`check_file` accepts, sorted.
 
     Blocking: from async code, run it with ``asyncio.to_thread(scan, watch_dir)``. A file
@@ -276,26 +284,35 @@ def scan(watch_dir: Path, *, notices: Notices | None = None) -> list[Path]:
     loaded 2-core VM): 0.6 s CPU, most of it building the Paths; :func:`scan_paths` 0.18 s
     CPU and ~24 MiB transient RSS (0.3 % of a core at the default 60 s interval).
     """
-    return [Path(file) for file in scan_paths(watch_dir, notices=notices)]
+    return [Path(f) for f in scan_paths(watch_dir, notices=notices, extensions=extensions)]
 
 
-def scan_paths(watch_dir: Path, *, notices: Notices | None = None) -> list[str]:
+def scan_paths(
+    watch_dir: Path, *, notices: Notices | None = None, extensions: Exts = DEFAULT_EXTENSIONS
+) -> list[str]:
     """:func:`scan` as sorted strings: for the periodic rescan, which compares them with the
     paths it already knows and makes a Path of the new ones only (building 100,000 Paths
     costs twice as much as the walk itself)."""
-    return _scan(watch_dir, notices or NOTICES)[0]
+    return _scan(watch_dir, notices or NOTICES, extensions)[0]
 
 
-def _scan(watch_dir: Path, notices: Notices) -> tuple[list[str], list[Path]]:
+def _scan(
+    watch_dir: Path, notices: Notices, extensions: Exts = DEFAULT_EXTENSIONS
+) -> tuple[list[str], list[Path]]:
     """(files sorted, readable directories) of one full walk; updates ``notices``."""
     unreadable: set[str] = set()
     directories: list[Path] = []
-    files = sorted(_walk(watch_dir, watch_dir, notices, unreadable, directories))
+    files = sorted(
+        _walk(watch_dir, watch_dir, notices, unreadable, directories, extensions=extensions)
+    )
     notices.set_unreadable(unreadable)
     return files, directories
 
 
-def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
+def _wanted(
+    change: watchfiles.Change, raw_path: str, watch_dir: Path,
+    extensions: Exts = DEFAULT_EXTENSIONS,
+) -> bool:
     """The watchfiles filter: candidates, plus directories that just appeared.
 
     A directory created or moved into the tree may already hold recordings whose own
@@ -305,7 +322,7 @@ def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
     next to the recordings are dropped without touching the disk.
     """
     path = Path(raw_path)
-    if is_candidate(path, watch_dir):
+    if is_candidate(path, watch_dir, extensions):
         return True
     if change != watchfiles.Change.added:
         return False
@@ -321,19 +338,21 @@ def _wanted(change: watchfiles.Change, raw_path: str, watch_dir: Path) -> bool:
         return False
 
 
-def _nominate(raw_path: str, watch_dir: Path, notices: Notices) -> list[Path]:
+def _nominate(
+    raw_path: str, watch_dir: Path, notices: Notices, extensions: Exts = DEFAULT_EXTENSIONS
+) -> list[Path]:
     """The paths one filtered event stands for (re-checked now, not as the event said)."""
     path = Path(raw_path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         # Gone (deleted, renamed away): still news for the stream that follows it.
-        return [path] if is_candidate(path, watch_dir) else []
+        return [path] if is_candidate(path, watch_dir, extensions) else []
     except OSError:
         return []
     if stat.S_ISDIR(st.st_mode):
-        return [Path(file) for file in _walk(path, watch_dir, notices)]
-    if not is_candidate(path, watch_dir):
+        return [Path(file) for file in _walk(path, watch_dir, notices, extensions=extensions)]
+    if not is_candidate(path, watch_dir, extensions):
         return []
     if check_file(path, watch_dir) is not None:
         return [path]
@@ -343,11 +362,12 @@ def _nominate(raw_path: str, watch_dir: Path, notices: Notices) -> list[Path]:
 
 
 def _nominate_all(
-    changes: set[tuple[watchfiles.Change, str]], watch_dir: Path, notices: Notices
+    changes: set[tuple[watchfiles.Change, str]], watch_dir: Path, notices: Notices,
+    extensions: Exts = DEFAULT_EXTENSIONS,
 ) -> set[Path]:
     nominated: set[Path] = set()
     for _change, raw_path in changes:
-        nominated.update(_nominate(raw_path, watch_dir, notices))
+        nominated.update(_nominate(raw_path, watch_dir, notices, extensions))
     return nominated
 
 
@@ -369,12 +389,14 @@ class _Stop:
         self._set = True
 
 
-def _watch_roots(watch_dir: Path, notices: Notices) -> tuple[list[str], list[Path]]:
+def _watch_roots(
+    watch_dir: Path, notices: Notices, extensions: Exts = DEFAULT_EXTENSIONS
+) -> tuple[list[str], list[Path]]:
     """(files now, roots to watch). The inotify backend adds its recursive watches in one
     walk that gives up at the first directory it may not read (EACCES), leaving the
     directories after it unwatched; so with unreadable directories about, every readable
     directory is a root of its own (a directory watched twice is one watch)."""
-    files, directories = _scan(watch_dir, notices)
+    files, directories = _scan(watch_dir, notices, extensions)
     if os.fspath(watch_dir) in notices.unreadable:
         # watchfiles ignores a root it cannot watch (ignore_permission_denied covers every
         # error), which would be a watcher that silently sees nothing.
@@ -394,6 +416,7 @@ async def watch(
     notices: Notices | None = None,
     max_restart_delay: float = MAX_RESTART_DELAY,
     readiness: Readiness | None = None,
+    extensions: Exts = DEFAULT_EXTENSIONS,
 ) -> AsyncIterator[set[Path]]:
     """Yield sets of candidate paths that changed under ``watch_dir`` until ``stop_event``.
 
@@ -426,7 +449,7 @@ async def watch(
     while not stop_event.is_set():
         started = time.monotonic()
         try:
-            files, roots = await asyncio.to_thread(_watch_roots, watch_dir, notices)
+            files, roots = await asyncio.to_thread(_watch_roots, watch_dir, notices, extensions)
             if readiness is not None:
                 readiness.ok(WATCHER)
             if restarted and files:
@@ -434,6 +457,7 @@ async def watch(
             async for nominated in _watch_once(
                 watch_dir, roots, _Stop(stop_event, notices), notices,
                 force_polling=force_polling, debounce_ms=debounce_ms, step_ms=step_ms,
+                extensions=extensions,
             ):  # fmt: skip
                 yield nominated
         except Exception as caught:  # watchfiles raises its own and OS errors; none may end us
@@ -468,12 +492,12 @@ def _leaf(exc: BaseException) -> BaseException:
 
 async def _watch_once(
     watch_dir: Path, roots: list[Path], stop: _Stop, notices: Notices, *,
-    force_polling: bool, debounce_ms: int, step_ms: int,
+    force_polling: bool, debounce_ms: int, step_ms: int, extensions: tuple[str, ...],
 ) -> AsyncIterator[set[Path]]:  # fmt: skip
     """One watchfiles watcher on ``roots`` until ``stop`` is set or it fails."""
 
     def watch_filter(change: watchfiles.Change, raw_path: str) -> bool:
-        return _wanted(change, raw_path, watch_dir)
+        return _wanted(change, raw_path, watch_dir, extensions)
 
     changes_iter = watchfiles.awatch(
         *roots,
@@ -490,6 +514,8 @@ async def _watch_once(
     async with contextlib.aclosing(changes_iter):
         async for changes in changes_iter:
             # Off the event loop: a directory moved in may hold thousands of files to walk.
-            nominated = await asyncio.to_thread(_nominate_all, changes, watch_dir, notices)
+            nominated = await asyncio.to_thread(
+                _nominate_all, changes, watch_dir, notices, extensions
+            )
             if nominated:
                 yield nominated

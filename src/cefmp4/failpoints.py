@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
-POINTS = frozenset({"after_create", "after_upload_part", "after_complete", "after_metadata"})
+POINTS = frozenset({
+    "after_create", "after_upload_part", "after_complete", "after_metadata",
+    # after-upload actions (cefmp4.after_upload): completion + intent written, the source
+    # renamed to its hidden name (delete), placed in the target (move), removed.
+    "after_outbox", "after_upload_staged", "after_upload_copied", "after_upload_done",
+})
 CRASH_EXIT_STATUS = 86
 
 

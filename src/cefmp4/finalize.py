@@ -24,6 +24,7 @@ from cefmp4.complete import (
     put_empty,
     sha256_of_object,
 )
+from cefmp4.completion import CompletedBy
 from cefmp4.errors import ObjectExists, UploadNotFound
 from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
@@ -50,6 +51,15 @@ class TruncatedNow(Exception):
 def _check_not_truncated(worker: StreamWorker) -> None:
     if truncated(os.fstat(worker.fd), worker.up.uploaded_extent()):
         raise TruncatedNow
+
+
+def completed_by(status: str, judged: CompletedBy | None) -> str:
+    """Metadata ``completed_by``: what ended the stream (SPEC §1.4)."""
+    if status == TRUNCATED:
+        return CompletedBy.TRUNCATED.value
+    if status == SOURCE_DELETED:
+        return CompletedBy.SOURCE_DELETED.value
+    return (judged or CompletedBy.IDLE_TIMEOUT).value
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
@@ -84,6 +94,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         worker.record = replace(
             worker.record, state=StreamState.FINALIZING, status=status,
             completed_at=worker.record.completed_at or ctx.clock.time(),
+            completed_by=completed_by(status, worker.completed_by),
         )
         record = worker.record
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
@@ -143,7 +154,8 @@ async def finish_kept(
     status = record.status or SOURCE_DELETED
     if record.state is not StreamState.FINALIZING:
         record = replace(record, state=StreamState.FINALIZING, status=status,
-                         completed_at=record.completed_at or ctx.clock.time())
+                         completed_at=record.completed_at or ctx.clock.time(),
+                         completed_by=completed_by(status, None))
         await ctx.retry("checkpoint", _put(ctx, record))
     parts = contiguous({p.part_number: p for p in parts})
     if not parts:
@@ -248,9 +260,12 @@ async def publish(
     size = sum(p.size for p in parts)
     record = replace(record, final_size=size, final_mtime_ns=mtime_ns, sha256=sha256)
     await ctx.retry("checkpoint", _put(ctx, record))
+    # A record from before completed_by existed, or kept after a truncation: derive it.
+    if record.completed_by is None or status != COMPLETE:
+        record = replace(record, completed_by=completed_by(status, None))
     doc = build_metadata(
         record=record, parts=parts, probe=probe, status=status,
-        processed_at=ctx.clock.time(), extra=extra,
+        processed_at=ctx.clock.time(), extra={**extra, "completed_by": record.completed_by},
     )
     body = to_json_bytes(doc)
     meta_key = metadata_key(record.key)
@@ -261,7 +276,7 @@ async def publish(
     log.info(logs.METADATA_WRITTEN, key=meta_key, status=status)
     ctx.failpoints.hit("after_metadata")
     record = replace(record, state=StreamState.COMPLETED)
-    await ctx.retry("checkpoint", _put(ctx, record))
+    await _mark_completed(ctx, record, parts, body, status=status, meta_key=meta_key)
     ctx.metrics.streams_completed.inc()
     ctx.metrics.stream_duration.observe(
         max(0.0, (record.completed_at or ctx.clock.time()) - record.started_at)
@@ -271,6 +286,24 @@ async def publish(
         duration_s=probe.duration_seconds, sha256=sha256,
     )
     return record
+
+
+async def _mark_completed(
+    ctx: Context, record: StreamRecord, parts: list[PartRecord], body: bytes, *, status: str,
+    meta_key: str,
+) -> None:
+    """Mark the stream completed and, in the same store write, record its notifications
+    and after-upload intent (§2.15, §2.16): none is lost to a crash after this."""
+    outbox = ctx.outbox
+    items = [] if outbox is None else ctx.completion_outbox.items(
+        record, parts, body, status=status, metadata_key=meta_key)
+    if outbox is None or not items:
+        await ctx.retry("checkpoint", _put(ctx, record))
+        return
+    created = ctx.clock.time()
+    await ctx.retry("checkpoint", lambda: outbox.put_stream_with_outbox(record, items, created))
+    ctx.failpoints.hit("after_outbox")
+    ctx.outbox_poke()
 
 
 async def _probe(ctx: Context, fd: int, path: str) -> ProbeResult:

@@ -19,7 +19,8 @@ log = structlog.get_logger("cefmp4.intake")
 async def watch_forever(
     supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event, polling: bool
 ) -> None:
-    async for changes in watch(watch_dir, stop, force_polling=polling):
+    exts = supervisor.ctx.config.extensions
+    async for changes in watch(watch_dir, stop, force_polling=polling, extensions=exts):
         for path in changes:
             supervisor.on_path(path)
 
@@ -29,7 +30,9 @@ async def rescan_forever(supervisor: StreamSupervisor, watch_dir: Path, every: f
     while True:
         await clock.sleep(every)
         began = clock.monotonic()
-        files = await asyncio.to_thread(scan, watch_dir)
+        files = await asyncio.to_thread(
+            scan, watch_dir, extensions=supervisor.ctx.config.extensions
+        )
         for path in files:
             supervisor.on_path(path)
         supervisor.retry_deferred()

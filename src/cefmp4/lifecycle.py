@@ -16,6 +16,7 @@ from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.containers import DEFAULT_EXTENSIONS
 from cefmp4.discover import scan
 from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
 from cefmp4.finalize import finalize, finish_kept
@@ -177,10 +178,12 @@ def locate(watch_dir: Path, record: StreamRecord) -> Path | None:
     return None
 
 
-def scan_by_inode(watch_dir: Path) -> dict[int, Path]:
+def scan_by_inode(
+    watch_dir: Path, extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+) -> dict[int, Path]:
     """Blocking (a thread): every candidate file under ``watch_dir`` by inode."""
     found: dict[int, Path] = {}
-    for path in scan(watch_dir):
+    for path in scan(watch_dir, extensions=extensions):
         try:
             found[os.stat(path).st_ino] = path
         except OSError:

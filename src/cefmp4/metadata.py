@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 from cefmp4 import __version__
 from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.containers import content_type
 from cefmp4.hashing import CRC32C_PREFIX, is_md5_record
 from cefmp4.probe import ProbeResult
 
 CONTENT_TYPE = "application/json"
-VIDEO_CONTENT_TYPE = "video/mp4"
+VIDEO_CONTENT_TYPE = "video/mp4"  # of .mp4; others follow cefmp4.containers
 
 # Fields the contract requires; ``extra`` may add fields but never replace these.
 REQUIRED_FIELDS = frozenset({
@@ -61,7 +62,7 @@ def build_metadata(
         "relative_path": record.rel_path,
         "s3_bucket": record.bucket,
         "s3_key": record.key,
-        "content_type": VIDEO_CONTENT_TYPE,
+        "content_type": content_type(record.rel_path),
         "status": status,
         "total_size_bytes": total,
         "sha256": record.sha256,

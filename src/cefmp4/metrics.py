@@ -138,6 +138,24 @@ class Metrics:
             buckets=CHUNK_UPLOAD_BUCKETS,
             registry=r,
         )
+        # Writer-aware completion, after-upload actions, notifications (SPEC §2.14-§2.16).
+        self.notifications_pending = Gauge(
+            "notifications_pending", "Notifications recorded but not delivered yet.", registry=r
+        )
+        self.notifications_failed = Counter(
+            "notifications_failed_total",
+            "Failed notification delivery attempts, webhook and Redis (each retry counts).",
+            registry=r,
+        )
+        self.after_upload_failed = Counter(
+            "after_upload_failed_total",
+            "After-upload actions (delete/move) that failed or were refused (file kept).",
+            registry=r,
+        )
+        self.watch_dir_free_bytes = Gauge(
+            "watch_dir_free_bytes", "Free bytes on the watch directory's file system.",
+            registry=r,
+        )
         # Every label value exists from the start, at 0, so rate() and alerts see the
         # series before the first failure.
         for op in OPERATIONS:

@@ -11,11 +11,15 @@ from typing import TypeVar
 import structlog
 
 from cefmp4 import logs
+from cefmp4.after_upload import CompletionOutbox
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord
 from cefmp4.clock import Clock, SystemClock
+from cefmp4.completion import CompletionPolicy
+from cefmp4.containers import DEFAULT_EXTENSIONS
 from cefmp4.failpoints import Failpoints
 from cefmp4.metrics import Metrics
+from cefmp4.outbox import Outbox
 from cefmp4.probe import Prober
 from cefmp4.readiness import Readiness
 from cefmp4.retry import Backoff, retry_transient
@@ -44,6 +48,7 @@ class PipelineConfig:
     # sent again by the verification if the object needs them): never an unbounded wait.
     drain_timeout: float = 120.0
     backoff: Backoff = field(default_factory=Backoff)
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # WATCH_EXTENSIONS (§2.17)
 
 
 def component_of(operation: str) -> str:
@@ -69,6 +74,15 @@ class Context:
     # Called before an irreversible step of a stream (Complete); raises LeaseLost when this
     # instance no longer owns it (scale-out). None: a single instance owns everything.
     guard: Guard | None = None
+    # Writer-aware completion (§2.14); None: the idle timeout alone decides.
+    writers: CompletionPolicy | None = None
+    # Post-completion work recorded with the completion (§2.15, §2.16): what to record,
+    # where (the checkpoint store's outbox), and who to tell that it is there.
+    completion_outbox: CompletionOutbox = field(default_factory=CompletionOutbox)
+    outbox: Outbox | None = None
+    outbox_poke: Callable[[], None] = field(default=lambda: None)
+    # Burst mode (``cefmp4 upload``): streams end because the command said so.
+    upload_command: bool = False
 
     async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` until it succeeds or fails permanently; transient errors never end it.

@@ -23,9 +23,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from cefmp4.errors import ConfigError
+from cefmp4.feature_settings import (  # features block
+    FEATURE_SECRETS,
+    FeatureSettings,
+    move_target_problem,
+)
 from cefmp4.logs import redact
 from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 
@@ -58,7 +63,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
 
 
-class Settings(BaseSettings):
+class Settings(FeatureSettings):  # features block: was BaseSettings
     """Every setting of cefmp4. Field names upper-cased are the environment variables."""
 
     model_config = SettingsConfigDict(
@@ -382,6 +387,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    # --- features (#12): the recorder settings are in FeatureSettings (feature_settings.py);
+    # this cross-field check needs WATCH_DIR and REDIS_URL from here.
+    @model_validator(mode="after")
+    def _features(self) -> Settings:
+        if self.after_upload == "move":
+            if self.after_upload_dir is None:
+                raise ValueError("AFTER_UPLOAD_DIR: must be set when AFTER_UPLOAD=move")
+            problem = move_target_problem(self.after_upload_dir, self.watch_dir)
+            if problem:
+                raise ValueError(f"AFTER_UPLOAD_DIR: {problem}")
+        if self.notify_redis_stream and not self.redis_url.get_secret_value():
+            raise ValueError(
+                "NOTIFY_REDIS_STREAM: needs REDIS_URL (the stream lives in that Redis)"
+            )
+        return self
+
+    # --- end of the features block --------------------------------------------------------
+
     @property
     def part_size_bytes(self) -> int:
         return self.chunk_size_mb * MIB
@@ -460,7 +483,7 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
-_SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"}
+_SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"} | FEATURE_SECRETS
 
 # --- secrets from files (see Settings._read_secret_files) -----------------------------------
 # secret field -> the field naming the file it can be read from

@@ -17,6 +17,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.completion import CompletedBy, StreamWriters, Verdict
 from cefmp4.identity import Fingerprint, fingerprint, truncated
 from cefmp4.pipeline import Context
 from cefmp4.upload import Uploader
@@ -103,6 +104,7 @@ class StreamWorker:
             fd, self.up.schedule, ctx.clock, record.stream_id, lambda: needs_md5(self.up.parts)
         )
         self.lease_lost = False  # another instance took the stream over (scale-out)
+        self.completed_by: CompletedBy | None = None  # set when follow() judges it complete
 
     # --- observation ---------------------------------------------------------------------
 
@@ -139,6 +141,29 @@ class StreamWorker:
 
     async def follow(self) -> Outcome:
         """Upload full parts while the file grows; return why following stopped."""
+        policy = self.ctx.writers
+        if policy is None or not policy.enabled:
+            return await self._follow(None)
+        ident = (self.record.device, self.record.inode)
+        writers = policy.track(ident, self.record.path, self.wake.set)
+        try:
+            return await self._follow(writers)
+        finally:
+            policy.untrack(writers)
+
+    async def _judge(self, writers: StreamWriters | None, idle_for: float) -> Verdict:
+        """Whether the stream is complete now, and what completed it (§2.14)."""
+        policy = self.ctx.writers
+        if writers is None or policy is None:
+            if idle_for < self.timeout:
+                return Verdict(None)
+            by = CompletedBy.UPLOAD_COMMAND if self.ctx.upload_command else CompletedBy.IDLE_TIMEOUT
+            return Verdict(by)
+        fp = (self.growth.size, self.growth.mtime_ns)
+        return await policy.decide(writers, fingerprint=fp, idle_for=idle_for,
+                                   timeout=self.timeout)
+
+    async def _follow(self, writers: StreamWriters | None) -> Outcome:
         while True:
             st = os.fstat(self.fd)
             extent = self.up.uploaded_extent()
@@ -152,13 +177,20 @@ class StreamWorker:
                 return Outcome.SHUTDOWN
             self._start_ready_parts()
             idle_for = self.growth.idle_for()
-            if idle_for >= self.timeout:
-                log.info(logs.STREAM_IDLE, idle_s=round(idle_for, 2), size=self.growth.size)
+            verdict = await self._judge(writers, idle_for)
+            if verdict.complete is not None:
+                self.completed_by = verdict.complete
+                log.info(logs.STREAM_IDLE, idle_s=round(idle_for, 2), size=self.growth.size,
+                         completed_by=verdict.complete.value)
                 return Outcome.IDLE
             if not self.up.inflight():
                 self.predigest.maybe_start(idle_for, self.timeout, self.quiet_since_start(st))
             self.wake.clear()
-            wait = min(self.ctx.config.poll_interval, self.timeout - idle_for)
+            wait = self.ctx.config.poll_interval
+            if idle_for < self.timeout:
+                wait = min(wait, self.timeout - idle_for)
+            if verdict.recheck_in is not None:
+                wait = min(wait, max(0.01, verdict.recheck_in))
             await self.ctx.clock.wait(self.wake, wait)
 
     def _start_ready_parts(self) -> None:

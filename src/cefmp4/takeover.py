@@ -39,7 +39,9 @@ async def takeover_once(supervisor: StreamSupervisor) -> None:
         if path is None:
             # Renamed while nobody watched? Look for the inode before calling it gone.
             if scanned is None:
-                scanned = await asyncio.to_thread(scan_by_inode, ctx.config.watch_dir)
+                scanned = await asyncio.to_thread(
+                    scan_by_inode, ctx.config.watch_dir, ctx.config.extensions
+                )
             path = scanned.get(record.inode)
         ident = (record.device, record.inode)
         if path is not None:

@@ -16,6 +16,7 @@ from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.clock import wait_tasks
 from cefmp4.complete import existing_object
+from cefmp4.containers import content_type
 from cefmp4.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
 from cefmp4.hashing import PartDigest
 from cefmp4.parts import PartSchedule, contiguous
@@ -147,8 +148,9 @@ class Uploader:
                 return self.record.upload_id
             ctx = self.ctx
             key = self.record.key
+            ctype = content_type(self.record.rel_path)
             upload_id = await ctx.retry(
-                "create", lambda: ctx.objects.create_multipart(key, "video/mp4")
+                "create", lambda: ctx.objects.create_multipart(key, ctype)
             )
             ctx.failpoints.hit("after_create")
             self.record = replace(self.record, upload_id=upload_id)

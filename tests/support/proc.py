@@ -46,6 +46,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
             value = value.get_secret_value()
         if isinstance(value, bool):
             value = "true" if value else "false"
+        if value is None:  # an optional setting that is off (e.g. COMPLETE_ON_CLOSE_SECONDS)
+            value = ""
         env[name.upper()] = str(value)
     env["LOG_FORMAT"] = "json"
     env.update(extra)

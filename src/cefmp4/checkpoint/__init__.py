@@ -68,6 +68,7 @@ class StreamRecord:
     final_mtime_ns: int | None = None  # mtime of the source when completed
     sha256: str | None = None
     error: str | None = None
+    completed_by: str | None = None  # what ended the stream (metadata ``completed_by``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "state": (StreamState, False), "started_at": (float, False),
     "last_activity_at": (float, False), "upload_id": (str, True), "status": (str, True),
     "completed_at": (float, True), "final_size": (int, True), "final_mtime_ns": (int, True),
-    "sha256": (str, True), "error": (str, True),
+    "sha256": (str, True), "error": (str, True), "completed_by": (str, True),
 }  # fmt: skip
 MAX_PARTS_LIMIT = 10_000
 

@@ -34,7 +34,7 @@ can touch a leased stream) or ``"refuse"`` (every write needs a token).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
 from typing import Any, Final, Literal
@@ -58,6 +58,7 @@ from cefmp4.checkpoint import (
     quarantined,
 )
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
+from cefmp4.outbox import OutboxItem
 
 __all__ = ["RedisCheckpointStore", "UnfencedWrites", "open_redis_store"]
 
@@ -69,7 +70,7 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "bucket": str, "key": str, "part_size": int, "max_parts": int, "state": StreamState,
     "started_at": float, "last_activity_at": float, "upload_id": str, "status": str,
     "completed_at": float, "final_size": int, "final_mtime_ns": int, "sha256": str,
-    "error": str,
+    "error": str, "completed_by": str,
 }  # fmt: skip
 assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
 
@@ -135,6 +136,50 @@ for i = 6, #KEYS - 1 do
 end
 redis.call('SADD', KEYS[4], ARGV[5])
 return 1
+"""
+
+# put_stream plus outbox items (cefmp4.outbox), atomically: _PUT_STREAM_LUA's writes, then
+# per item (sink, payload) its sink's sorted set and item hash, unless the item exists (a
+# redone completion keeps its place). KEYS stream hash, all-streams set, inode set, new
+# state's set, state-index marker, the NS state sets, the outbox sequence, per item its
+# sorted set and hash, fence; ARGV fence check (4), stream id, created_at, item count N,
+# NS, the items' (sink, payload), then the record's field/value pairs.
+_PUT_STREAM_OUTBOX_LUA = _FENCE_CHECK + """
+local n, ns = tonumber(ARGV[7]), tonumber(ARGV[8])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('SET', KEYS[5], '1')
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9 + 2 * n))
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[5])
+for i = 6, 5 + ns do
+    redis.call('SREM', KEYS[i], ARGV[5])
+end
+redis.call('SADD', KEYS[4], ARGV[5])
+for i = 1, n do
+    local zset, item = KEYS[5 + ns + 2 * i], KEYS[6 + ns + 2 * i]
+    if redis.call('EXISTS', item) == 0 then
+        local seq = redis.call('INCR', KEYS[6 + ns])
+        redis.call('HSET', item, 'sink', ARGV[7 + 2 * i], 'payload', ARGV[8 + 2 * i],
+                   'created_at', ARGV[6], 'seq', seq)
+        redis.call('ZADD', zset, seq, ARGV[5])
+    end
+end
+return 1
+"""
+
+# The one outbox dispatcher: KEYS claim; ARGV owner, ttl in ms. Renew if ours, else take
+# it if free.
+_OUTBOX_CLAIM_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+return 0
 """
 
 # KEYS stream hash, parts hash, fence; ARGV fence check (4).
@@ -333,10 +378,17 @@ class RedisCheckpointStore:
         self._renew_script = client.register_script(_RENEW_LUA)
         self._steal_script = client.register_script(_STEAL_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
+        self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
+        self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
         self._warned: set[str] = set()  # quarantined stream ids already warned about
         self._indexed = False  # the state sets are known to be complete
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The connection pool, shared with the NOTIFY_REDIS_STREAM sink."""
+        return self._client
 
     def __repr__(self) -> str:  # the client's repr would show host and port, never more
         return f"RedisCheckpointStore(key_prefix={self._prefix!r})"
@@ -617,6 +669,93 @@ class RedisCheckpointStore:
                       *self._state_keys(), fence_key],
                 args=[*check, stream_id, f"{self._prefix}inode:"],
             )  # fmt: skip
+
+    # --- the outbox (cefmp4.notify.Outbox) -----------------------------------------------
+    #   {p}outbox-seq              counter: completion order across sinks
+    #   {p}outbox:{sink}           sorted set: stream id -> seq, the pending items
+    #   {p}outbox-item:{sink}:{id} hash: sink, payload, created_at, seq (failed: error)
+
+    def _outbox_key(self, sink: str) -> str:
+        return f"{self._prefix}outbox:{sink}"
+
+    def _outbox_item_key(self, sink: str, stream_id: str) -> str:
+        return f"{self._prefix}outbox-item:{sink}:{stream_id}"
+
+    async def put_stream_with_outbox(
+        self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float
+    ) -> None:
+        fence_key, check = self._fence_args(record.stream_id, record.inode)
+        states = self._state_keys()
+        keys: list[str] = [
+            self._stream_key(record.stream_id), self._index, self._inode_key(record.inode),
+            self._state_key(record.state), self._index_marker, *states,
+            f"{self._prefix}outbox-seq",
+        ]
+        item_args: list[EncodableT] = []
+        for sink, payload in items:
+            keys += [self._outbox_key(sink), self._outbox_item_key(sink, record.stream_id)]
+            item_args += [sink, payload.decode()]  # UTF-8 JSON: the client decodes replies
+        flat: list[EncodableT] = []
+        for name, value in _encode_record(record).items():
+            flat += [name, value]
+        with _mapped_errors("put_stream"):
+            await self._put_outbox_script(
+                keys=[*keys, fence_key],
+                args=[*check, record.stream_id, repr(float(created_at)), len(items),
+                      len(states), *item_args, *flat],
+            )  # fmt: skip
+        if record.state in _UNFINISHED:
+            self._inodes[record.stream_id] = record.inode
+        else:
+            self._inodes.pop(record.stream_id, None)
+
+    async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        with _mapped_errors("outbox_pending"):
+            members = await self._client.zrange(self._outbox_key(sink), 0, max(0, limit - 1))
+            ids = [_text(m) for m in members if isinstance(m, str | bytes)]
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream_id in ids:
+                    pipe.hgetall(self._outbox_item_key(sink, stream_id))
+                raws = [_text_dict(raw) for raw in await pipe.execute()]
+        out: list[OutboxItem] = []
+        for stream_id, raw in zip(ids, raws, strict=True):
+            if not raw or "payload" not in raw or "failed" in raw:
+                continue  # deleted by hand, or failed: never handed out again
+            out.append(OutboxItem(int(raw.get("seq", 0)), sink, stream_id,
+                                  raw["payload"].encode(), float(raw.get("created_at", 0))))
+        return out
+
+    async def outbox_done(self, sink: str, stream_id: str) -> None:
+        with _mapped_errors("outbox_done"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._outbox_key(sink), stream_id)
+                pipe.delete(self._outbox_item_key(sink, stream_id))
+                await pipe.execute()
+
+    async def outbox_failed(self, sink: str, stream_id: str, error: str) -> None:
+        with _mapped_errors("outbox_failed"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._outbox_key(sink), stream_id)
+                pipe.hset(self._outbox_item_key(sink, stream_id), "failed", error or "failed")
+                await pipe.execute()
+
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        with _mapped_errors("outbox_claim"):
+            ok = await self._outbox_claim_script(
+                keys=[f"{self._prefix}outbox-claim"], args=[owner, max(1, int(ttl * 1000))]
+            )
+        return bool(ok)
+
+    async def outbox_count(self, sinks: frozenset[str]) -> int:
+        if not sinks:
+            return 0
+        with _mapped_errors("outbox_count"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for sink in sorted(sinks):
+                    pipe.zcard(self._outbox_key(sink))
+                return sum(int(n) for n in await pipe.execute())
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""

@@ -17,7 +17,7 @@ import fcntl
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +37,7 @@ from cefmp4.checkpoint import (
     quarantined,
 )
 from cefmp4.errors import ConfigError, PermanentError, TransientError
+from cefmp4.outbox import OutboxItem
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
 
@@ -45,7 +46,8 @@ LOCK_NAME = "lock"
 
 # PRAGMA user_version of the schema below. A later release that changes the tables adds a
 # migration step in ``_migrate`` and bumps this; an older binary refuses a newer file.
-SCHEMA_VERSION = 1
+# 2: the outbox table (notifications and after-upload actions), streams.completed_by.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -67,7 +69,8 @@ CREATE TABLE IF NOT EXISTS streams (
     final_size       INTEGER,
     final_mtime_ns   INTEGER,
     sha256           TEXT,
-    error            TEXT
+    error            TEXT,
+    completed_by     TEXT
 );
 CREATE INDEX IF NOT EXISTS streams_identity ON streams (device, inode);
 CREATE INDEX IF NOT EXISTS streams_inode ON streams (inode);
@@ -84,12 +87,29 @@ CREATE TABLE IF NOT EXISTS parts (
 ) WITHOUT ROWID;
 """
 
+_V2_COLUMNS = "ALTER TABLE streams ADD COLUMN completed_by TEXT;"
+
+# Post-completion work (cefmp4.notify): one row per (sink, stream), written in the same
+# transaction that marks the stream completed; ``seq`` is the completion order.
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink       TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    failed     TEXT,
+    UNIQUE (sink, stream_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, failed, seq);
+"""
+
 # Column order of ``streams`` = StreamRecord field order (``key`` is ``object_key``: KEY is
 # an SQL keyword).
 _STREAM_COLUMNS = (
     "stream_id", "path", "rel_path", "device", "inode", "bucket", "object_key", "part_size",
     "max_parts", "state", "started_at", "last_activity_at", "upload_id", "status",
-    "completed_at", "final_size", "final_mtime_ns", "sha256", "error",
+    "completed_at", "final_size", "final_mtime_ns", "sha256", "error", "completed_by",
 )  # fmt: skip
 _FIELDS = tuple("key" if c == "object_key" else c for c in _STREAM_COLUMNS)
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
@@ -167,7 +187,7 @@ def _record_to_row(r: StreamRecord) -> tuple[Any, ...]:
         r.part_size, r.max_parts, r.state.value, float(r.started_at),
         float(r.last_activity_at), r.upload_id, r.status,
         None if r.completed_at is None else float(r.completed_at), r.final_size,
-        r.final_mtime_ns, r.sha256, r.error,
+        r.final_mtime_ns, r.sha256, r.error, r.completed_by,
     )  # fmt: skip
 
 
@@ -329,6 +349,65 @@ class SqliteCheckpointStore:
             if with_stream:
                 conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
 
+    # -- the outbox (cefmp4.notify.Outbox) --------------------------------------------------
+
+    async def put_stream_with_outbox(
+        self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float
+    ) -> None:
+        """``put_stream`` and the record's outbox items in one transaction; an item that
+        already exists (a redone completion) keeps its place in the order."""
+        await self._run("put_stream", self._put_with_outbox_sync, _record_to_row(record),
+                        record.stream_id, list(items), float(created_at))  # fmt: skip
+
+    def _put_with_outbox_sync(self, row: tuple[Any, ...], stream_id: str,
+                              items: list[tuple[str, bytes]], created_at: float) -> None:
+        with self._transaction() as conn:
+            conn.execute(_UPSERT_STREAM, row)
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (sink, stream_id, payload, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                [(sink, stream_id, payload, created_at) for sink, payload in items],
+            )
+
+    async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        return await self._run("outbox_pending", self._outbox_pending_sync, sink, limit)
+
+    def _outbox_pending_sync(self, sink: str, limit: int) -> list[OutboxItem]:
+        rows = self._conn.execute(
+            "SELECT seq, sink, stream_id, payload, created_at FROM outbox "
+            "WHERE sink = ? AND failed IS NULL ORDER BY seq LIMIT ?", (sink, limit),
+        )
+        return [OutboxItem(seq, sk, sid, bytes(payload), at) for seq, sk, sid, payload, at in rows]
+
+    async def outbox_done(self, sink: str, stream_id: str) -> None:
+        await self._run("outbox_done", self._outbox_write_sync,
+                        "DELETE FROM outbox WHERE sink = ? AND stream_id = ?", (sink, stream_id))
+
+    async def outbox_failed(self, sink: str, stream_id: str, error: str) -> None:
+        await self._run("outbox_failed", self._outbox_write_sync,
+                        "UPDATE outbox SET failed = ? WHERE sink = ? AND stream_id = ?",
+                        (error or "failed", sink, stream_id))  # fmt: skip
+
+    def _outbox_write_sync(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._transaction() as conn:
+            conn.execute(sql, args)
+
+    async def outbox_claim(self, owner: str, ttl: float) -> bool:
+        """Always this process's: the state directory's lock admits one instance."""
+        return True
+
+    async def outbox_count(self, sinks: frozenset[str]) -> int:
+        return await self._run("outbox_count", self._outbox_count_sync, sorted(sinks))
+
+    def _outbox_count_sync(self, sinks: list[str]) -> int:
+        if not sinks:
+            return 0
+        marks = ", ".join("?" * len(sinks))
+        (count,) = self._conn.execute(
+            f"SELECT count(*) FROM outbox WHERE failed IS NULL AND sink IN ({marks})", sinks
+        ).fetchone()
+        return int(count)
+
     async def aclose(self) -> None:
         """Close the connection and stop the worker thread; safe to call twice."""
         if self._closed:
@@ -411,11 +490,12 @@ def _migrate(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> None:
         )
     if read_only:
         raise ConfigError("STATE_DIR", f"{db_path} is not initialised yet; run cefmp4 first")
-    # version 0: a new file. Later versions add ``if version < N:`` steps here.
+    # version 0: a new file; 1: before the outbox. Later versions add ``if version < N:``.
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Not executescript(): it COMMITs first, which would split the migration.
-        for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+        script = (_SCHEMA if version < 1 else _V2_COLUMNS) + _OUTBOX_SCHEMA
+        for statement in filter(None, (s.strip() for s in script.split(";"))):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")

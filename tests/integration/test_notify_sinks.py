@@ -1,0 +1,113 @@
+"""The webhook and Redis-stream sinks against a real aiohttp server and redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+import redis.asyncio
+
+from cefmp4.errors import PermanentError, TransientError
+from cefmp4.notify import RedisStreamSink, WebhookSink
+from cefmp4.outbox import OutboxItem
+from tests.support.proc import free_port
+from tests.support.webhook import WebhookReceiver
+
+BODY = json.dumps({"stream_id": "sid-1", "status": "complete"}).encode()
+ITEM = OutboxItem(1, "webhook", "sid-1", BODY, 0.0)
+
+
+async def test_post_carries_json_idempotency_key_and_signature() -> None:
+    async with WebhookReceiver() as rx, WebhookSink(rx.url, b"s3cret") as sink:
+        await sink.deliver(ITEM)
+        [got] = rx.received
+    assert got.body == BODY
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["Idempotency-Key"] == "sid-1"
+    want = "sha256=" + hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()
+    assert got.headers["X-Cefmp4-Signature"] == want
+
+
+async def test_no_secret_no_signature() -> None:
+    async with WebhookReceiver() as rx, WebhookSink(rx.url) as sink:
+        await sink.deliver(ITEM)
+    assert "X-Cefmp4-Signature" not in rx.received[0].headers
+
+
+@pytest.mark.parametrize(("status", "error"), [(500, TransientError), (503, TransientError),
+                                               (429, TransientError), (404, TransientError),
+                                               (400, PermanentError), (422, PermanentError)])
+async def test_http_errors_are_classified(status: int, error: type[Exception]) -> None:
+    async with WebhookReceiver(statuses=[status]) as rx, WebhookSink(rx.url) as sink:
+        with pytest.raises(error, match=str(status)):
+            await sink.deliver(ITEM)
+
+
+async def test_redirects_are_not_followed() -> None:
+    async with WebhookReceiver() as target, WebhookReceiver(redirect_to=target.url) as rx, \
+            WebhookSink(rx.url) as sink:
+        with pytest.raises(TransientError, match="307"):
+            await sink.deliver(ITEM)
+    assert not target.received
+
+
+async def test_receiver_down_is_transient_and_names_no_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook?token=tok3n"
+    async with WebhookSink(url, timeout=2) as sink:
+        with pytest.raises(TransientError) as err:
+            await sink.deliver(ITEM)
+    assert "tok3n" not in str(err.value)
+    assert "127.0.0.1" not in str(err.value)
+
+
+async def test_a_hanging_receiver_times_out() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def hang(_request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with WebhookSink(f"http://127.0.0.1:{port}/hook", timeout=0.5) as sink:
+            with pytest.raises(TransientError, match="Timeout"):
+                await sink.deliver(ITEM)
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_redis_stream_xadd(redis_url: str) -> None:
+    client = redis.asyncio.from_url(redis_url, decode_responses=True)
+    stream = f"test-notify-{free_port()}"
+    try:
+        await RedisStreamSink(client, stream).deliver(ITEM)
+        [(_id, fields)] = await client.xrange(stream)
+        assert fields == {"stream_id": "sid-1", "metadata": BODY.decode()}
+        await client.set(stream + "-str", "x")
+        with pytest.raises(TransientError, match="WRONGTYPE"):
+            await RedisStreamSink(client, stream + "-str").deliver(ITEM)
+    finally:
+        await client.delete(stream, stream + "-str")
+        await client.aclose()
+
+
+async def test_redis_down_is_transient() -> None:
+    client = redis.asyncio.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1,
+                                    socket_connect_timeout=1)
+    try:
+        with pytest.raises(TransientError):
+            await RedisStreamSink(client, "s").deliver(ITEM)
+    finally:
+        await client.aclose()

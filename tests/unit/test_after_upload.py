@@ -1,0 +1,314 @@
+"""AFTER_UPLOAD=delete|move: only a confirmed, unchanged file; idempotent after any crash."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from cefmp4.after_upload import AfterUploadSink, Intent, move_targets, staged_name
+from cefmp4.errors import PermanentError, TransientError
+from cefmp4.outbox import OutboxItem
+
+ETAG = "0123456789abcdef0123456789abcdef-2"
+
+
+@dataclass
+class Info:
+    size: int
+    etag: str
+
+
+class FakeHead:
+    def __init__(self) -> None:
+        self.objects: dict[str, Info] = {}
+        self.down = False
+
+    async def __call__(self, key: str) -> Info | None:
+        if self.down:
+            raise TransientError("s3 down")
+        return self.objects.get(key)
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(point: str):  # type: ignore[no-untyped-def]
+    def hit(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+    return hit
+
+
+def _setup(tmp_path: Path, action: str = "delete", target: Path | None = None) -> tuple[
+    Path, Intent, FakeHead
+]:
+    watch = tmp_path / "in"
+    (watch / "cam").mkdir(parents=True)
+    path = watch / "cam" / "rec.mp4"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    st = path.stat()
+    intent = Intent(
+        action=action, stream_id="sid1", status="complete", path=str(path), rel_path="cam/rec.mp4",
+        device=st.st_dev, inode=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
+        sha256=hashlib.sha256(data).hexdigest(), key="p/sid1/cam/rec.mp4", etag=ETAG,
+        metadata_key="p/sid1/cam/rec.mp4.metadata.json",
+        target_dir=str(target) if target else None,
+    )
+    head = FakeHead()
+    head.objects[intent.key] = Info(intent.size, f'"{ETAG}"')
+    head.objects[intent.metadata_key] = Info(100, '"abc"')
+    return path, intent, head
+
+
+def _item(intent: Intent) -> OutboxItem:
+    return OutboxItem(1, "after_upload", intent.stream_id, intent.to_json(), 0.0)
+
+
+async def test_delete_after_confirmation(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert not path.exists()
+    assert os.listdir(path.parent) == []  # no staged leftovers
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["no_object", "wrong_size", "wrong_etag", "no_metadata", "touched", "grown", "replaced",
+     "truncated_status", "source_deleted_status"],
+)
+async def test_delete_keeps_the_file_unless_everything_matches(
+    tmp_path: Path, breakage: str
+) -> None:
+    path, intent, head = _setup(tmp_path)
+    if breakage == "no_object":
+        del head.objects[intent.key]
+    elif breakage == "wrong_size":
+        head.objects[intent.key] = Info(intent.size - 1, ETAG)
+    elif breakage == "wrong_etag":
+        head.objects[intent.key] = Info(intent.size, "ffffffffffffffffffffffffffffffff-2")
+    elif breakage == "no_metadata":
+        del head.objects[intent.metadata_key]
+    elif breakage == "touched":
+        os.utime(path, ns=(intent.mtime_ns + 10**9, intent.mtime_ns + 10**9))
+    elif breakage == "grown":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    elif breakage == "replaced":
+        path.rename(path.with_name("old.mp4"))
+        path.write_bytes(b"x" * intent.size)
+        os.utime(path, ns=(intent.mtime_ns, intent.mtime_ns))
+    elif breakage == "truncated_status":
+        intent = replace(intent, status="truncated")
+    elif breakage == "source_deleted_status":
+        intent = replace(intent, status="source_deleted")
+    before = path.read_bytes()
+    with pytest.raises(PermanentError):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.read_bytes() == before
+    assert not staged_name(path, intent.stream_id).exists()
+
+
+async def test_delete_keeps_a_file_still_open_for_writing(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    with open(path, "ab"), pytest.raises(PermanentError, match="open for writing"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.exists()
+
+
+async def test_s3_outage_is_transient_and_keeps_the_file(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    head.down = True
+    with pytest.raises(TransientError):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.exists()
+
+
+@pytest.mark.parametrize("point", ["after_upload_staged", "after_upload_done"])
+async def test_delete_crash_at_each_step_converges(tmp_path: Path, point: str) -> None:
+    path, intent, head = _setup(tmp_path)
+    with pytest.raises(Crash):
+        await AfterUploadSink(head, hit=_crash_at(point)).deliver(_item(intent))
+    await AfterUploadSink(head).deliver(_item(intent))  # the redo after the restart
+    assert not path.exists()
+    assert not staged_name(path, intent.stream_id).exists()
+
+
+async def test_delete_puts_back_a_file_changed_while_staged(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+
+    def grow(name: str) -> None:
+        if name == "after_upload_staged":
+            with open(staged_name(path, intent.stream_id), "ab") as f:
+                f.write(b"late bytes")
+
+    with pytest.raises(PermanentError):
+        await AfterUploadSink(head, hit=grow).deliver(_item(intent))
+    assert path.read_bytes().endswith(b"late bytes")
+
+
+async def test_move_same_file_system(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    path, intent, head = _setup(tmp_path, "move", done)
+    data = path.read_bytes()
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert not path.exists()
+    assert (done / "cam" / "rec.mp4").read_bytes() == data
+
+
+async def test_move_never_overwrites_another_file(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    (done / "cam").mkdir(parents=True)
+    (done / "cam" / "rec.mp4").write_bytes(b"someone else's")
+    path, intent, head = _setup(tmp_path, "move", done)
+    data = path.read_bytes()
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert (done / "cam" / "rec.mp4").read_bytes() == b"someone else's"
+    assert move_targets(intent)[1].read_bytes() == data
+    assert not path.exists()
+
+
+def _other_fs() -> Path | None:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat("/tmp").st_dev:
+        return shm
+    return None
+
+
+@pytest.mark.parametrize("point", [None, "after_upload_copied", "after_upload_done"])
+async def test_move_across_file_systems_copies_and_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str | None
+) -> None:
+    other = _other_fs()
+    if other is None:
+        real_link = os.link
+
+        def no_cross_link(src: str, dst: str) -> None:
+            if ".partial" not in str(src):
+                raise OSError(errno.EXDEV, "cross-device link")
+            real_link(src, dst)
+
+        monkeypatch.setattr(os, "link", no_cross_link)
+        done = tmp_path / "done"
+    else:
+        done = other / f"cefmp4-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        path, intent, head = _setup(tmp_path, "move", done)
+        data = path.read_bytes()
+        if point is not None:
+            with pytest.raises(Crash):
+                await AfterUploadSink(head, hit=_crash_at(point)).deliver(_item(intent))
+            assert (done / "cam" / "rec.mp4").read_bytes() == data
+        await AfterUploadSink(head).deliver(_item(intent))
+        assert not path.exists()
+        assert (done / "cam" / "rec.mp4").read_bytes() == data
+        assert sorted(os.listdir(done / "cam")) == ["rec.mp4"]  # no partial copies left
+    finally:
+        if other is not None:
+            import shutil
+
+            shutil.rmtree(done, ignore_errors=True)
+
+
+async def test_move_refuses_a_copy_with_other_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, intent, head = _setup(tmp_path, "move", tmp_path / "done")
+    intent = replace(intent, sha256="0" * 64)
+
+    def no_link(*_a: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)  # force the copy path
+    with pytest.raises(PermanentError, match="SHA-256"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.exists()
+    assert not list((tmp_path / "done").rglob("*.mp4*"))
+
+
+def test_bad_intent_is_permanent() -> None:
+    with pytest.raises(PermanentError):
+        Intent.from_json(b"not json")
+    with pytest.raises(PermanentError):
+        Intent.from_json(b'{"action": "delete"}')
+
+
+def test_move_target_stays_inside_the_target_dir() -> None:
+    intent = Intent("move", "sid", "complete", "/in/x.mp4", "../../etc/x.mp4", 1, 2, 3, 4, "s",
+                    "k", None, "m", "/done")
+    first, fallback = move_targets(intent)
+    assert first == Path("/done/x.mp4")
+    assert fallback == Path("/done/x.sid.mp4")
+
+
+def _record(**kw: object):  # type: ignore[no-untyped-def]
+    from cefmp4.checkpoint import StreamRecord, StreamState
+
+    rec = StreamRecord(
+        stream_id="sid", path="/in/cam/a.mp4", rel_path="cam/a.mp4", device=1, inode=2,
+        bucket="b", key="p/sid/cam/a.mp4", part_size=5 << 20, max_parts=10_000,
+        state=StreamState.COMPLETED, started_at=1.0, last_activity_at=2.0, status="complete",
+        final_size=10, final_mtime_ns=123, sha256="ab" * 32,
+    )
+    return replace(rec, **kw)
+
+
+def test_completion_outbox_items() -> None:
+    from cefmp4.after_upload import CompletionOutbox
+    from cefmp4.checkpoint import PartRecord
+    from cefmp4.hashing import multipart_etag
+
+    # The object's ETag is built from the parts' ETags (S3's MD5s), whatever digest cefmp4
+    # recorded for its own verification.
+    parts = [PartRecord(1, 0, 10, "a" * 32, "crc32c:0badcafe", 1.0)]
+    keep = CompletionOutbox(("webhook", "redis"))
+    assert keep.items(_record(), parts, b"{doc}", status="complete", metadata_key="m") == [
+        ("webhook", b"{doc}"), ("redis", b"{doc}")]
+    delete = CompletionOutbox((), "delete")
+    [(sink, payload)] = delete.items(_record(), parts, b"{}", status="complete",
+                                     metadata_key="m")
+    intent = Intent.from_json(payload)
+    assert sink == "after_upload"
+    assert (intent.inode, intent.size, intent.mtime_ns) == (2, 10, 123)
+    assert intent.etag == multipart_etag(["a" * 32])
+    # Never for truncated or source_deleted streams, nor without a known final state.
+    for status in ("truncated", "source_deleted"):
+        assert delete.items(_record(), parts, b"{}", status=status, metadata_key="m") == []
+    assert delete.items(_record(final_mtime_ns=None), parts, b"{}", status="complete",
+                        metadata_key="m") == []
+    assert not CompletionOutbox().enabled
+
+
+async def test_free_bytes_tracker(tmp_path: Path) -> None:
+    import asyncio
+
+    from cefmp4.feature_wiring import track_free_bytes
+
+    seen: list[float] = []
+    got = asyncio.Event()
+
+    def record(value: float) -> None:
+        seen.append(value)
+        got.set()
+
+    task = asyncio.create_task(track_free_bytes(tmp_path, record, interval=3600))
+    async with asyncio.timeout(5):
+        await got.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    st = os.statvfs(tmp_path)
+    assert abs(seen[0] - st.f_bavail * st.f_frsize) < 1 << 30
+    seen.clear()
+    got.clear()
+    task = asyncio.create_task(track_free_bytes(tmp_path / "gone", record, interval=3600))
+    async with asyncio.timeout(5):
+        await got.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert seen[0] != seen[0]  # NaN: unknown, not 0

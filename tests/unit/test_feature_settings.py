@@ -1,0 +1,79 @@
+"""The settings of writer-aware completion, after-upload actions, notifications, containers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cefmp4.errors import ConfigError
+from cefmp4.settings import load_settings
+
+
+def test_defaults_keep_todays_behaviour() -> None:
+    s = load_settings()
+    assert s.extensions == (".mp4",)
+    assert s.complete_on_close_seconds is None
+    assert s.hold_while_open is False
+    assert s.max_hold_seconds == 3600
+    assert s.after_upload == "keep"
+    assert s.after_upload_dir is None
+    assert s.notify_webhook_url.get_secret_value() == ""
+    assert s.notify_redis_stream == ""
+
+
+def test_values_are_parsed(tmp_path: Path) -> None:
+    s = load_settings(
+        watch_dir=tmp_path / "in", watch_extensions=".MP4,.Mkv", complete_on_close_seconds="2.5",
+        hold_while_open="true", after_upload="MOVE", after_upload_dir=tmp_path / "done",
+        notify_webhook_url="https://hooks.example/x?token=abc",
+    )
+    assert s.extensions == (".mp4", ".mkv")
+    assert s.watch_extensions == ".mp4,.mkv"
+    assert s.complete_on_close_seconds == 2.5
+    assert s.hold_while_open is True
+    assert s.after_upload == "move"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"watch_extensions": "mp4"}, "WATCH_EXTENSIONS"),
+        ({"watch_extensions": ".a/b"}, "WATCH_EXTENSIONS"),
+        ({"complete_on_close_seconds": "0"}, "COMPLETE_ON_CLOSE_SECONDS"),
+        ({"complete_on_close_seconds": "soon"}, "COMPLETE_ON_CLOSE_SECONDS"),
+        ({"max_hold_seconds": "-1"}, "MAX_HOLD_SECONDS"),
+        ({"after_upload": "shred"}, "AFTER_UPLOAD"),
+        ({"after_upload": "move"}, "AFTER_UPLOAD_DIR"),
+        ({"notify_webhook_url": "ftp://host/x"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://host:99999/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_redis_stream": "done"}, "NOTIFY_REDIS_STREAM"),
+    ],
+)
+def test_bad_values_name_the_setting(overrides: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(**overrides)
+    assert err.value.setting == setting
+
+
+def test_move_target_inside_watch_dir_is_refused_unless_hidden(tmp_path: Path) -> None:
+    watch = tmp_path / "in"
+    watch.mkdir()
+    for bad in (watch, watch / "done", watch / "a" / "b"):
+        with pytest.raises(ConfigError) as err:
+            load_settings(watch_dir=watch, after_upload="move", after_upload_dir=bad)
+        assert err.value.setting == "AFTER_UPLOAD_DIR"
+    ok = load_settings(watch_dir=watch, after_upload="move", after_upload_dir=watch / ".done")
+    assert ok.after_upload_dir == watch / ".done"
+    # A symlink into the watch dir is inside it too.
+    link = tmp_path / "link"
+    link.symlink_to(watch / "x", target_is_directory=True)
+    with pytest.raises(ConfigError):
+        load_settings(watch_dir=watch, after_upload="move", after_upload_dir=link)
+
+
+def test_webhook_url_and_secret_never_appear_in_errors() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(notify_webhook_url="gopher://user:hunter2@host/")
+    assert "hunter2" not in str(err.value)

@@ -1,0 +1,309 @@
+"""Writer signals (inotify close-write, /proc open-for-write) and the completion policy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cefmp4.completion import CompletedBy, CompletionPolicy
+from cefmp4.writers import (
+    CloseWatcher,
+    Ident,
+    WriterScanner,
+    probe_signals,
+    scan_writers,
+)
+
+
+def _ident(path: Path) -> Ident:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+
+def test_scan_sees_this_process_writing_but_not_reading(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"x")
+    ident = _ident(path)
+    with open(path, "rb"):
+        assert scan_writers([ident]).writers[ident] == frozenset()
+    with open(path, "ab"):
+        assert os.getpid() in scan_writers([ident]).writers[ident]
+    with open(path, "r+b"):  # O_RDWR counts too
+        assert os.getpid() in scan_writers([ident]).writers[ident]
+    assert scan_writers([ident]).writers[ident] == frozenset()
+
+
+def test_scan_sees_another_process_and_a_deleted_file(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"")
+    ident = _ident(path)
+    with open(path, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"],
+            stdout=out, stdin=subprocess.PIPE,
+        )
+    try:
+        path.unlink()  # the writer keeps the inode alive
+        assert child.pid in scan_writers([ident]).writers[ident]
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+    assert child.pid not in scan_writers([ident]).writers[ident]
+
+
+def test_scan_reads_fdinfo_flags(tmp_path: Path) -> None:
+    """A fake /proc: the access mode comes from fdinfo, not from the link."""
+    target = tmp_path / "rec.mp4"
+    target.write_bytes(b"x")
+    ident = _ident(target)
+    proc = tmp_path / "proc"
+    for pid, flags in ((10, "0100001"), (11, "0100000"), (12, "02"), (13, "garbage")):
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "fdinfo").mkdir()
+        (proc / str(pid) / "fd" / "4").symlink_to(target)
+        (proc / str(pid) / "fdinfo" / "4").write_text(f"pos:\t0\nflags:\t{flags}\nmnt_id:\t1\n")
+    (proc / "20" / "fd").mkdir(parents=True)
+    (proc / "20" / "fd" / "1").symlink_to("socket:[123]")
+    (proc / "self").mkdir()
+    result = scan_writers([ident], proc)
+    assert result.writers[ident] == frozenset({10, 12})
+    assert result.processes == 5
+
+
+async def test_scanner_shares_scans_and_answers_off_loop(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"x")
+    ident = _ident(path)
+    scanner = WriterScanner(cache_s=60)
+    with open(path, "ab"):
+        results = await asyncio.gather(*(scanner.writers_of(ident) for _ in range(5)))
+    assert all(r is not None and os.getpid() in r for r in results)
+    assert scanner.scans == 1  # five streams asking at once cost one walk of /proc
+
+
+async def test_scanner_without_proc_says_unknown(tmp_path: Path) -> None:
+    scanner = WriterScanner(tmp_path / "no-proc")
+    assert await scanner.writers_of((1, 2)) is None
+
+
+# --- inotify -------------------------------------------------------------------------------
+
+
+async def test_close_watcher_sees_a_writer_close(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"")
+    watcher = CloseWatcher()
+    assert watcher.start(), watcher.error
+    closed = asyncio.Event()
+    ident = _ident(path)
+    assert watcher.watch(ident, str(path), closed.set)
+    task = asyncio.create_task(watcher.run())
+    try:
+        with open(path, "rb") as f:  # a reader closing is not a writer closing
+            f.read()
+        with open(path, "ab") as f:
+            f.write(b"data")
+            await asyncio.sleep(0)
+            assert watcher.closed_at(ident) is None
+        async with asyncio.timeout(5):
+            await closed.wait()
+        assert watcher.closed_at(ident) is not None
+        # Renamed: the watch follows the inode.
+        closed.clear()
+        path.rename(tmp_path / "renamed.mp4")
+        with open(tmp_path / "renamed.mp4", "ab") as f:
+            f.write(b"more")
+        async with asyncio.timeout(5):
+            await closed.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        watcher.unwatch(ident)
+        watcher.close()
+    assert watcher.closed_at(ident) is None
+
+
+def test_close_watcher_refuses_a_replaced_file(tmp_path: Path) -> None:
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"")
+    watcher = CloseWatcher()
+    assert watcher.start()
+    try:
+        assert not watcher.watch((0, 0), str(path), lambda: None)
+        assert not watcher.watch(_ident(path), str(tmp_path / "gone.mp4"), lambda: None)
+    finally:
+        watcher.close()
+
+
+# --- the policy ----------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeScanner:
+    def __init__(self) -> None:
+        self.writers: frozenset[int] | None = frozenset()
+        self.calls = 0
+
+    async def writers_of(self, ident: Ident) -> frozenset[int] | None:
+        self.calls += 1
+        return self.writers
+
+
+IDENT = (1, 2)
+
+
+def _policy(clock: FakeClock, scanner: FakeScanner, **kw: object) -> tuple[
+    CompletionPolicy, CloseWatcher
+]:
+    closes = CloseWatcher(clock)
+    policy = CompletionPolicy(
+        complete_on_close=kw.get("complete_on_close"),  # type: ignore[arg-type]
+        hold_while_open=bool(kw.get("hold_while_open", False)),
+        max_hold=float(kw.get("max_hold", 100.0)),  # type: ignore[arg-type]
+        closes=closes, scanner=scanner, clock=clock,  # type: ignore[arg-type]
+    )
+    return policy, closes
+
+
+async def test_defaults_are_the_idle_timeout() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+    policy, _ = _policy(clock, scanner)
+    assert not policy.enabled
+    state = policy.track(IDENT, "/x", lambda: None)
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=29, timeout=30)
+    assert v.complete is None
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=30, timeout=30)
+    assert v.complete is CompletedBy.IDLE_TIMEOUT
+    assert scanner.calls == 0
+
+
+async def test_writer_closed_completes_after_n_unchanged_seconds() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+    policy, closes = _policy(clock, scanner, complete_on_close=2.0)
+    state = policy.track(IDENT, "/x", lambda: None)
+    fp = (100, 5)
+    assert (await policy.decide(state, fingerprint=fp, idle_for=0.1, timeout=30)).complete is None
+    closes.note_close(IDENT)
+    v = await policy.decide(state, fingerprint=fp, idle_for=0.2, timeout=30)
+    assert v.complete is None
+    assert v.recheck_in == pytest.approx(2.0)
+    clock.now += 1.0
+    v = await policy.decide(state, fingerprint=fp, idle_for=1.2, timeout=30)
+    assert v.complete is None
+    assert v.recheck_in == pytest.approx(1.0)
+    clock.now += 1.0
+    v = await policy.decide(state, fingerprint=fp, idle_for=2.2, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+    assert scanner.calls == 1  # /proc is consulted only when the answer would be "complete"
+
+
+async def test_a_change_after_the_close_waits_for_the_next_close() -> None:
+    """+faststart / a reopen: written again after a close, so that close does not count."""
+    clock, scanner = FakeClock(), FakeScanner()
+    policy, closes = _policy(clock, scanner, complete_on_close=2.0)
+    state = policy.track(IDENT, "/x", lambda: None)
+    closes.note_close(IDENT)
+    await policy.decide(state, fingerprint=(100, 5), idle_for=0, timeout=30)
+    clock.now += 1
+    await policy.decide(state, fingerprint=(200, 6), idle_for=0, timeout=30)  # rewritten
+    clock.now += 5
+    v = await policy.decide(state, fingerprint=(200, 6), idle_for=5, timeout=30)
+    assert v.complete is None
+    closes.note_close(IDENT)
+    await policy.decide(state, fingerprint=(200, 6), idle_for=5, timeout=30)
+    clock.now += 2
+    v = await policy.decide(state, fingerprint=(200, 6), idle_for=7, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+
+
+async def test_a_visible_writer_vetoes_the_close() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+    policy, closes = _policy(clock, scanner, complete_on_close=2.0)
+    state = policy.track(IDENT, "/x", lambda: None)
+    closes.note_close(IDENT)
+    await policy.decide(state, fingerprint=(1, 1), idle_for=0, timeout=30)
+    clock.now += 3
+    scanner.writers = frozenset({42})  # reopened for writing, nothing written yet
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=3, timeout=30)
+    assert v.complete is None
+    scanner.writers = frozenset()
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=3.5, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+
+
+async def test_hold_while_open_until_closed() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+    policy, _ = _policy(clock, scanner, hold_while_open=True, max_hold=100)
+    state = policy.track(IDENT, "/x", lambda: None)
+    scanner.writers = frozenset({7})
+    for idle in (30, 60, 90):
+        clock.now += 30
+        assert (await policy.decide(state, fingerprint=(1, 1), idle_for=idle,
+                                    timeout=30)).complete is None
+    scanner.writers = frozenset()
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=91, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+
+
+async def test_hold_expires_and_resets_on_growth() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+
+    async def held(fp: tuple[int, int], idle: float) -> bool:
+        v = await policy.decide(state, fingerprint=fp, idle_for=idle, timeout=30)
+        return v.complete is None
+
+    policy, _ = _policy(clock, scanner, hold_while_open=True, max_hold=50)
+    state = policy.track(IDENT, "/x", lambda: None)
+    scanner.writers = frozenset({7})
+    assert await held((1, 1), 30)
+    clock.now += 40
+    assert await held((1, 1), 70)
+    # It grew: the hold starts over at the next idle timeout.
+    assert await held((2, 2), 0)
+    clock.now += 30
+    assert await held((2, 2), 30)
+    clock.now += 49
+    assert await held((2, 2), 79)
+    clock.now += 1
+    v = await policy.decide(state, fingerprint=(2, 2), idle_for=80, timeout=30)
+    assert v.complete is CompletedBy.HOLD_EXPIRED
+
+
+async def test_no_visible_signal_means_the_idle_timeout() -> None:
+    clock, scanner = FakeClock(), FakeScanner()
+    scanner.writers = None  # /proc not readable
+    policy, _ = _policy(clock, scanner, hold_while_open=True, complete_on_close=1.0)
+    state = policy.track(IDENT, "/x", lambda: None)
+    v = await policy.decide(state, fingerprint=(1, 1), idle_for=30, timeout=30)
+    assert v.complete is CompletedBy.IDLE_TIMEOUT
+
+
+def test_check_reports_both_signals() -> None:
+    report = probe_signals()
+    assert report.close_events is None  # inotify works on this Linux host
+    assert report.open_writers is None or "processes" in report.open_writers
+    text = "\n".join(report.lines)
+    assert "close-write events (inotify): available" in text
+    assert "idle timeout" in text
+
+
+def test_check_without_proc(tmp_path: Path) -> None:
+    report = probe_signals(tmp_path)
+    assert report.open_writers is not None
+    assert "not mounted" in report.open_writers
