@@ -17,7 +17,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
-from cefmp4.identity import Fingerprint, fingerprint, truncated
+from cefmp4.identity import Fingerprint, Ident, fingerprint, truncated
 from cefmp4.pipeline import Context
 from cefmp4.upload import Uploader
 from cefmp4.verify import QUIET_MARGIN_S, Predigest
@@ -111,6 +111,10 @@ class StreamWorker:
     @record.setter
     def record(self, value: StreamRecord) -> None:
         self.up.record = value
+
+    @property
+    def ident(self) -> Ident:
+        return (self.up.record.device, self.up.record.inode)
 
     @property
     def stream_id(self) -> str:

@@ -119,7 +119,8 @@ async def test_growing_file_parts_visible_while_writing(
         assert not writer.done, "the writer finished before two parts were listed"
         await asyncio.to_thread(writer.wait, 60)
         [doc] = await wait_metadata(s3_server, s3_bucket, "live.mp4")
-    assert target.read_bytes() == source.read_bytes() or writer.patched
+    assert writer.patched, "the writer never rewrote the bytes it had written"
+    assert target.read_bytes() == source.read_bytes()
     _assert_valid_metadata(doc, target, s3_bucket)
     assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
 
@@ -127,17 +128,28 @@ async def test_growing_file_parts_visible_while_writing(
 async def test_subdirectory_uppercase_and_ignored_files(
     tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, sample_mp4: Path
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, None)
+    settings = _settings(tmp_path, s3_server, s3_bucket, None, rescan_interval_seconds=0.3)
     watch = settings.watch_dir
-    async with running_app(settings):
-        (watch / "site-a" / "door").mkdir(parents=True)
-        shutil.copyfile(sample_mp4, watch / "site-a" / "door" / "CAM.MP4")
-        (watch / ".hidden").mkdir()
-        for ignored in ("notes.mov", ".secret.mp4", "clip.mp4.part", ".hidden/x.mp4"):
-            shutil.copyfile(sample_mp4, watch / ignored)
-        (watch / "dir.mp4").mkdir()
-        [doc] = await wait_metadata(s3_server, s3_bucket, "site-a/door/CAM.MP4")
-        await asyncio.sleep(settings.stream_timeout_seconds + 1)
+    with structlog.testing.capture_logs() as events:
+        async with running_app(settings):
+            (watch / "site-a" / "door").mkdir(parents=True)
+            shutil.copyfile(sample_mp4, watch / "site-a" / "door" / "CAM.MP4")
+            (watch / ".hidden").mkdir()
+            for ignored in ("notes.mov", ".secret.mp4", "clip.mp4.part", ".hidden/x.mp4"):
+                shutil.copyfile(sample_mp4, watch / ignored)
+            (watch / "dir.mp4").mkdir()
+            [doc] = await wait_metadata(s3_server, s3_bucket, "site-a/door/CAM.MP4")
+            done = len(events)
+
+            async def quiet_rescan() -> bool:
+                # A rescan after the completion that found nothing to work on: every ignored
+                # file was looked at again and none started a stream.
+                return any(
+                    e["event"] == "rescan" and e["streams"] == 0 for e in events[done:]
+                )
+
+            await wait_for(quiet_rescan, timeout=30, what="a rescan with nothing to do")
+    assert [e["event"] for e in events].count("stream_started") == 1
     assert doc["s3_key"].endswith("/site-a/door/CAM.MP4")
     async with s3_store_for(s3_server, s3_bucket) as store:
         keys = await store.list_keys("")
