@@ -229,3 +229,33 @@ async def test_live_stream_is_verified_during_the_idle_wait(
     assert writer.patched
     _assert_valid_metadata(doc, target, s3_bucket)
     assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
+
+
+async def test_upload_honours_a_lease_a_running_daemon_holds(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, redis_server: RedisServer
+) -> None:
+    """``cefmp4 upload`` in Redis mode never works on a file another instance owns."""
+    from cefmp4.app import App
+    from cefmp4.checkpoint.redis import open_redis_store
+    from cefmp4.lease import LeaseKeeper
+    from cefmp4.storage.memory import MemoryObjectStore
+    from tests.pipeline.conftest import FakeProber
+
+    settings = _settings(tmp_path, s3_server, s3_bucket, redis_server)
+    target = settings.watch_dir / "owned.mp4"
+    target.write_bytes(b"\x00" * (6 * MIB))
+    store = MemoryObjectStore(s3_bucket)
+    async with open_redis_store(
+        settings.redis_url.get_secret_value(), settings.redis_key_prefix
+    ) as redis:
+        daemon = LeaseKeeper(redis, "other-host:4026531836:1", ttl=30)
+        assert await daemon.acquire(target.stat().st_ino, lambda: None) is not None
+        results = await App(settings, objects=store, prober=FakeProber()).run_burst([target])
+        assert results == {target.resolve(): None}
+        assert store.calls["create_multipart"] == 0
+        assert await redis.find_by_inode(target.stat().st_ino) == []
+        await daemon.release(target.stat().st_ino)
+    results = await App(settings, objects=store, prober=FakeProber()).run_burst([target])
+    record = results[target.resolve()]
+    assert record is not None
+    assert store.objects[record.key].body == target.read_bytes()
