@@ -216,7 +216,7 @@ class App:
             checkpoints = self._checkpoints
         else:
             checkpoints = await self._until(
-                stop, stack.enter_async_context(open_checkpoints(settings))
+                stop, stack.enter_async_context(open_checkpoints(settings, fenced=True))
             )
         ownership = self._ownership(checkpoints)
         ctx = Context(

@@ -128,7 +128,7 @@ async def test_growing_file_parts_visible_while_writing(
 async def test_subdirectory_uppercase_and_ignored_files(
     tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, sample_mp4: Path
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, None, rescan_interval_seconds=0.3)
+    settings = _settings(tmp_path, s3_server, s3_bucket, None, rescan_interval_seconds=1.0)
     watch = settings.watch_dir
     with structlog.testing.capture_logs() as events:
         async with running_app(settings):
@@ -237,7 +237,7 @@ async def test_upload_honours_a_lease_a_running_daemon_holds(
     """``cefmp4 upload`` in Redis mode never works on a file another instance owns."""
     from cefmp4.app import App
     from cefmp4.checkpoint.redis import open_redis_store
-    from cefmp4.lease import LeaseKeeper
+    from cefmp4.lease import LeaseKeeper, lease_namespace
     from cefmp4.storage.memory import MemoryObjectStore
     from tests.pipeline.conftest import FakeProber
 
@@ -246,7 +246,8 @@ async def test_upload_honours_a_lease_a_running_daemon_holds(
     target.write_bytes(b"\x00" * (6 * MIB))
     store = MemoryObjectStore(s3_bucket)
     async with open_redis_store(
-        settings.redis_url.get_secret_value(), settings.redis_key_prefix
+        settings.redis_url.get_secret_value(), settings.redis_key_prefix,
+        lease_namespace=lease_namespace(settings.watch_dir),
     ) as redis:
         daemon = LeaseKeeper(redis, "other-host:4026531836:1", ttl=30)
         assert await daemon.acquire(target.stat().st_ino, lambda: None) is not None

@@ -52,7 +52,7 @@ def test_crash_at_step_boundary_converges(
         bucket=s3_bucket,
         redis=redis_server if checkpoint_kind == "redis" else None,
         stream_timeout_seconds=1.0,
-        rescan_interval_seconds=0.5,
+        rescan_interval_seconds=1.0,
     )
     env = settings_env(settings)
     client = s3_server.boto_client()

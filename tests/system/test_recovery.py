@@ -193,7 +193,7 @@ def test_restart_over_completed_files_uploads_nothing(
 ) -> None:
     settings = _settings(
         tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=1.5,
-        rescan_interval_seconds=0.5,
+        rescan_interval_seconds=1.0,
     )
     env = settings_env(settings)
     view = bucket_view(s3_server, s3_bucket)

@@ -211,7 +211,7 @@ def share_files(
     instances; checks the bucket and the logs (one stream, one completion, no part twice)
     and returns the instances and the peak of each one's ``active_streams`` gauge."""
     settings = cluster_settings(
-        tmp_path, s3, bucket_name, redis, max_streams=max_streams, rescan_interval_seconds=0.5
+        tmp_path, s3, bucket_name, redis, max_streams=max_streams, rescan_interval_seconds=1.0
     )
     cluster = start_cluster(settings, tmp_path, instances, registry)
     watch = settings.watch_dir
