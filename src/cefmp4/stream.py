@@ -179,3 +179,13 @@ class StreamWorker:
         """Cancel everything this stream has running (the descriptor is the caller's)."""
         await self.predigest.cancel()
         await self.up.cancel_inflight()
+
+
+def pending_total(workers: list[StreamWorker], now: float) -> tuple[int, float]:
+    """(bytes on disk not yet in S3, age of the oldest of them) over ``workers``."""
+    total, oldest = 0, 0.0
+    for worker in workers:
+        nbytes, age = worker.pending(now)
+        total += nbytes
+        oldest = max(oldest, age)
+    return total, oldest

@@ -30,7 +30,7 @@ from cefmp4.ownership import Ownership
 from cefmp4.pipeline import Context
 from cefmp4.reconcile import UNFINISHED
 from cefmp4.source import stat_or_none
-from cefmp4.stream import StreamWorker
+from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
 
@@ -94,6 +94,18 @@ class StreamSupervisor:
         if self.shutdown.is_set():
             return
         st = check_file(path, self.ctx.config.watch_dir) if rel is None else stat_or_none(path)
+        self.on_stat(path, st, rel)
+
+    def known_unchanged(self, st: os.stat_result) -> bool:
+        """A completed stream's file, still as it was uploaded: nothing to do."""
+        ident = ident_of(st)
+        done = self.completed.get(ident)
+        return done is not None and ident not in self.unfinished and unchanged_since(*done, st)
+
+    def on_stat(self, path: Path, st: os.stat_result | None, rel: str | None = None) -> None:
+        """``on_path`` with the stat already taken (the rescan stats off the event loop)."""
+        if self.shutdown.is_set():
+            return
         if st is None:
             # Deleted or moved away: the worker holding it open notices through fstat.
             for other in self.workers.values():
@@ -107,8 +119,7 @@ class StreamSupervisor:
             return
         if ident in self._starting:
             return
-        done = self.completed.get(ident)
-        if ident not in self.unfinished and done is not None and unchanged_since(*done, st):
+        if self.known_unchanged(st):
             return
         self.consider(ident, path, rel)
 
@@ -273,13 +284,7 @@ class StreamSupervisor:
     # --- status and stopping ---------------------------------------------------------------
 
     def pending(self) -> tuple[int, float]:
-        now = self.ctx.clock.time()
-        total, oldest = 0, 0.0
-        for worker in list(self.workers.values()):
-            nbytes, age = worker.pending(now)
-            total += nbytes
-            oldest = max(oldest, age)
-        return total, oldest
+        return pending_total(list(self.workers.values()), self.ctx.clock.time())
 
     async def wait_idle(self, patience: int = 3) -> None:
         """Until no stream is starting, running or able to start (burst mode, tests).

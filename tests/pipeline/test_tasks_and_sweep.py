@@ -85,3 +85,30 @@ async def test_a_failing_watcher_is_restarted_reported_and_recovers(
             stop.set()
             await asyncio.wait_for(task, 10)
     assert [e["event"] for e in logs].count("task_failed") == 1
+
+
+async def test_the_rescan_finds_what_the_watcher_missed(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def deaf(*_args: object) -> None:  # a watcher that sees nothing (NFS, watch limits)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr("cefmp4.app.watch_forever", deaf)
+    settings = make_settings(tmp_path, watch, rescan_interval_seconds=1)
+    app = App(settings, objects=store, prober=prober)
+    stop = asyncio.Event()
+    with capture() as logs:
+        task = asyncio.create_task(app.run(stop))
+        try:
+            await until(app.ready.is_set, what="ready")
+            data = pattern(1234)
+            (watch / "missed.mp4").write_bytes(data)
+            await until(lambda: list(videos(store).values()) == [data], what="the rescan's upload")
+            seen = len(logs)
+            await until(lambda: any(e["event"] == "rescan" and e["streams"] == 0
+                                    for e in logs[seen:]), what="a quiet rescan")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert [e["event"] for e in logs].count("stream_started") == 1
