@@ -17,16 +17,21 @@ from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 
 @asynccontextmanager
 async def open_checkpoints(
-    settings: Settings, *, read_only: bool = False
+    settings: Settings, *, read_only: bool = False, fenced: bool = False
 ) -> AsyncIterator[CheckpointStore]:
     """Redis when REDIS_URL is set, else the embedded store. ``read_only`` skips SQLite's
-    single-instance lock so ``status`` and ``check`` work beside a running daemon."""
+    single-instance lock so ``status`` and ``check`` work beside a running daemon. ``fenced``
+    (the pipeline, Redis only): every stream write must carry its lease's fencing token."""
     url = settings.redis_url.get_secret_value()
     if url:
         # Imported here: redis-py costs ~60 ms of start-up that SQLite users need not pay.
         from cefmp4.checkpoint.redis import open_redis_store
+        from cefmp4.lease import lease_namespace
 
-        async with open_redis_store(url, settings.redis_key_prefix) as redis_store:
+        async with open_redis_store(
+            url, settings.redis_key_prefix, lease_namespace=lease_namespace(settings.watch_dir),
+            unfenced_writes="refuse" if fenced else "allow",
+        ) as redis_store:
             yield redis_store
     else:
         async with open_sqlite_store(settings.state_dir, read_only=read_only) as sqlite_store:

@@ -223,7 +223,7 @@ class App:
             checkpoints = self._checkpoints
         else:
             checkpoints = await self._until(
-                stop, stack.enter_async_context(open_checkpoints(settings))
+                stop, stack.enter_async_context(open_checkpoints(settings, fenced=True))
             )
         ownership = self._ownership(checkpoints)
         failpoints = Failpoints(settings.cefmp4_failpoints)

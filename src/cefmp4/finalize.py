@@ -32,7 +32,7 @@ from cefmp4.metadata import build_metadata, to_json_bytes
 from cefmp4.parts import contiguous, part_bounds
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
-from cefmp4.source import RunningSha256
+from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
 from cefmp4.verify import digest_now, needs_md5, stale_parts, unchanged_since, verified
 
@@ -62,18 +62,11 @@ def completed_by(status: str, judged: CompletedBy | None) -> str:
     return (judged or CompletedBy.IDLE_TIMEOUT).value
 
 
-def _stat_or_none(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
 def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | None]:
     """(status, end_reason) from what became of the file we hold open."""
     if truncated_now:
         return TRUNCATED, "truncated"
-    change = end_of_source(os.fstat(worker.fd), _stat_or_none(worker.record.path))
+    change = end_of_source(os.fstat(worker.fd), stat_or_none(Path(worker.record.path)))
     if change is Change.REPLACED:
         return TRUNCATED, "replaced"
     if change is Change.DELETED:

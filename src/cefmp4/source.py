@@ -53,6 +53,14 @@ def classify_os_error(exc: OSError, what: str) -> SourceError:
     return SourceTransient(message)
 
 
+def stat_or_none(path: Path) -> os.stat_result | None:
+    """``os.stat``, or None when there is nothing (readable) at ``path``."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class OpenedSource:
     """An open descriptor (the caller closes it) and its fstat at opening."""

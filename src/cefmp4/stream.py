@@ -18,7 +18,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.completion import CompletedBy, StreamWriters, Verdict
-from cefmp4.identity import Fingerprint, fingerprint, truncated
+from cefmp4.identity import Fingerprint, Ident, fingerprint, truncated
 from cefmp4.pipeline import Context
 from cefmp4.upload import Uploader
 from cefmp4.verify import QUIET_MARGIN_S, Predigest, needs_md5
@@ -117,6 +117,10 @@ class StreamWorker:
         self.up.record = value
 
     @property
+    def ident(self) -> Ident:
+        return (self.up.record.device, self.up.record.inode)
+
+    @property
     def stream_id(self) -> str:
         return self.up.record.stream_id
 
@@ -209,3 +213,13 @@ class StreamWorker:
         """Cancel everything this stream has running (the descriptor is the caller's)."""
         await self.predigest.cancel()
         await self.up.cancel_inflight()
+
+
+def pending_total(workers: list[StreamWorker], now: float) -> tuple[int, float]:
+    """(bytes on disk not yet in S3, age of the oldest of them) over ``workers``."""
+    total, oldest = 0, 0.0
+    for worker in workers:
+        nbytes, age = worker.pending(now)
+        total += nbytes
+        oldest = max(oldest, age)
+    return total, oldest

@@ -29,7 +29,8 @@ from cefmp4.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, st
 from cefmp4.ownership import Ownership
 from cefmp4.pipeline import Context
 from cefmp4.reconcile import UNFINISHED
-from cefmp4.stream import StreamWorker
+from cefmp4.source import stat_or_none
+from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
 
@@ -93,6 +94,18 @@ class StreamSupervisor:
         if self.shutdown.is_set():
             return
         st = check_file(path, self.ctx.config.watch_dir) if rel is None else stat_or_none(path)
+        self.on_stat(path, st, rel)
+
+    def known_unchanged(self, st: os.stat_result) -> bool:
+        """A completed stream's file, still as it was uploaded: nothing to do."""
+        ident = ident_of(st)
+        done = self.completed.get(ident)
+        return done is not None and ident not in self.unfinished and unchanged_since(*done, st)
+
+    def on_stat(self, path: Path, st: os.stat_result | None, rel: str | None = None) -> None:
+        """``on_path`` with the stat already taken (the rescan stats off the event loop)."""
+        if self.shutdown.is_set():
+            return
         if st is None:
             # Deleted or moved away: the worker holding it open notices through fstat.
             for other in self.workers.values():
@@ -106,8 +119,7 @@ class StreamSupervisor:
             return
         if ident in self._starting:
             return
-        done = self.completed.get(ident)
-        if ident not in self.unfinished and done is not None and unchanged_since(*done, st):
+        if self.known_unchanged(st):
             return
         self.consider(ident, path, rel)
 
@@ -201,7 +213,7 @@ class StreamSupervisor:
         except LeaseLost as exc:
             log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
         finally:
-            if not any(ident_of_worker(w) == ident for w in self.workers.values()):
+            if not any(w.ident == ident for w in self.workers.values()):
                 await self.ownership.release(ident[1])
 
     def _bind(self, ident: Ident) -> Bind:
@@ -224,7 +236,7 @@ class StreamSupervisor:
             return None
 
     def _run(self, worker: StreamWorker) -> None:
-        ident = ident_of_worker(worker)
+        ident = worker.ident
         try:
             self.ownership.bind(worker.record.inode, worker.stream_id, lambda: self._lose(ident))
         except LeaseLost:
@@ -240,14 +252,14 @@ class StreamSupervisor:
     def _lose(self, ident: Ident) -> None:
         """Another instance owns this file now: stop its worker at once, touch nothing."""
         for task, worker in self._tasks.items():
-            if worker is not None and ident_of_worker(worker) == ident:
+            if worker is not None and worker.ident == ident:
                 worker.lease_lost = True
                 task.cancel()
 
     # --- one stream, from follow to completed ----------------------------------------------
 
     async def _supervise(self, worker: StreamWorker) -> None:
-        ident = ident_of_worker(worker)
+        ident = worker.ident
         ended = Ended.SUSPENDED
         with bound_contextvars(stream_id=worker.stream_id, path=worker.record.path):
             try:
@@ -272,24 +284,28 @@ class StreamSupervisor:
     # --- status and stopping ---------------------------------------------------------------
 
     def pending(self) -> tuple[int, float]:
-        now = self.ctx.clock.time()
-        total, oldest = 0, 0.0
-        for worker in list(self.workers.values()):
-            nbytes, age = worker.pending(now)
-            total += nbytes
-            oldest = max(oldest, age)
-        return total, oldest
+        return pending_total(list(self.workers.values()), self.ctx.clock.time())
 
-    def busy(self) -> bool:
-        return bool(self._tasks)
+    async def wait_idle(self, patience: int = 3) -> None:
+        """Until no stream is starting, running or able to start (burst mode, tests).
 
-    async def wait_idle(self) -> None:
-        """Until no stream is starting, running or able to start (burst mode, tests)."""
+        Files that failed to open for a passing reason (out of descriptors, I/O errors) are
+        retried with backoff; after ``patience`` rounds in a row in which fewer did not
+        wait, they are given up on here (they stay as they were: a later run takes them).
+        Files another instance owns are not waited for."""
+        rounds, waiting = 0, len(self._deferred) + 1
         while True:
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            if not self.retry_deferred():
+            retry = [i for i in self._deferred if not self.ownership.busy(i)]
+            if not retry:
                 return
+            rounds = rounds + 1 if len(retry) >= waiting else 0
+            waiting = len(retry)
+            if rounds >= patience:
+                return
+            await self.ctx.clock.sleep(self.ctx.config.poll_interval * 2**rounds)
+            self.retry_deferred()
 
     async def stop(self) -> None:
         """Stop intake, let workers drain within the grace period, then cancel the rest."""
@@ -300,15 +316,3 @@ class StreamSupervisor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-
-def ident_of_worker(worker: StreamWorker) -> Ident:
-    return (worker.record.device, worker.record.inode)
-
-
-def stat_or_none(path: Path) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-

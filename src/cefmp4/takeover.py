@@ -13,7 +13,8 @@ from pathlib import Path
 from cefmp4.identity import ident_of
 from cefmp4.lifecycle import locate, scan_by_inode
 from cefmp4.reconcile import UNFINISHED
-from cefmp4.supervisor import StreamSupervisor, stat_or_none
+from cefmp4.source import stat_or_none
+from cefmp4.supervisor import StreamSupervisor
 
 
 async def takeover_forever(supervisor: StreamSupervisor, interval: float) -> None:

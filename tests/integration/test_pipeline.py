@@ -119,7 +119,8 @@ async def test_growing_file_parts_visible_while_writing(
         assert not writer.done, "the writer finished before two parts were listed"
         await asyncio.to_thread(writer.wait, 60)
         [doc] = await wait_metadata(s3_server, s3_bucket, "live.mp4")
-    assert target.read_bytes() == source.read_bytes() or writer.patched
+    assert writer.patched, "the writer never rewrote the bytes it had written"
+    assert target.read_bytes() == source.read_bytes()
     _assert_valid_metadata(doc, target, s3_bucket)
     assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
 
@@ -127,17 +128,28 @@ async def test_growing_file_parts_visible_while_writing(
 async def test_subdirectory_uppercase_and_ignored_files(
     tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, sample_mp4: Path
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, None)
+    settings = _settings(tmp_path, s3_server, s3_bucket, None, rescan_interval_seconds=1.0)
     watch = settings.watch_dir
-    async with running_app(settings):
-        (watch / "site-a" / "door").mkdir(parents=True)
-        shutil.copyfile(sample_mp4, watch / "site-a" / "door" / "CAM.MP4")
-        (watch / ".hidden").mkdir()
-        for ignored in ("notes.mov", ".secret.mp4", "clip.mp4.part", ".hidden/x.mp4"):
-            shutil.copyfile(sample_mp4, watch / ignored)
-        (watch / "dir.mp4").mkdir()
-        [doc] = await wait_metadata(s3_server, s3_bucket, "site-a/door/CAM.MP4")
-        await asyncio.sleep(settings.stream_timeout_seconds + 1)
+    with structlog.testing.capture_logs() as events:
+        async with running_app(settings):
+            (watch / "site-a" / "door").mkdir(parents=True)
+            shutil.copyfile(sample_mp4, watch / "site-a" / "door" / "CAM.MP4")
+            (watch / ".hidden").mkdir()
+            for ignored in ("notes.mov", ".secret.mp4", "clip.mp4.part", ".hidden/x.mp4"):
+                shutil.copyfile(sample_mp4, watch / ignored)
+            (watch / "dir.mp4").mkdir()
+            [doc] = await wait_metadata(s3_server, s3_bucket, "site-a/door/CAM.MP4")
+            done = len(events)
+
+            async def quiet_rescan() -> bool:
+                # A rescan after the completion that found nothing to work on: every ignored
+                # file was looked at again and none started a stream.
+                return any(
+                    e["event"] == "rescan" and e["streams"] == 0 for e in events[done:]
+                )
+
+            await wait_for(quiet_rescan, timeout=30, what="a rescan with nothing to do")
+    assert [e["event"] for e in events].count("stream_started") == 1
     assert doc["s3_key"].endswith("/site-a/door/CAM.MP4")
     async with s3_store_for(s3_server, s3_bucket) as store:
         keys = await store.list_keys("")
@@ -217,3 +229,34 @@ async def test_live_stream_is_verified_during_the_idle_wait(
     assert writer.patched
     _assert_valid_metadata(doc, target, s3_bucket)
     assert await _object_sha256(s3_server, s3_bucket, doc["s3_key"]) == sha256_file(target)
+
+
+async def test_upload_honours_a_lease_a_running_daemon_holds(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, redis_server: RedisServer
+) -> None:
+    """``cefmp4 upload`` in Redis mode never works on a file another instance owns."""
+    from cefmp4.app import App
+    from cefmp4.checkpoint.redis import open_redis_store
+    from cefmp4.lease import LeaseKeeper, lease_namespace
+    from cefmp4.storage.memory import MemoryObjectStore
+    from tests.pipeline.conftest import FakeProber
+
+    settings = _settings(tmp_path, s3_server, s3_bucket, redis_server)
+    target = settings.watch_dir / "owned.mp4"
+    target.write_bytes(b"\x00" * (6 * MIB))
+    store = MemoryObjectStore(s3_bucket)
+    async with open_redis_store(
+        settings.redis_url.get_secret_value(), settings.redis_key_prefix,
+        lease_namespace=lease_namespace(settings.watch_dir),
+    ) as redis:
+        daemon = LeaseKeeper(redis, "other-host:4026531836:1", ttl=30)
+        assert await daemon.acquire(target.stat().st_ino, lambda: None) is not None
+        results = await App(settings, objects=store, prober=FakeProber()).run_burst([target])
+        assert results == {target.resolve(): None}
+        assert store.calls["create_multipart"] == 0
+        assert await redis.find_by_inode(target.stat().st_ino) == []
+        await daemon.release(target.stat().st_ino)
+    results = await App(settings, objects=store, prober=FakeProber()).run_burst([target])
+    record = results[target.resolve()]
+    assert record is not None
+    assert store.objects[record.key].body == target.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -147,3 +148,38 @@ async def test_max_streams_caps_open_streams_and_every_file_waits_its_turn(
     assert len(videos(store)) == 7
     assert 1 <= peak <= 2
     assert os.listdir(watch)  # nothing was deleted or moved
+
+
+async def test_the_byte_budget_bounds_part_bytes_in_flight_across_streams(
+    tmp_path: Path, watch: Path, prober: FakeProber
+) -> None:
+    from cefmp4.storage import PartBody
+    from tests.pipeline.conftest import make_settings
+
+    class Peak(MemoryObjectStore):
+        def __init__(self) -> None:
+            super().__init__("test-bucket")
+            self.now = self.peak = 0
+
+        async def upload_part(
+            self, key: str, upload_id: str, part_number: int, body: PartBody,
+            md5_b64: str = "", *, crc32c_b64: str = "",
+        ) -> str:
+            size = len(body)
+            self.now += size
+            self.peak = max(self.peak, self.now)
+            try:
+                await asyncio.sleep(0.01)  # long enough for others to pile up if allowed
+                return await super().upload_part(
+                    key, upload_id, part_number, body, md5_b64, crc32c_b64=crc32c_b64
+                )
+            finally:
+                self.now -= size
+
+    settings = make_settings(tmp_path, watch, max_inflight_mb=10, upload_concurrency=4)
+    for i in range(3):
+        (watch / f"cam{i}.mp4").write_bytes(pattern(3 * PART, i))
+    store = Peak()
+    await burst(settings, store, prober)
+    assert len(videos(store)) == 3
+    assert PART <= store.peak <= 10 * 1024 * 1024

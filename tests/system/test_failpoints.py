@@ -52,6 +52,7 @@ def test_crash_at_step_boundary_converges(
         bucket=s3_bucket,
         redis=redis_server if checkpoint_kind == "redis" else None,
         stream_timeout_seconds=1.0,
+        rescan_interval_seconds=1.0,
     )
     env = settings_env(settings)
     client = s3_server.boto_client()
@@ -70,7 +71,15 @@ def test_crash_at_step_boundary_converges(
             return [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".json")]
 
         _wait(lambda: len(metadata_keys()) >= 1, 60, "metadata after the restart")
-        time.sleep(2.5)  # long enough for a (wrong) second stream to show up
+        seen = len(daemon.events())
+        # A (wrong) second stream would be running or starting at the next rescan.
+        _wait(
+            lambda: any(
+                e.get("event") == "rescan" and e.get("streams") == 0
+                for e in daemon.events()[seen:]
+            ),
+            30, "a rescan with nothing to do",
+        )
         assert daemon.stop() == 0
 
     [meta_key] = metadata_keys()

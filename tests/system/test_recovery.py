@@ -191,7 +191,10 @@ def test_restart_over_completed_files_uploads_nothing(
     wait_until: Callable[..., Any],
     daemons: list[Daemon],
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=1.5)
+    settings = _settings(
+        tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=1.5,
+        rescan_interval_seconds=1.0,
+    )
     env = settings_env(settings)
     view = bucket_view(s3_server, s3_bucket)
     rels = [f"done{i}.mp4" for i in range(3)] + ["sub/done3.mp4", "sub/deeper/done4.mp4"]
@@ -211,8 +214,14 @@ def test_restart_over_completed_files_uploads_nothing(
     before = {k: view.client.head_object(Bucket=s3_bucket, Key=k)["ETag"] for k in view.list_keys()}
 
     second = _new_daemon(env, tmp_path, "run2", daemons).start()
-    # Long enough for any stream the restart started to go idle and finalize.
-    time.sleep(settings.stream_timeout_seconds * 2 + 2)
+    # Any stream the restart started would be running at its first rescan.
+    seen = len(second.events())
+    wait_until(
+        lambda: any(
+            e.get("event") == "rescan" and e.get("streams") == 0 for e in second.events()[seen:]
+        ),
+        timeout=30, what="a rescan with nothing to do", alive=(second,),
+    )
     status, metrics = second.http_get("/metrics")
     assert status == 200
     assert second.stop() == 0

@@ -28,7 +28,7 @@ from tests.support.media import GrowingWriter
 from tests.support.proc import Daemon, free_port, run_cli, settings_env
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
-from tests.system.conftest import BucketView
+from tests.system.conftest import BucketView, wait_until_impl
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -210,7 +210,9 @@ def share_files(
     """Two growing recordings and four complete copies dropped at once on ``instances``
     instances; checks the bucket and the logs (one stream, one completion, no part twice)
     and returns the instances and the peak of each one's ``active_streams`` gauge."""
-    settings = cluster_settings(tmp_path, s3, bucket_name, redis, max_streams=max_streams)
+    settings = cluster_settings(
+        tmp_path, s3, bucket_name, redis, max_streams=max_streams, rescan_interval_seconds=1.0
+    )
     cluster = start_cluster(settings, tmp_path, instances, registry)
     watch = settings.watch_dir
     growing = ["live-0.mp4", "live-1.mp4"]
@@ -226,7 +228,17 @@ def share_files(
                 writer.wait(60)
             # About 10 s when every stream waits for a free slot somewhere.
             view.wait_metadata(rels, timeout=40, alive=tuple(cluster))
-            time.sleep(STREAM_TIMEOUT + 1)  # room for a (wrong) second stream of some file
+            # A (wrong) second stream of some file would be open at an instance's next
+            # rescan: wait for one on every instance that finds nothing to work on.
+            seen = [len(d.events()) for d in cluster]
+            for daemon, start in zip(cluster, seen, strict=True):
+                wait_until_impl(
+                    lambda d=daemon, n=start: any(
+                        e.get("event") == "rescan" and e.get("streams") == 0
+                        for e in d.events()[n:]
+                    ),
+                    timeout=30, what="a rescan with nothing to do", alive=tuple(cluster),
+                )
         finally:
             for writer in writers:
                 writer.stop()

@@ -1,0 +1,177 @@
+"""Resume and rebuild against what S3 holds; errors opening a file are not deletions."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from cefmp4.checkpoint import StreamState
+from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.errors import ContentChanged, SourceBusy, SourcePermission, UploadNotFound
+from cefmp4.settings import Settings
+from cefmp4.source import OpenedSource
+from cefmp4.storage.memory import MemoryObjectStore
+from tests.pipeline.conftest import (
+    PART,
+    FakeProber,
+    burst,
+    capture,
+    make_app,
+    metadata,
+    pattern,
+    records,
+    videos,
+)
+from tests.pipeline.test_holes import seed
+
+
+async def _active(settings: Settings, store: MemoryObjectStore, path: Path, data: bytes,
+                  parts: int) -> str:
+    record = await seed(settings, store, path, data, parts=parts, status=None)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.status = None
+        await db.put_stream(record)
+    return record.key
+
+
+async def test_a_part_in_s3_but_not_in_the_checkpoint_is_adopted(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(3 * PART + 4)
+    path.write_bytes(data)
+    key = await _active(settings, store, path, data, parts=1)
+    [upload] = await store.list_multipart_uploads("")
+    body = data[PART:2 * PART]  # a crash between UploadPart 2 and its checkpoint write
+    await store.upload_part(key, upload.upload_id, 2, body,
+                            base64.b64encode(hashlib.md5(body).digest()).decode())
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert store.objects[key].body == data
+    adopted = [e["part_number"] for e in logs if e["event"] == "part_adopted"]
+    assert adopted == [2]
+    sent = [e["part_number"] for e in logs if e["event"] in ("part_uploaded", "part_reuploaded")]
+    assert 1 not in sent
+    assert 2 not in sent
+
+
+async def test_an_upload_s3_forgot_is_restarted_from_byte_zero(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 4)
+    path.write_bytes(data)
+    key = await _active(settings, store, path, data, parts=2)
+    [upload] = await store.list_multipart_uploads("")
+    await store.abort_multipart(key, upload.upload_id)  # expired by a lifecycle rule
+    await burst(settings, store, prober)
+    assert store.objects[key].body == data
+
+
+async def test_a_wiped_checkpoint_store_is_rebuilt_from_s3_by_the_daemon(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    from tests.pipeline.conftest import daemon, until
+
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 4)
+    path.write_bytes(data)
+    key = await _active(settings, store, path, data, parts=2)
+    async with open_sqlite_store(settings.state_dir) as db:
+        for rec in await db.list_streams():
+            await db.delete_stream(rec.stream_id)
+    with capture() as logs:
+        async with daemon(settings, store, prober):
+            await until(lambda: key in store.objects, what="the rebuilt stream's object")
+    assert store.objects[key].body == data
+    assert any(e["event"] == "stream_rebuilt" for e in logs)
+    sent = [e["part_number"] for e in logs if e["event"] in ("part_uploaded", "part_reuploaded")]
+    assert sent == [3]
+
+
+@pytest.mark.parametrize("error", [SourcePermission("EACCES"), SourceBusy("EMFILE")])
+async def test_a_file_that_cannot_be_opened_now_is_not_taken_for_deleted(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    monkeypatch: pytest.MonkeyPatch, error: Exception,
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 4)
+    path.write_bytes(data)
+    key = await _active(settings, store, path, data, parts=1)
+
+    async def refuse(path: Path, *, inode: int | None = None) -> OpenedSource:
+        raise error
+
+    monkeypatch.setattr("cefmp4.lifecycle.open_source", refuse)
+    await burst(settings, store, prober)
+    assert videos(store) == {}
+    [rec] = await records(settings)
+    assert rec.state is StreamState.ACTIVE  # still resumable: nothing finalized as deleted
+    monkeypatch.undo()
+    await burst(settings, store, prober)
+    assert store.objects[key].body == data
+    assert metadata(store, key)["status"] == "complete"
+
+
+async def test_emfile_on_a_new_file_is_retried_not_dropped(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for i in range(3):
+        (watch / f"cam{i}.mp4").write_bytes(pattern(100 + i, i))
+    from cefmp4.source import open_source as real
+    refused = 0
+
+    async def flaky(path: Path, *, inode: int | None = None) -> OpenedSource:
+        nonlocal refused
+        if refused < 2:
+            refused += 1
+            raise SourceBusy("EMFILE: Too many open files")
+        return await real(path, inode=inode)
+
+    monkeypatch.setattr("cefmp4.lifecycle.open_source", flaky)
+    app = make_app(settings, store, prober)
+    await app.run_burst()
+    assert refused == 2
+    assert len(videos(store)) == 3
+
+
+async def test_the_file_deleted_while_down_with_nothing_uploaded_fails_cleanly(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    path.write_bytes(b"x" * 10)
+    await _active(settings, store, path, b"x" * 10, parts=0)
+    path.unlink()
+    await burst(settings, store, prober)
+    assert videos(store) == {}
+    assert await store.list_multipart_uploads("") == []
+    [rec] = await records(settings)
+    assert rec.state is StreamState.FAILED
+    assert rec.error is not None
+
+
+async def test_a_part_rewritten_after_it_was_hashed_is_hashed_and_sent_again(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    (watch / "cam.mp4").write_bytes(pattern(PART + 9))
+    store.fail_next("upload_part", ContentChanged("BadDigest"), times=1)
+    await burst(settings, store, prober)
+    [body] = videos(store).values()
+    assert body == (watch / "cam.mp4").read_bytes()
+
+
+async def test_no_such_upload_for_one_part_restarts_and_completes(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(PART + 9)
+    (watch / "cam.mp4").write_bytes(data)
+    store.fail_next("upload_part", UploadNotFound("NoSuchUpload"), times=1)
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert list(videos(store).values()) == [data]
+    assert [e["event"] for e in logs].count("upload_restarted") == 1
