@@ -97,13 +97,21 @@ class MemoryObjectStore:
         complete_again: Literal["minio", "aws"] = "minio",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         body_pause: BodyPause | None = None,
+        min_part_size: int = MIN_PART_SIZE,
+        body_block: int = BODY_BLOCK,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
+        # ``min_part_size``, ``body_block`` and ``new_id``: the simulator scales S3 down
+        # (64 KiB parts run the same rules a thousand times faster) and seeds the ids.
         self.bucket = bucket
         self.bucket_exists = bucket_exists
         self.can_create = can_create
         self.complete_again = complete_again
         self.clock = clock
         self.body_pause = body_pause
+        self.min_part_size = min_part_size
+        self.body_block = body_block
+        self._new_id = new_id
         self.objects: dict[str, StoredObject] = {}
         self.calls: Counter[str] = Counter()
         self.touched: set[str] = set()
@@ -156,7 +164,7 @@ class MemoryObjectStore:
         while got < declared:
             try:
                 block = await loop.run_in_executor(
-                    None, body.read, min(BODY_BLOCK, declared - got)
+                    None, body.read, min(self.body_block, declared - got)
                 )
             except Exception as exc:
                 # aiohttp's writer fails the request and aiobotocore reports a connection
@@ -196,7 +204,7 @@ class MemoryObjectStore:
     async def create_multipart(self, key: str, content_type: str) -> str:
         await self._enter("create_multipart")
         self.touched.add(key)
-        upload_id = uuid.uuid4().hex
+        upload_id = self._new_id()
         self._uploads[upload_id] = _Upload(key, content_type, self.clock())
         return upload_id
 
@@ -259,7 +267,7 @@ class MemoryObjectStore:
             stored = upload.parts.get(number)
             if stored is None or stored[1] != etag:
                 raise PermanentError(f"CompleteMultipartUpload failed: InvalidPart ({number})")
-            if index < len(parts) - 1 and len(stored[0]) < MIN_PART_SIZE:
+            if index < len(parts) - 1 and len(stored[0]) < self.min_part_size:
                 raise PermanentError(
                     f"CompleteMultipartUpload failed: EntityTooSmall (part {number})"
                 )
