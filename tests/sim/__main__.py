@@ -16,12 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=0, help="run this many seeds")
     parser.add_argument("--from", dest="first", type=int, default=0, help="first seed")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--log-lines", type=int, default=60, help="log events to show")
     args = parser.parse_args(argv)
     seeds = list(args.seed) + list(range(args.first, args.first + args.seeds))
     failed: list[int] = []
     began = time.perf_counter()
     for seed in seeds:
-        result = run_seed(seed)
+        result = run_seed(seed, log_lines=args.log_lines)
         if not result.ok or args.verbose or len(seeds) == 1:
             print(result.report(verbose=args.verbose), flush=True)
         if not result.ok:

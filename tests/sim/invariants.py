@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cefmp4.checkpoint import StreamState
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim.faults import Shadow
 from tests.sim.world import End, Recording
@@ -25,11 +26,12 @@ class Video:
 
 
 def durable_prefix(shadow: Shadow, streams: frozenset[str], version: bytes) -> int:
-    """Longest contiguous checkpointed prefix, in any of ``streams``, that holds exactly the
-    bytes of ``version``: what a stream ending now must keep at least."""
+    """Longest contiguous checkpointed prefix, in any unfinished one of ``streams``, that
+    holds exactly the bytes of ``version``: what a stream ending now must keep at least."""
     best = 0
     for sid in streams:
-        if sid not in shadow.streams:
+        rec = shadow.streams.get(sid)
+        if rec is None or rec.state not in (StreamState.ACTIVE, StreamState.FINALIZING):
             continue
         end = 0
         parts = shadow.parts.get(sid, {})

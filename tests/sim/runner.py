@@ -67,9 +67,11 @@ class Result:
 
 
 @contextlib.contextmanager
-def captured_logs(loop: VirtualLoop) -> Iterator[tuple[deque[str], list[str]]]:
-    """structlog into memory: a tail of every event, and the errors in full."""
-    tail: deque[str] = deque(maxlen=60)
+def captured_logs(
+    loop: VirtualLoop, keep: int = 60
+) -> Iterator[tuple[deque[str], list[str]]]:
+    """structlog into memory: the last ``keep`` events, and the errors in full."""
+    tail: deque[str] = deque(maxlen=keep)
     errors: list[str] = []
 
     def capture(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
@@ -90,7 +92,7 @@ def captured_logs(loop: VirtualLoop) -> Iterator[tuple[deque[str], list[str]]]:
         structlog.configure(**saved)
 
 
-def run_seed(seed: int, keep: Path | None = None) -> Result:
+def run_seed(seed: int, keep: Path | None = None, log_lines: int = 60) -> Result:
     sched = make_schedule(seed)
     root = Path(tempfile.mkdtemp(prefix=f"cefmp4-sim-{seed}-"))
     loop = VirtualLoop()
@@ -99,7 +101,7 @@ def run_seed(seed: int, keep: Path | None = None) -> Result:
     random.seed(f"{seed}-jitter")
     started = time.perf_counter()
     try:
-        with virtual_time(loop, seed), captured_logs(loop) as (tail, errors):
+        with virtual_time(loop, seed), captured_logs(loop, log_lines) as (tail, errors):
             sim = Simulation(sched, root, loop)
             try:
                 failures = loop.run_until_complete(sim.run())
@@ -217,6 +219,10 @@ class Simulation:
         )
         end = End(kind, version, self.loop.time(), held, streams)
         self._update_required(rec, end)
+        if kind == "truncated" and len(rec.content) >= end.required:
+            # Every durable byte is still in the file: the stream may go on, and the file's
+            # final bytes (checked for every live recording) must hold them.
+            return
         rec.ends.append(end)
 
     # --- the drivers ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextvars
 import itertools
 import selectors
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -20,6 +21,8 @@ T = TypeVar("T")
 
 # A fixed start: virtual wall time is this plus the loop's clock (2026-01-01T00:00:00Z).
 EPOCH = 1_767_225_600.0
+STEP_COST = 1e-6
+REAL_BUDGET_S = 120.0  # one schedule takes well under a second; this is a livelock
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -45,11 +48,16 @@ class SimulationDeadlock(RuntimeError):
     pass
 
 
+class SimulationStuck(RuntimeError):
+    """A schedule spins without end in real time (a busy loop that never yields time)."""
+
+
 class VirtualLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._now = 0.0
         super().__init__(_JumpingSelector(self._advance))
         self.steps = 0
+        self.real_deadline = time.perf_counter() + REAL_BUDGET_S
         self._serial = itertools.count()
         self.set_task_factory(self._make_task)
         self.on_step: Callable[[int], None] | None = None
@@ -64,7 +72,12 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         return EPOCH + self._now
 
     def _run_once(self) -> None:
+        # Every step costs a microsecond: real work takes time, and a loop that waits for
+        # "a little longer" (a float rounding to zero) still reaches its deadline.
+        self._now += STEP_COST
         self.steps += 1
+        if self.steps % 4096 == 0 and time.perf_counter() > self.real_deadline:
+            raise SimulationStuck(f"still running after {REAL_BUDGET_S:.0f} s of real time")
         if self.on_step is not None:
             self.on_step(self.steps)
         super()._run_once()  # type: ignore[misc]
