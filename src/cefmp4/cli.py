@@ -18,7 +18,6 @@ import structlog
 
 from cefmp4 import __version__, logs
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
-from cefmp4.heap import pin_mmap_threshold
 from cefmp4.settings import Settings, check_watch_dir, load_settings
 
 EXIT_OK = 0
@@ -116,8 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure_logging(
             level=settings.log_level, fmt=settings.log_format, secrets=_secrets(settings)
         )
-        if args.command in ("run", "upload"):
-            pin_mmap_threshold()
         if args.command == "run":
             check_watch_dir(settings.watch_dir)
             return _run(settings)

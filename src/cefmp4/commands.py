@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from cefmp4.app import open_checkpoints, open_objects, upload_files
+from cefmp4.app import App, open_checkpoints, open_objects
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError
-from cefmp4.manager import StreamManager
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
 
@@ -58,7 +58,7 @@ async def _upload_with_progress(
 ) -> dict[Path, StreamRecord | None]:
     if not tty:
         return await upload_files(settings, files)
-    managers: list[StreamManager] = []
+    apps: list[App] = []
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
         TransferSpeedColumn(), transient=True,
@@ -67,18 +67,25 @@ async def _upload_with_progress(
     async def refresh(task_id: Any) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if managers:
-                uploaded = managers[0].ctx.metrics.bytes_uploaded_value()
+            if apps:
+                uploaded = apps[0].metrics.bytes_uploaded_value()
                 progress.update(task_id, completed=min(uploaded, total))
 
     with progress:
         task_id = progress.add_task(f"uploading {len(files)} file(s)", total=total)
         ticker = asyncio.create_task(refresh(task_id))
         try:
-            return await upload_files(settings, files, managers.append)
+            return await upload_files(settings, files, apps.append)
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+
+
+async def upload_files(
+    settings: Settings, files: list[Path], on_start: Callable[[App], None] | None = None
+) -> dict[Path, StreamRecord | None]:
+    """``cefmp4 upload``: the burst path with no idle wait."""
+    return await App(settings).run_burst(files, on_start=on_start)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -8,6 +8,11 @@
     │   ├── UploadNotFound   the multipart upload id is unknown to S3 (expired, aborted)
     │   └── LeaseLost        another instance owns the stream now (fencing token rejected)
     └── SourceError          the local file cannot be read as expected
+        ├── SourceGone       ENOENT: the file is gone (the only error that means deleted)
+        ├── SourceReplaced   another file, or a non-regular one, sits at the path
+        ├── SourcePermission EACCES/EPERM
+        ├── SourceBusy       EMFILE/ENFILE: out of descriptors, try again later
+        └── SourceTransient  EIO, ESTALE, ...
 """
 
 from __future__ import annotations
@@ -48,3 +53,29 @@ class LeaseLost(PermanentError):
 
 class SourceError(CefmpError):
     """The source file is gone, unreadable, or not what the checkpoint says."""
+
+
+# The source file, classified by what a caller should do about it (only ENOENT is "gone").
+class SourceGone(SourceError):
+    """The file no longer exists (ENOENT): the stream ends with what was uploaded."""
+
+
+class SourceReplaced(SourceError):
+    """Another file (another inode, or not a regular file) now sits at the path."""
+
+
+class SourcePermission(SourceError):
+    """EACCES/EPERM: the file is there but may not be read; retried later, never "gone"."""
+
+
+class SourceBusy(SourceError):
+    """EMFILE/ENFILE: no descriptor free right now; the file waits its turn."""
+
+
+class SourceTransient(SourceError):
+    """EIO, ESTALE and other errors that may clear up; retried later."""
+
+
+class ObjectExists(PermanentError):
+    """The stream's key already holds an object (completed before a crash): never
+    restart the upload over it."""

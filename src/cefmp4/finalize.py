@@ -1,15 +1,15 @@
-"""tail → verify → complete → probe → metadata → mark completed.
+"""drain → decide the end → verify or keep → complete → probe → metadata → completed.
 
-Safe to run again after a crash at any point: Complete is confirmed with HeadObject when
-S3 no longer knows the upload, and the metadata is written only after the object exists.
+The end (why the stream ended, and so what makes up the object) is checkpointed before
+anything acts on it, so a restart finishes the stream the same way. Safe to run again after
+a crash at any point: Complete is confirmed with HeadObject, an object already at the key is
+never overwritten, and the metadata is written only after the object exists.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,101 +17,220 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.errors import UploadNotFound
-from cefmp4.hashing import multipart_etag
+from cefmp4.complete import (
+    abort_quietly,
+    complete_parts,
+    existing_object,
+    put_empty,
+    sha256_of_object,
+)
+from cefmp4.errors import ObjectExists, UploadNotFound
+from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
+from cefmp4.parts import contiguous, part_bounds
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
+from cefmp4.source import RunningSha256
 from cefmp4.stream import StreamWorker
-from cefmp4.verify import upload_rest_verified
+from cefmp4.verify import digest_now, stale_parts, unchanged_since, verified
 
 log = structlog.get_logger("cefmp4.finalize")
 
 COMPLETE = "complete"
 TRUNCATED = "truncated"
 SOURCE_DELETED = "source_deleted"
+_REASONS = {TRUNCATED: "truncated", SOURCE_DELETED: "deleted"}
 
 
-def final_status(worker: StreamWorker, truncated: bool) -> tuple[str, str | None]:
+class TruncatedNow(Exception):
+    """The file lost bytes that are already in S3 while finalize was verifying it."""
+
+
+def _check_not_truncated(worker: StreamWorker) -> None:
+    if truncated(os.fstat(worker.fd), worker.up.uploaded_extent()):
+        raise TruncatedNow
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | None]:
     """(status, end_reason) from what became of the file we hold open."""
-    if truncated:
+    if truncated_now:
         return TRUNCATED, "truncated"
-    if os.fstat(worker.fd).st_nlink == 0:
-        try:
-            st = os.stat(worker.record.path)
-        except OSError:
-            return SOURCE_DELETED, "deleted"
-        if (st.st_dev, st.st_ino) != (worker.record.device, worker.record.inode):
-            return TRUNCATED, "replaced"
+    change = end_of_source(os.fstat(worker.fd), _stat_or_none(worker.record.path))
+    if change is Change.REPLACED:
+        return TRUNCATED, "replaced"
+    if change is Change.DELETED:
         return SOURCE_DELETED, "deleted"
     return COMPLETE, None
 
 
-async def finalize(worker: StreamWorker, *, truncated: bool = False) -> None:
-    ctx = worker.ctx
-    await worker.drain()
-    status, reason = final_status(worker, truncated)
-    if worker.record.state is not StreamState.FINALIZING:
+async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
+    ctx, up = worker.ctx, worker.up
+    if truncated_now:
+        await up.cancel_beyond(os.fstat(worker.fd).st_size)
+    await up.drain(timeout=ctx.config.drain_timeout)
+    resumed = worker.record.state is StreamState.FINALIZING
+    if resumed and truncated(os.fstat(worker.fd), up.uploaded_extent()):
+        truncated_now = True  # truncated while nobody watched: what was uploaded stands
+    if not resumed or truncated_now:
+        status, reason = end_status(worker, truncated_now)
         worker.record = replace(
-            worker.record, state=StreamState.FINALIZING, status=status, completed_at=ctx.clock()
+            worker.record, state=StreamState.FINALIZING, status=status,
+            completed_at=worker.record.completed_at or ctx.clock.time(),
         )
-        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(worker.record))
-    status = worker.record.status or status
-
-    keep_uploaded = status == TRUNCATED and reason == "truncated"
+        record = worker.record
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    else:  # the end decided before a restart stands
+        status = worker.record.status or COMPLETE
+        reason = _REASONS.get(status)
+    # Only what S3 already holds makes the object when the file no longer has those bytes:
+    # truncated now, or ended before a crash by something this descriptor cannot undo.
+    keep = truncated_now or (resumed and status != COMPLETE)
+    if keep:
+        await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)
+        return
     while True:
         try:
-            if keep_uploaded:
-                parts = worker.contiguous_parts()
+            parts, sha256, mtime_ns = await _upload_rest_verified(worker)
+            if parts:
                 await complete_parts(ctx, worker.record, parts)
-                sha256 = await _sha256_of_object(ctx, worker.record.key)
             else:
-                parts, sha256 = await upload_rest_verified(worker)
-                await complete_parts(ctx, worker.record, parts)
+                await put_empty(ctx, worker.record)
             break
+        except TruncatedNow:
+            # Bytes S3 holds left the file while we verified: they make the object.
+            worker.record = replace(worker.record, status=TRUNCATED)
+            await ctx.retry("checkpoint", _put(ctx, worker.record))
+            await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)
+            return
         except UploadNotFound as exc:
-            if keep_uploaded:
-                raise  # the uploaded bytes are gone from S3 and from the file
-            await worker.restart_upload(str(exc))
+            try:
+                await up.restart(str(exc))
+            except ObjectExists:
+                await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
+                return
+        except ObjectExists:
+            # Completed before a crash: that object stands, whatever the file holds now.
+            await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
+            return
     ctx.failpoints.hit("after_complete")
-    probe = await _probe(worker)
+    probe = await _probe(ctx, worker.fd, worker.record.path)
     worker.record = await publish(
         ctx, worker.record, parts, sha256=sha256, probe=probe, status=status,
-        mtime_ns=os.fstat(worker.fd).st_mtime_ns,
-        extra={"end_reason": reason, "parts_reuploaded": worker.reuploaded},
+        mtime_ns=mtime_ns, extra={"end_reason": reason, "parts_reuploaded": up.reuploaded},
     )
 
 
-async def finalize_orphan(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
-    """The file vanished while we were down: the object is what was uploaded of it."""
-    record = replace(
-        record, state=StreamState.FINALIZING, status=record.status or SOURCE_DELETED,
-        completed_at=record.completed_at or ctx.clock(),
-    )
-    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
-    contiguous: list[PartRecord] = []
-    for part in parts:
-        if part.part_number != len(contiguous) + 1:
-            break
-        contiguous.append(part)
-    if not contiguous:
+async def finish_kept(
+    ctx: Context,
+    record: StreamRecord,
+    parts: list[PartRecord],
+    fd: int | None,
+    running: RunningSha256 | None,
+) -> StreamRecord:
+    """The object is the contiguous parts S3 holds: the file no longer has those bytes.
+
+    Never an empty object and never over an object already there: with nothing uploaded
+    the stream fails with a reason; an object at the key that these parts do not make is
+    left alone and the stream fails."""
+    status = record.status or SOURCE_DELETED
+    if record.state is not StreamState.FINALIZING:
+        record = replace(record, state=StreamState.FINALIZING, status=status,
+                         completed_at=record.completed_at or ctx.clock.time())
+        await ctx.retry("checkpoint", _put(ctx, record))
+    parts = contiguous({p.part_number: p for p in parts})
+    if not parts:
         if record.upload_id is not None:
-            await _abort_quietly(ctx, record.key, record.upload_id)
-        failed = replace(
-            record, state=StreamState.FAILED, error="source file gone before any part was uploaded"
-        )
-        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(failed))
-        ctx.metrics.streams_failed.inc()
-        log.error(logs.STREAM_FAILED, error=failed.error)
-        return
-    await complete_parts(ctx, record, contiguous)
-    sha256 = await _sha256_of_object(ctx, record.key)
-    await publish(
-        ctx, record, contiguous, sha256=sha256,
-        probe=ProbeResult(None, "source file gone before completion; not probed"),
-        status=record.status or SOURCE_DELETED, mtime_ns=None, extra={"end_reason": "deleted"},
+            await abort_quietly(ctx, record.key, record.upload_id)
+        return await _fail(ctx, record, "the file lost its bytes before any part was uploaded")
+    try:
+        await complete_parts(ctx, record, parts)
+    except UploadNotFound:
+        info = await existing_object(ctx, record.key)
+        why = ("an object not made of the checkpointed parts is already at the key"
+               if info is not None else "S3 lost the uploaded parts and the file lost its bytes")
+        return await _fail(ctx, record, why)
+    ctx.failpoints.hit("after_complete")
+    sha256 = running.hexdigest(len(parts)) if running is not None else None
+    if sha256 is None:
+        sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in parts))
+    gone = status == SOURCE_DELETED
+    probe = (
+        ProbeResult(None, "source file gone before completion; not probed")
+        if gone or fd is None else await _probe(ctx, fd, record.path)
     )
+    return await publish(
+        ctx, record, parts, sha256=sha256, probe=probe, status=status, mtime_ns=None,
+        extra={"end_reason": "deleted" if gone else "truncated"},
+    )
+
+
+async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:
+    failed = replace(record, state=StreamState.FAILED, error=why)
+    await ctx.retry("checkpoint", _put(ctx, failed))
+    ctx.metrics.streams_failed.inc()
+    log.error(logs.STREAM_FAILED, error=why)
+    return failed
+
+
+def _put(ctx: Context, record: StreamRecord) -> Callable[[], Awaitable[None]]:
+    return lambda: ctx.checkpoints.put_stream(record)
+
+
+async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
+    """Upload the tail and every changed part: (the object's parts, its SHA-256, the mtime
+    of the bytes they hold). Returns only once the file is proved unchanged since hashed."""
+    fast = await _quiet_file_parts(worker)
+    if fast is not None:
+        return fast
+    up, ctx = worker.up, worker.ctx
+    digest = await worker.predigest.take()
+    while True:
+        if digest is None:
+            digest = await digest_now(worker.fd, up.schedule, ctx.clock)
+        _check_not_truncated(worker)
+        stale = stale_parts(digest, up.parts)
+        up.forget_parts_beyond(len(digest.result.parts))
+        for d in stale:
+            up.start_part(d.part_number, d.offset, d.size)
+        await up.drain()
+        _check_not_truncated(worker)
+        # Never without the fingerprint check: a write since the pass began means the
+        # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
+        # have been trusted (settled) to prove the bytes did not move while hashed.
+        if unchanged_since(worker.fd, digest) and (not stale or digest.trusted):
+            parts = verified(digest, up.parts)
+            if parts is not None:
+                return parts, digest.result.sha256, digest.mtime_ns
+        digest = None  # the recorder wrote while we uploaded: hash everything again
+
+
+async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str, int] | None:
+    """A file that was complete before we read it needs no second read: every part's MD5
+    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
+    up = worker.up
+    st = os.fstat(worker.fd)
+    if up.running_sha is None or not worker.quiet_since_start(st):
+        return None
+    bounds = part_bounds(up.schedule, st.st_size)
+    for number, offset, size in bounds:
+        if number not in up.parts and not up.is_inflight(number):
+            up.start_part(number, offset, size)
+    await up.drain()
+    _check_not_truncated(worker)
+    after = os.fstat(worker.fd)
+    sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
+    parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
+    if sha256 is None or not worker.quiet_since_start(after) or None in parts:
+        return None
+    return [p for p in parts if p is not None], sha256, after.st_mtime_ns
 
 
 async def publish(
@@ -128,23 +247,24 @@ async def publish(
     """The object is complete: checkpoint it, write the metadata, mark the stream completed."""
     size = sum(p.size for p in parts)
     record = replace(record, final_size=size, final_mtime_ns=mtime_ns, sha256=sha256)
-    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    await ctx.retry("checkpoint", _put(ctx, record))
     doc = build_metadata(
-        record=record, parts=parts, probe=probe, status=status, processed_at=ctx.clock(),
-        extra=extra,
+        record=record, parts=parts, probe=probe, status=status,
+        processed_at=ctx.clock.time(), extra=extra,
     )
     body = to_json_bytes(doc)
     meta_key = metadata_key(record.key)
     await ctx.retry(
         "put_metadata", lambda: ctx.objects.put_object(meta_key, body, "application/json")
     )
+    ctx.metrics.metadata_written.inc()
     log.info(logs.METADATA_WRITTEN, key=meta_key, status=status)
     ctx.failpoints.hit("after_metadata")
     record = replace(record, state=StreamState.COMPLETED)
-    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    await ctx.retry("checkpoint", _put(ctx, record))
     ctx.metrics.streams_completed.inc()
     ctx.metrics.stream_duration.observe(
-        max(0.0, (record.completed_at or ctx.clock()) - record.started_at)
+        max(0.0, (record.completed_at or ctx.clock.time()) - record.started_at)
     )
     log.info(
         logs.STREAM_COMPLETED, status=status, size=size, parts=len(parts),
@@ -153,60 +273,13 @@ async def publish(
     return record
 
 
-async def _sha256_of_object(ctx: Context, key: str) -> str:
-    """The file no longer holds the uploaded bytes, so hash what S3 holds."""
-    data = await ctx.retry("get", lambda: ctx.objects.get_object(key))
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-
-
-async def _abort_quietly(ctx: Context, key: str, upload_id: str) -> None:
-    with contextlib.suppress(UploadNotFound):  # already gone: nothing to clean up
-        await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
-
-
-async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
-    """CompleteMultipartUpload, confirmed by HeadObject when S3 forgot the upload id."""
-    key = record.key
-    if not parts:
-        # An empty recording: S3 has no empty multipart object, so write it directly.
-        if record.upload_id is not None:
-            await _abort_quietly(ctx, key, record.upload_id)
-        await ctx.retry("put_object", lambda: ctx.objects.put_object(key, b"", "video/mp4"))
-        return
-    upload_id = record.upload_id
-    if upload_id is None:
-        raise UploadNotFound("parts without an upload id")
-    pairs = [(p.part_number, p.etag) for p in parts]
-    if ctx.guard is not None:
-        await ctx.guard(record)
-    try:
-        await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
-    except UploadNotFound:
-        # Completed before (a crash or a lost response after Complete), or the upload expired.
-        if await _already_complete(ctx, key, parts):
-            log.info(logs.COMPLETE_CONFIRMED, key=key)
-            return
-        raise
-
-
-async def _already_complete(ctx: Context, key: str, parts: list[PartRecord]) -> bool:
-    info = await ctx.retry("head", lambda: ctx.objects.head_object(key))
-    if info is None:
-        return False
-    if info.size != sum(p.size for p in parts):
-        return False
-    if "-" in info.etag:
-        return info.etag == multipart_etag([p.md5 for p in parts])
-    return True
-
-
-async def _probe(worker: StreamWorker) -> ProbeResult:
+async def _probe(ctx: Context, fd: int, path: str) -> ProbeResult:
     # /proc/<pid>/fd/<n> reaches the bytes even when the file was deleted or renamed.
-    path = Path(f"/proc/{os.getpid()}/fd/{worker.fd}")
-    if not os.path.exists(path):  # noqa: ASYNC240  (a /proc lookup, never blocks)
-        path = Path(worker.record.path)
-    result = await worker.ctx.prober.probe(path)
+    target = Path(f"/proc/{os.getpid()}/fd/{fd}")
+    if not os.path.exists(target):  # noqa: ASYNC240  (a /proc lookup, never blocks)
+        target = Path(path)
+    result = await ctx.prober.probe(target)
     if result.duration_seconds is None:
-        worker.ctx.metrics.failed_operations.labels(operation="probe").inc()
+        ctx.metrics.failed_operations.labels(operation="probe").inc()
         log.warning(logs.PROBE_FAILED, error=result.error)
     return result

@@ -1,17 +1,9 @@
-"""Digests S3 speaks: Content-MD5 of a part and the ETag of a multipart object."""
+"""The ETag S3 gives a multipart object (Content-MD5s are made in ``cefmp4.source``)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable
-
-
-def md5_hex_b64(data: bytes | bytearray | memoryview) -> tuple[str, str]:
-    """MD5 of ``data`` as ``(hex, base64)``: hex for ETags and checkpoints, base64 for
-    the ``Content-MD5`` header."""
-    digest = hashlib.md5(data, usedforsecurity=False).digest()
-    return digest.hex(), base64.b64encode(digest).decode("ascii")
 
 
 def multipart_etag(md5_hexes: Iterable[str]) -> str:

@@ -58,3 +58,52 @@ def classify(old: FileIdentity, new: FileIdentity | None) -> Change:
     if new.mtime_ns != old.mtime_ns:
         return Change.REWRITTEN
     return Change.UNCHANGED
+
+
+# --- the questions the pipeline asks, all answered here -----------------------------------
+
+Ident = tuple[int, int]
+"""(device, inode): the key of a file while this process runs."""
+
+Fingerprint = tuple[int, int, int]
+"""(size, mtime_ns, ctime_ns): any write to the file changes it (once settled, §2.3)."""
+
+
+def ident_of(st: os.stat_result) -> Ident:
+    return (st.st_dev, st.st_ino)
+
+
+def fingerprint(st: os.stat_result) -> Fingerprint:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def same_inode(inode: int, st: os.stat_result) -> bool:
+    """Whether ``st`` is the file of a stream recorded with ``inode``. By inode only: on
+    a shared volume each host sees its own device number."""
+    return st.st_ino == inode
+
+
+def unchanged_since(final_size: int | None, final_mtime_ns: int | None,
+                    st: os.stat_result) -> bool:
+    """A completed stream's file still holds what was uploaded: never upload it again."""
+    return st.st_size == final_size and st.st_mtime_ns == final_mtime_ns
+
+
+def truncated(st: os.stat_result, uploaded_extent: int) -> bool:
+    """Bytes already uploaded are gone from the file (a truncate or an in-place rewrite)."""
+    return st.st_size < uploaded_extent
+
+
+def end_of_source(held: os.stat_result, at_path: os.stat_result | None) -> Change:
+    """What became of the file a stream holds open, given what its path shows now.
+
+    DELETED: unlinked, nothing (or only it) at the path; REPLACED: unlinked and another
+    file at the path; UNCHANGED: still linked (a rename keeps the stream).
+    """
+    if held.st_nlink > 0:
+        return Change.UNCHANGED
+    if at_path is None:
+        return Change.DELETED
+    if ident_of(at_path) != ident_of(held):
+        return Change.REPLACED
+    return Change.DELETED

@@ -43,7 +43,8 @@ UPLOAD_RESTARTED: Final = "upload_restarted"  # S3 forgot the upload id: from by
 PART_UPLOADED: Final = "part_uploaded"
 PART_REUPLOADED: Final = "part_reuploaded"
 PART_ADOPTED: Final = "part_adopted"  # found in ListParts after a restart, bytes match
-PART_MISSING: Final = "part_missing"
+PART_MISSING: Final = "part_missing"  # checkpointed, but S3 does not list it
+PART_MISMATCH: Final = "part_mismatch"  # S3 lists it with another ETag
 STREAM_REBUILT: Final = "stream_rebuilt"
 UPLOAD_ATTACHED: Final = "upload_attached"
 LEASE_LOST: Final = "lease_lost"
@@ -61,6 +62,11 @@ PROBE_FAILED: Final = "probe_failed"
 METADATA_WRITTEN: Final = "metadata_written"
 # failures
 RETRY: Final = "retry"
+TASK_FAILED: Final = "task_failed"  # a supervised background task raised
+TASK_RESTARTING: Final = "task_restarting"
+RESCAN_DONE: Final = "rescan"  # a periodic look at the whole watch dir finished
+STREAM_DEFERRED: Final = "stream_deferred"  # no room or no descriptor: retried later
+SOURCE_UNREADABLE: Final = "source_unreadable"  # permission or I/O error opening it
 ERROR: Final = "error"
 
 MASK: Final = "***"

@@ -27,7 +27,8 @@ Operation = Literal[
     "ensure_bucket",  # HeadBucket / CreateBucket at start-up
     "create",  # CreateMultipartUpload
     "upload_part",  # UploadPart
-    "list_parts",  # ListParts / ListMultipartUploads during reconciliation
+    "list_parts",  # ListParts during reconciliation
+    "list_uploads",  # ListMultipartUploads (rebuilding checkpoints, the orphan sweeper)
     "complete",  # CompleteMultipartUpload
     "abort",  # AbortMultipartUpload (housekeeping, restart from byte 0)
     "put_metadata",  # PutObject of the metadata JSON
@@ -145,13 +146,6 @@ class Metrics:
         self._pending_source: PendingSource | None = None
 
     # -- recording helpers ---------------------------------------------------------------
-
-    def part_uploaded(self, size_bytes: int, seconds: float, *, reupload: bool = False) -> None:
-        self.chunks_uploaded.inc()
-        self.bytes_uploaded.inc(size_bytes)
-        self.chunk_upload_seconds.observe(seconds)
-        if reupload:
-            self.parts_reuploaded.inc()
 
     def bytes_uploaded_value(self) -> int:
         """Bytes uploaded so far by this process (for a progress bar)."""

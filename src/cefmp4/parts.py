@@ -21,8 +21,9 @@ query walks the tiers (at most ~20), never the parts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -32,6 +33,8 @@ MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * GIB  # S3's maximum part size
 MAX_OBJECT_SIZE = 5 * TIB  # S3's maximum object size
 MAX_PARTS = 10_000  # S3's maximum part number
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,51 +92,9 @@ class PartSchedule:
         """Byte offset just past part ``part_number``."""
         return self.offset_of(part_number) + self.size_of(part_number)
 
-    def part_containing(self, offset: int) -> int:
-        """The part number whose byte range holds ``offset``."""
-        if offset < 0:
-            raise ValueError(f"offset must not be negative, got {offset}")
-        for tier in self._tiers:
-            if offset < tier.end_offset:
-                return tier.first_part + (offset - tier.first_offset) // tier.size
-        raise ValueError(
-            f"offset {offset} is beyond the schedule's capacity of {self.capacity()} bytes"
-        )
-
     def capacity(self) -> int:
         """Bytes reachable within ``max_parts`` parts."""
         return self._tiers[-1].end_offset
-
-    def full_parts_within(self, size: int) -> int:
-        """How many whole parts (from part 1) fit in the first ``size`` bytes."""
-        if size <= 0:
-            return 0
-        if size >= self.capacity():
-            return self.max_parts
-        part = self.part_containing(size)
-        return part if self.end_of(part) == size else part - 1
-
-    def ranges(self, size: int) -> Iterator[tuple[int, int, int]]:
-        """``(part_number, offset, length)`` covering a file of ``size`` bytes.
-
-        Every part is full except the last, which holds the tail. A file larger than
-        ``capacity()`` raises ``ValueError`` before anything is yielded.
-        """
-        if size < 0:
-            raise ValueError(f"size must not be negative, got {size}")
-        if size > self.capacity():
-            raise ValueError(
-                f"{size} bytes exceed the schedule's capacity of {self.capacity()} bytes"
-            )
-        return self._ranges(size)
-
-    def _ranges(self, size: int) -> Iterator[tuple[int, int, int]]:
-        for tier in self._tiers:
-            for index in range(tier.count):
-                offset = tier.first_offset + index * tier.size
-                if offset >= size:
-                    return
-                yield tier.first_part + index, offset, min(tier.size, size - offset)
 
     def _tier_of_part(self, part_number: int) -> _Tier:
         if not 1 <= part_number <= self.max_parts:
@@ -194,3 +155,23 @@ def _build_tiers(base_size: int, max_parts: int) -> tuple[_Tier, ...]:
         part += count
         offset += count * size
     return tuple(tiers)
+
+
+def part_bounds(schedule: PartSchedule, size: int) -> list[tuple[int, int, int]]:
+    """(part_number, offset, size) covering ``size`` bytes; the last part may be short."""
+    bounds: list[tuple[int, int, int]] = []
+    number, offset = 1, 0
+    while offset < size:
+        part = min(schedule.size_of(number), size - offset)
+        bounds.append((number, offset, part))
+        offset += part
+        number += 1
+    return bounds
+
+
+def contiguous(parts: Mapping[int, P]) -> list[P]:
+    """Parts 1, 2, ... up to the first gap (what a Complete may use)."""
+    run: list[P] = []
+    while (part := parts.get(len(run) + 1)) is not None:
+        run.append(part)
+    return run

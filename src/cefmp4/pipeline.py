@@ -1,9 +1,8 @@
-"""What every stream needs: the adapters and the values, built once by ``app``."""
+"""What every stream needs: the adapters and the values, built once and complete by ``app``."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,15 +13,19 @@ import structlog
 from cefmp4 import logs
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord
+from cefmp4.clock import Clock, SystemClock
 from cefmp4.failpoints import Failpoints
 from cefmp4.metrics import Metrics
 from cefmp4.probe import Prober
+from cefmp4.readiness import Readiness
 from cefmp4.retry import Backoff, retry_transient
 from cefmp4.storage import ObjectStore
 
 T = TypeVar("T")
 
 log = structlog.get_logger("cefmp4")
+
+Guard = Callable[[StreamRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +40,21 @@ class PipelineConfig:
     # busy while the next part is read and hashed, few enough that the first part goes up
     # at once and memory stays low. The byte budget bounds the total across streams.
     parts_in_flight: int = 6
+    # How long finalize waits for parts still in flight before it cancels them (they are
+    # sent again by the verification if the object needs them): never an unbounded wait.
+    drain_timeout: float = 120.0
     backoff: Backoff = field(default_factory=Backoff)
 
 
-@dataclass(slots=True)
+def component_of(operation: str) -> str:
+    """The readiness component an operation's failures are reported under."""
+    return "checkpoint_store" if operation == "checkpoint" else "s3"
+
+
+# Eleven fields: every adapter a stream touches, passed as one value instead of eleven.
+@dataclass(frozen=True, slots=True)
 class Context:
-    """Shared by every stream worker. Only ``app`` builds one."""
+    """Shared by every stream. Only ``app`` builds one, complete; nothing changes it."""
 
     config: PipelineConfig
     objects: ObjectStore
@@ -51,28 +63,35 @@ class Context:
     metrics: Metrics
     budget: ByteBudget
     upload_slots: asyncio.Semaphore
-    clock: Callable[[], float] = time.time
+    clock: Clock = field(default_factory=SystemClock)
+    readiness: Readiness = field(default_factory=Readiness)
     failpoints: Failpoints = field(default_factory=Failpoints)
     # Called before an irreversible step of a stream (Complete); raises LeaseLost when this
     # instance no longer owns it (scale-out). None: a single instance owns everything.
-    guard: Callable[[StreamRecord], Awaitable[None]] | None = None
-    # Operations currently failing, for /readyz and logs: operation -> last error text.
-    failing: dict[str, str] = field(default_factory=dict)
+    guard: Guard | None = None
 
     async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op`` until it succeeds or fails permanently; transient errors never end it."""
+        """Run ``op`` until it succeeds or fails permanently; transient errors never end it.
+
+        While it fails, its component (``s3``, ``checkpoint_store``) is reported failing."""
+        component = component_of(operation)
+        failed = False
 
         def on_retry(name: str, attempt: int, delay: float, exc: BaseException) -> None:
+            nonlocal failed
+            failed = True
             self.metrics.operation_failed(name)
             self.metrics.retried(name)
-            self.failing[name] = str(exc)
+            self.readiness.fail(component, exc)
             log.warning(
                 logs.RETRY, operation=name, attempt=attempt, delay_s=round(delay, 2),
                 error=str(exc),
             )
 
         result = await retry_transient(
-            op, operation=operation, backoff=self.config.backoff, on_retry=on_retry
+            op, operation=operation, backoff=self.config.backoff, on_retry=on_retry,
+            sleep=self.clock.sleep,
         )
-        self.failing.pop(operation, None)
+        if failed:
+            self.readiness.ok(component)
         return result

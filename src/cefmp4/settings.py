@@ -19,11 +19,12 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cefmp4.errors import ConfigError
+from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 
-MIB = 1024 * 1024
-S3_MIN_PART_MIB = 5
-S3_MAX_PART_MIB = 5 * 1024
-S3_MAX_PARTS = 10_000
+# S3's limits live in ``cefmp4.parts``; here in the settings' units.
+S3_MIN_PART_MIB = MIN_PART_SIZE // MIB
+S3_MAX_PART_MIB = MAX_PART_SIZE // MIB
+S3_MAX_PARTS = MAX_PARTS
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
@@ -103,6 +104,12 @@ class Settings(BaseSettings):
     max_parts: int = Field(
         S3_MAX_PARTS, description="part limit per object (10,000 in S3; lower only for testing)"
     )
+    rescan_interval_seconds: float = Field(
+        60.0, description="look at the whole watch dir this often (what inotify missed); 0 = off"
+    )
+    cefmp4_failpoints: str = Field(
+        "", description="testing only: crash at these step boundaries (comma-separated)"
+    )
 
     @field_validator("chunk_size_mb")
     @classmethod
@@ -120,7 +127,17 @@ class Settings(BaseSettings):
             raise ValueError("must be greater than 0")
         return v
 
-    @field_validator("shutdown_grace_seconds", "abort_orphan_uploads_after_hours")
+    @field_validator("cefmp4_failpoints")
+    @classmethod
+    def _failpoints(cls, v: str) -> str:
+        from cefmp4.failpoints import Failpoints
+
+        Failpoints(v)  # ValueError naming the unknown point
+        return v
+
+    @field_validator(
+        "shutdown_grace_seconds", "abort_orphan_uploads_after_hours", "rescan_interval_seconds"
+    )
     @classmethod
     def _non_negative(cls, v: float) -> float:
         if v < 0:

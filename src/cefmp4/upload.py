@@ -1,187 +1,234 @@
-"""Reading byte ranges of the source: hashing them, and streaming them to S3 as parts.
-
-A part is never held in memory whole: one pass hashes it in small blocks (Content-MD5, and
-the stream's running SHA-256), then the S3 client streams it straight from the file
-(``FileRange``). The page cache serves the second read. Should the bytes change in
-between, S3 answers BadDigest (``ContentChanged``) and the part is hashed and sent again.
+"""One stream's multipart upload: create it, send parts with retry, checkpoint each part,
+restart it when S3 forgot it. The byte budget (``cefmp4.budget``) bounds what all streams
+hold in flight; ``upload_slots`` bounds the UploadPart calls running at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import io
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import replace
 
-from cefmp4.errors import SourceError
-from cefmp4.parts import PartSchedule
+import structlog
 
-_READ_BLOCK = 4 * 1024 * 1024
+from cefmp4 import logs
+from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.clock import wait_tasks
+from cefmp4.complete import existing_object
+from cefmp4.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
+from cefmp4.parts import PartSchedule, contiguous
+from cefmp4.pipeline import Context
+from cefmp4.source import FileRange, RunningSha256, hash_range
 
-
-def read_range(fd: int, offset: int, size: int) -> bytes:
-    """Exactly ``size`` bytes at ``offset`` of an open file, or ``SourceError``."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < size:
-        chunk = os.pread(fd, size - got, offset + got)
-        if not chunk:
-            raise SourceError(f"file ended at byte {offset + got}, expected {offset + size}")
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+log = structlog.get_logger("cefmp4.upload")
 
 
-def hash_range(
-    fd: int, offset: int, size: int, sha: hashlib._Hash | None = None
-) -> tuple[str, str]:
-    """(MD5 hex, MD5 base64) of ``size`` bytes at ``offset``, also fed to ``sha`` if given.
-    Blocking; run it in a thread (hashlib releases the GIL on large blocks)."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    block = bytearray(min(_READ_BLOCK, size) or 1)
-    view = memoryview(block)
-    done = 0
-    while done < size:
-        want = min(len(block), size - done)
-        got = os.preadv(fd, [view[:want]], offset + done)
-        if got <= 0:
-            raise SourceError(f"file ended at byte {offset + done}, expected {offset + size}")
-        md5.update(view[:got])
-        if sha is not None:
-            sha.update(view[:got])
-        done += got
-    digest = md5.digest()
-    return digest.hex(), base64.b64encode(digest).decode("ascii")
+class Uploader:
+    """The S3 side of one stream: its record (key, upload id), its parts, the part tasks.
 
-
-class FileRange(io.RawIOBase):
-    """``size`` bytes of an open file from ``offset``, as a seekable read-only stream.
-
-    The S3 client reads it in chunks while sending; the descriptor is shared, not owned.
+    The record lives here because the upload id is part of it; ``StreamWorker`` and
+    ``finalize`` read and replace it through ``record``. Eleven attributes: the upload's
+    state is this much, and splitting it would hand the same record to two owners.
     """
 
-    def __init__(self, fd: int, offset: int, size: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._offset = offset
-        self._size = size
-        self._pos = 0
+    def __init__(
+        self,
+        ctx: Context,
+        record: StreamRecord,
+        fd: int,
+        parts: list[PartRecord],
+        on_part_done: Callable[[], None],
+    ) -> None:
+        self.ctx = ctx
+        self.record = record
+        self.fd = fd
+        self.schedule = PartSchedule(record.part_size, record.max_parts)
+        self.parts: dict[int, PartRecord] = {p.part_number: p for p in parts}
+        self.reuploaded = 0
+        # SHA-256 built while parts are read; with a quiet file it spares finalize a pass.
+        self.running_sha: RunningSha256 | None = None if parts else RunningSha256()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._create_lock = asyncio.Lock()
+        self._hash_lock = asyncio.Lock()  # parts are hashed one at a time, in order
+        self._on_part_done = on_part_done
 
-    def __len__(self) -> int:
-        return self._size
+    # --- what is uploaded ------------------------------------------------------------------
 
-    def readable(self) -> bool:
-        return True
+    def contiguous_parts(self) -> list[PartRecord]:
+        return contiguous(self.parts)
 
-    def seekable(self) -> bool:
-        return True
+    def durable_bytes(self) -> int:
+        """Length of the contiguous prefix of the file that is uploaded and checkpointed."""
+        run = self.contiguous_parts()
+        return run[-1].offset + run[-1].size if run else 0
 
-    def tell(self) -> int:
-        return self._pos
+    def uploaded_extent(self) -> int:
+        """End of the furthest uploaded part (not necessarily contiguous)."""
+        return max((p.offset + p.size for p in self.parts.values()), default=0)
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = min(max(0, base + offset), self._size)
-        return self._pos
+    def inflight(self) -> int:
+        return len(self._inflight)
 
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._size - self._pos)
-        if want <= 0:
-            return 0
-        view = memoryview(buffer).cast("B")
-        got = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
-        if got <= 0:
-            raise SourceError(f"file ended at byte {self._offset + self._pos}")
-        self._pos += got
-        return got
+    def is_inflight(self, number: int) -> bool:
+        return number in self._inflight
 
+    def forget_parts_beyond(self, count: int) -> None:
+        """The file is shorter than parts we uploaded: they will not be part of the object."""
+        for number in [n for n in self.parts if n > count]:
+            del self.parts[number]
 
-@dataclass(frozen=True, slots=True)
-class RangeDigest:
-    part_number: int
-    offset: int
-    size: int
-    md5_hex: str
+    # --- part tasks ------------------------------------------------------------------------
 
+    def start_part(self, number: int, offset: int, size: int) -> asyncio.Task[None]:
+        task = asyncio.create_task(
+            self._upload_part(number, offset, size),
+            name=f"part-{self.record.stream_id}-{number}",
+        )
+        self._inflight[number] = task
+        task.add_done_callback(lambda _t: self._on_part_done())
+        return task
 
-@dataclass(frozen=True, slots=True)
-class FileDigest:
-    size: int
-    sha256: str
-    parts: list[RangeDigest]
+    async def reap(self) -> None:
+        """Take finished part tasks out and surface their failures (never silently).
 
+        The finished tasks are removed before any of them is acted on: a restart clears
+        the tasks still in flight, and must not pull them from under this loop.
+        """
+        finished = [(n, t) for n, t in self._inflight.items() if t.done()]
+        for number, _task in finished:
+            del self._inflight[number]
+        restart: UploadNotFound | None = None
+        for number, task in finished:
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, UploadNotFound):
+                restart = restart or exc
+            elif isinstance(exc, SourceError):
+                # The file shrank between fstat and read; the follow loop sees it next.
+                log.warning(logs.SOURCE_CHANGED, part_number=number, error=str(exc))
+            elif exc is not None:
+                raise exc
+        if restart is not None:
+            await self.restart(str(restart))
 
-def digest_file(fd: int, bounds: list[tuple[int, int, int]]) -> FileDigest:
-    """One sequential pass: the MD5 of each (part_number, offset, size) range and the
-    SHA-256 of all of them, read in blocks so memory stays small whatever the part size.
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for every part in flight (cancel what is left after ``timeout``)."""
+        if self._inflight:
+            pending = await wait_tasks(self.ctx.clock, list(self._inflight.values()), timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.reap()
 
-    ``bounds`` must be contiguous from offset 0. Blocking; run it in a thread.
-    """
-    sha = hashlib.sha256()
-    digests: list[RangeDigest] = []
-    expected = 0
-    for number, offset, size in bounds:
-        if offset != expected:
-            raise ValueError("ranges must be contiguous from 0")
-        md5 = hashlib.md5(usedforsecurity=False)
-        done = 0
-        while done < size:
-            block = read_range(fd, offset + done, min(_READ_BLOCK, size - done))
-            md5.update(block)
-            sha.update(block)
-            done += len(block)
-        digests.append(RangeDigest(number, offset, size, md5.hexdigest()))
-        expected = offset + size
-    return FileDigest(expected, sha.hexdigest(), digests)
+    async def cancel_beyond(self, size: int) -> None:
+        """Cancel the parts in flight that reach past ``size`` (the file was truncated):
+        they cannot succeed, and must not be waited for."""
+        doomed = [n for n in self._inflight if self.schedule.end_of(n) > size]
+        tasks = [self._inflight.pop(n) for n in doomed]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def cancel_inflight(self) -> None:
+        tasks = list(self._inflight.values())
+        self._inflight.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-def part_bounds(schedule: PartSchedule, size: int) -> list[tuple[int, int, int]]:
-    """(part_number, offset, size) covering ``size`` bytes; the last part may be short."""
-    bounds: list[tuple[int, int, int]] = []
-    number, offset = 1, 0
-    while offset < size:
-        part = min(schedule.size_of(number), size - offset)
-        bounds.append((number, offset, part))
-        offset += part
-        number += 1
-    return bounds
+    # --- S3 --------------------------------------------------------------------------------
 
+    async def ensure_upload(self) -> str:
+        """The multipart upload id, created (and checkpointed) on first use."""
+        async with self._create_lock:
+            if self.record.upload_id is not None:
+                return self.record.upload_id
+            ctx = self.ctx
+            key = self.record.key
+            upload_id = await ctx.retry(
+                "create", lambda: ctx.objects.create_multipart(key, "video/mp4")
+            )
+            ctx.failpoints.hit("after_create")
+            self.record = replace(self.record, upload_id=upload_id)
+            record = self.record
+            await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+            log.info(logs.UPLOAD_CREATED, key=key, upload_id=upload_id)
+            return upload_id
 
-class RunningSha256:
-    """SHA-256 of the whole file, fed by the part hashing pass while parts go up.
+    async def _upload_part(self, number: int, offset: int, size: int) -> None:
+        ctx = self.ctx
+        reupload = number in self.parts
+        async with ctx.budget.hold(size):
+            md5 = list(await self._hash_part(number, offset, size))
+            upload_id = await self.ensure_upload()
+            key = self.record.key
 
-    Parts are hashed one at a time in ascending order (``lock``), so their bytes can go
-    straight into the digest. Anything out of order — a part hashed again after S3 saw
-    other bytes, a resumed stream, a failed read — invalidates it, and finalize falls back
-    to one full pass over the file.
-    """
+            async def attempt() -> str:
+                # Every attempt looks at the file first: a truncation while a part was in
+                # flight (the body reader's error may reach us as a transport error) must
+                # end the part, never send other bytes under the old part number.
+                if os.fstat(self.fd).st_size < offset + size:
+                    raise SourceError(f"file shrank below byte {offset + size}")
+                try:
+                    return await ctx.objects.upload_part(
+                        key, upload_id, number, FileRange(self.fd, offset, size), md5[1]
+                    )
+                except ContentChanged:
+                    # The recorder rewrote these bytes after we hashed them: hash again.
+                    if self.running_sha is not None:
+                        self.running_sha.invalidate()
+                    md5[:] = await asyncio.to_thread(hash_range, self.fd, offset, size)
+                    raise
 
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self._next = 1
-        self.valid = True
-        self.lock = asyncio.Lock()
+            async with ctx.upload_slots:
+                started = ctx.clock.monotonic()
+                etag = await ctx.retry("upload_part", attempt)
+                ctx.metrics.chunk_upload_seconds.observe(ctx.clock.monotonic() - started)
+        ctx.failpoints.hit("after_upload_part")
+        part = PartRecord(number, offset, size, etag, md5[0], ctx.clock.time())
+        stream_id = self.record.stream_id
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(stream_id, part))
+        self.parts[number] = part
+        ctx.metrics.chunks_uploaded.inc()
+        ctx.metrics.bytes_uploaded.inc(size)
+        if reupload:
+            self.reuploaded += 1
+            ctx.metrics.parts_reuploaded.inc()
+        log.info(
+            logs.PART_REUPLOADED if reupload else logs.PART_UPLOADED,
+            part_number=number, offset=offset, size=size, etag=etag,
+        )
 
-    def invalidate(self) -> None:
-        self.valid = False
+    async def _hash_part(self, number: int, offset: int, size: int) -> tuple[str, str]:
+        """Content-MD5 of the part, feeding the running SHA-256 when it is next in order."""
+        running = self.running_sha
+        async with self._hash_lock:
+            sha = running.for_part(number) if running is not None else None
+            try:
+                digest = await asyncio.to_thread(hash_range, self.fd, offset, size, sha)
+            except BaseException:
+                if running is not None and sha is not None:
+                    running.invalidate()  # the digest may hold part of this range
+                raise
+            if running is not None and sha is not None:
+                running.fed(number)
+            return digest
 
-    def for_part(self, part_number: int) -> hashlib._Hash | None:
-        """The digest to feed ``part_number`` into, if it is the next part in order."""
-        if self.valid and part_number == self._next:
-            return self._sha
-        if part_number < self._next:
-            self.valid = False  # bytes already in the digest are being read again
-        return None
+    async def restart(self, reason: str) -> None:
+        """S3 forgot the upload (expired, aborted): start this stream again from byte 0.
 
-    def fed(self, part_number: int) -> None:
-        if self.valid and part_number == self._next:
-            self._next += 1
-
-    def hexdigest(self, part_count: int) -> str | None:
-        """The digest if exactly parts 1..part_count went in, else None."""
-        if self.valid and self._next == part_count + 1:
-            return self._sha.hexdigest()
-        return None
+        ``ObjectExists`` instead when the key already holds an object: Complete happened
+        (before a crash), and a new upload would overwrite it."""
+        await self.cancel_inflight()
+        ctx = self.ctx
+        if await existing_object(ctx, self.record.key) is not None:
+            raise ObjectExists(f"{self.record.key} is already complete")
+        log.warning(logs.UPLOAD_RESTARTED, reason=reason, parts_lost=len(self.parts))
+        ctx.metrics.parts_reuploaded.inc(len(self.parts))
+        self.parts.clear()
+        self.running_sha = RunningSha256()
+        self.record = replace(self.record, upload_id=None)
+        record = self.record
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(record.stream_id))
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))

@@ -36,10 +36,10 @@ from cefmp4.errors import (
     TransientError,
     UploadNotFound,
 )
+from cefmp4.source import FileRange, hash_range
 from cefmp4.storage import ObjectStore
 from cefmp4.storage.memory import MemoryObjectStore, multipart_etag
 from cefmp4.storage.s3 import S3ObjectStore, _map_error, open_s3_store
-from cefmp4.upload import FileRange, hash_range
 from tests.support.seaweed import DEFAULT_PORTS, SeaweedS3, s3_store_for, write_s3_identities
 
 MiB = 1024 * 1024

@@ -54,7 +54,8 @@ def test_every_spec_name_is_exposed() -> None:
 
 def test_only_operation_label() -> None:
     metrics = Metrics()
-    metrics.part_uploaded(10 * 1024 * 1024, 0.3)
+    metrics.chunks_uploaded.inc()
+    metrics.chunk_upload_seconds.observe(0.3)
     metrics.operation_failed("upload_part")
     metrics.retried("checkpoint")
     metrics.stream_duration.observe(42)
@@ -67,8 +68,11 @@ def test_only_operation_label() -> None:
 
 def test_helpers_and_fixed_operations() -> None:
     metrics = Metrics()
-    metrics.part_uploaded(100, 0.2)
-    metrics.part_uploaded(50, 0.1, reupload=True)
+    for size, seconds in ((100, 0.2), (50, 0.1)):
+        metrics.chunks_uploaded.inc()
+        metrics.bytes_uploaded.inc(size)
+        metrics.chunk_upload_seconds.observe(seconds)
+    metrics.parts_reuploaded.inc()
     metrics.operation_failed("complete")
     metrics.operation_failed("stream-1234")  # never a new series
     samples = _samples(metrics)
@@ -129,6 +133,6 @@ def test_known_operations_kept(op: str) -> None:
 def test_bytes_uploaded_value() -> None:
     metrics = Metrics()
     assert metrics.bytes_uploaded_value() == 0
-    metrics.part_uploaded(1234, 0.1)
+    metrics.bytes_uploaded.inc(1234)
     metrics.bytes_uploaded.inc(6)
     assert metrics.bytes_uploaded_value() == 1240

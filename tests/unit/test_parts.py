@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from cefmp4.parts import GIB, MAX_OBJECT_SIZE, MAX_PART_SIZE, MIB, TIB, PartSchedule
+from cefmp4.parts import (
+    GIB,
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MIB,
+    TIB,
+    PartSchedule,
+    contiguous,
+    part_bounds,
+)
 
 REAL_BASES_MIB = [5, 6, 10, 64, 100, 1024, 5120]
 
@@ -61,21 +70,6 @@ def test_offsets_are_contiguous(base: int, max_parts: int) -> None:
     assert schedule.offset_of(max_parts + 1) == schedule.capacity()
 
 
-@pytest.mark.parametrize(("base", "max_parts"), [(5 * MIB, 10_000), (7 * MIB, 20), (3, 13)])
-def test_part_containing_inverts_offset_of(base: int, max_parts: int) -> None:
-    schedule = PartSchedule(base, max_parts)
-    step = max(1, max_parts // 500)
-    for n in [*range(1, max_parts + 1, step), max_parts]:
-        start, end = schedule.offset_of(n), schedule.end_of(n)
-        assert schedule.part_containing(start) == n
-        assert schedule.part_containing(end - 1) == n
-        assert schedule.part_containing((start + end) // 2) == n
-    with pytest.raises(ValueError, match="capacity"):
-        schedule.part_containing(schedule.capacity())
-    with pytest.raises(ValueError, match="negative"):
-        schedule.part_containing(-1)
-
-
 def test_lowered_max_parts_still_doubles_every_tier() -> None:
     schedule = PartSchedule(5 * MIB, max_parts=20)
     assert schedule.tier_length == 2
@@ -108,21 +102,18 @@ def test_deterministic_and_comparable() -> None:
     assert a != PartSchedule(6 * MIB)
 
 
-def test_full_parts_within() -> None:
+def test_part_bounds_cover_a_file_with_a_short_tail() -> None:
     schedule = PartSchedule(10, max_parts=20)  # tiers of 2: 10, 10, 20, 20, 40, ...
-    assert [schedule.full_parts_within(size) for size in (0, 9, 10, 19, 20, 39, 40, 60)] == [
-        0, 0, 1, 1, 2, 2, 3, 4,
-    ]
-    assert schedule.full_parts_within(schedule.capacity() + 1) == 20
+    assert part_bounds(schedule, 45) == [(1, 0, 10), (2, 10, 10), (3, 20, 20), (4, 40, 5)]
+    assert part_bounds(schedule, 40) == [(1, 0, 10), (2, 10, 10), (3, 20, 20)]
+    assert part_bounds(schedule, 0) == []
+    with pytest.raises(ValueError, match="part_number"):
+        part_bounds(schedule, schedule.capacity() + 1)
 
 
-def test_ranges_cover_a_file_with_a_short_tail() -> None:
-    schedule = PartSchedule(10, max_parts=20)
-    assert list(schedule.ranges(45)) == [(1, 0, 10), (2, 10, 10), (3, 20, 20), (4, 40, 5)]
-    assert list(schedule.ranges(40)) == [(1, 0, 10), (2, 10, 10), (3, 20, 20)]
-    assert list(schedule.ranges(0)) == []
-    with pytest.raises(ValueError, match="capacity"):
-        schedule.ranges(schedule.capacity() + 1)
+def test_contiguous_stops_at_the_first_gap() -> None:
+    assert contiguous({1: "a", 2: "b", 4: "d"}) == ["a", "b"]
+    assert contiguous({2: "b"}) == []
 
 
 @pytest.mark.parametrize(("base", "max_parts"), [(0, 10), (5 * GIB + 1, 10), (5 * MIB, 0)])

@@ -342,6 +342,19 @@ class S3ObjectStore:
         return data
 
 
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object: hashing a large object in bounded chunks."""
+        try:
+            response = await self._client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+        except _MAPPED as exc:
+            _raise(exc, "GetObject")
+        return data
+
+
 def _client_config(
     *, path_style: bool, max_pool_connections: int, connect_timeout: float, read_timeout: float
 ) -> Any:

@@ -1,0 +1,188 @@
+"""One stream's life: made from a file (new, or resumed from its checkpoint), followed,
+then finalized or suspended. The supervisor decides which files; this module does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from cefmp4 import logs
+from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.discover import scan
+from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
+from cefmp4.finalize import finalize, finish_kept
+from cefmp4.keys import new_stream_id, object_key
+from cefmp4.pipeline import Context
+from cefmp4.reconcile import reconcile
+from cefmp4.source import OpenedSource, open_source
+from cefmp4.stream import Outcome, StreamWorker
+
+log = structlog.get_logger("cefmp4.lifecycle")
+
+Bind = Callable[[int, str], None]
+"""Called before a stream's first checkpoint write: ``(inode, stream_id)``; LeaseLost if
+this instance must not write it."""
+
+
+class Deferred(Exception):
+    """The file cannot be opened right now (out of descriptors, an I/O error): try later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How workers are made: what every new ``StreamWorker`` gets besides its file."""
+
+    ctx: Context
+    shutdown: asyncio.Event
+    stream_timeout: float | None
+
+
+class Ended(enum.Enum):
+    FINISHED = "finished"  # completed (or failed for good): the file may start a new stream
+    SUSPENDED = "suspended"  # shutdown or an error: resumable from its checkpoint
+    RELINQUISHED = "relinquished"  # another instance owns it now
+
+
+async def _open(path: Path, inode: int | None) -> OpenedSource | None:
+    """Opened; None when unreadable (warned); ``Deferred`` when it may work later;
+    ``SourceGone``/``SourceReplaced`` passed on (only those mean the file is not there)."""
+    try:
+        return await open_source(path, inode=inode)
+    except (SourceGone, SourceReplaced):
+        raise
+    except SourcePermission as exc:
+        log.warning(logs.SOURCE_UNREADABLE, path=str(path), error=str(exc))
+        return None
+    except SourceError as exc:
+        log.warning(logs.STREAM_DEFERRED, path=str(path), error=str(exc))
+        raise Deferred(str(exc)) from exc
+
+
+async def start_new(spec: Spec, path: Path, rel: str | None, bind: Bind) -> StreamWorker | None:
+    ctx = spec.ctx
+    try:
+        source = await _open(path, None)
+    except (SourceGone, SourceReplaced) as exc:
+        log.info(logs.SOURCE_CHANGED, path=str(path), error=str(exc))
+        return None
+    if source is None:
+        return None
+    fd, st = source.fd, source.st
+    try:
+        stream_id = new_stream_id()
+        rel = rel if rel is not None else path.relative_to(ctx.config.watch_dir).as_posix()
+        bind(st.st_ino, stream_id)
+        now = ctx.clock.time()
+        record = StreamRecord(
+            stream_id=stream_id, path=str(path), rel_path=rel,
+            device=st.st_dev, inode=st.st_ino, bucket=ctx.objects.bucket,
+            key=object_key(ctx.config.key_prefix, stream_id, rel),
+            part_size=ctx.config.part_size, max_parts=ctx.config.max_parts,
+            state=StreamState.ACTIVE, started_at=now, last_activity_at=now,
+        )
+        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(record))
+    except BaseException:
+        os.close(fd)
+        raise
+    # A new file waits the full timeout from discovery, whatever its mtime says.
+    worker = StreamWorker(ctx, record, fd, [], spec.shutdown, stream_timeout=spec.stream_timeout)
+    ctx.metrics.streams_started.inc()
+    log.info(logs.STREAM_STARTED, stream_id=stream_id, path=str(path), key=record.key)
+    return worker
+
+
+async def resume(
+    spec: Spec, rec: StreamRecord, path: Path, bind: Bind
+) -> StreamWorker | Ended | None:
+    """A worker for an unfinished stream; ``Ended.FINISHED`` when it ended here (its file
+    is gone); None when it cannot be read now (it stays unfinished: nothing is lost)."""
+    ctx = spec.ctx
+    try:
+        source = await _open(path, rec.inode)
+    except (SourceGone, SourceReplaced):
+        # Only ENOENT or another file at its place: finish with what was uploaded.
+        with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
+            log.warning(logs.SOURCE_GONE)
+            bind(rec.inode, rec.stream_id)
+            parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
+            rec, parts = await reconcile(ctx, rec, parts, None)
+            await finish_kept(ctx, rec, parts, None, None)
+        return Ended.FINISHED
+    if source is None:
+        return None
+    fd, st = source.fd, source.st
+    try:
+        bind(rec.inode, rec.stream_id)
+        parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
+        # The device number is this host's: on a shared volume another host's differs.
+        local = replace(rec, path=str(path), device=st.st_dev)
+        rec, parts = await reconcile(ctx, local, parts, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    worker = StreamWorker(ctx, rec, fd, parts, spec.shutdown, stream_timeout=spec.stream_timeout)
+    worker.start_idle_clock(st)
+    ctx.metrics.streams_resumed.inc()
+    log.info(logs.STREAM_RESUMED, stream_id=rec.stream_id, path=str(path), parts=len(parts))
+    return worker
+
+
+async def run_to_end(worker: StreamWorker, shutdown_grace: float) -> Ended:
+    """Follow, then finalize or suspend. Errors of the stream are handled here; the
+    checkpoint is left as it is so that a later event or restart resumes the stream."""
+    ctx = worker.ctx
+    try:
+        outcome = Outcome.IDLE
+        if worker.record.state is not StreamState.FINALIZING:
+            outcome = await worker.follow()
+        if outcome is Outcome.SHUTDOWN:
+            await worker.up.drain(timeout=shutdown_grace)
+            log.info(logs.STREAM_SUSPENDED, durable_bytes=worker.up.durable_bytes())
+            return Ended.SUSPENDED
+        await finalize(worker, truncated_now=outcome is Outcome.TRUNCATED)
+        return Ended.FINISHED
+    except asyncio.CancelledError:
+        if not worker.lease_lost:
+            raise
+        log.warning(logs.STREAM_RELINQUISHED)
+        return Ended.RELINQUISHED
+    except LeaseLost as exc:
+        worker.lease_lost = True
+        log.warning(logs.STREAM_RELINQUISHED, error=str(exc))
+        return Ended.RELINQUISHED
+    except Exception as exc:
+        ctx.metrics.streams_failed.inc()
+        log.error(logs.STREAM_FAILED, error=str(exc), exc_info=exc)
+        return Ended.SUSPENDED
+    finally:
+        await worker.stop()
+
+
+def locate(watch_dir: Path, record: StreamRecord) -> Path | None:
+    """Where the stream's file is now, by inode: its last path, else its original one."""
+    for candidate in (Path(record.path), watch_dir / record.rel_path):
+        try:
+            if os.stat(candidate).st_ino == record.inode:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def scan_by_inode(watch_dir: Path) -> dict[int, Path]:
+    """Blocking (a thread): every candidate file under ``watch_dir`` by inode."""
+    found: dict[int, Path] = {}
+    for path in scan(watch_dir):
+        try:
+            found[os.stat(path).st_ino] = path
+        except OSError:
+            continue
+    return found

@@ -1,0 +1,314 @@
+"""Which file is which stream: start, resume and supervise one worker per stream.
+
+Files are identified by (device, inode), never by name, so a rename keeps its stream and a
+completed, unchanged file is recognised without asking S3. At most ``max_streams`` streams
+are open at once (in both store modes); files beyond wait in ``_deferred`` and are looked
+at again when a stream ends and on every rescan, so none is dropped. Whether a file may be
+worked on at all is the ``Ownership``'s call (local, or leased in scale-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from cefmp4 import logs
+from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.clock import wait_tasks
+from cefmp4.discover import check_file
+from cefmp4.errors import LeaseLost
+from cefmp4.identity import Ident, ident_of, unchanged_since
+from cefmp4.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
+from cefmp4.ownership import Ownership
+from cefmp4.pipeline import Context
+from cefmp4.reconcile import UNFINISHED
+from cefmp4.stream import StreamWorker
+
+log = structlog.get_logger("cefmp4.supervisor")
+
+Completed = tuple[int | None, int | None]
+"""(final size, final mtime_ns) of a completed stream: all the "never upload an unchanged
+file again" rule needs, so 100,000 completed streams cost a few MB, not their records."""
+
+
+# Twelve attributes: the maps below are the supervisor's whole state, each with one job.
+class StreamSupervisor:
+    def __init__(
+        self,
+        ctx: Context,
+        ownership: Ownership,
+        *,
+        max_streams: int,
+        shutdown_grace: float = 20.0,
+        stream_timeout: float | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.ownership = ownership
+        self.max_streams = max_streams
+        self.shutdown_grace = shutdown_grace
+        self.shutdown = asyncio.Event()
+        self._spec = Spec(ctx, self.shutdown, stream_timeout)
+        self.workers: dict[Ident, StreamWorker] = {}
+        self.completed: dict[Ident, Completed] = {}
+        self.unfinished: dict[Ident, StreamRecord] = {}
+        self._starting: set[Ident] = set()
+        self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
+        self._tasks: dict[asyncio.Task[None], StreamWorker | None] = {}
+        self.failures = 0
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every known stream once: no S3 request per completed file."""
+        records = await self.ctx.retry("checkpoint", self.ctx.checkpoints.list_streams)
+        for rec in sorted(records, key=lambda r: r.started_at):
+            ident = (rec.device, rec.inode)
+            if rec.state is StreamState.COMPLETED:
+                self.completed[ident] = (rec.final_size, rec.final_mtime_ns)
+            elif rec.state in UNFINISHED:
+                self.unfinished[ident] = rec
+
+    def resume_unfinished(self, scanned: list[Path]) -> None:
+        """Resume unfinished streams; a file renamed while we were down is found by inode."""
+        by_ident: dict[Ident, Path] = {}
+        for path in scanned:
+            st = check_file(path, self.ctx.config.watch_dir)
+            if st is not None:
+                by_ident[ident_of(st)] = path
+        for ident, rec in list(self.unfinished.items()):
+            self.consider(ident, by_ident.get(ident, Path(rec.path)))
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_path(self, path: Path, rel: str | None = None) -> None:
+        """A file-system event, scan result or command-line file; cheap, never blocks
+        (one stat). ``rel``: the key path, for files outside WATCH_DIR (``upload``)."""
+        if self.shutdown.is_set():
+            return
+        st = check_file(path, self.ctx.config.watch_dir) if rel is None else stat_or_none(path)
+        if st is None:
+            # Deleted or moved away: the worker holding it open notices through fstat.
+            for other in self.workers.values():
+                if other.record.path == str(path):
+                    other.wake.set()
+            return
+        ident = ident_of(st)
+        worker = self.workers.get(ident)
+        if worker is not None:
+            worker.notice_path(str(path))
+            return
+        if ident in self._starting:
+            return
+        done = self.completed.get(ident)
+        if ident not in self.unfinished and done is not None and unchanged_since(*done, st):
+            return
+        self.consider(ident, path, rel)
+
+    def retry_deferred(self) -> int:
+        """Look again at files that had to wait; how many were started."""
+        started = 0
+        for ident, path in list(self._deferred.items()):
+            if self.at_capacity() or self.shutdown.is_set():
+                break
+            if self.ownership.busy(ident):
+                continue
+            del self._deferred[ident]
+            before = len(self._starting)
+            if ident in self.unfinished:
+                self.consider(ident, path)  # its file may be gone: no stat first
+            else:
+                self.on_path(path)
+            started += len(self._starting) - before
+        return started
+
+    def open_streams(self) -> int:
+        """Streams running or being started now."""
+        return len(self.workers) + len(self._starting)
+
+    def at_capacity(self) -> bool:
+        return self.open_streams() >= self.max_streams
+
+    def is_claimed(self, ident: Ident) -> bool:
+        return ident in self._starting or ident in self.workers
+
+    def consider(self, ident: Ident, path: Path, rel: str | None = None) -> None:
+        if self.at_capacity() or self.ownership.busy(ident):
+            self._deferred[ident] = path
+            return
+        self._deferred.pop(ident, None)
+        self._spawn(self._claim(path, ident, rel), ident)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], ident: Ident) -> None:
+        self._starting.add(ident)
+
+        async def starter() -> None:
+            try:
+                await coro
+            finally:
+                self._starting.discard(ident)
+
+        self._track(asyncio.create_task(starter(), name=f"start-{ident}"), None)
+
+    def _track(self, task: asyncio.Task[None], worker: StreamWorker | None) -> None:
+        self._tasks[task] = worker
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Streams handle their own errors; reaching here is a bug worth shouting about.
+            self.failures += 1
+            log.error(logs.ERROR, task=task.get_name(), error=repr(exc), exc_info=exc)
+
+    # --- claiming a file -------------------------------------------------------------------
+
+    async def _claim(self, path: Path, ident: Ident, rel: str | None) -> None:
+        ctx = self.ctx
+        if not await ctx.retry(
+            "checkpoint", lambda: self.ownership.acquire(ident, lambda: self._lose(ident))
+        ):
+            self._deferred[ident] = path
+            return
+        try:
+            latest = self.unfinished.get(ident)
+            if self.ownership.shared:  # another instance may have moved it on
+                found = await ctx.retry(
+                    "checkpoint", lambda: ctx.checkpoints.find_by_inode(ident[1])
+                )
+                latest = found[-1] if found else None
+            running = {w.stream_id for w in self.workers.values()}
+            if latest is not None and latest.state is StreamState.COMPLETED:
+                self.completed[ident] = (latest.final_size, latest.final_mtime_ns)
+                st = stat_or_none(path)
+                if st is not None and unchanged_since(latest.final_size, latest.final_mtime_ns, st):
+                    return
+            if latest is not None and latest.state not in UNFINISHED:
+                latest = None
+            if latest is not None and latest.stream_id in running:
+                return
+            if latest is not None and self.ownership.shared:
+                log.info(logs.STREAM_TAKEN_OVER, stream_id=latest.stream_id, path=str(path))
+            worker = await self._make_worker(path, ident, rel, latest)
+            if worker is not None:
+                self._run(worker)
+        except LeaseLost as exc:
+            log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
+        finally:
+            if not any(ident_of_worker(w) == ident for w in self.workers.values()):
+                await self.ownership.release(ident[1])
+
+    def _bind(self, ident: Ident) -> Bind:
+        return lambda inode, stream_id: self.ownership.bind(
+            inode, stream_id, lambda: self._lose(ident)
+        )
+
+    async def _make_worker(
+        self, path: Path, ident: Ident, rel: str | None, latest: StreamRecord | None
+    ) -> StreamWorker | None:
+        try:
+            if latest is not None:
+                worker = await resume(self._spec, latest, path, self._bind(ident))
+                if worker is not None:
+                    self.unfinished.pop(ident, None)
+                return worker if isinstance(worker, StreamWorker) else None
+            return await start_new(self._spec, path, rel, self._bind(ident))
+        except Deferred:
+            self._deferred[ident] = path
+            return None
+
+    def _run(self, worker: StreamWorker) -> None:
+        ident = ident_of_worker(worker)
+        try:
+            self.ownership.bind(worker.record.inode, worker.stream_id, lambda: self._lose(ident))
+        except LeaseLost:
+            # Lost while claiming (a stall longer than the lease): the new owner has it.
+            log.warning(logs.STREAM_RELINQUISHED, stream_id=worker.stream_id)
+            os.close(worker.fd)
+            return
+        self.workers[ident] = worker
+        self.ctx.metrics.active_streams.set(len(self.workers))
+        task = asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}")
+        self._track(task, worker)
+
+    def _lose(self, ident: Ident) -> None:
+        """Another instance owns this file now: stop its worker at once, touch nothing."""
+        for task, worker in self._tasks.items():
+            if worker is not None and ident_of_worker(worker) == ident:
+                worker.lease_lost = True
+                task.cancel()
+
+    # --- one stream, from follow to completed ----------------------------------------------
+
+    async def _supervise(self, worker: StreamWorker) -> None:
+        ident = ident_of_worker(worker)
+        ended = Ended.SUSPENDED
+        with bound_contextvars(stream_id=worker.stream_id, path=worker.record.path):
+            try:
+                ended = await run_to_end(worker, self.shutdown_grace)
+            finally:
+                rec = worker.record
+                if rec.state is StreamState.COMPLETED:
+                    self.completed[ident] = (rec.final_size, rec.final_mtime_ns)
+                elif ended is Ended.SUSPENDED:
+                    self.unfinished[ident] = rec
+                with contextlib.suppress(OSError):
+                    os.close(worker.fd)
+                self.workers.pop(ident, None)
+                self.ctx.metrics.active_streams.set(len(self.workers))
+                if ended is not Ended.RELINQUISHED:
+                    await self.ownership.release(rec.inode)
+                self.retry_deferred()
+        # A truncated or regrown file starts a new stream of what it holds now.
+        if ended is Ended.FINISHED and not self.shutdown.is_set():
+            self.on_path(Path(worker.record.path))
+
+    # --- status and stopping ---------------------------------------------------------------
+
+    def pending(self) -> tuple[int, float]:
+        now = self.ctx.clock.time()
+        total, oldest = 0, 0.0
+        for worker in list(self.workers.values()):
+            nbytes, age = worker.pending(now)
+            total += nbytes
+            oldest = max(oldest, age)
+        return total, oldest
+
+    def busy(self) -> bool:
+        return bool(self._tasks)
+
+    async def wait_idle(self) -> None:
+        """Until no stream is starting, running or able to start (burst mode, tests)."""
+        while True:
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if not self.retry_deferred():
+                return
+
+    async def stop(self) -> None:
+        """Stop intake, let workers drain within the grace period, then cancel the rest."""
+        self.shutdown.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+        pending = await wait_tasks(self.ctx.clock, list(self._tasks), self.shutdown_grace + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def ident_of_worker(worker: StreamWorker) -> Ident:
+    return (worker.record.device, worker.record.inode)
+
+
+def stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+

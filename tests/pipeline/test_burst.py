@@ -1,0 +1,149 @@
+"""Burst mode end to end: what exists is uploaded, completed, described, then it returns."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cefmp4.checkpoint import StreamState
+from cefmp4.settings import Settings
+from cefmp4.storage.memory import MemoryObjectStore
+from tests.pipeline.conftest import (
+    PART,
+    FakeProber,
+    burst,
+    metadata,
+    pattern,
+    records,
+    videos,
+)
+
+
+async def test_one_file_is_one_identical_object_with_metadata(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(2 * PART + 123)
+    (watch / "cam.mp4").write_bytes(data)
+    results = await burst(settings, store, prober)
+    [record] = [r for r in results.values() if r is not None]
+    assert videos(store) == {record.key: data}
+    doc = metadata(store, record.key)
+    assert doc["status"] == "complete"
+    assert doc["total_size_bytes"] == len(data)
+    assert [c["size_bytes"] for c in doc["chunks"]] == [PART, PART, 123]
+    assert await store.list_multipart_uploads("") == []
+    [rec] = await records(settings)
+    assert rec.state is StreamState.COMPLETED
+    assert rec.final_size == len(data)
+
+
+async def test_empty_file_is_an_empty_object(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    (watch / "empty.mp4").write_bytes(b"")
+    results = await burst(settings, store, prober)
+    [record] = list(results.values())
+    assert record is not None
+    assert videos(store) == {record.key: b""}
+    assert metadata(store, record.key)["chunks"] == []
+
+
+async def test_exact_multiple_of_the_part_size(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(2 * PART, seed=3)
+    (watch / "even.mp4").write_bytes(data)
+    await burst(settings, store, prober)
+    [body] = videos(store).values()
+    assert body == data
+
+
+async def test_several_files_and_subdirectories(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    (watch / "a").mkdir()
+    sources = {watch / "one.mp4": pattern(PART + 1, 1), watch / "a" / "two.mp4": pattern(7, 2)}
+    for path, data in sources.items():
+        path.write_bytes(data)
+    await burst(settings, store, prober)
+    assert sorted(videos(store).values()) == sorted(sources.values())
+    keys = sorted(videos(store))
+    assert keys[0].endswith("/a/two.mp4") or keys[1].endswith("/a/two.mp4")
+
+
+async def test_an_unchanged_completed_file_is_never_uploaded_again(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    (watch / "cam.mp4").write_bytes(pattern(PART + 5))
+    await burst(settings, store, prober)
+    creates = store.calls["create_multipart"]
+    results = await burst(settings, store, prober)
+    assert store.calls["create_multipart"] == creates
+    assert all(r is not None for r in results.values())
+    assert len(await records(settings)) == 1
+
+
+async def test_a_completed_file_that_grew_is_a_new_stream_of_the_whole_file(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    path.write_bytes(pattern(PART + 5))
+    await burst(settings, store, prober)
+    grown = pattern(2 * PART + 9)
+    path.write_bytes(grown)
+    await burst(settings, store, prober)
+    assert grown in videos(store).values()
+    assert len(videos(store)) == 2
+
+
+async def test_upload_of_named_files_outside_the_watch_dir(
+    settings: Settings, tmp_path: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    outside = tmp_path / "elsewhere.mp4"
+    outside.write_bytes(pattern(PART + 77))
+    results = await burst(settings, store, prober, [outside])
+    record = results[outside.resolve()]
+    assert record is not None
+    assert record.key.endswith("/elsewhere.mp4")
+    assert store.objects[record.key].body == outside.read_bytes()
+
+
+async def test_metrics_count_what_happened(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    from tests.pipeline.conftest import make_app
+
+    (watch / "cam.mp4").write_bytes(pattern(2 * PART + 1))
+    app = make_app(settings, store, prober)
+    await app.run_burst()
+    m = app.metrics
+    assert m.chunks_uploaded._value.get() == 3
+    assert m.bytes_uploaded_value() == 2 * PART + 1
+    assert m.streams_started._value.get() == 1
+    assert m.streams_completed._value.get() == 1
+    assert m.metadata_written._value.get() == 1
+
+
+async def test_max_streams_caps_open_streams_and_every_file_waits_its_turn(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    from tests.pipeline.conftest import make_app, make_settings
+
+    settings = make_settings(tmp_path, watch, max_streams=2)
+    for i in range(7):
+        (watch / f"cam{i}.mp4").write_bytes(pattern(1000 + i, i))
+    app = make_app(settings, store, prober)
+    peak = 0
+    real_put = store.put_object
+
+    async def watching_put(key: str, body: bytes, content_type: str) -> None:
+        nonlocal peak
+        assert app.supervisor is not None
+        peak = max(peak, len(app.supervisor.workers))
+        await real_put(key, body, content_type)
+
+    store.put_object = watching_put  # type: ignore[method-assign]
+    await app.run_burst()
+    assert len(videos(store)) == 7
+    assert 1 <= peak <= 2
+    assert os.listdir(watch)  # nothing was deleted or moved

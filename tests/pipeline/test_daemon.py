@@ -1,0 +1,145 @@
+"""The daemon on the memory store: following, identity, start-up and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from cefmp4.app import App
+from cefmp4.checkpoint import StreamState
+from cefmp4.errors import TransientError
+from cefmp4.settings import Settings
+from cefmp4.storage.memory import MemoryObjectStore
+from tests.pipeline.conftest import (
+    PART,
+    FakeProber,
+    capture,
+    daemon,
+    metadata,
+    pattern,
+    records,
+    until,
+    videos,
+)
+
+
+async def test_a_growing_file_is_uploaded_part_by_part_then_completed(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(3 * PART + 10)
+    path = watch / "live.mp4"
+    async with daemon(settings, store, prober):
+        with path.open("wb") as f:
+            for offset in range(0, len(data), PART // 2):
+                f.write(data[offset:offset + PART // 2])
+                f.flush()
+                await asyncio.sleep(0.01)
+        await until(lambda: len(videos(store)) == 1, what="the object")
+    assert list(videos(store).values()) == [data]
+
+
+async def test_a_renamed_file_keeps_its_stream(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "a.mp4"
+    async with daemon(settings, store, prober):
+        with capture() as logs:
+            path.write_bytes(pattern(PART + 3))
+            await until(lambda: any(e["event"] == "stream_started" for e in logs))
+            path.rename(watch / "b.mp4")
+            await until(lambda: len(videos(store)) == 1, what="the object")
+    [key] = videos(store)
+    assert key.endswith("/a.mp4")  # the key is fixed when the stream starts
+    assert metadata(store, key)["original_file_path"].endswith("/b.mp4")
+
+
+async def test_a_file_deleted_while_followed_is_uploaded_to_its_last_byte(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(PART + 999)
+    path = watch / "gone.mp4"
+    async with daemon(settings, store, prober):
+        with capture() as logs:
+            path.write_bytes(data)
+            await until(lambda: any(e["event"] == "stream_started" for e in logs))
+            path.unlink()
+            await until(lambda: len(videos(store)) == 1, what="the object")
+    [(key, body)] = videos(store).items()
+    assert body == data
+    assert metadata(store, key)["status"] == "source_deleted"
+
+
+async def test_a_truncated_file_ends_its_stream_with_what_was_uploaded_and_starts_anew(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    first = pattern(2 * PART + 5, seed=1)
+    path = watch / "t.mp4"
+    async with daemon(settings, store, prober):
+        with capture() as logs:
+            path.write_bytes(first)
+            await until(lambda: sum(e["event"] == "part_uploaded" for e in logs) >= 2)
+            second = pattern(100, seed=2)
+            with path.open("r+b") as f:
+                f.truncate(0)
+                f.write(second)
+            await until(lambda: len(videos(store)) == 2, what="two objects")
+    bodies = sorted(videos(store).values(), key=len)
+    assert bodies[0] == second
+    assert bodies[1] == first[: len(bodies[1])]
+    assert len(bodies[1]) >= 2 * PART
+    statuses = sorted(metadata(store, k)["status"] for k in videos(store))
+    assert statuses == ["complete", "truncated"]
+
+
+async def test_a_transient_s3_error_is_retried_and_shown_in_readiness(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    store.fail_next("upload_part", TransientError("503 SlowDown"), times=3)
+    seen: list[dict[str, str]] = []
+    async with daemon(settings, store, prober) as app:
+        real = store.upload_part
+
+        async def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(app.readiness.failures())
+            return await real(*args, **kwargs)
+
+        store.upload_part = spy  # type: ignore[method-assign]
+        (watch / "r.mp4").write_bytes(pattern(PART + 1))
+        await until(lambda: len(videos(store)) == 1, what="the object")
+        assert app.readiness.failures() == {}
+    assert {"s3": "TransientError"} in seen
+
+
+async def test_sigterm_during_a_start_up_outage_stops_at_once(
+    settings: Settings, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    store.fail_next("ensure_bucket", TransientError("connection refused"), times=10_000)
+    app = App(settings, objects=store, prober=prober)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    await until(lambda: store.calls["ensure_bucket"] >= 2, what="start-up retries")
+    assert app.readiness.failures() == {"s3": "TransientError"}
+    stop.set()
+    await asyncio.wait_for(task, timeout=2)
+    assert not app.ready.is_set()
+
+
+async def test_shutdown_leaves_a_live_stream_resumable_and_a_restart_finishes_it(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    data = pattern(2 * PART + 17)
+    path = watch / "s.mp4"
+    async with daemon(settings, store, prober):
+        with capture() as logs:
+            with path.open("wb") as f:
+                f.write(data[:PART + 1])
+            await until(lambda: any(e["event"] == "part_uploaded" for e in logs))
+    [rec] = await records(settings)
+    assert rec.state is StreamState.ACTIVE
+    with path.open("ab") as f:
+        f.write(data[PART + 1:])
+    async with daemon(settings, store, prober):
+        await until(lambda: len(videos(store)) == 1, what="the object")
+    assert list(videos(store).values()) == [data]
+    assert os.path.exists(path)

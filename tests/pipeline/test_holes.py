@@ -1,0 +1,270 @@
+"""Regression tests for the data-path holes of issue #10, each on the fast layer.
+
+Crashes are reproduced by writing the state a crash leaves (checkpoint rows in SQLite,
+parts or an object in S3) and starting the App on it, exactly as a restart does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.errors import UploadNotFound
+from cefmp4.keys import new_stream_id, object_key
+from cefmp4.settings import Settings
+from cefmp4.storage import PartBody
+from cefmp4.storage.memory import MemoryObjectStore
+from tests.pipeline.conftest import (
+    PART,
+    FakeProber,
+    burst,
+    capture,
+    metadata,
+    pattern,
+    records,
+    videos,
+)
+
+
+async def seed(
+    settings: Settings, store: MemoryObjectStore, path: Path, data: bytes, *, parts: int,
+    status: str | None, completed: bool = False,
+) -> StreamRecord:
+    """The state a crash during finalize leaves: ``parts`` parts of ``data`` in S3 and
+    in the checkpoint, the stream FINALIZING with ``status``; ``completed``: Complete had
+    happened too."""
+    st = path.stat()
+    stream_id = new_stream_id()
+    rel = path.relative_to(settings.watch_dir).as_posix()
+    key = object_key(settings.s3_key_prefix, stream_id, rel)
+    upload_id = await store.create_multipart(key, "video/mp4")
+    records_: list[PartRecord] = []
+    for n in range(1, parts + 1):
+        body = data[(n - 1) * PART:n * PART]
+        digest = hashlib.md5(body).digest()
+        etag = await store.upload_part(key, upload_id, n, body, base64.b64encode(digest).decode())
+        records_.append(PartRecord(n, (n - 1) * PART, len(body), etag, digest.hex(), 1.0))
+    if completed:
+        await store.complete_multipart(key, upload_id, [(p.part_number, p.etag) for p in records_])
+    record = StreamRecord(
+        stream_id=stream_id, path=str(path), rel_path=rel, device=st.st_dev, inode=st.st_ino,
+        bucket=store.bucket, key=key, part_size=PART, max_parts=settings.max_parts,
+        state=StreamState.FINALIZING, started_at=1.0, last_activity_at=2.0,
+        upload_id=upload_id, status=status, completed_at=2.0,
+    )
+    async with open_sqlite_store(settings.state_dir) as db:
+        await db.put_stream(record)
+        for part in records_:
+            await db.put_part(stream_id, part)
+    return record
+
+
+def rewrite(path: Path, data: bytes) -> None:
+    """Truncate and write new bytes in place: the same inode, another recording."""
+    with path.open("r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+async def test_hole1_crash_in_a_truncated_streams_finalize_keeps_the_uploaded_bytes(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    old = pattern(3 * PART + 50, seed=1)
+    path.write_bytes(old)
+    record = await seed(settings, store, path, old, parts=3, status="truncated")
+    new = pattern(4 * PART, seed=2)  # longer than what was uploaded: no truncation to see
+    rewrite(path, new)
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old[: 3 * PART]
+    assert metadata(store, record.key)["status"] == "truncated"
+    assert sorted(videos(store).values(), key=len) == [old[: 3 * PART], new]
+    assert await store.list_multipart_uploads("") == []
+
+
+async def test_hole1_nothing_uploaded_before_truncation_is_no_empty_object(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    old = pattern(100, seed=1)
+    path.write_bytes(old)
+    record = await seed(settings, store, path, old, parts=0, status="truncated")
+    new = pattern(PART + 1, seed=2)
+    rewrite(path, new)
+    await burst(settings, store, prober)
+    assert record.key not in store.objects
+    assert list(videos(store).values()) == [new]
+    states = {r.stream_id: r.state for r in await records(settings)}
+    assert states[record.stream_id] is StreamState.FAILED
+
+
+async def test_hole1_a_completed_object_is_never_overwritten_by_a_rewritten_file(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    old = pattern(2 * PART + 9, seed=1)
+    path.write_bytes(old)
+    # Complete happened, the crash came before the metadata; then the file was rewritten.
+    record = await seed(settings, store, path, old, parts=3, status="complete", completed=True)
+    new = pattern(3 * PART, seed=2)
+    rewrite(path, new)
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old
+    assert metadata(store, record.key)["total_size_bytes"] == len(old)
+    assert new in videos(store).values()
+
+
+class TwoAtOnceLost(MemoryObjectStore):
+    """UploadPart answers NoSuchUpload to the first two calls, both at the same moment
+    (MinIO purging a stale upload while a catch-up has several parts in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__("test-bucket")
+        self._arrived = 0
+        self._both = asyncio.Event()
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+    ) -> str:
+        if self._arrived < 2:
+            self._arrived += 1
+            if self._arrived == 2:
+                self._both.set()
+            await self._both.wait()
+            raise UploadNotFound(f"UploadPart failed: NoSuchUpload ({upload_id})")
+        return await super().upload_part(key, upload_id, part_number, body, md5_b64)
+
+
+async def test_hole2_no_such_upload_with_two_parts_in_flight_restarts_the_upload(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    store = TwoAtOnceLost()
+    data = pattern(4 * PART + 3)
+    (watch / "copy.mp4").write_bytes(data)
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert list(videos(store).values()) == [data]
+    assert [e["event"] for e in logs].count("upload_restarted") == 1
+    assert not [e for e in logs if e["event"] == "stream_failed"]
+
+
+class TruncatesDuringPart(MemoryObjectStore):
+    """The recorder truncates the file while UploadPart ``number`` is sending its body."""
+
+    def __init__(self, path: Path, number: int, keep: int) -> None:
+        super().__init__("test-bucket")
+        self.path, self.number, self.keep = path, number, keep
+        self.done = False
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str
+    ) -> str:
+        if part_number == self.number and not self.done:
+            self.done = True
+            with self.path.open("r+b") as f:
+                f.truncate(self.keep)
+        return await super().upload_part(key, upload_id, part_number, body, md5_b64)
+
+
+@pytest.mark.parametrize("keep", [2 * PART - 10, 2 * PART + 10])
+async def test_hole3_truncation_during_a_part_is_a_source_error_not_an_outage(
+    settings: Settings, watch: Path, prober: FakeProber, keep: int
+) -> None:
+    from tests.pipeline.conftest import make_settings
+
+    path = watch / "cam.mp4"
+    data = pattern(3 * PART + 1)
+    path.write_bytes(data)
+    store = TruncatesDuringPart(path, number=3, keep=keep)
+    one_at_a_time = make_settings(settings.state_dir.parent, watch, upload_concurrency=1)
+    with capture() as logs:
+        await asyncio.wait_for(burst(one_at_a_time, store, prober), 20)
+    retried = [e for e in logs if e["event"] == "retry" and e["operation"] == "upload_part"]
+    assert retried == [], "a read error of the source was retried as an S3 outage"
+    bodies = sorted(videos(store).values(), key=len)
+    if keep < 2 * PART:
+        # Uploaded bytes are gone from the file: that stream ends with parts 1-2, and what
+        # the file holds now is a new stream.
+        assert bodies == [path.read_bytes(), data[: 2 * PART]]
+    else:
+        # Only bytes not uploaded yet went away: one object, the file as it is now.
+        assert bodies == [path.read_bytes()]
+    assert await store.list_multipart_uploads("") == []
+
+
+class NoWholeGets(MemoryObjectStore):
+    """An object store that can serve ranges and refuses to hand out a video whole."""
+
+    def __init__(self) -> None:
+        super().__init__("test-bucket")
+        self.ranges: list[tuple[int, int]] = []
+
+    async def get_object(self, key: str) -> bytes:
+        raise AssertionError(f"GetObject of the whole {key}")
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        return self.objects[key].body[start:end]
+
+
+async def test_hole4_the_sha256_of_an_orphan_is_read_in_bounded_ranges(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    store = NoWholeGets()
+    path = watch / "gone.mp4"
+    data = pattern(3 * PART + 5)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=3, status=None)
+    path.unlink()  # deleted while the daemon was down
+    await burst(settings, store, prober)
+    body = store.objects[record.key].body
+    assert body == data[: 3 * PART]
+    doc = metadata(store, record.key)
+    assert doc["sha256"] == hashlib.sha256(body).hexdigest()
+    assert doc["status"] == "source_deleted"
+    assert store.ranges
+    assert max(e - s for s, e in store.ranges) <= 8 * 1024 * 1024
+
+
+class WritesDuringComplete(MemoryObjectStore):
+    """The recorder appends once while CompleteMultipartUpload runs (after verification)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("test-bucket")
+        self.path = path
+        self.wrote = False
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        if not self.wrote:
+            self.wrote = True
+            with self.path.open("ab") as f:
+                f.write(b"late bytes")
+        return await super().complete_multipart(key, upload_id, parts)
+
+
+async def test_hole5_the_fingerprint_is_of_the_verified_bytes(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(PART + 3)
+    path.write_bytes(data)
+    os.utime(path, (1_000_000_000, 1_000_000_000))  # settled long ago
+    verified_mtime = path.stat().st_mtime_ns
+    store = WritesDuringComplete(path)
+    await burst(settings, store, prober)
+    first, second = await records(settings)
+    assert first.final_size == len(data)
+    assert first.final_mtime_ns == verified_mtime
+    # The file changed after its bytes were verified, so it was not taken for unchanged:
+    # a second stream holds it as it is now.
+    assert store.objects[first.key].body == data
+    assert store.objects[second.key].body == path.read_bytes()
