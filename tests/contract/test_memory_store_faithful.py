@@ -143,3 +143,14 @@ async def test_an_upload_purged_while_its_body_is_sent_is_not_found(
         os.close(fd)
     assert store.open_uploads() == []
     assert store.expire_upload(upload_id) is False
+
+
+async def test_ranged_get_like_s3() -> None:
+    store = MemoryObjectStore()
+    await store.put_object(KEY, b"0123456789", "video/mp4")
+    assert await store.get_range(KEY, 2, 5) == b"234"
+    assert await store.get_range(KEY, 8, 20) == b"89"  # S3 clips a range past the end
+    with pytest.raises(PermanentError, match="InvalidRange"):
+        await store.get_range(KEY, 10, 12)
+    with pytest.raises(PermanentError, match="NoSuchKey"):
+        await store.get_range("streams/missing.mp4", 0, 1)

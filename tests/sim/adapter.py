@@ -1,11 +1,15 @@
-"""The one module that knows how the pipeline is put together (today: ``Context`` and
-``StreamManager``, assembled the way ``App.run`` does it). Porting the simulator to a new
-pipeline API means changing this file only.
+"""The one module that knows how the pipeline is put together: the real ``App`` (daemon
+mode) with injected adapters — the faulty object store, the faulty SQLite store, a fake
+prober and a virtual ``Clock``. Porting the simulator to a new pipeline API means
+changing this file only.
 
-Seams the pipeline lacks, worked around here:
-* ``stream`` and ``verify`` read ``time.monotonic()`` / ``time.time()`` directly: their
-  ``time`` is replaced by the virtual clock for the whole run (``virtual_time``);
-* ``keys.new_stream_id`` draws from the OS's randomness: seeded here, so a seed replays.
+Seams the App lacks, worked around here by replacing a name in ``cefmp4.app``:
+* the part size and byte budget come only from ``Settings``, which (rightly) refuse
+  < 5 MiB: ``pipeline_config`` and ``ByteBudget`` are swapped for S3 scaled down to
+  64 KiB parts (same rules, a thousand times fewer bytes to hash);
+* the file-system watcher is not injectable (and watchfiles runs a real-time thread):
+  ``watch_forever`` is swapped for an intake fed by the simulated recorders' events;
+* ``keys.new_stream_id`` draws from the OS's randomness: seeded, so a seed replays.
 """
 
 from __future__ import annotations
@@ -13,55 +17,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cefmp4.manager
-import cefmp4.stream
-import cefmp4.verify
+import cefmp4.app
+import cefmp4.lifecycle
+from cefmp4.app import App
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.discover import scan
-from cefmp4.housekeeping import adopt_unknown_uploads, sweep_forever
+from cefmp4.clock import SystemClock
 from cefmp4.keys import new_stream_id
-from cefmp4.manager import StreamManager
 from cefmp4.metrics import Metrics
-from cefmp4.pipeline import Context, PipelineConfig
+from cefmp4.pipeline import PipelineConfig
 from cefmp4.probe import ProbeResult
 from cefmp4.retry import Backoff
-from tests.sim.faults import FaultPlan, FaultyCheckpointStore, FaultyObjectStore, Life, Shadow
+from cefmp4.settings import Settings, load_settings
+from cefmp4.supervisor import StreamSupervisor
+from tests.sim.faults import FaultPlan, FaultyCheckpointStore, FaultyObjectStore, Shadow
 from tests.sim.schedule import Schedule
 from tests.sim.vloop import VirtualLoop
 
 PREFIX = "streams/"
-ORPHAN_GRACE = 48 * 3600.0  # ABORT_ORPHAN_UPLOADS_AFTER_HOURS's default, as App runs it
+# ABORT_ORPHAN_UPLOADS_AFTER_HOURS=1: longer than any schedule, short to wait out.
+ORPHAN_GRACE = 3600.0
 
 
-@contextlib.contextmanager
-def virtual_time(loop: VirtualLoop, seed: int) -> Iterator[None]:
-    clock = types.SimpleNamespace(monotonic=loop.time, time=loop.wall, perf_counter=loop.time)
-    ids = random.Random(f"{seed}-ids")
+class VirtualClock(SystemClock):
+    """The pipeline's Clock on the virtual loop (sleeping and waiting already are)."""
 
-    def seeded_stream_id(now: datetime | None = None) -> str:
-        moment = datetime.fromtimestamp(loop.wall(), UTC) if now is None else now
-        return new_stream_id(moment)[:-10] + f"{ids.getrandbits(40):010x}"
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop = loop
 
-    patches: list[tuple[Any, str, Any]] = [
-        (cefmp4.stream, "time", clock),
-        (cefmp4.verify, "time", clock),
-        (cefmp4.manager, "new_stream_id", seeded_stream_id),
-    ]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    for module, name, value in patches:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+    def time(self) -> float:
+        return self._loop.wall()
+
+    def monotonic(self) -> float:
+        return self._loop.time()
 
 
 class PeakBudget(ByteBudget):
@@ -87,6 +80,51 @@ class NoProber:
         return ProbeResult(None, "not probed in the simulator")
 
 
+async def _no_watcher(
+    supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event, polling: bool
+) -> None:
+    await stop.wait()  # events come from ``Process.notify``
+
+
+@contextlib.contextmanager
+def virtual_time(loop: VirtualLoop, seed: int) -> Iterator[None]:
+    """Seeded stream ids for the whole run (the rest of time is the injected Clock)."""
+    ids = random.Random(f"{seed}-ids")
+
+    def seeded_stream_id(now: datetime | None = None) -> str:
+        moment = datetime.fromtimestamp(loop.wall(), UTC) if now is None else now
+        return new_stream_id(moment)[:-10] + f"{ids.getrandbits(40):010x}"
+
+    with _patched(cefmp4.lifecycle, "new_stream_id", seeded_stream_id), \
+         _patched(cefmp4.app, "watch_forever", _no_watcher):
+        yield
+
+
+@contextlib.contextmanager
+def _patched(module: Any, name: str, value: Any) -> Iterator[None]:
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+def sim_settings(sched: Schedule, watch: Path, state: Path) -> Settings:
+    return load_settings(
+        watch_dir=watch,
+        state_dir=state,
+        s3_bucket_name="sim-bucket",
+        s3_key_prefix=PREFIX,
+        stream_timeout_seconds=sched.stream_timeout,
+        poll_interval_seconds=sched.poll_interval,
+        upload_concurrency=sched.upload_slots,
+        prom_port=0,
+        log_format="json",
+        abort_orphan_uploads_after_hours=ORPHAN_GRACE / 3600,
+    )
+
+
 class Process:
     """One lifetime of ``cefmp4 run`` on the shared state directory and bucket."""
 
@@ -105,12 +143,12 @@ class Process:
         self.objects = objects
         self.plan = plan
         self.shadow = shadow
-        self.watch = watch
         self.state = state
         self.loop = loop
+        self.settings = sim_settings(sched, watch, state)
         self.budget = PeakBudget(sched.budget)
         self.config = PipelineConfig(
-            watch_dir=watch,
+            watch_dir=self.settings.watch_dir.resolve(),
             key_prefix=PREFIX,
             part_size=sched.part_size,
             max_parts=sched.max_parts,
@@ -119,66 +157,59 @@ class Process:
             parts_in_flight=sched.parts_in_flight,
             backoff=Backoff(initial=0.2, maximum=30.0),
         )
-        self.upload_slots = sched.upload_slots
-        self.manager: StreamManager | None = None
-        self.ready = asyncio.Event()
+        self.app: App | None = None
+        self.error: BaseException | None = None
         self.stopping = asyncio.Event()
         self.task = asyncio.create_task(self._main(), name="cefmp4-main")
 
     async def _main(self) -> None:
         async with open_sqlite_store(self.state) as sqlite:
             checkpoints = FaultyCheckpointStore(sqlite, self.plan, self.life, self.shadow)
-            ctx = Context(
-                config=self.config,
-                objects=self.objects,
-                checkpoints=checkpoints,
-                prober=NoProber(),
-                metrics=Metrics(),
-                budget=self.budget,
-                upload_slots=asyncio.Semaphore(self.upload_slots),
-                clock=self.loop.wall,
+            self.app = App(
+                self.settings, objects=self.objects, checkpoints=checkpoints,
+                prober=NoProber(), clock=VirtualClock(self.loop), metrics=Metrics(),
             )
-            # The order of App.run: bucket, S3's unknown uploads, checkpoints, scan, resume.
-            await ctx.retry("ensure_bucket", ctx.objects.ensure_bucket)
-            await adopt_unknown_uploads(ctx)
-            manager = StreamManager(ctx, asyncio.Event(), shutdown_grace=20.0)
-            await manager.load()
-            sweeper = asyncio.create_task(
-                sweep_forever(ctx, ORPHAN_GRACE, interval=min(3600.0, ORPHAN_GRACE / 2)),
-                name="sweep",
-            )
-            files = await asyncio.to_thread(scan, self.watch)
-            manager.resume_all(files)
-            self.manager = manager
-            for path in files:
-                manager.on_path(path)
-            await asyncio.sleep(0.2)  # App.run's second look, after the watcher started
-            for path in await asyncio.to_thread(scan, self.watch):
-                manager.on_path(path)
-            self.ready.set()
-            await self.stopping.wait()
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
-            await manager.stop()
+            with _patched(cefmp4.app, "pipeline_config", lambda _s: self.config), \
+                 _patched(cefmp4.app, "ByteBudget", lambda _limit: self.budget):
+                try:
+                    await self.app.run(self.stopping)
+                except Exception as exc:  # a supervised task failed for good: report it
+                    self.error = exc
+
+    @property
+    def supervisor(self) -> StreamSupervisor | None:
+        return self.app.supervisor if self.app is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self.app is not None and self.app.ready.is_set()
 
     # --- what the driver sees ------------------------------------------------------------
 
     def notify(self, path: Path) -> None:
         """A file-system event, as the watcher would deliver it."""
-        if self.life.alive and self.manager is not None:
-            self.manager.on_path(path)
+        if self.life.alive and self.ready and self.supervisor is not None:
+            self.supervisor.on_path(path)
 
     def holds(self, device: int, inode: int) -> bool:
         """A stream worker holds this file open now."""
-        return self.manager is not None and (device, inode) in self.manager.workers
+        sup = self.supervisor
+        return sup is not None and (device, inode) in sup.workers
 
     def busy(self) -> bool:
         """Anything left to do: starting, streaming, finalizing."""
-        manager = self.manager
-        return manager is None or bool(manager._tasks) or bool(manager._starting)
+        sup = self.supervisor
+        return sup is None or sup.busy() or sup.open_streams() > 0
+
+    def running(self) -> list[str]:
+        sup = self.supervisor
+        if sup is None:
+            return ["(not started)"]
+        return [f"{w.record.path} ({w.record.state})" for w in sup.workers.values()]
 
     def failures(self) -> int:
-        return self.manager.failures if self.manager is not None else 0
+        sup = self.supervisor
+        return sup.failures if sup is not None else 0
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -187,7 +218,3 @@ class Process:
     def crash(self) -> None:
         """SIGKILL: from now on nothing this process runs reaches S3 or the store."""
         self.life.alive = False
-
-
-def new_life() -> Life:
-    return Life()

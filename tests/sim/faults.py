@@ -86,6 +86,7 @@ class FaultyObjectStore:
         self.life = life
         self.bucket = inner.bucket
         self.slow: dict[tuple[str, int], float] = {}  # (key, part) -> seconds per block
+        self.on_purge: Callable[[str], None] | None = None
 
     async def _call(
         self,
@@ -104,8 +105,9 @@ class FaultyObjectStore:
         if fault is Fault.TIMEOUT:
             await asyncio.sleep(plan.timeout_s)
             raise TransientError(f"{op} failed: ReadTimeoutError (simulated)")
-        if fault is Fault.PURGE and upload_id is not None:
-            self.inner.expire_upload(upload_id)
+        purged = fault is Fault.PURGE and upload_id is not None
+        if purged and self.inner.expire_upload(upload_id or "") and self.on_purge is not None:
+            self.on_purge(upload_id or "")
         result = await fn()
         self.life.check()
         if fault is Fault.LOST:
@@ -186,6 +188,11 @@ class FaultyObjectStore:
     async def get_object(self, key: str) -> bytes:
         return await self._call("get_object", lambda: self.inner.get_object(key), _READ)
 
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        return await self._call(
+            "get_range", lambda: self.inner.get_range(key, start, end), _READ
+        )
+
 
 @dataclass
 class Shadow:
@@ -193,6 +200,7 @@ class Shadow:
 
     streams: dict[str, StreamRecord] = field(default_factory=dict)
     parts: dict[str, dict[int, PartRecord]] = field(default_factory=dict)
+    upload_ids: dict[str, set[str]] = field(default_factory=dict)  # every one a stream had
 
     def unfinished_of(self, inode: int) -> list[tuple[StreamRecord, list[PartRecord]]]:
         return [
@@ -242,6 +250,10 @@ class FaultyCheckpointStore:
 
         def then() -> None:
             self.shadow.streams[record.stream_id] = snapshot
+            if snapshot.upload_id is not None:
+                self.shadow.upload_ids.setdefault(snapshot.stream_id, set()).add(
+                    snapshot.upload_id
+                )
 
         await self._call("put_stream", lambda: self.inner.put_stream(record), then)
 

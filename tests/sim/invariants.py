@@ -126,7 +126,7 @@ def check_documents(videos: list[Video]) -> list[str]:
 
 
 def check_recordings(
-    videos: list[Video], recordings: list[Recording]
+    videos: list[Video], recordings: list[Recording], shadow: Shadow, purged: dict[str, float]
 ) -> list[str]:
     failures: list[str] = []
     for video in videos:
@@ -158,11 +158,21 @@ def check_recordings(
                     f"ends as {len(same)} complete objects with its final bytes, not 1"
                 )
         for end in rec.ends:
-            failures += _check_end(videos, rec, end)
+            failures += _check_end(videos, rec, end, _purged_after(end, shadow, purged))
     return failures
 
 
-def _check_end(videos: list[Video], rec: Recording, end: End) -> list[str]:
+def _purged_after(end: End, shadow: Shadow, purged: dict[str, float]) -> bool:
+    """S3 itself forgot an upload of the ending stream after the end: the bytes are gone
+    from S3 and (truncated) from the file, and no one can be asked to keep them."""
+    return any(
+        purged.get(upload_id, -1.0) >= end.at
+        for sid in end.streams
+        for upload_id in shadow.upload_ids.get(sid, ())
+    )
+
+
+def _check_end(videos: list[Video], rec: Recording, end: End, purged: bool) -> list[str]:
     versions = rec.final_versions()
     name = f"recording #{rec.rid} {rec.path.name} ({end.kind} at {end.at:.2f}s)"
     if end.kind in ("deleted", "replaced") and end.held_open and not end.crashed_after:
@@ -170,7 +180,7 @@ def _check_end(videos: list[Video], rec: Recording, end: End) -> list[str]:
         if not any(v.body == final for v in videos):
             return [f"{name}: held open, so its {len(final)} B must end as one object; none does"]
         return []
-    if end.required == 0:
+    if end.required == 0 or purged:
         return []
     upto = versions if end.version is None else versions[: end.version + 1]
     for video in videos:

@@ -154,11 +154,12 @@ class Simulation:
         self.last_write = 0.0
         self.stats: dict[str, Any] = {}
         self._crash_now = asyncio.Event()
+        self.purged: dict[str, float] = {}  # upload id -> when S3 forgot it
 
     def expected(self, line: str) -> bool:
         """Error lines that are not bugs: the simulator's own doing, or a file deleted
         while cefmp4 was down before any of it was uploaded (nothing can be saved)."""
-        return "the process has crashed" in line or "gone before any part" in line
+        return "the process has crashed" in line or "lost its bytes before any part" in line
 
     async def _body_pause(self, key: str, part: int, sent: int) -> None:
         if self.process is not None:
@@ -169,6 +170,7 @@ class Simulation:
     def _start(self) -> Process:
         life = Life()
         objects = FaultyObjectStore(self.s3, self.plan, life)
+        objects.on_purge = self._purged
         process = Process(
             self.sched, watch=self.watch, state=self.state, objects=objects, plan=self.plan,
             shadow=self.shadow, loop=self.loop,
@@ -247,7 +249,12 @@ class Simulation:
                 key=lambda u: u.upload_id,
             )
             if mine:
-                self.s3.expire_upload(self.rng.choice(mine).upload_id)
+                victim = self.rng.choice(mine).upload_id
+                self.s3.expire_upload(victim)
+                self._purged(victim)
+
+    def _purged(self, upload_id: str) -> None:
+        self.purged.setdefault(upload_id, self.loop.time())
 
     async def _crasher(self) -> None:
         for crash in self.sched.crashes:
@@ -312,7 +319,9 @@ class Simulation:
         videos, found = invariants.collect(self.s3, PREFIX)
         failures += found
         failures += invariants.check_documents(videos)
-        failures += invariants.check_recordings(videos, self.files.recordings)
+        failures += invariants.check_recordings(
+            videos, self.files.recordings, self.shadow, self.purged
+        )
         failures += invariants.check_outside(self.s3, PREFIX, before, uploads_before)
         for p in self.processes:
             if p.budget.over:
@@ -320,7 +329,8 @@ class Simulation:
                 failures.append(f"bytes in flight exceeded the cap {p.budget.limit}: {over}")
         stream_failures = sum(p.failures() for p in self.processes)
         if stream_failures:
-            failures.append(f"{stream_failures} stream(s) failed (StreamManager.failures)")
+            failures.append(f"{stream_failures} stream task(s) died of a bug (supervisor.failures)")
+        failures += [f"the process failed: {p.error!r}" for p in self.processes if p.error]
         self.stats = {
             "virtual_s": round(self.loop.time(), 1),
             "steps": self.loop.steps,
@@ -332,10 +342,7 @@ class Simulation:
         return failures
 
     def _running(self) -> list[str]:
-        manager = self.process.manager if self.process is not None else None
-        if manager is None:
-            return ["(process not started)"]
-        return [f"{w.record.path}@{w.durable_bytes()}B" for w in manager.workers.values()]
+        return self.process.running() if self.process is not None else ["(down)"]
 
     async def _converged(self) -> bool:
         deadline = self.loop.time() + CONVERGE_WITHIN
@@ -345,7 +352,7 @@ class Simulation:
             process = self.process
             if (
                 process is not None
-                and process.ready.is_set()
+                and process.ready
                 and not process.busy()
                 and self.loop.time() - self.last_write > quiet
             ):

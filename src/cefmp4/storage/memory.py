@@ -312,3 +312,13 @@ class MemoryObjectStore:
         if stored is None:
             raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
         return stored.body
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` (a ranged GetObject, as ``S3ObjectStore.get_range``)."""
+        await self._enter("get_range")
+        stored = self.objects.get(key)
+        if stored is None:
+            raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
+        if not 0 <= start < max(1, len(stored.body)) or end <= start:
+            raise PermanentError(f"GetObject failed: InvalidRange (bytes={start}-{end - 1})")
+        return stored.body[start:end]
