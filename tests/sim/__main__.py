@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
             print(result.report(verbose=args.verbose), flush=True)
         if not result.ok:
             failed.append(seed)
+        done = len(failed) + (seeds.index(seed) + 1 - len(failed))
+        if done % 100 == 0:
+            print(f"... {done} schedules, {len(failed)} failed, "
+                  f"{time.perf_counter() - began:.0f} s", flush=True)
     elapsed = time.perf_counter() - began
     print(f"{len(seeds) - len(failed)}/{len(seeds)} schedules clean in {elapsed:.1f} s; "
           f"failed seeds: {failed}")
