@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-CI_SEEDS = 200  # ~1 minute on a loaded 2-core machine
+CI_SEEDS = 150  # about a minute of CPU; under 3 minutes on a loaded 2-core machine
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +127,10 @@ def check_documents(videos: list[Video]) -> list[str]:
 
 
 def check_recordings(
-    videos: list[Video], recordings: list[Recording], shadow: Shadow, purged: dict[str, float]
+    videos: list[Video],
+    recordings: list[Recording],
+    purged: dict[str, float],
+    observed: Callable[[End], bool],
 ) -> list[str]:
     failures: list[str] = []
     for video in videos:
@@ -158,18 +162,16 @@ def check_recordings(
                     f"ends as {len(same)} complete objects with its final bytes, not 1"
                 )
         for end in rec.ends:
-            failures += _check_end(videos, rec, end, _purged_after(end, shadow, purged))
+            if end.kind == "truncated" and not observed(end):
+                continue
+            failures += _check_end(videos, rec, end, _purged(end, purged))
     return failures
 
 
-def _purged_after(end: End, shadow: Shadow, purged: dict[str, float]) -> bool:
-    """S3 itself forgot an upload of the ending stream after the end: the bytes are gone
-    from S3 and (truncated) from the file, and no one can be asked to keep them."""
-    return any(
-        purged.get(upload_id, -1.0) >= end.at
-        for sid in end.streams
-        for upload_id in shadow.upload_ids.get(sid, ())
-    )
+def _purged(end: End, purged: dict[str, float]) -> bool:
+    """S3 itself forgot the upload that held the ending stream's durable parts (before or
+    after the end): those bytes are gone from S3, and (truncated) from the file."""
+    return any(upload_id in purged for upload_id in end.uploads)
 
 
 def _check_end(videos: list[Video], rec: Recording, end: End, purged: bool) -> list[str]:
@@ -177,6 +179,8 @@ def _check_end(videos: list[Video], rec: Recording, end: End, purged: bool) -> l
     name = f"recording #{rec.rid} {rec.path.name} ({end.kind} at {end.at:.2f}s)"
     if end.kind in ("deleted", "replaced") and end.held_open and not end.crashed_after:
         final = versions[-1]
+        if not final:
+            return []  # nothing to keep: no object is written for an empty ending stream
         if not any(v.body == final for v in videos):
             return [f"{name}: held open, so its {len(final)} B must end as one object; none does"]
         return []

@@ -206,11 +206,15 @@ class Simulation:
                 if os.readlink(f"/proc/self/fd/{name}") == lock:
                     os.close(int(name))
 
-    def _update_required(self, rec: Recording, end: End) -> None:
-        versions = rec.final_versions()
+    def _update_required(self, recording: Recording, end: End) -> None:
+        versions = recording.final_versions()
         version = versions[-1] if end.version is None else versions[end.version]
         durable = invariants.durable_prefix(self.shadow, end.streams, version)
         end.required = max(end.required, durable)
+        end.uploads |= {
+            rec.upload_id for sid in end.streams
+            if (rec := self.shadow.streams.get(sid)) is not None and rec.upload_id
+        }
 
     def _on_end(self, rec: Recording, kind: str, version: int | None) -> None:
         process = self.process
@@ -232,10 +236,46 @@ class Simulation:
     async def _writer(self) -> None:
         for action in self.sched.actions:
             await asyncio.sleep(max(0.0, action.at - self.loop.time()))
-            for path in self.files.apply(action, self._on_end):
+            paths = self.files.apply(action, self._on_end)
+            self._note_regrowth(action.slot)
+            for path in paths:
                 delay = self.rng.uniform(0, self.sched.debounce)
                 self.loop.call_later(delay, self._deliver, path)
             self.last_write = self.loop.time()
+
+    def _note_regrowth(self, slot: int) -> None:
+        rec = self.files.by_slot.get(slot)
+        if rec is None:
+            return
+        for end in rec.ends:
+            if end.kind == "truncated" and end.regrown_at is None and (
+                len(rec.content) >= end.required
+            ):
+                end.regrown_at = self.loop.time()
+
+    def observed(self, end: End) -> bool:
+        """A worker followed the file while it was shorter than its durable bytes, or the
+        file never grew back. If not, the truncation is indistinguishable from a rewrite of
+        every uploaded byte (a faststart pass): the file's final bytes are all one can ask."""
+        return end.observed or end.regrown_at is None
+
+    async def _observer(self) -> None:
+        """Marks truncations that a stream worker had the time to notice."""
+        look = self.sched.poll_interval + 1.0
+        dev = self.watch.stat().st_dev
+        while self.loop.time() < self.sched.heal_at + 5.0:
+            await asyncio.sleep(0.25)
+            process = self.process
+            for rec in self.files.recordings:
+                for end in rec.ends:
+                    if end.kind != "truncated" or end.observed or end.regrown_at is not None:
+                        continue
+                    if process is None or not process.holds(dev, rec.inode):
+                        end.held_since = None
+                    elif end.held_since is None:
+                        end.held_since = self.loop.time()
+                    elif self.loop.time() - end.held_since >= look:
+                        end.observed = True
 
     def _deliver(self, path: Path) -> None:
         if self.process is not None:
@@ -297,7 +337,8 @@ class Simulation:
         drivers = [
             asyncio.create_task(coro, name=name)
             for name, coro in (("writer", self._writer()), ("crasher", self._crasher()),
-                               ("purger", self._purger()))
+                               ("purger", self._purger()),
+                               ("observer", self._observer()))
         ]
         self.driver.update(drivers)
         await asyncio.gather(*drivers)
@@ -320,7 +361,7 @@ class Simulation:
         failures += found
         failures += invariants.check_documents(videos)
         failures += invariants.check_recordings(
-            videos, self.files.recordings, self.shadow, self.purged
+            videos, self.files.recordings, self.purged, self.observed
         )
         failures += invariants.check_outside(self.s3, PREFIX, before, uploads_before)
         for p in self.processes:

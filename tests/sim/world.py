@@ -29,6 +29,10 @@ class End:
     held_open: bool  # a worker held the file open when it happened
     streams: frozenset[str]  # unfinished streams of the file at that moment
     required: int = 0  # bytes the ending object must hold at least
+    uploads: set[str] = field(default_factory=set)  # the streams' upload ids when it mattered
+    regrown_at: float | None = None  # (truncated) when the file again held ``required`` bytes
+    held_since: float | None = None  # (truncated) a worker has held the short file since
+    observed: bool = False  # (truncated) ... long enough to notice the truncation
     crashed_after: bool = False
 
 
