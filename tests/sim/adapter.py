@@ -196,6 +196,12 @@ class Process:
         sup = self.supervisor
         return sup is not None and (device, inode) in sup.workers
 
+    def holder(self, device: int, inode: int) -> str | None:
+        """The stream whose worker holds this file open now, if any."""
+        sup = self.supervisor
+        worker = sup.workers.get((device, inode)) if sup is not None else None
+        return worker.stream_id if worker is not None else None
+
     def busy(self) -> bool:
         """Anything left to do: starting, streaming, finalizing."""
         sup = self.supervisor

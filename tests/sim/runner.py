@@ -222,7 +222,15 @@ class Simulation:
     def _on_end(self, rec: Recording, kind: str, version: int | None) -> None:
         process = self.process
         st_dev = self.watch.stat().st_dev
-        held = process is not None and process.life.alive and process.holds(st_dev, rec.inode)
+        holder = process.holder(st_dev, rec.inode) if process and process.life.alive else None
+        # A worker still finishing a stream that a truncation ended holds only what was
+        # uploaded before it; the bytes written since belong to a stream not started yet.
+        ended = {sid for e in rec.ends if e.kind == "truncated" for sid in e.streams}
+        # Likewise a worker whose object is already complete (writing its metadata).
+        done = holder is not None and (r := self.shadow.streams.get(holder)) is not None and (
+            r.final_size is not None
+        )
+        held = holder is not None and holder not in ended and not done
         streams = frozenset(
             r.stream_id for r, _ in self.shadow.unfinished_of(rec.inode)
         )
