@@ -78,7 +78,8 @@ def captured_logs(
         name = event.pop("event", "")
         fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("exc_info",))
         line = f"{loop.time():9.3f} {method:7} {name} {fields}"[:300]
-        tail.append(line)
+        if name != "rescan":  # the idle tail is all rescans otherwise
+            tail.append(line)
         if method in ("error", "critical", "exception"):
             errors.append(line)
         raise structlog.DropEvent
