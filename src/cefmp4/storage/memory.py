@@ -34,10 +34,10 @@ from cefmp4.errors import (
     CefmpError,
     ContentChanged,
     PermanentError,
-    TransientError,
     UploadNotFound,
 )
-from cefmp4.storage import BinaryIOLike, MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage.wire import BODY_BLOCK, send_body
 
 __all__ = [
     "BODY_BLOCK",
@@ -50,7 +50,6 @@ __all__ = [
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum size of every part but the last
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PART_NUMBER = 10_000
-BODY_BLOCK = 64 * 1024  # aiohttp's payload writer reads file-like bodies in 2**16 blocks
 
 # (key, part_number, bytes read so far) -> awaited between body blocks (slow bodies).
 BodyPause = Callable[[str, int, int], Awaitable[None]]
@@ -149,40 +148,15 @@ class MemoryObjectStore:
         if not self.bucket_exists and operation not in ("ping", "ensure_bucket"):
             raise PermanentError(f"{operation} failed: NoSuchBucket ({self.bucket})")
 
+    async def _pause(self, key: str, part_number: int, sent: int) -> None:
+        if self.body_pause is not None:
+            await self.body_pause(key, part_number, sent)
+
     def _upload(self, operation: str, key: str, upload_id: str) -> _Upload:
         upload = self._uploads.get(upload_id)
         if upload is None or upload.key != key:
             raise UploadNotFound(f"{operation} failed: NoSuchUpload ({upload_id})")
         return upload
-
-    async def _read_body(self, key: str, part_number: int, body: BinaryIOLike) -> bytes:
-        """The body as the HTTP client sends it: block by block, while the request runs."""
-        loop = asyncio.get_running_loop()
-        declared = len(body)
-        blocks: list[bytes] = []
-        got = 0
-        while got < declared:
-            try:
-                block = await loop.run_in_executor(
-                    None, body.read, min(self.body_block, declared - got)
-                )
-            except Exception as exc:
-                # aiohttp's writer fails the request and aiobotocore reports a connection
-                # error: the caller sees a transport failure caused by the source.
-                raise TransientError(
-                    f"UploadPart failed: the connection broke while sending the body "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
-            if not block:
-                raise TransientError(
-                    f"UploadPart failed: body ended at {got} of {declared} bytes "
-                    "(IncompleteBody)"
-                )
-            blocks.append(block)
-            got += len(block)
-            if self.body_pause is not None:
-                await self.body_pause(key, part_number, got)
-        return b"".join(blocks)
 
     # -- the Protocol -------------------------------------------------------------------------
 
@@ -225,8 +199,8 @@ class MemoryObjectStore:
             expected = b""
         if len(expected) != 16:
             raise PermanentError("UploadPart failed: InvalidDigest")
-        data = bytes(body) if isinstance(body, bytes) else await self._read_body(
-            key, part_number, body
+        data = bytes(body) if isinstance(body, bytes) else await send_body(
+            body, self.body_block, lambda sent: self._pause(key, part_number, sent)
         )
         # The upload may have been aborted or purged while the body was on the wire.
         upload = self._upload("UploadPart", key, upload_id)
