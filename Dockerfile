@@ -1,6 +1,6 @@
 # cefmp4: upload growing MP4 recordings to S3 while they are recorded.
 #   docker build -t cefmp4 .    (docker-compose.yml runs it with MinIO and Redis)
-FROM python:3.12-slim
+FROM python:3.12.8-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,15 +13,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ffmpeg dumb-init \
     && rm -rf /var/lib/apt/lists/*
 
-RUN groupadd --system cefmp4 \
-    && useradd --system --gid cefmp4 --home-dir /app --no-create-home \
+# A fixed numeric UID/GID: Kubernetes' runAsNonRoot can verify it, and the manifests in
+# deploy/kubernetes/ name it (runAsUser: 10001).
+RUN groupadd --system --gid 10001 cefmp4 \
+    && useradd --system --uid 10001 --gid cefmp4 --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin cefmp4
 
 WORKDIR /app
-# Metadata first, so the dependency layer is rebuilt only when pyproject.toml changes.
+# The lock first, so the dependency layer is rebuilt only when it changes. Exact versions
+# with hashes (scripts/lock); cefmp4 itself then adds no dependency of its own.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . \
+RUN pip install --no-deps . \
     && mkdir -p /data/input-videos /data/state \
     && chown -R cefmp4:cefmp4 /data
 
@@ -31,7 +36,7 @@ ENV WATCH_DIR=/data/input-videos \
 VOLUME ["/data/input-videos", "/data/state"]
 EXPOSE 8000
 
-USER cefmp4
+USER 10001:10001
 
 # No curl in the image: Python's urllib asks /healthz. PROM_PORT=0 disables the server,
 # and then there is nothing to ask.

@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from cefmp4.settings import Settings
 from tests.support.app import checkpoint_kind  # noqa: F401  (fixture)
 from tests.support.media import *  # noqa: F403  (fixtures)
 from tests.support.redis import *  # noqa: F403  (fixtures)
 from tests.support.seaweed import *  # noqa: F403  (fixtures)
 
-_APP_VARS = {
-    "WATCH_DIR", "CHUNK_SIZE_MB", "STREAM_TIMEOUT_SECONDS", "S3_ENDPOINT_URL",
-    "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "S3_BUCKET_NAME", "S3_REGION_NAME",
-    "S3_KEY_PREFIX", "REDIS_URL", "STATE_DIR", "LOG_LEVEL", "LOG_FORMAT", "PROM_PORT",
-    "FFPROBE_PATH",
-}
+# Every setting, from the model itself, so a setting added later cannot leak in either.
+_APP_VARS = frozenset(name.upper() for name in Settings.model_fields)
 
 
 @pytest.fixture(autouse=True)

@@ -235,13 +235,13 @@ class App:
         )
         self.ctx = ctx
         if daemon and settings.prom_port:
-            # TODO(lead): pass readiness=self.readiness once health.serve_health takes it.
             await stack.enter_async_context(
                 serve_health(
-                    host="0.0.0.0",  # scraped from outside the container
+                    host=settings.prom_host,
                     port=settings.prom_port,
                     metrics=self.metrics,
                     checks={"s3": objects.ping, "checkpoint_store": checkpoints.ping},
+                    readiness=self.readiness,
                 )
             )
         await self._until(stop, ctx.retry("ensure_bucket", objects.ensure_bucket))

@@ -1,8 +1,16 @@
-"""``cefmp4 check``: every dependency probed, each failure with what to do about it."""
+"""``cefmp4 check``: every dependency probed, each failure with what to do about it.
+
+Read-only unless ``--fix``: a missing bucket or watch directory is reported (a typo'd
+bucket name must not be created as a side effect), and ``--fix`` creates them. The one write
+without ``--fix`` is a multipart upload that is created and aborted at once under
+``{S3_KEY_PREFIX}.cefmp4-check/``: nothing else proves the permission. Every printed line
+goes through ``logs.redact`` (endpoint userinfo, keys, passwords).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -10,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cefmp4 import logs
 from cefmp4.app import open_checkpoints, open_objects
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
 from cefmp4.keys import new_stream_id
 from cefmp4.probe import FfprobeProber
 from cefmp4.settings import Settings, check_watch_dir
+from cefmp4.storage.s3 import S3ObjectStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +36,7 @@ class CheckResult:
     fix: str = ""
 
 
-async def _check_s3(settings: Settings) -> list[CheckResult]:
+async def _check_s3(settings: Settings, *, fix: bool) -> list[CheckResult]:
     results: list[CheckResult] = []
     where = settings.s3_endpoint_url or "AWS"
     creds_fix = (
@@ -35,8 +45,8 @@ async def _check_s3(settings: Settings) -> list[CheckResult]:
     )
     try:
         async with asyncio.timeout(30), open_objects(settings) as store:
-            await store.ensure_bucket()
-            results.append(CheckResult("s3 bucket", True, f"s3://{store.bucket} at {where}"))
+            if not await _bucket_ready(store, settings, where, fix, results):
+                return results
             key = f"{settings.s3_key_prefix}.cefmp4-check/{new_stream_id()}"
             upload_id = await store.create_multipart(key, "application/octet-stream")
             await store.abort_multipart(key, upload_id)
@@ -49,6 +59,33 @@ async def _check_s3(settings: Settings) -> list[CheckResult]:
             "is the S3 server running and S3_ENDPOINT_URL right?",
         ))
     return results
+
+
+async def _bucket_ready(
+    store: S3ObjectStore, settings: Settings, where: str, fix: bool,
+    results: list[CheckResult],
+) -> bool:
+    """HeadBucket; a missing bucket is created only with ``fix``."""
+    bucket = f"s3://{store.bucket} at {where}"
+    try:
+        await store.ping()
+        results.append(CheckResult("s3 bucket", True, bucket))
+        return True
+    except PermanentError as exc:
+        # ping() words a missing bucket "S3_BUCKET_NAME: bucket ... does not exist"; any
+        # other permanent error (access denied) is reported by the caller.
+        if "does not exist" not in str(exc):
+            raise
+    if not fix:
+        results.append(CheckResult(
+            "s3 bucket", False, f"{bucket} does not exist",
+            "`cefmp4 check --fix` creates it (so does `run`, if permitted); "
+            "or correct S3_BUCKET_NAME",
+        ))
+        return False
+    await store.ensure_bucket()
+    results.append(CheckResult("s3 bucket", True, f"{bucket} created (--fix)"))
+    return True
 
 
 def _check_new_state_dir(state_dir: Path) -> CheckResult:
@@ -106,33 +143,51 @@ async def _check_ffprobe(settings: Settings) -> CheckResult:
         )
 
 
-def _check_watch_dir(settings: Settings) -> CheckResult:
+def _check_watch_dir(settings: Settings, *, fix: bool) -> CheckResult:
+    path = settings.watch_dir
+    if not path.exists() and not fix:
+        return CheckResult(
+            "watch dir", False, f"WATCH_DIR: {path.absolute()} does not exist",
+            "`cefmp4 check --fix` creates it (so does `run`); or correct WATCH_DIR",
+        )
+    existed = path.exists()
     try:
-        check_watch_dir(settings.watch_dir)
-        return CheckResult("watch dir", True, str(settings.watch_dir.resolve()))
+        check_watch_dir(path)  # creates it when missing: only reached with --fix
     except ConfigError as exc:
         return CheckResult("watch dir", False, str(exc), "create it or fix WATCH_DIR")
+    done = "" if existed else " created (--fix)"
+    return CheckResult("watch dir", True, f"{path.resolve()}{done}")
 
 
-async def run_checks(settings: Settings) -> list[CheckResult]:
+def _fix_state_dir(settings: Settings) -> None:
+    """--fix: the embedded store's directory, so the check below sees it."""
+    if settings.redis_url.get_secret_value():
+        return
+    with contextlib.suppress(OSError):  # reported by _check_checkpoints, with its fix
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+
+
+async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResult]:
+    if fix:
+        _fix_state_dir(settings)
     probes: list[Callable[[], Awaitable[CheckResult | list[CheckResult]]]] = [
-        lambda: _check_s3(settings),
+        lambda: _check_s3(settings, fix=fix),
         lambda: _check_checkpoints(settings),
         lambda: _check_ffprobe(settings),
     ]
-    results = [_check_watch_dir(settings)]
+    results = [_check_watch_dir(settings, fix=fix)]
     for outcome in await asyncio.gather(*(probe() for probe in probes)):
         results.extend(outcome if isinstance(outcome, list) else [outcome])
     return results
 
 
-def check_command(settings: Settings) -> int:
-    results = asyncio.run(run_checks(settings))
+def check_command(settings: Settings, *, fix: bool = False) -> int:
+    results = asyncio.run(run_checks(settings, fix=fix))
     for result in results:
         mark = "ok  " if result.ok else "FAIL"
-        print(f"{mark} {result.name}: {result.detail}")
+        print(logs.redact(f"{mark} {result.name}: {result.detail}"))
         if not result.ok and result.fix:
-            print(f"     fix: {result.fix}")
+            print(logs.redact(f"     fix: {result.fix}"))
     failed = [r for r in results if not r.ok]
     if failed:
         print(f"{len(failed)} check(s) failed", file=sys.stderr)

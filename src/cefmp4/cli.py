@@ -18,7 +18,7 @@ import structlog
 
 from cefmp4 import __version__, logs
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
-from cefmp4.settings import Settings, check_watch_dir, load_settings
+from cefmp4.settings import SECRET_FILES, Settings, check_watch_dir, load_settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,10 +27,29 @@ EXIT_CONFIG = 2
 log = structlog.get_logger("cefmp4.cli")
 
 
+class _RefusedSecret(argparse.Action):
+    """A secret given as a flag: refused in one line, since every user of the host can read
+    a command line (``ps``, /proc/PID/cmdline). The value is never echoed."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        name = self.dest.upper()
+        parser.exit(
+            EXIT_CONFIG,
+            f"cefmp4: configuration error: {name}: not accepted as a command-line flag "
+            f"(every user can read it with ps); set {name} or {name}_FILE in the environment\n",
+        )
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each also an environment variable)")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        if name in SECRET_FILES:
+            group.add_argument(
+                flag, dest=name, action=_RefusedSecret, metavar="VALUE",
+                help=f"refused: use env {name.upper()} or {name.upper()}_FILE",
+            )
+            continue
         default = field.default
         if hasattr(default, "get_secret_value"):
             default = "(secret)" if default.get_secret_value() else ""
@@ -74,12 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
         "parts uploaded, last activity.",
     )
     status.add_argument("--json", action="store_true", help="print a JSON list")
+    status.add_argument(
+        "--watch", action="store_true",
+        help="a live table of the active streams, refreshed until Ctrl-C",
+    )
+    status.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS",
+        help="--watch: seconds between refreshes (default 1)",
+    )
+    status.add_argument(
+        "--count", type=int, default=0, metavar="N",
+        help="--watch: stop after N refreshes (default: until Ctrl-C)",
+    )
     _add_setting_flags(status)
 
     check = sub.add_parser(
         "check", help="validate configuration and reachability",
         description="Validate the configuration and check S3 (credentials, bucket, multipart "
-        "permission), the checkpoint store and ffprobe. Non-zero exit on any failure.",
+        "permission), the checkpoint store and ffprobe. Non-zero exit on any failure. "
+        "Read-only: a missing bucket or WATCH_DIR is reported, not created, unless --fix.",
+    )
+    check.add_argument(
+        "--fix", action="store_true",
+        help="create what is missing (the bucket, WATCH_DIR, STATE_DIR)",
     )
     _add_setting_flags(check)
     return parser
@@ -105,6 +141,10 @@ def _secrets(settings: Settings) -> list[str]:
         password = urlsplit(url).password
         if password:
             secrets.append(password)
+    if not secrets[0]:
+        from cefmp4.credentials import chain_secrets
+
+        secrets += chain_secrets()  # keys from the AWS chain: session tokens too
     return [s for s in secrets if s]
 
 
@@ -125,10 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from cefmp4.commands import status_command
 
+            if args.watch:
+                from cefmp4.commands import status_watch_command
+
+                return status_watch_command(settings, interval=args.interval, count=args.count)
             return status_command(settings, as_json=args.json)
         from cefmp4.check import check_command
 
-        return check_command(settings)
+        return check_command(settings, fix=args.fix)
     except ConfigError as exc:
         print(f"cefmp4: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

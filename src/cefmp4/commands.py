@@ -1,24 +1,35 @@
-"""``cefmp4 upload`` and ``cefmp4 status``: one-shot commands on the same pipeline."""
+"""``cefmp4 upload`` and ``cefmp4 status``: one-shot commands on the same pipeline.
+
+Everything ``status`` prints goes through ``logs.redact``: paths and errors in checkpoint
+records are input, and may carry a URL with a password.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
+from cefmp4 import logs
 from cefmp4.app import App, open_checkpoints, open_objects
-from cefmp4.checkpoint import StreamRecord
+from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
-from cefmp4.errors import CefmpError
+from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
 
@@ -120,7 +131,7 @@ async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
 def status_command(settings: Settings, *, as_json: bool) -> int:
     rows = asyncio.run(_status_rows(settings))
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(logs.redact(json.dumps(rows, indent=2)))
         return EXIT_OK
     table = Table(title=f"cefmp4 streams ({len(rows)})")
     # The id stays whole (it is what an operator greps the logs for); the path folds.
@@ -136,10 +147,10 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         ago = ""
         if last:
             ago = f"{now - datetime.fromisoformat(last).timestamp():.0f}s ago"
-        table.add_row(
+        table.add_row(*_redacted([
             row["stream_id"], row["status"] or row["state"], row["path"],
             f"{row['bytes_uploaded']:,}", str(row["parts_uploaded"]), ago,
-        )
+        ]))
     console = Console()
     if not console.is_terminal:
         # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
@@ -155,11 +166,15 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
     try:
         uploads = asyncio.run(_list_uploads(settings))
     except (CefmpError, TimeoutError) as exc:
-        console.print(f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})")
+        console.print(logs.redact(
+            f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})"
+        ), markup=False)
         return
     orphans = [u for u in uploads if u.upload_id not in known]
     if not orphans:
-        console.print(f"no unknown multipart uploads under {settings.s3_key_prefix!r}")
+        console.print(
+            f"no unknown multipart uploads under {settings.s3_key_prefix!r}", markup=False
+        )
         return
     grace_h = settings.abort_orphan_uploads_after_hours
     table = Table(title=f"multipart uploads no checkpoint knows ({len(orphans)})")
@@ -171,7 +186,7 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
         when = "never (ABORT_ORPHAN_UPLOADS_AFTER_HOURS=0)" if grace_h <= 0 else (
             "next sweep" if age_h >= grace_h else f"in {grace_h - age_h:.1f} h"
         )
-        table.add_row(upload.key, upload.upload_id, f"{age_h:.1f} h", when)
+        table.add_row(*_redacted([upload.key, upload.upload_id, f"{age_h:.1f} h", when]))
     console.print(table)
 
 
@@ -181,3 +196,121 @@ async def _list_uploads(settings: Settings) -> list[MultipartUpload]:
         open_objects(settings, connect_timeout=3, read_timeout=10) as store,
     ):
         return await store.list_multipart_uploads(settings.s3_key_prefix)
+
+
+def _redacted(cells: Sequence[str]) -> list[Text]:
+    """Table cells with secrets masked, as plain text (a path is not rich markup)."""
+    return [Text(logs.redact(cell)) for cell in cells]
+
+
+# --- status --watch -------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+_LIVE_STATES = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRow:
+    stream_id: str
+    path: str
+    state: str
+    on_disk: int | None  # None: the file is gone (or unreadable)
+    in_s3: int
+    parts: int
+    last_part_at: float | None
+
+
+async def _watch_rows(store: CheckpointStore) -> list[WatchRow]:
+    rows = []
+    records = await store.list_streams(_LIVE_STATES)
+    for rec in sorted(records, key=lambda r: r.started_at):
+        parts = await store.get_parts(rec.stream_id)
+        try:
+            on_disk: int | None = os.stat(rec.path).st_size
+        except (OSError, ValueError):
+            on_disk = None
+        rows.append(WatchRow(
+            rec.stream_id, rec.path, rec.state.value, on_disk, sum(p.size for p in parts),
+            len(parts), max((p.uploaded_at for p in parts), default=None),
+        ))
+    return rows
+
+
+def _mib(n: int | None) -> str:
+    return "gone" if n is None else f"{n / MIB:,.1f} MiB"
+
+
+def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
+    """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind."""
+    table = Table(
+        title=f"cefmp4 active streams ({len(rows)})",
+        caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S} · Ctrl-C to stop",
+        show_footer=bool(rows),
+    )
+    behind = [max(0, (r.on_disk or 0) - r.in_s3) for r in rows]
+    id_width = max((len(r.stream_id) for r in rows), default=len("stream_id"))
+    table.add_column("stream_id", "total", no_wrap=True, min_width=id_width)
+    table.add_column("state", no_wrap=True)
+    table.add_column("path", overflow="fold", min_width=16)
+    table.add_column("on disk", _mib(sum(r.on_disk or 0 for r in rows)), justify="right",
+                     no_wrap=True)
+    table.add_column("in S3", _mib(sum(r.in_s3 for r in rows)), justify="right",
+                     no_wrap=True)
+    table.add_column("lag", _mib(sum(behind)), justify="right", no_wrap=True)
+    table.add_column("parts", str(sum(r.parts for r in rows)), justify="right", no_wrap=True)
+    table.add_column("last part", justify="right", no_wrap=True)
+    for row, lag in zip(rows, behind, strict=True):
+        last = "-" if row.last_part_at is None else f"{max(0.0, now - row.last_part_at):.0f}s ago"
+        table.add_row(*_redacted([
+            row.stream_id, row.state, row.path, _mib(row.on_disk), _mib(row.in_s3),
+            _mib(lag), str(row.parts), last,
+        ]))
+    return table
+
+
+async def _watch(settings: Settings, console: Console, interval: float, count: int) -> None:
+    redis_mode = bool(settings.redis_url.get_secret_value())
+    db = settings.state_dir / DB_NAME
+    # On a terminal one table redrawn in place; piped, one table per refresh (logs, tests).
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    async with AsyncExitStack() as stack:
+        if live is not None:
+            stack.enter_context(live)
+        store: CheckpointStore | None = None
+        shown = 0
+        while True:
+            note = ""
+            rows: list[WatchRow] = []
+            try:
+                if store is None and (redis_mode or db.exists()):
+                    store = await stack.enter_async_context(
+                        open_checkpoints(settings, read_only=True)
+                    )
+                if store is None:
+                    note = f"no checkpoint store yet in STATE_DIR {settings.state_dir}"
+                else:
+                    rows = await asyncio.wait_for(_watch_rows(store), timeout=max(5, interval))
+            except (CefmpError, TimeoutError) as exc:
+                note = f"checkpoint store did not answer: {exc or 'timeout'}"
+            table = watch_table(rows, time.time(), note)
+            if live is not None:
+                live.update(table, refresh=True)
+            else:
+                console.print(table)
+            shown += 1
+            if count and shown >= count:
+                return
+            await asyncio.sleep(interval)
+
+
+def status_watch_command(settings: Settings, *, interval: float, count: int) -> int:
+    if not interval > 0:
+        raise ConfigError("--interval", "must be greater than 0")
+    if count < 0:
+        raise ConfigError("--count", "must not be negative")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+        asyncio.run(_watch(settings, console, interval, count))
+    return EXIT_OK

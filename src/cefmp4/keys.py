@@ -7,6 +7,7 @@ stream starts and stored with it, so a rename or a changed prefix never moves an
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -49,10 +50,35 @@ def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
     parts = PurePosixPath(posix).parts
     if not posix or posix.startswith("/") or not parts or ".." in parts or posix == ".":
         raise ValueError(f"not a relative path inside the watch directory: {posix!r}")
-    key = f"{prefix}{stream_id}/{posix}"
-    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+    key = f"{segment_prefix(prefix)}{stream_id}/{posix}"
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that was not UTF-8 arrives surrogate-escaped; S3 keys are UTF-8.
+        shown = os.fsencode(key).decode("utf-8", "backslashreplace")
+        raise ValueError(f"not valid UTF-8: {shown}") from None
+    if len(encoded) > MAX_KEY_BYTES:
         raise ValueError(f"object key is longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}...")
     return key
+
+
+def segment_prefix(prefix: str) -> str:
+    """``prefix`` as a path segment: ``streams`` → ``streams/``; ``""`` (the whole bucket)
+    stays empty."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def within_prefix(prefix: str, key: str) -> bool:
+    """Whether ``key`` lies under ``prefix`` taken as a path segment (SPEC §2.13).
+
+    ``streams`` contains ``streams/a.mp4`` but not ``streams-archive/a.mp4`` nor ``streams``
+    itself; the empty prefix (``S3_KEY_PREFIX_WHOLE_BUCKET``) contains every key. A key with
+    a ``..`` segment below the prefix is never inside it.
+    """
+    base = segment_prefix(prefix)
+    if not key.startswith(base) or len(key) == len(base):
+        return False
+    return ".." not in key[len(base) :].split("/")
 
 
 def metadata_key(video_key: str) -> str:
@@ -66,8 +92,9 @@ def parse_key(prefix: str, key: str) -> tuple[str, str] | None:
     ``None`` for keys outside ``prefix``, metadata keys and anything not shaped like
     ``{prefix}{stream_id}/{rel_path}``.
     """
-    if not key.startswith(prefix) or key.endswith(METADATA_SUFFIX):
+    if not within_prefix(prefix, key) or key.endswith(METADATA_SUFFIX):
         return None
+    prefix = segment_prefix(prefix)
     stream_id, slash, rel_path = key[len(prefix) :].partition("/")
     if not slash or not rel_path or not is_stream_id(stream_id):
         return None

@@ -9,11 +9,13 @@ well, so even a worker that has not yet heard the news cannot overwrite newer pr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -22,6 +24,25 @@ from cefmp4.checkpoint import Leases
 from cefmp4.errors import CefmpError, LeaseLost
 
 log = structlog.get_logger("cefmp4.lease")
+
+
+def lease_namespace(watch_dir: Path, explicit: str = "") -> str:
+    """The namespace of this deployment's lease keys: ``explicit`` if given, else 12 hex
+    digits of the SHA-256 of the absolute WATCH_DIR path as configured.
+
+    Leases are keyed by inode, which is unique only within one file system. Instances that
+    share a volume must share leases, so the namespace must be the same on each of them:
+    neither ``st_dev`` (it differs between hosts mounting one NFS export) nor ``f_fsid``
+    (not reliable across hosts and network file systems) can be used, but the configured
+    WATCH_DIR is the same wherever the deployment runs. Two deployments that share a Redis
+    key prefix but watch different directories no longer collide on an inode number;
+    deployments that mount one volume at different paths set the same explicit namespace.
+    Not resolved (no symlinks followed): the path as written is what the instances share.
+    """
+    if explicit:
+        return explicit
+    absolute = os.path.abspath(os.fspath(watch_dir))
+    return hashlib.sha256(os.fsencode(absolute)).hexdigest()[:12]
 
 
 def default_owner() -> str:

@@ -60,6 +60,13 @@ ORPHAN_ABORTED: Final = "orphan_upload_aborted"
 COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
 PROBE_FAILED: Final = "probe_failed"
 METADATA_WRITTEN: Final = "metadata_written"
+# discovery (§2.1): each is logged once per path, not per event or scan
+FILE_SKIPPED: Final = "file_skipped"  # a name that is not UTF-8, a fifo/socket/device
+DIRECTORY_UNREADABLE: Final = "directory_unreadable"
+DIRECTORY_READABLE: Final = "directory_readable"  # readable again: its files are found now
+WATCHER_RESTARTED: Final = "watcher_restarted"
+# checkpoint records (§2.18)
+RECORD_QUARANTINED: Final = "record_quarantined"
 # failures
 RETRY: Final = "retry"
 TASK_FAILED: Final = "task_failed"  # a supervised background task raised

@@ -28,7 +28,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.complete import already_complete
 from cefmp4.errors import LeaseLost, SourceError, UploadNotFound
 from cefmp4.identity import Ident
-from cefmp4.keys import parse_key
+from cefmp4.keys import parse_key, within_prefix
 from cefmp4.ownership import Ownership
 from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
@@ -117,7 +117,7 @@ async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     known = {r.upload_id for r in records if r.upload_id}
     prefix = ctx.config.key_prefix
     uploads = await ctx.retry("list_uploads", lambda: ctx.objects.list_multipart_uploads(prefix))
-    return [u for u in uploads if u.upload_id not in known and u.key.startswith(prefix)]
+    return [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]
 
 
 async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamRecord]:

@@ -5,26 +5,54 @@ Built once by the CLI and passed down as values; nothing imports a settings inst
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import re
+import stat
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cefmp4.errors import ConfigError
+from cefmp4.logs import redact
 from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 
 # S3's limits live in ``cefmp4.parts``; here in the settings' units.
 S3_MIN_PART_MIB = MIN_PART_SIZE // MIB
 S3_MAX_PART_MIB = MAX_PART_SIZE // MIB
 S3_MAX_PARTS = MAX_PARTS
+
+MAX_LEASE_TTL_SECONDS = 86_400  # a day; Redis rejects expiry times near 2**63 ms anyway
+MAX_KEY_PREFIX_BYTES = 512  # half of S3's key limit, the rest is for stream id and path
+
+# S3's bucket naming rules (general purpose buckets): 3-63 characters of lower-case
+# letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3")
+# botocore's own pattern for region names.
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_SSL_CERT_REQS = ("none", "optional", "required")
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_NO_CONTROL_CHARACTERS = frozenset({
+    "s3_access_key_id", "s3_secret_access_key", "s3_key_prefix", "s3_endpoint_url",
+    "redis_url", "redis_key_prefix", "instance_id", "s3_storage_class", "prom_host",
+})  # fmt: skip
+MAX_NAME_LENGTH = 256
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
@@ -58,7 +86,12 @@ class Settings(BaseSettings):
     )
     s3_bucket_name: str = Field("video-streams", description="created on start if missing")
     s3_region_name: str = Field("", description="S3 region; empty means the SDK default")
-    s3_key_prefix: str = Field("streams/", description="prefix of every object key")
+    s3_key_prefix: str = Field(
+        "streams/", description="prefix of every object key; a path segment (streams = streams/)"
+    )
+    s3_key_prefix_whole_bucket: bool = Field(
+        False, description="allow an empty S3_KEY_PREFIX: every key of the bucket is cefmp4's"
+    )
     redis_url: SecretStr = Field(
         SecretStr(""), description="redis:// or rediss:// URL; empty means embedded SQLite"
     )
@@ -69,6 +102,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: LogFormat = Field("auto", description="json, console or auto")
     prom_port: int = Field(8000, description="port of /metrics, /healthz, /readyz; 0 disables")
+    prom_host: str = Field(
+        "0.0.0.0", description="bind address of the HTTP server (IPv4, IPv6 such as ::, or a name)"
+    )
     ffprobe_path: str = Field("", description="explicit ffprobe; empty means ffprobe on PATH")
 
     # --- further settings ----------------------------------------------------------------
@@ -111,6 +147,85 @@ class Settings(BaseSettings):
         "", description="testing only: crash at these step boundaries (comma-separated)"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_is_utf8(cls, v: Any, info: ValidationInfo) -> Any:
+        # A value from a non-UTF-8 environment arrives surrogate-escaped; it could never be
+        # sent to S3 or Redis. Paths are exempt: the file system takes any bytes.
+        field = cls.model_fields.get(info.field_name or "")
+        if not isinstance(v, str):
+            return v
+        if "\x00" in v:
+            raise ValueError("must not contain a NUL character")
+        if field is None or field.annotation is not Path:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("is not valid UTF-8") from None
+        if info.field_name in _NO_CONTROL_CHARACTERS and any(
+            unicodedata.category(ch) == "Cc" for ch in v
+        ):
+            # A newline in a credential is a file-reading accident and would break the
+            # HTTP header it goes into; in a key prefix it breaks S3's XML listings.
+            raise ValueError("must not contain control characters (newline, tab, ...)")
+        return v
+
+    @field_validator("s3_access_key_id", "instance_id", mode="before")
+    @classmethod
+    def _no_spaces(cls, v: Any) -> Any:
+        if isinstance(v, str) and any(ch.isspace() for ch in v):
+            raise ValueError("must not contain spaces")
+        if isinstance(v, str) and len(v) > MAX_NAME_LENGTH:
+            raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters")
+        return v
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _storage_class(cls, v: str) -> str:
+        if v and not _STORAGE_CLASS.fullmatch(v):
+            raise ValueError("must be a storage class name such as STANDARD_IA")
+        return v
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        # float("inf") and float("nan") parse; every timeout and interval must be a number.
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    # --- secrets from files (Docker/Kubernetes secrets; SPEC §1.2) -------------------------
+    # Owned with cli.refuse_secret_flags: a secret never has to be a flag or an environment
+    # variable. Read once, here; the value then lives only in the SecretStr field above.
+    s3_access_key_id_file: str = Field(
+        "", description="read S3_ACCESS_KEY_ID from this file (trailing newline trimmed)"
+    )
+    s3_secret_access_key_file: str = Field(
+        "", description="read S3_SECRET_ACCESS_KEY from this file (trailing newline trimmed)"
+    )
+    redis_url_file: str = Field(
+        "", description="read REDIS_URL from this file (trailing newline trimmed)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        values = dict(data)
+        for secret, file_field in SECRET_FILES.items():
+            path = _raw_str(values.get(file_field))
+            if not path:
+                continue
+            if _raw_str(values.get(secret)):
+                raise ValueError(
+                    f"{env_name(file_field)}: give {env_name(secret)} or "
+                    f"{env_name(file_field)}, not both"
+                )
+            values[secret] = read_secret_file(env_name(file_field), path)
+        return values
+    # --- end of secrets from files ---------------------------------------------------------
+
     @field_validator("chunk_size_mb")
     @classmethod
     def _chunk_size(cls, v: int) -> int:
@@ -144,11 +259,20 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return v
 
+    @field_validator("rescan_interval_seconds")
+    @classmethod
+    def _rescan(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("must be 0 (off) or at least 1 second (a scan reads the whole tree)")
+        return v
+
     @field_validator("lease_ttl_seconds")
     @classmethod
     def _lease_ttl(cls, v: float) -> float:
         if v < 1:
             raise ValueError("must be at least 1 second")
+        if v > MAX_LEASE_TTL_SECONDS:
+            raise ValueError(f"must be at most {MAX_LEASE_TTL_SECONDS} seconds")
         return v
 
     @field_validator("max_inflight_mb", "upload_concurrency", "max_streams")
@@ -185,24 +309,69 @@ class Settings(BaseSettings):
     @field_validator("s3_key_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if v.startswith("/"):
-            raise ValueError("must not start with '/'")
-        return v
+        return normalize_key_prefix(v)
 
     @field_validator("s3_bucket_name")
     @classmethod
     def _bucket(cls, v: str) -> str:
-        if not 3 <= len(v) <= 63:
-            raise ValueError("must be 3 to 63 characters long")
+        problem = bucket_name_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
+
+    @field_validator("s3_region_name")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if v and not _REGION.fullmatch(v):
+            raise ValueError("must be a region name such as us-east-1")
+        return v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise ValueError("must be a URL such as http://host:9000") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be a URL with scheme and host, such as http://host:9000")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use S3_ACCESS_KEY_ID/SECRET")
+        return v
+
+    @field_validator("prom_host")
+    @classmethod
+    def _prom_host(cls, v: str) -> str:
+        host = v.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(host):
+                raise ValueError("must be an IP address (0.0.0.0, ::) or a host name") from None
+        return host
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: SecretStr) -> SecretStr:
-        url = v.get_secret_value()
-        if url and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        # The message never repeats the URL: it may carry a password.
+        problem = redis_url_problem(v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _empty_prefix(self) -> Settings:
+        if not self.s3_key_prefix and not self.s3_key_prefix_whole_bucket:
+            raise ValueError(
+                "S3_KEY_PREFIX: must not be empty (the orphan sweeper would own the whole "
+                "bucket); set S3_KEY_PREFIX_WHOLE_BUCKET=true if every key is cefmp4's"
+            )
+        return self
 
     @model_validator(mode="after")
     def _inflight_fits_a_part(self) -> Settings:
@@ -222,7 +391,122 @@ class Settings(BaseSettings):
         return self.max_inflight_mb * MIB
 
 
+def normalize_key_prefix(value: str) -> str:
+    """The prefix as a path segment: ``streams`` → ``streams/``; ``""`` stays empty.
+
+    ``ValueError`` for a leading ``/``, empty, ``.`` or ``..`` segments, or a prefix too long
+    to leave room for a key.
+    """
+    if not value:
+        return value
+    if value.startswith("/"):
+        raise ValueError("must not start with '/'")
+    prefix = value if value.endswith("/") else value + "/"
+    if any(segment in ("", ".", "..") for segment in prefix[:-1].split("/")):
+        raise ValueError("must not contain empty, '.' or '..' segments")
+    if len(prefix.encode("utf-8")) > MAX_KEY_PREFIX_BYTES:
+        raise ValueError(f"must be at most {MAX_KEY_PREFIX_BYTES} bytes")
+    return prefix
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why ``name`` breaks S3's bucket naming rules, or None."""
+    if not 3 <= len(name) <= 63:
+        return "must be 3 to 63 characters long"
+    if not _BUCKET.fullmatch(name):
+        return (
+            "must use lower-case letters, digits, dots and hyphens only, and start and "
+            "end with a letter or digit"
+        )
+    if ".." in name or ".-" in name or "-." in name:
+        return "must not contain '..', '.-' or '-.'"
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        pass
+    else:
+        return "must not be formatted as an IP address"
+    if name.startswith(_BUCKET_RESERVED_PREFIXES) or name.endswith(_BUCKET_RESERVED_SUFFIXES):
+        return "uses a prefix or suffix that S3 reserves"
+    return None
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py would reject ``url`` (at parse or connect time), or None. Never quotes it."""
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "must start with redis://, rediss:// or unix://"
+    from redis.connection import parse_url
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return "not a valid redis://, rediss:// or unix:// URL"
+    if not url.startswith("unix://") and not parts.hostname:
+        return "has no host"
+    query = parse_qs(parts.query)
+    for value in query.get("ssl_cert_reqs", []):
+        if value.lower() not in _SSL_CERT_REQS:
+            return "ssl_cert_reqs must be none, optional or required"
+    database = parts.path.strip("/")
+    if not url.startswith("unix://") and database and not database.isdigit():
+        # redis-py ignores such a path and silently uses database 0.
+        return "the database number (the URL's path) must be an integer"
+    if not isinstance(options.get("db", 0), int):
+        return "the database number must be an integer"
+    return None
+
+
 _SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"}
+
+# --- secrets from files (see Settings._read_secret_files) -----------------------------------
+# secret field -> the field naming the file it can be read from
+SECRET_FILES: dict[str, str] = {
+    "s3_access_key_id": "s3_access_key_id_file",
+    "s3_secret_access_key": "s3_secret_access_key_file",
+    "redis_url": "redis_url_file",
+}
+# A secret file is a few bytes; a larger one is a wrong path (a video, a device).
+_MAX_SECRET_BYTES = 64 * 1024
+
+
+def _raw_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def read_secret_file(setting: str, path: str) -> str:
+    """The secret in ``path`` without its trailing newline; ConfigError naming ``setting``."""
+    try:
+        # A FIFO or a device would block or never end: only regular files (Kubernetes'
+        # secret files are symlinks to regular files, which stat follows).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{setting}: {path} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_SECRET_BYTES:
+        raise ValueError(f"{setting}: {path} is larger than {_MAX_SECRET_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{setting}: {path} is not UTF-8 text") from None
+    # One trailing newline (echo, editors, kubectl create secret --from-file); nothing else,
+    # since leading or inner spaces may belong to the secret.
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ValueError(f"{setting}: {path} is empty")
+    if "\n" in text:
+        raise ValueError(f"{setting}: {path} holds more than one line")
+    return text
+# --- end of secrets from files --------------------------------------------------------------
 
 
 def env_name(field: str) -> str:
@@ -233,6 +517,10 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings from env/.env plus explicit overrides; bad input → ConfigError."""
     try:
         return Settings(**overrides)
+    except UnicodeDecodeError:
+        raise ConfigError(".env", "is not valid UTF-8 text") from None
+    except OSError as exc:  # a .env that exists but cannot be read
+        raise ConfigError(".env", f"cannot be read: {exc.strerror or exc}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = err.get("loc") or ()
@@ -247,7 +535,8 @@ def load_settings(**overrides: Any) -> Settings:
         given = err.get("input")
         if loc and given is not None and not isinstance(given, dict) and setting not in _SECRET:
             msg = f"{msg} (got {given!r})"
-        raise ConfigError(setting, msg) from None
+        # A URL setting may carry a password even when it is not one of the secrets.
+        raise ConfigError(setting, redact(msg)) from None
 
 
 def check_watch_dir(path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import sys
 import textwrap
 import time
@@ -14,11 +16,21 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from structlog.testing import capture_logs
 
-from cefmp4.checkpoint import CheckpointStore, PartRecord, StreamRecord, StreamState
+from cefmp4 import logs
+from cefmp4.checkpoint import (
+    CheckpointStore,
+    MalformedRecord,
+    PartRecord,
+    StreamRecord,
+    StreamState,
+    untrusted_reason,
+)
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import ConfigError, LeaseLost, TransientError
+from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
+from cefmp4.lease import lease_namespace
 from tests.support.redis import RedisServer
 
 
@@ -26,17 +38,20 @@ from tests.support.redis import RedisServer
 class Backend:
     kind: str
     open: Callable[[], AbstractAsyncContextManager[CheckpointStore]]
+    url: str = ""  # redis: where, and under which prefix, to corrupt records by hand
+    prefix: str = ""
+    state_dir: Path | None = None  # sqlite
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         state_dir = tmp_path / "state"
-        yield Backend("sqlite", lambda: open_sqlite_store(state_dir))
+        yield Backend("sqlite", lambda: open_sqlite_store(state_dir), state_dir=state_dir)
         return
     url: str = request.getfixturevalue("redis_url")
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
-    yield Backend("redis", lambda: open_redis_store(url, key_prefix=prefix))
+    yield Backend("redis", lambda: open_redis_store(url, key_prefix=prefix), url, prefix)
     # Keep the session server small: drop this test's keys.
     async with redis.asyncio.from_url(url) as client:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
@@ -484,3 +499,277 @@ async def test_redis_lease_steal_only_from_the_named_holder(redis_url: str) -> N
         assert stolen == token + 1
         assert await store.holder(9) == "me"
         assert not await store.renew(9, "dead", ttl=30)
+
+
+# -- records validated on load (SPEC §2.18): quarantined, never raised ---------------------
+
+
+def _sqlite_exec(backend: Backend, sql: str, *args: object) -> None:
+    assert backend.state_dir is not None
+    with contextlib.closing(sqlite3.connect(backend.state_dir / "checkpoints.sqlite3")) as conn:
+        conn.execute(sql, args)
+        conn.commit()
+
+
+async def _redis(backend: Backend, *command: str) -> None:
+    async with redis.asyncio.from_url(backend.url) as client:
+        await client.execute_command(*command)
+
+
+# (name, sqlite statement, redis command); {id} is the stream id, {p} the Redis prefix.
+CORRUPTIONS = [
+    ("bogus state", "UPDATE streams SET state = 'bogus' WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "state", "bogus")),
+    ("non-numeric device", "UPDATE streams SET device = 'abc' WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "device", "abc")),
+    ("fractional inode", "UPDATE streams SET inode = 1.5 WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "inode", "1.5")),
+    ("text timestamp", "UPDATE streams SET started_at = 'yesterday' WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "started_at", "yesterday")),
+    ("nan timestamp", "UPDATE streams SET last_activity_at = 'nan' WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "last_activity_at", "nan")),
+    ("bytes for a path", "UPDATE streams SET path = x'00ff' WHERE stream_id = ?",
+     ("HDEL", "{p}stream:{id}", "path")),
+    ("zero part size", "UPDATE streams SET part_size = 0 WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "part_size", "0")),
+    ("broken part", "UPDATE parts SET offset_bytes = 'x' WHERE stream_id = ?",
+     ("HSET", "{p}parts:{id}", "1", "{not json")),
+    ("part without etag", "UPDATE parts SET etag = x'ff' WHERE stream_id = ?",
+     ("HSET", "{p}parts:{id}", "2", '{"offset":0,"size":5,"md5":"x","uploaded_at":1.0}')),
+    ("part number not a number", "UPDATE parts SET part_number = 'one' "
+     "WHERE stream_id = ? AND part_number = 1",
+     ("HSET", "{p}parts:{id}", "one", '{"offset":0,"size":5,"etag":"e","md5":"x",'
+                                      '"uploaded_at":1.0}')),
+]  # fmt: skip
+
+
+async def _corrupt(backend: Backend, stream_id: str, sql: str, command: tuple[str, ...]) -> None:
+    if backend.kind == "sqlite":  # (a TEXT column turns a number into text: use a blob)
+        _sqlite_exec(backend, sql, stream_id)
+    else:
+        await _redis(backend, *(c.replace("{p}", backend.prefix).replace("{id}", stream_id)
+                                for c in command))  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "sql", "command"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+async def test_a_malformed_record_is_quarantined_not_raised(
+    backend: Backend, case: str, sql: str, command: tuple[str, ...]
+) -> None:
+    async with backend.open() as store:
+        await store.put_stream(make_stream("good", inode=5, upload_id="u-good"))
+        await store.put_stream(make_stream("bad", inode=5, upload_id="u-bad"))
+        for number in (1, 2):
+            await store.put_part("good", make_part(number))
+            await store.put_part("bad", make_part(number))
+    await _corrupt(backend, "bad", sql, command)
+    async with backend.open() as store:
+        with capture_logs() as events:
+            for _ in range(2):  # warned about once, however often it is met
+                assert [r.stream_id for r in await store.list_streams()] == ["good"]
+                unfinished = await store.list_streams(frozenset({StreamState.ACTIVE}))
+                assert [r.stream_id for r in unfinished] == ["good"]
+                assert [r.stream_id for r in await store.find_by_inode(5)] == ["good"]
+        quarantine = await store.list_quarantined()
+        assert [q.stream_id for q in quarantine] == ["bad"]
+        assert quarantine[0].reason
+        assert quarantine[0].upload_id == "u-bad"  # the sweeper must not abort its upload
+        if not sql.startswith("UPDATE parts"):
+            assert await store.get_stream("bad") is None
+        else:
+            with pytest.raises(MalformedRecord):
+                await store.get_parts("bad")
+        assert len(await store.get_parts("good")) == 2
+    warnings = [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+    assert [w["stream_id"] for w in warnings] == ["bad"]
+
+
+async def test_a_key_of_the_wrong_type_is_quarantined(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(make_stream("good"))
+        await store.put_stream(make_stream("bad"))
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.delete(f"{prefix}stream:bad")
+            await client.set(f"{prefix}stream:bad", "a string, not a hash")
+        assert [r.stream_id for r in await store.list_streams()] == ["good"]
+        assert [q.stream_id for q in await store.list_quarantined()] == ["bad"]
+        assert await store.get_stream("bad") is None
+
+
+async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backend) -> None:
+    """Only unfinished streams are resumed from their parts; history is not re-read."""
+    async with backend.open() as store:
+        await store.put_stream(make_stream("old", state=StreamState.COMPLETED))
+        await store.put_part("old", make_part(1))
+    await _corrupt(backend, "old", CORRUPTIONS[7][1], CORRUPTIONS[7][2])
+    async with backend.open() as store:
+        assert [r.stream_id for r in await store.list_streams()] == ["old"]
+
+
+# -- trust: records from outside WATCH_DIR or S3_KEY_PREFIX (SPEC §2.18) ------------------------
+
+
+def test_untrusted_reason(tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    (watch / "cam").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (watch / "cam" / "escape").symlink_to(tmp_path / "secret")
+    good = make_stream("s1", path=str(watch / "cam" / "a.mp4"), rel_path="cam/a.mp4",
+                       key="streams/s1/cam/a.mp4")  # fmt: skip
+    assert untrusted_reason(good, watch, "streams/") is None
+    assert untrusted_reason(good, watch, "streams") is None
+    cases = {
+        "path": [str(tmp_path / "secret" / "a.mp4"), "/etc/passwd", "cam/a.mp4",
+                 str(watch / "cam" / ".." / ".." / "secret" / "a.mp4"),
+                 str(watch / "cam" / "escape" / "a.mp4"), str(watch)],
+        "rel_path": ["/etc/passwd", "../secret/a.mp4", "cam/../../x.mp4", ""],
+        "key": ["other/s1/a.mp4", "streams-archive/s1/a.mp4", "streams/../x.mp4", "streams/"],
+    }  # fmt: skip
+    for field, values in cases.items():
+        for value in values:
+            record = replace(good, **{field: value})
+            assert untrusted_reason(record, watch, "streams/") is not None, (field, value)
+    assert untrusted_reason(replace(good, bucket="other"), watch, "streams/", bucket="mine")
+    assert untrusted_reason(good, watch, "streams/", bucket="video-streams") is None
+    whole = replace(good, key="s1/cam/a.mp4")
+    assert untrusted_reason(whole, watch, "") is None
+
+
+# -- Redis: per-state index, fenced writes, lease namespace, every error mapped ----------------
+
+
+async def test_redis_unfinished_listing_reads_only_unfinished_hashes(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        for i in range(50):
+            await store.put_stream(make_stream(f"done{i}", state=StreamState.COMPLETED))
+        await store.put_stream(make_stream("live"))
+        await store.put_stream(make_stream("moving", state=StreamState.FINALIZING))
+        await store.put_stream(make_stream("moving", state=StreamState.COMPLETED))
+        async with redis.asyncio.from_url(redis_url) as client:
+            before = await _hgetall_calls(client)
+            got = await store.list_streams(frozenset({StreamState.ACTIVE,
+                                                      StreamState.FINALIZING}))  # fmt: skip
+            reads = await _hgetall_calls(client) - before
+        assert [r.stream_id for r in got] == ["live"]
+        assert reads <= 3  # the one live stream's hash and parts, not fifty-two hashes
+        await store.delete_stream("live")
+        assert await store.list_streams(frozenset({StreamState.ACTIVE})) == []
+
+
+async def _hgetall_calls(client: redis.asyncio.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_redis_builds_the_state_index_for_older_data(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(make_stream("old-active"))
+        await store.put_stream(make_stream("old-done", state=StreamState.COMPLETED))
+    async with redis.asyncio.from_url(redis_url) as client:  # as an older version left it
+        await client.delete(f"{prefix}state:active", f"{prefix}state:completed",
+                            f"{prefix}state-index")
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        got = await store.list_streams(frozenset({StreamState.ACTIVE}))
+        assert [r.stream_id for r in got] == ["old-active"]
+        done = await store.list_streams(frozenset({StreamState.COMPLETED}))
+        assert [r.stream_id for r in done] == ["old-done"]
+
+
+async def test_redis_refuses_unfenced_writes_to_a_leased_stream(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with (
+        open_redis_store(redis_url, key_prefix=prefix) as owner,
+        open_redis_store(redis_url, key_prefix=prefix) as other,  # e.g. `cefmp4 upload`
+    ):
+        token = await owner.acquire(7, "owner", ttl=30)
+        assert token is not None
+        owner.fence("s1", 7, token)
+        await owner.put_stream(make_stream("s1", inode=7))
+        await owner.put_part("s1", make_part(1))
+        with pytest.raises(LeaseLost):
+            await other.put_stream(make_stream("s1", inode=7, state=StreamState.COMPLETED))
+        with pytest.raises(LeaseLost):
+            await other.put_stream(make_stream("s2", inode=7))  # a new stream of that file
+        with pytest.raises(LeaseLost):
+            await other.put_part("s1", make_part(2))
+        with pytest.raises(LeaseLost):
+            await other.delete_parts("s1")
+        with pytest.raises(LeaseLost):
+            await other.delete_stream("s1")
+        assert [p.part_number for p in await owner.get_parts("s1")] == [1]
+        await owner.release(7, "owner")
+        await other.put_part("s1", make_part(2))  # nobody holds the lease now
+
+
+async def test_redis_require_fence_refuses_every_unfenced_write(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix, require_fence=True) as store:
+        with pytest.raises(PermanentError, match="UNFENCED"):
+            await store.put_stream(make_stream("s1", inode=8))
+        token = await store.acquire(8, "me", ttl=30)
+        assert token is not None
+        store.fence("s1", 8, token)
+        await store.put_stream(make_stream("s1", inode=8))
+        await store.put_part("s1", make_part(1))
+
+
+async def test_redis_lease_namespaces_do_not_collide(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with (
+        open_redis_store(redis_url, key_prefix=prefix, lease_namespace="fs-a") as a,
+        open_redis_store(redis_url, key_prefix=prefix, lease_namespace="fs-b") as b,
+        open_redis_store(redis_url, key_prefix=prefix, lease_namespace="fs-a") as a2,
+    ):
+        assert await a.acquire(42, "host-a", ttl=30) is not None
+        assert await b.acquire(42, "host-b", ttl=30) is not None  # same inode, other fs
+        assert await a2.acquire(42, "host-a2", ttl=30) is None  # same fs: one owner
+        assert await a2.holder(42) == "host-a"
+
+
+def test_lease_namespace_is_stable_and_explicit_wins(tmp_path: Path) -> None:
+    assert lease_namespace(tmp_path / "w") == lease_namespace(tmp_path / "w")
+    assert lease_namespace(tmp_path / "w") != lease_namespace(tmp_path / "v")
+    assert lease_namespace(tmp_path / "w", "shared") == "shared"
+
+
+async def test_redis_every_error_is_mapped(tmp_path: Path) -> None:
+    """A real server stopped, restarted, made read-only, given a password: never a raw
+    redis-py exception, always TransientError or PermanentError."""
+    with RedisServer(tmp_path / "redis") as server:
+        async with open_redis_store(server.url) as store, redis.asyncio.from_url(
+            server.url
+        ) as admin:
+            await store.put_stream(make_stream("s1"))
+            server.stop()
+            calls = (store.ping, store.list_streams, store.list_quarantined,
+                     lambda: store.get_parts("s1"), lambda: store.acquire(1, "me", 5))  # fmt: skip
+            for call in calls:
+                with pytest.raises(TransientError):
+                    await call()
+            server.start()
+            await store.ping()
+            # A replica of a master that does not exist: writes answer READONLY.
+            await admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+            with pytest.raises(TransientError):
+                await store.put_stream(make_stream("s2"))
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+            await store.put_stream(make_stream("s2"))
+            # Wrong type of key: permanent, not a crash; the stream is quarantined.
+            await admin.set("cefmp4:parts:s1", "string")
+            with pytest.raises(MalformedRecord):
+                await store.get_parts("s1")
+            await admin.execute_command("CONFIG", "SET", "requirepass", "right-pw")
+        wrong = server.url.replace("redis://", "redis://:wrong-pw@")
+        async with open_redis_store(wrong) as store:
+            with pytest.raises(PermanentError) as caught:
+                await store.ping()
+            assert "wrong-pw" not in str(caught.value)
+        async with open_redis_store(server.url) as store:  # no password at all
+            with pytest.raises(PermanentError):
+                await store.list_streams()
+        right = server.url.replace("redis://", "redis://:right-pw@")
+        async with open_redis_store(right) as store:
+            assert [r.stream_id for r in await store.list_streams()] == ["s2"]
+            assert [q.stream_id for q in await store.list_quarantined()] == ["s1"]

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from cefmp4.discover import check_file, scan, watch
+from cefmp4 import logs
+from cefmp4.discover import (
+    NOT_REGULAR,
+    Notices,
+    check_file,
+    is_utf8,
+    printable,
+    scan,
+    scan_paths,
+    watch,
+)
+from cefmp4.readiness import Readiness
 
 # The watch must hand over a change well within this; the spec wants ~0.1 s.
 DEADLINE = 1.0
@@ -137,6 +157,28 @@ def test_scan_many_files_is_fast(tmp_path: Path) -> None:
     found = scan(tmp_path)
     assert len(found) == 3000
     assert time.monotonic() - started < 2.0
+
+
+def test_scan_paths_is_scan_as_strings_without_a_stat_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for d in range(5):
+        for f in range(20):
+            write(tmp_path / f"d{d}" / f"sub{d}" / f"{f}.mp4")
+    calls = {"lstat": 0, "stat": 0}
+    for name in calls:
+        real = getattr(os, name)
+
+        def counting(*args: object, _real: object = real, _name: str = name, **kw: object) -> object:  # noqa: E501
+            calls[_name] += 1
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, name, counting)
+    found = scan_paths(tmp_path, notices=Notices())
+    monkeypatch.undo()
+    assert found == [str(p) for p in scan(tmp_path, notices=Notices())]
+    assert len(found) == 100
+    assert calls == {"lstat": 0, "stat": 0}  # d_type from scandir: no stat per file
 
 
 def test_scan_skips_unreadable_dirs(tmp_path: Path) -> None:
@@ -336,3 +378,261 @@ async def test_cancelling_the_consumer_stops_the_watch(tmp_path: Path) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=1)
+
+
+# --- hostile names and files (§2.1: no single file stops discovery) -------------------
+
+
+def _bad_name(directory: Path, name: bytes) -> Path:
+    """A path whose last component is ``name`` (not valid UTF-8), as Python spells it."""
+    return Path(os.fsdecode(os.fsencode(directory) + b"/" + name))
+
+
+def _skipped(events: list[MutableMapping[str, Any]], path: Path) -> list[MutableMapping[str, Any]]:
+    return [e for e in events if e["event"] == logs.FILE_SKIPPED and e["path"] == printable(path)]
+
+
+def test_scan_skips_a_name_that_is_not_utf8_with_one_warning(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.mp4")
+    bad = write(_bad_name(tmp_path, b"\xff\xfe.mp4"))
+    bad_dir = _bad_name(tmp_path, b"cam\xff")
+    inside = write(bad_dir / "inner.mp4")
+    notices = Notices()
+    with capture_logs() as events:
+        assert scan(tmp_path, notices=notices) == [good]
+        assert scan(tmp_path, notices=notices) == [good]  # the rescan: no second warning
+    assert len(_skipped(events, bad)) == 1
+    assert len(_skipped(events, bad_dir)) == 1
+    assert not _skipped(events, inside)
+    assert "\\xff\\xfe.mp4" in printable(bad)  # the log shows the bytes, escaped
+
+
+def test_scan_never_opens_a_fifo_and_warns_once(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.mp4")
+    fifo = tmp_path / "x.mp4"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    notices = Notices()
+    with capture_logs() as events:
+        assert scan(tmp_path, notices=notices) == [good]
+        assert scan(tmp_path, notices=notices) == [good]
+    assert [e["reason"] for e in _skipped(events, fifo)] == [NOT_REGULAR]
+
+
+async def test_a_name_that_is_not_utf8_does_not_stop_the_watch(tmp_path: Path) -> None:
+    """watchfiles ends its iterator on such a name; the watch must restart and lose nothing."""
+    before = write(tmp_path / "before.mp4")
+    notices = Notices()
+    with capture_logs() as events:
+        async with watching_with(tmp_path, notices) as w:
+            bad = write(_bad_name(tmp_path, b"rec\xff.mp4"))
+            # In the same batch as the bad event, which watchfiles drops: found by the scan.
+            beside = write(tmp_path / "beside.mp4")
+            await w.wait_for(lambda: beside in w.seen)
+            for _ in range(3):  # the recorder keeps writing the bad file: more failures
+                with bad.open("ab") as f:
+                    f.write(b"more")
+                await asyncio.sleep(0.05)
+            later = write(tmp_path / "sub" / "later.mp4")
+            await w.wait_for(lambda: later in w.seen)
+    assert before in w.seen
+    assert not any(not is_utf8(str(p)) for p in w.seen)
+    assert len(_skipped(events, bad)) == 1
+    restarts = [e for e in events if e["event"] == logs.WATCHER_RESTARTED]
+    assert restarts
+    assert all(e["log_level"] == "info" for e in restarts)  # the warning is the skip's
+
+
+async def test_a_fifo_appearing_is_warned_about_once_and_not_opened(tmp_path: Path) -> None:
+    notices = Notices()
+    with capture_logs() as events:
+        async with watching_with(tmp_path, notices) as w:
+            fifo = tmp_path / "live.mp4"
+            os.mkfifo(fifo)
+            os.utime(fifo)  # a second event for the same fifo
+            after = write(tmp_path / "after.mp4")
+            await w.wait_seen(after)
+            await w.wait_for(lambda: bool(_skipped(events, fifo)))
+    assert fifo not in w.seen
+    assert len(_skipped(events, fifo)) == 1
+
+
+@asynccontextmanager
+async def watching_with(watch_dir: Path, notices: Notices) -> AsyncIterator[Watcher]:
+    """Like ``watching``, with its own Notices, ready once a marker file has been seen."""
+    watcher = Watcher()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async for batch in watch(watch_dir, stop, notices=notices, max_restart_delay=0.2):
+            async with watcher.changed:
+                watcher.batches.append(batch)
+                watcher.seen |= batch
+                watcher.changed.notify_all()
+
+    task = asyncio.create_task(run())
+    probe = watch_dir / "probe" / "probe.mp4"
+    try:
+        async with asyncio.timeout(10):
+            while probe not in watcher.seen:  # the watches are registered once this is seen
+                write(probe)
+                with contextlib.suppress(TimeoutError):
+                    await watcher.wait_for(lambda: probe in watcher.seen)
+        yield watcher
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+
+# --- an unreadable subdirectory, for real: the watcher runs as nobody -------------------
+
+_AS_NOBODY = r"""
+import asyncio, json, sys
+from pathlib import Path
+from cefmp4 import discover, logs
+
+logs.configure_logging(level="INFO", fmt="json")
+
+async def main() -> None:
+    watch_dir = Path(sys.argv[1])
+    notices = discover.Notices()
+    stop = asyncio.Event()
+
+    def emit(**doc: object) -> None:
+        print(json.dumps(doc), flush=True)
+
+    async def rescan() -> None:
+        while True:
+            await asyncio.sleep(0.3)
+            files = await asyncio.to_thread(discover.scan, watch_dir, notices=notices)
+            emit(scanned=[str(p) for p in files])
+
+    rescans = asyncio.create_task(rescan())
+    async for batch in discover.watch(watch_dir, stop, notices=notices):
+        emit(seen=[str(p) for p in batch])
+    rescans.cancel()
+
+asyncio.run(main())
+"""
+
+
+def _python_for_nobody() -> list[str]:
+    """An interpreter of this Python version that nobody may execute (the venv's links to
+    one under /root, which nobody cannot enter)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = (sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}")
+    for candidate in candidates:
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(tuple(sys.version_info[:2]))"],
+                user="nobody", capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        except OSError:
+            continue
+        if probe.stdout.strip() == str(tuple(sys.version_info[:2])):
+            return [candidate]
+    pytest.fail("no interpreter of this Python version is executable by nobody")
+
+
+def _import_paths() -> list[str]:
+    import cefmp4
+
+    return [str(Path(cefmp4.__file__).parents[1]), *site.getsitepackages()]
+
+
+class NobodyWatcher:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.seen: set[str] = set()
+        self.scanned: list[set[str]] = []
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                line = await self.proc.stdout.readline()
+                assert line, "the watcher process ended"
+                doc = json.loads(line)
+                self.seen.update(doc.get("seen", ()))
+                if "scanned" in doc:
+                    self.scanned.append(set(doc["scanned"]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the watcher as nobody")
+async def test_an_unreadable_subdirectory_does_not_blind_its_siblings() -> None:
+    """A 0700 root-owned directory (lost+found) among readable ones, watched by nobody."""
+    top = Path(tempfile.mkdtemp(prefix="cefmp4-unreadable-"))
+    try:
+        top.chmod(0o755)
+        watch_dir = top / "watch"
+        siblings = [watch_dir / f"cam{i:02}" for i in range(12)]
+        locked = watch_dir / "lost+found"
+        for directory in [watch_dir, *siblings[:6], locked, *siblings[6:]]:
+            directory.mkdir()
+            directory.chmod(0o755)
+        locked.chmod(0o700)  # root's; nobody may not read it
+        write(locked / "hidden-away.mp4")
+        proc = await asyncio.create_subprocess_exec(
+            *_python_for_nobody(), "-c", _AS_NOBODY, str(watch_dir), user="nobody",
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_paths())},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        w = NobodyWatcher(proc)
+        try:
+            await w.until(lambda: len(w.scanned) >= 1)  # the watcher has its roots by now
+            probe = watch_dir / "probe.mp4"
+            write(probe)
+            await w.until(lambda: str(probe) in w.seen)
+            fresh = [write(d / "new.mp4") for d in siblings]
+            await w.until(lambda: all(str(p) in w.seen for p in fresh))
+            # Readable again: the rescan finds what is there, the watch what comes next.
+            locked.chmod(0o755)
+            found = str(locked / "hidden-away.mp4")
+            await w.until(lambda: bool(w.scanned) and found in w.scanned[-1])
+            scans_before = len(w.scanned)
+            await w.until(lambda: len(w.scanned) >= scans_before + 2)  # watcher restarted
+            later = write(locked / "later.mp4")
+            await w.until(lambda: str(later) in w.seen)
+        finally:
+            proc.terminate()
+            _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+        lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+        unreadable = [e for e in lines if e["event"] == logs.DIRECTORY_UNREADABLE]
+        assert [e["path"] for e in unreadable] == [str(locked)]  # once, not once per scan
+        assert [e["path"] for e in lines if e["event"] == logs.DIRECTORY_READABLE] == [str(locked)]
+    finally:
+        for directory in top.rglob("*"):
+            if directory.is_dir():
+                directory.chmod(0o755)
+        shutil.rmtree(top)
+
+
+async def test_a_watcher_that_cannot_start_is_reported_and_recovers(tmp_path: Path) -> None:
+    watch_dir = tmp_path / "watch"
+    watch_dir.mkdir()
+    readiness = Readiness()
+    stop = asyncio.Event()
+    seen: set[Path] = set()
+
+    async def run() -> None:
+        async for batch in watch(watch_dir, stop, notices=Notices(), max_restart_delay=0.2,
+                                 readiness=readiness):  # fmt: skip
+            seen.update(batch)
+
+    watch_dir.rmdir()  # gone: every start of the watcher fails
+    task = asyncio.create_task(run())
+    try:
+        await _until(lambda: "watcher" in readiness.failures())
+        write(watch_dir / "back.mp4")  # the directory is back, with a file in it
+        await _until(lambda: watch_dir / "back.mp4" in seen)
+        assert "watcher" not in readiness.failures()
+        write(watch_dir / "new.mp4")  # and it is watched again
+        await _until(lambda: watch_dir / "new.mp4" in seen)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110  (state changed by another task, no event)
+            await asyncio.sleep(0.02)

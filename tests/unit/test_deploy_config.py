@@ -1,17 +1,22 @@
-"""Deployment files agree with the code: Settings, example.env, compose, Dockerfile, dashboards."""
+"""Deployment files agree with the code: Settings, example.env, compose, Dockerfile.
+
+Monitoring (alerts, dashboard): tests/unit/test_monitoring.py.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cefmp4.metrics import Metrics
 from cefmp4.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,31 +85,236 @@ def test_compose_app_environment_names_settings() -> None:
     assert "example.env" in env_files
     env = _environment(app)
     assert env["S3_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["REDIS_URL"].startswith("redis://redis:6379")
+    assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert env["REDIS_URL"].endswith("@redis:6379/0")
 
 
 def test_compose_is_health_gated_and_keeps_uploads() -> None:
     services = _compose()["services"]
-    assert set(services) >= {"app", "minio", "redis"}
+    assert set(services) >= {"app", "minio", "minio-init", "redis"}
     depends = services["app"]["depends_on"]
     for dep in ("minio", "redis"):
         assert depends[dep]["condition"] == "service_healthy"
         assert "healthcheck" in services[dep]
+    assert depends["minio-init"]["condition"] == "service_completed_successfully"
     assert services["minio"]["environment"]["MINIO_API_STALE_UPLOADS_EXPIRY"] == "168h"
-    command = services["redis"]["command"]
-    command = " ".join(command) if isinstance(command, list) else command
-    assert "--appendonly yes" in command
+    assert "appendonly yes" in _redis_command(services["redis"])
 
 
-def test_docker_compose_config_is_valid() -> None:
+def _redis_command(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return "\n".join(command) if isinstance(command, list) else str(command)
+
+
+# Values for the mandatory passwords, so `docker-compose config` can render the file.
+COMPOSE_SECRETS = {
+    "MINIO_ROOT_PASSWORD": "root-pw-for-the-test",
+    "CEFMP4_S3_SECRET_KEY": "app-secret-for-the-test",
+    "REDIS_PASSWORD": "redis-pw-for-the-test",
+}
+
+
+def _docker_compose(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose binary not installed (CI installs it)")
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    # An empty --env-file: a developer's own .env (with real passwords) must not count.
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    return subprocess.run(
+        [binary, "--env-file", str(empty), "config"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60, check=False, env={**clean, **env},
+    )
+
+
+def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
+    result = _docker_compose(COMPOSE_SECRETS, tmp_path)
+    assert result.returncode == 0, result.stderr
+    yaml = pytest.importorskip("yaml")
+    rendered = yaml.safe_load(result.stdout)
+    app_env = rendered["services"]["app"]["environment"]
+    assert app_env["REDIS_URL"] == "redis://:redis-pw-for-the-test@redis:6379/0"
+    assert app_env["S3_SECRET_ACCESS_KEY"] == "app-secret-for-the-test"
+
+
+@pytest.mark.parametrize("missing", sorted(COMPOSE_SECRETS))
+def test_compose_refuses_to_start_without_each_password(missing: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in COMPOSE_SECRETS.items() if k != missing}
+    result = _docker_compose(env, tmp_path)
+    assert result.returncode != 0
+    assert f"set {missing} in .env" in result.stderr
+
+
+def test_no_default_password_anywhere() -> None:
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    for text in (compose_text, (ROOT / "example.env").read_text()):
+        assert "minioadmin" not in text
+    for name, service in _compose()["services"].items():
+        for var, value in _environment(service).items():
+            if any(word in var for word in ("PASSWORD", "SECRET")):
+                assert value.startswith("${"), f"{name}: {var}={value}"
+                assert ":?" in value, f"{name}: {var}={value} has a default"
+    # Every password-like variable compose interpolates is mandatory.
+    secret_var = re.compile(r"\$\{([A-Z0-9_]*(?:PASSWORD|SECRET)[A-Z0-9_]*)([^}]*)\}")
+    for match in secret_var.finditer(compose_text):
+        assert match[2].startswith(":?"), f"{match[1]} has a default: {match[0]}"
+
+
+def test_minio_and_redis_are_not_published_beyond_loopback() -> None:
+    compose = _compose()
+    services = compose["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            text = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
+            assert text.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    published = {str(p).rsplit(":", 1)[-1] for p in services["minio"].get("ports", [])}
+    assert "9000" not in published, "MinIO's S3 API is published"
+    assert not services["redis"].get("ports"), "Redis is published"
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["redis"]["networks"] == ["backend"]
+    assert "backend" in services["minio"]["networks"]
+    assert "backend" in services["app"]["networks"]
+
+
+def test_images_are_pinned_to_versions() -> None:
+    for name, service in _compose()["services"].items():
+        image = service["image"]
+        repo, sep, tag = image.rpartition(":")
+        assert sep, f"{name}: {image} has no tag"
+        assert repo, name
+        assert tag != "latest", f"{name}: {image}"
+        assert re.search(r"\d", tag), f"{name}: {image} is not a version"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
+    assert base is not None
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base[1]), base[1]
+
+
+def test_every_container_is_hardened() -> None:
+    for name, service in _compose()["services"].items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("read_only") is True, name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        # A read-only root needs somewhere to write temporary files.
+        assert "/tmp" in service.get("tmpfs", []), name
+
+
+def test_app_uses_the_least_privilege_user_not_root() -> None:
+    services = _compose()["services"]
+    app, init = _environment(services["app"]), _environment(services["minio-init"])
+    root_user = _environment(services["minio"])["MINIO_ROOT_USER"]
+    assert app["S3_ACCESS_KEY_ID"] == init["APP_ACCESS_KEY"] != root_user
+    assert app["S3_SECRET_ACCESS_KEY"] == init["APP_SECRET_KEY"]
+    assert "MINIO_ROOT_PASSWORD" not in app["S3_SECRET_ACCESS_KEY"]
+    assert app["S3_BUCKET_NAME"] == init["S3_BUCKET_NAME"]
+    assert app["S3_KEY_PREFIX"] == init["S3_KEY_PREFIX"]
+
+
+FAKE_MC = """#!/bin/sh
+# Records each call; keeps a copy of every policy file it is given.
+printf '%s\\n' "$*" >> "$MC_LOG"
+printf '%s\\n' "$MC_HOST_root" > "$MC_OUT/mc_host"
+if [ "$1 $2 $3" = "admin policy create" ]; then cp "$6" "$MC_OUT/policy-$5.json"; fi
+"""
+
+
+def test_minio_init_creates_a_user_limited_to_the_bucket_and_prefix(tmp_path: Path) -> None:
+    """Run the init script with a recording `mc`: the policy it creates, the calls it makes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text(FAKE_MC)
+    (bin_dir / "mc").chmod(0o755)
+    log = tmp_path / "mc.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "MC_LOG": str(log), "MC_OUT": str(tmp_path),
+        "TMPDIR": str(tmp_path), "MINIO_URL": "http://minio:9000",
+        "MINIO_ROOT_USER": "admin", "MINIO_ROOT_PASSWORD": "root-secret-0123",
+        "APP_ACCESS_KEY": "cefmp4", "APP_SECRET_KEY": "app-secret-4567",
+        "S3_BUCKET_NAME": "cams", "S3_KEY_PREFIX": "site-a/",
+    }
+    script = ROOT / "deploy" / "compose" / "minio-init.sh"
     result = subprocess.run(
-        [binary, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        ["/bin/sh", str(script)], env=env, capture_output=True, text=True, timeout=30,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "mb --ignore-existing root/cams"
+    assert "admin user add root cefmp4 app-secret-4567" in calls
+    assert "admin policy attach root cefmp4-app --user cefmp4" in calls
+    assert not any("root-secret-0123" in call for call in calls), "root password as argument"
+    assert (tmp_path / "mc_host").read_text().strip() == "http://admin:root-secret-0123@minio:9000"
+
+    policy = json.loads((tmp_path / "policy-cefmp4-app.json").read_text())
+    statements = policy["Statement"]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    resources = {r for s in statements for r in s["Resource"]}
+    assert resources == {"arn:aws:s3:::cams", "arn:aws:s3:::cams/site-a/*"}
+    for statement in statements:
+        actions = set(statement["Action"])
+        assert not any("*" in a or "Delete" in a or "Create" in a for a in actions), actions
+        if statement["Resource"] == ["arn:aws:s3:::cams"]:
+            assert actions <= {"s3:GetBucketLocation", "s3:ListBucket",
+                               "s3:ListBucketMultipartUploads"}
+        else:
+            assert actions == {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
+                               "s3:ListMultipartUploadParts"}
+
+
+def test_minio_init_fails_without_its_settings(tmp_path: Path) -> None:
+    script = ROOT / "deploy" / "compose" / "minio-init.sh"
+    result = subprocess.run(
+        ["/bin/sh", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+        text=True, timeout=30, check=False,
+    )
+    assert result.returncode != 0
+    assert "MINIO_URL" in result.stderr
+
+
+def test_compose_redis_requires_its_password_and_hides_it(tmp_path: Path) -> None:
+    """The compose Redis command, run with a local redis-server: auth required, password
+    neither on the command line nor answered without it."""
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.skip("redis-server not installed (CI installs it)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = _redis_command(_compose()["services"]["redis"]).replace("$$", "$")
+    assert "dir /data" in command
+    command = command.replace(
+        "dir /data", f"dir {tmp_path}\nport {port}\nbind 127.0.0.1\nsave \"\""
+    )
+    password = "redis-pw-1234"
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command], env={"PATH": os.environ["PATH"], "REDIS_PASSWORD": password},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def ask(*args: str, auth: str = "") -> str:
+            env = {"PATH": os.environ["PATH"]} | ({"REDISCLI_AUTH": auth} if auth else {})
+            return subprocess.run(
+                [cli, "-p", str(port), *args], env=env, capture_output=True, text=True,
+                timeout=10, check=False,
+            ).stdout.strip()
+
+        deadline = time.monotonic() + 20
+        while ask("ping", auth=password) != "PONG":
+            assert proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not answer"
+            time.sleep(0.05)
+        assert "NOAUTH" in ask("ping")
+        assert ask("config", "get", "appendonly", auth=password).splitlines() == [
+            "appendonly", "yes"
+        ]
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert cmdline.startswith("redis-server")  # exec'd: the shell is gone
+        assert password not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_dockerfile_runs_as_non_root_under_dumb_init_with_healthcheck() -> None:
@@ -120,22 +330,3 @@ def test_dockerfile_runs_as_non_root_under_dumb_init_with_healthcheck() -> None:
     entrypoint = next(parts[1] for parts in instructions if parts[0].upper() == "ENTRYPOINT")
     assert json.loads(entrypoint)[0] == "dumb-init"
     assert "ffmpeg" in text  # ffprobe
-
-
-def _metric_names_in(text: str) -> set[str]:
-    known_suffix = re.compile(r"\b([a-z_]+(?:_total|_seconds(?:_bucket)?|_bytes|_streams))\b")
-    return {m for m in known_suffix.findall(text)}
-
-
-def test_dashboard_and_alerts_use_existing_metrics() -> None:
-    exposed = set(Metrics().names())
-    exposed |= {f"{n}_{s}" for n in exposed for s in ("bucket", "count", "sum")}
-    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
-    exprs = " ".join(
-        t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])
-    )
-    alerts = (ROOT / "deploy" / "alerts.yml").read_text()
-    for source, text in (("dashboard", exprs), ("alerts", alerts)):
-        used = _metric_names_in(text) - {"humanizeDuration"}
-        assert used, source
-        assert used <= exposed, f"{source} uses unknown metrics: {sorted(used - exposed)}"

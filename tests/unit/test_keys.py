@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import PurePosixPath
 
 import pytest
 
-from cefmp4.keys import is_stream_id, metadata_key, new_stream_id, object_key, parse_key
+from cefmp4.keys import (
+    is_stream_id,
+    metadata_key,
+    new_stream_id,
+    object_key,
+    parse_key,
+    within_prefix,
+)
 
 PREFIX = "streams/"
 
@@ -91,3 +99,43 @@ def test_object_key_refuses_unsafe_stream_ids(stream_id: str) -> None:
 def test_object_key_refuses_keys_s3_cannot_store() -> None:
     with pytest.raises(ValueError, match="1024 bytes"):
         object_key(PREFIX, "s1", "é" * 600 + ".mp4")
+
+
+# --- the prefix is a path segment (§2.13); names that are not UTF-8 (#9.1) -----------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key", "inside"),
+    [
+        ("streams/", "streams/id/a.mp4", True),
+        ("streams", "streams/id/a.mp4", True),
+        ("streams", "streams-archive/id/a.mp4", False),
+        ("streams/", "streams-archive/id/a.mp4", False),
+        ("streams", "streams", False),
+        ("streams/", "streams/", False),
+        ("streams/", "streams/../elsewhere/a.mp4", False),
+        ("streams/", "other/streams/a.mp4", False),
+        ("a/b/", "a/b/c", True),
+        ("a/b", "a/bc", False),
+        ("", "anything/at/all", True),
+        ("", "", False),
+    ],
+)
+def test_within_prefix_is_segment_wise(prefix: str, key: str, inside: bool) -> None:
+    assert within_prefix(prefix, key) is inside
+
+
+def test_object_key_and_parse_key_treat_the_prefix_as_a_segment() -> None:
+    key = object_key("streams", "20261124T104500Z-3f9a0c12be", "a.mp4")
+    assert key == "streams/20261124T104500Z-3f9a0c12be/a.mp4"
+    assert parse_key("streams", key) == ("20261124T104500Z-3f9a0c12be", "a.mp4")
+    assert parse_key("streams", "streams-archive/20261124T104500Z-3f9a0c12be/a.mp4") is None
+
+
+def test_a_name_that_is_not_utf8_is_a_value_error_not_unicode_error() -> None:
+    rel = os.fsdecode(b"cam/\xff\xfe.mp4")  # as os.scandir spells it: surrogate-escaped
+    with pytest.raises(ValueError, match="not valid UTF-8") as err:
+        object_key("streams/", "20261124T104500Z-3f9a0c12be", rel)
+    assert not isinstance(err.value, UnicodeError)
+    assert "\\xff\\xfe.mp4" in str(err.value)  # the message shows the bytes
+    str(err.value).encode("utf-8")

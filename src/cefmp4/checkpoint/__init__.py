@@ -10,8 +10,15 @@ so a checkpoint after part 9,000 costs one small write, not a rewrite of 9,000 p
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from cefmp4.errors import PermanentError
+from cefmp4.keys import is_stream_id, within_prefix
 
 
 class StreamState(enum.StrEnum):
@@ -63,6 +70,159 @@ class StreamRecord:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """A stored record that is not acted on (SPEC §2.18): kept as it is, for ``status`` and
+    ``check``. The other fields are whatever could be read, for the operator (and so that
+    the sweeper never aborts an upload a quarantined record still names)."""
+
+    stream_id: str
+    reason: str
+    path: str | None = None
+    key: str | None = None
+    upload_id: str | None = None
+    state: str | None = None
+
+
+class MalformedRecord(PermanentError):
+    """A stored record or part does not parse; the stream is quarantined, never acted on."""
+
+
+# The StreamRecord fields, their type, and whether they may be absent (None).
+_KINDS: dict[str, tuple[type, bool]] = {
+    "stream_id": (str, False), "path": (str, False), "rel_path": (str, False),
+    "device": (int, False), "inode": (int, False), "bucket": (str, False),
+    "key": (str, False), "part_size": (int, False), "max_parts": (int, False),
+    "state": (StreamState, False), "started_at": (float, False),
+    "last_activity_at": (float, False), "upload_id": (str, True), "status": (str, True),
+    "completed_at": (float, True), "final_size": (int, True), "final_mtime_ns": (int, True),
+    "sha256": (str, True), "error": (str, True),
+}  # fmt: skip
+MAX_PARTS_LIMIT = 10_000
+
+
+def _typed(name: str, kind: type, value: object) -> object:
+    if kind is StreamState:
+        if not isinstance(value, str):
+            raise MalformedRecord(f"{name}: not a state")
+        try:
+            return StreamState(value)
+        except ValueError:
+            raise MalformedRecord(f"{name}: unknown state {value[:40]!r}") from None
+    if kind is float:
+        return _float(name, value)
+    if kind is int:
+        return _int(name, value)
+    return _str(name, value)
+
+
+def build_record(values: Mapping[str, Any]) -> StreamRecord:
+    """A StreamRecord from stored values of the right Python types, checked; else
+    ``MalformedRecord`` saying what is wrong (missing, wrong type, out of range)."""
+    typed: dict[str, Any] = {}
+    for name, (kind, optional) in _KINDS.items():
+        value = values.get(name)
+        if value is None:
+            if not optional:
+                raise MalformedRecord(f"{name}: missing")
+            typed[name] = None
+            continue
+        typed[name] = _typed(name, kind, value)
+    record = StreamRecord(**typed)
+    if not is_stream_id(record.stream_id):
+        raise MalformedRecord("stream_id: not a stream id")
+    if record.device < 0 or record.inode < 0:
+        raise MalformedRecord("device/inode: negative")
+    if record.part_size < 1 or not 1 <= record.max_parts <= MAX_PARTS_LIMIT:
+        raise MalformedRecord("part_size/max_parts: out of range")
+    for name in ("final_size", "final_mtime_ns"):
+        value = getattr(record, name)
+        if value is not None and value < 0:
+            raise MalformedRecord(f"{name}: negative")
+    return record
+
+
+assert set(_KINDS) == {f.name for f in fields(StreamRecord)}
+
+
+def _int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedRecord(f"{name}: not an integer")
+    return value
+
+
+def _str(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise MalformedRecord(f"{name}: not text")
+    return value
+
+
+def _float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedRecord(f"{name}: not a number")
+    if not math.isfinite(value):
+        raise MalformedRecord(f"{name}: not a finite number")
+    return float(value)
+
+
+def build_part(part_number: object, values: Mapping[str, Any]) -> PartRecord:
+    """A PartRecord from stored values, checked; else ``MalformedRecord``."""
+    try:
+        number = _int("part_number", part_number)
+        offset = _int("offset", values.get("offset"))
+        size = _int("size", values.get("size"))
+        etag = _str("etag", values.get("etag"))
+        md5 = _str("md5", values.get("md5"))
+        uploaded_at = _float("uploaded_at", values.get("uploaded_at"))
+    except MalformedRecord as exc:
+        raise MalformedRecord(f"part {str(part_number)[:20]}: {exc}") from None
+    if not 1 <= number <= MAX_PARTS_LIMIT or offset < 0 or size < 1:
+        raise MalformedRecord(f"part {number}: number, offset or size out of range")
+    return PartRecord(number, offset, size, etag, md5, uploaded_at)
+
+
+def quarantined(stream_id: str, reason: str, raw: Mapping[str, Any]) -> QuarantinedRecord:
+    """The QuarantinedRecord of a record that failed to parse, with what could be read."""
+
+    def text(name: str) -> str | None:
+        value = raw.get(name)
+        return value if isinstance(value, str) else None
+
+    return QuarantinedRecord(
+        stream_id=stream_id, reason=reason, path=text("path"), key=text("key"),
+        upload_id=text("upload_id"), state=text("state"),
+    )  # fmt: skip
+
+
+def untrusted_reason(
+    record: StreamRecord, watch_dir: Path, key_prefix: str, *, bucket: str | None = None
+) -> str | None:
+    """Why a parsed record must not be acted on (SPEC §2.18), or None if it may be.
+
+    A record is input, not truth: anyone who can write to the store could otherwise make
+    cefmp4 read any file it can read and write it to any key of the bucket. Untrusted: a
+    ``path`` that is not absolute or, resolved (symlinks and ``..``), lies outside the
+    resolved ``watch_dir``; a ``rel_path`` that is absolute or climbs out with ``..``; a
+    ``key`` outside ``key_prefix`` taken as a path segment (``keys.within_prefix``) or
+    with a ``..`` segment; and, when ``bucket`` is given, another bucket. Pure apart from
+    resolving the two paths (a few ``lstat``s); call it on every record loaded.
+    """
+    if not os.path.isabs(record.path):
+        return "path is not absolute"
+    root = os.path.realpath(watch_dir)
+    real = os.path.realpath(record.path)
+    if os.path.commonpath([real, root]) != root or real == root:
+        return "path is outside WATCH_DIR"
+    rel = record.rel_path
+    if not rel or rel.startswith("/") or ".." in rel.replace("\\", "/").split("/"):
+        return "rel_path leaves WATCH_DIR"
+    if not within_prefix(key_prefix, record.key):
+        return "key is outside S3_KEY_PREFIX"
+    if bucket is not None and record.bucket != bucket:
+        return "bucket is not S3_BUCKET_NAME"
+    return None
+
+
 class CheckpointStore(Protocol):
     """Durable stream state. Every method may raise ``TransientError`` on an outage."""
 
@@ -72,12 +232,20 @@ class CheckpointStore(Protocol):
     async def put_stream(self, record: StreamRecord) -> None:
         """Create or replace the stream's record (not its parts)."""
 
-    async def get_stream(self, stream_id: str) -> StreamRecord | None: ...
+    async def get_stream(self, stream_id: str) -> StreamRecord | None:
+        """The stream's record; None if unknown or quarantined (it does not parse)."""
 
     async def list_streams(
         self, states: frozenset[StreamState] | None = None
     ) -> list[StreamRecord]:
-        """All streams, or those in ``states``; no particular order."""
+        """All streams, or those in ``states``; no particular order.
+
+        Quarantined records (that do not parse; for unfinished streams, also their parts)
+        are left out, with one warning each per store object; see ``list_quarantined``.
+        """
+
+    async def list_quarantined(self) -> list[QuarantinedRecord]:
+        """Every stored record that does not parse, kept as it is (SPEC §2.18)."""
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         """Every stream of the file with this inode, oldest first.
@@ -89,7 +257,8 @@ class CheckpointStore(Protocol):
         """Create or replace one part (same part number = re-upload) and touch activity."""
 
     async def get_parts(self, stream_id: str) -> list[PartRecord]:
-        """The stream's parts in ascending part number."""
+        """The stream's parts in ascending part number; ``MalformedRecord`` (permanent) if
+        one does not parse."""
 
     async def delete_parts(self, stream_id: str) -> None:
         """Forget every part (the upload was restarted from byte 0)."""

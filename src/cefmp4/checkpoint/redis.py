@@ -4,20 +4,29 @@ Layout (``{p}`` is the key prefix, ``cefmp4:`` by default)::
 
     {p}stream:{id}   hash: the StreamRecord's fields; a None field is absent from the hash
     {p}parts:{id}    hash: part_number -> compact JSON of the PartRecord's other fields
-    {p}streams       set: every stream id (the index ``list_streams`` reads)
-
-A record and its index change together: ``put_stream`` and ``delete_stream`` are MULTI/EXEC
-transactions, ``put_part`` is one Lua script (atomic like MULTI/EXEC, and it can make the
-``last_activity_at`` touch conditional without a read round trip). Values are strings;
-``_FIELD_TYPES`` turns them back into ``int``, ``float``, ``StreamState`` or ``str``.
-
+    {p}streams       set: every stream id (``list_streams()`` and ``list_quarantined``)
+    {p}state:{state} set: the ids of the streams in that state (``list_streams(states)``:
+                     resuming reads the few unfinished hashes, not every stream ever seen)
     {p}inode:{ino}   set: ids of the streams of the file with that inode (find_by_inode)
 
-Scale-out (SPEC §2.11): a file's streams are owned through ``{p}lease:{ino}`` (the owner's
-instance id, with a TTL) and fenced by ``{p}fence:{ino}``, a counter bumped for every new
-owner. Once a stream is ``fence``d, each of its writes runs as a Lua script that first
-compares the caller's token with the counter and fails with ``LeaseLost`` when a newer owner
-has taken over, so a paused or partitioned former owner can never overwrite its progress.
+A record and its indexes change together: every write is one Lua script (atomic like
+MULTI/EXEC; it can also check the fence and make the ``last_activity_at`` touch conditional
+without a read round trip). Values are strings; ``build_record`` checks them on the way
+back, and a record that does not parse is quarantined (left as it is, excluded from the
+listings, reported by ``list_quarantined``) instead of raising. The state sets are built
+from ``{p}streams`` once, the first time a version with them meets older data
+(``{p}state-index`` marks that done); they are a hint: every listing re-checks the state.
+
+Scale-out (SPEC §2.11): a file's streams are owned through ``{p}lease:{ns}:{ino}`` (the
+owner's instance id, with a TTL) and fenced by ``{p}fence:{ns}:{ino}``, a counter bumped for
+every new owner. ``{ns}`` is the lease namespace (``cefmp4.lease.lease_namespace``): two
+file systems or deployments sharing a key prefix do not collide on an inode number. Once a
+stream is ``fence``d, each of its writes first compares the caller's token with the counter
+and fails with ``LeaseLost`` when a newer owner has taken over, so a paused or partitioned
+former owner can never overwrite its progress. A write *without* a token is refused
+(``LeaseLost``) while anyone holds the file's lease, so no unfenced writer (``cefmp4
+upload``, a process that lost track of its lease) can touch a leased stream; and with
+``require_fence=True`` every write needs a token (the daemon in scale-out mode).
 """
 
 from __future__ import annotations
@@ -30,11 +39,22 @@ from typing import Any, Final
 
 import redis.asyncio
 import redis.exceptions as rexc
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.typing import EncodableT
 
-from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4 import logs
+from cefmp4.checkpoint import (
+    MalformedRecord,
+    PartRecord,
+    QuarantinedRecord,
+    StreamRecord,
+    StreamState,
+    build_part,
+    build_record,
+    quarantined,
+)
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
 
 __all__ = ["RedisCheckpointStore", "open_redis_store"]
@@ -49,40 +69,85 @@ _FIELD_TYPES: Final[dict[str, type]] = {
 }  # fmt: skip
 assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
 
+log = structlog.get_logger(__name__)
+
+_UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+_STATES = tuple(StreamState)
+
+# The fence check every write script starts with. ARGV[1] is the caller's token ('' =
+# none), ARGV[2] the lease key of the stream's file ('' = unknown: then KEYS[1], the stream
+# hash, names the inode and ARGV[3] is the lease key prefix). KEYS[#KEYS] is the fence key.
+_FENCE_CHECK = """
+local token = ARGV[1]
+if token ~= '' then
+    if redis.call('GET', KEYS[#KEYS]) ~= token then
+        return redis.error_reply('LEASELOST')
+    end
+else
+    if ARGV[4] == '1' then
+        return redis.error_reply('UNFENCED write refused: REQUIRE_FENCE')
+    end
+    local lease = ARGV[2]
+    if lease == '' then
+        local inode = redis.call('HGET', KEYS[1], 'inode')
+        if inode then lease = ARGV[3] .. inode end
+    end
+    if lease ~= '' and redis.call('EXISTS', lease) == 1 then
+        return redis.error_reply('LEASELOST')
+    end
+end
+"""
+
 # HSET the part; raise the stream's last_activity_at to uploaded_at if that is later. A
 # stream hash that does not exist is not created (it would lack every other field).
 # Lua numbers are doubles, like Python floats, and ARGV[3] is repr(float), so the stored
 # value round-trips exactly.
-_PUT_PART_LUA = """
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then
-    return redis.error_reply('LEASELOST')
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local current = redis.call('HGET', KEYS[2], 'last_activity_at')
-if current and tonumber(current) < tonumber(ARGV[3]) then
-    redis.call('HSET', KEYS[2], 'last_activity_at', ARGV[3])
+# KEYS stream hash, parts hash, fence; ARGV fence check (4), part number, JSON, uploaded_at.
+_PUT_PART_LUA = _FENCE_CHECK + """
+redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+local current = redis.call('HGET', KEYS[1], 'last_activity_at')
+if current and tonumber(current) and tonumber(current) < tonumber(ARGV[7]) then
+    redis.call('HSET', KEYS[1], 'last_activity_at', ARGV[7])
 end
 return 1
 """
 
-# put_stream as one script so it can be fenced: KEYS stream hash, index set, inode set,
-# fence counter; ARGV token ('' = unfenced), stream id, then field/value pairs.
-_PUT_STREAM_LUA = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then
-    return redis.error_reply('LEASELOST')
+# KEYS stream hash, all-streams set, inode set, new state's set, state-index marker, the
+# four state sets, fence; ARGV fence check (4), stream id, then field/value pairs. DEL
+# first so that a field set back to None disappears from the hash. The first stream of a
+# new data set marks the state sets complete (nothing older to index).
+_PUT_STREAM_LUA = _FENCE_CHECK + """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('SET', KEYS[5], '1')
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[5])
+for i = 6, #KEYS - 1 do
+    redis.call('SREM', KEYS[i], ARGV[5])
+end
+redis.call('SADD', KEYS[4], ARGV[5])
 return 1
 """
 
-_DELETE_PARTS_LUA = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
-    return redis.error_reply('LEASELOST')
+# KEYS stream hash, parts hash, fence; ARGV fence check (4).
+_DELETE_PARTS_LUA = _FENCE_CHECK + """
+return redis.call('DEL', KEYS[2])
+"""
+
+# KEYS stream hash, parts hash, all-streams set, the four state sets, fence; ARGV fence
+# check (4), stream id, the inode set key prefix.
+_DELETE_STREAM_LUA = _FENCE_CHECK + """
+local inode = redis.call('HGET', KEYS[1], 'inode')
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 3, #KEYS - 1 do
+    redis.call('SREM', KEYS[i], ARGV[5])
 end
-return redis.call('DEL', KEYS[1])
+if inode then
+    redis.call('SREM', ARGV[6] .. inode, ARGV[5])
+end
+return 1
 """
 
 # Leases: KEYS lease, fence; ARGV owner, ttl in ms.
@@ -161,11 +226,19 @@ def _encode_record(record: StreamRecord) -> dict[EncodableT, EncodableT]:
 
 
 def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
+    """The record of a stream hash; ``MalformedRecord`` if a field does not parse."""
     values: dict[str, Any] = {}
     for name, kind in _FIELD_TYPES.items():
         text = raw.get(name)
-        values[name] = None if text is None else kind(text)
-    return StreamRecord(**values)
+        if text is None or kind is str or kind is StreamState:
+            values[name] = text
+            continue
+        try:
+            values[name] = kind(text)
+        except (ValueError, OverflowError):
+            raise MalformedRecord(f"{name}: not {'an integer' if kind is int else 'a number'}") \
+                from None
+    return build_record(values)
 
 
 def _encode_part(part: PartRecord) -> str:
@@ -177,23 +250,41 @@ def _encode_part(part: PartRecord) -> str:
 
 
 def _decode_part(part_number: str, text: str) -> PartRecord:
-    data = json.loads(text)
-    return PartRecord(
-        part_number=int(part_number), offset=data["offset"], size=data["size"],
-        etag=data["etag"], md5=data["md5"], uploaded_at=float(data["uploaded_at"]),
-    )  # fmt: skip
+    """A part from its hash field; ``MalformedRecord`` if it does not parse."""
+    try:
+        number: object = int(part_number)
+    except ValueError:
+        number = part_number
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise MalformedRecord(f"part {part_number[:20]}: not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedRecord(f"part {part_number[:20]}: not a JSON object")
+    return build_part(number, data)
 
 
 @contextmanager
 def _mapped_errors(operation: str) -> Iterator[None]:
-    """Turn redis-py's exceptions into cefmp4's. Messages never contain the URL."""
+    """Turn every redis-py exception into cefmp4's. Messages never contain the URL.
+
+    Permanent: refused credentials or permissions, a value redis-py cannot send
+    (DataError), and error replies that will repeat (WRONGTYPE, a script error, an unknown
+    command). Transient: everything about the connection (refused, reset, timed out, a
+    server still loading its data set, a read-only replica, out of memory, a cluster
+    moving), a protocol answer that makes no sense (InvalidResponse: maybe not Redis at all,
+    or a proxy restarting), and any RedisError this list does not know yet.
+    """
     try:
         yield
-    except (rexc.AuthenticationError, rexc.AuthorizationError, rexc.NoPermissionError) as exc:
+    except (rexc.AuthenticationError, rexc.AuthorizationError, rexc.NoPermissionError,
+            rexc.AuthenticationWrongNumberOfArgsError) as exc:  # fmt: skip
         raise PermanentError(f"redis {operation}: access refused: {exc}") from exc
     except (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError,
-            rexc.OutOfMemoryError, rexc.TryAgainError, OSError) as exc:  # fmt: skip
-        # BusyLoadingError is a ConnectionError; asyncio.TimeoutError is an OSError.
+            rexc.OutOfMemoryError, rexc.TryAgainError, rexc.InvalidResponse,
+            rexc.ChildDeadlockedError, OSError) as exc:  # fmt: skip
+        # BusyLoadingError and MaxConnectionsError are ConnectionErrors; asyncio's
+        # TimeoutError is an OSError.
         raise TransientError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
     except rexc.ResponseError as exc:
         if "LEASELOST" in str(exc):
@@ -201,24 +292,41 @@ def _mapped_errors(operation: str) -> Iterator[None]:
         if str(exc).startswith(_TRANSIENT_REPLIES):
             raise TransientError(f"redis {operation}: {exc}") from exc
         raise PermanentError(f"redis {operation}: {exc}") from exc
+    except rexc.DataError as exc:
+        raise PermanentError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
+    except rexc.RedisError as exc:
+        raise TransientError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
 
 
 class RedisCheckpointStore:
-    """``CheckpointStore`` on Redis. Build it with ``open_redis_store``."""
+    """``CheckpointStore`` on Redis. Build it with ``open_redis_store``.
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str = "cefmp4:") -> None:
+    ``lease_namespace`` goes into every lease and fence key (see the module docstring);
+    ``require_fence`` refuses any write without a fencing token.
+    """
+
+    def __init__(
+        self, client: redis.asyncio.Redis, key_prefix: str = "cefmp4:", *,
+        lease_namespace: str = "", require_fence: bool = False,
+    ) -> None:  # fmt: skip
         self._client = client
         self._prefix = key_prefix
         self._index = f"{key_prefix}streams"
+        self._index_marker = f"{key_prefix}state-index"
+        self._lease_ns = f"{lease_namespace}:" if lease_namespace else ""
+        self._require_fence = "1" if require_fence else "0"
         self._put_part_script = client.register_script(_PUT_PART_LUA)
         self._put_stream_script = client.register_script(_PUT_STREAM_LUA)
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
+        self._delete_stream_script = client.register_script(_DELETE_STREAM_LUA)
         self._acquire_script = client.register_script(_ACQUIRE_LUA)
         self._renew_script = client.register_script(_RENEW_LUA)
         self._steal_script = client.register_script(_STEAL_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
+        self._warned: set[str] = set()  # quarantined stream ids already warned about
+        self._indexed = False  # the state sets are known to be complete
 
     def __repr__(self) -> str:  # the client's repr would show host and port, never more
         return f"RedisCheckpointStore(key_prefix={self._prefix!r})"
@@ -232,41 +340,129 @@ class RedisCheckpointStore:
     def _inode_key(self, inode: int) -> str:
         return f"{self._prefix}inode:{inode}"
 
+    def _state_key(self, state: StreamState) -> str:
+        return f"{self._prefix}state:{state.value}"
+
+    def _state_keys(self) -> list[str]:
+        return [self._state_key(state) for state in _STATES]
+
     def _fence_key(self, inode: int) -> str:
-        return f"{self._prefix}fence:{inode}"
+        return f"{self._prefix}fence:{self._lease_ns}{inode}"
 
     def _lease_key(self, inode: int) -> str:
-        return f"{self._prefix}lease:{inode}"
+        return f"{self._prefix}lease:{self._lease_ns}{inode}"
 
-    def _fence_of(self, stream_id: str) -> tuple[str, str]:
-        return self._fences.get(stream_id, (f"{self._prefix}fence:none", ""))
+    def _fence_args(self, stream_id: str, inode: int | None) -> tuple[str, list[EncodableT]]:
+        """(fence key, the four fence-check ARGV) of a write of ``stream_id``."""
+        fence_key, token = self._fences.get(stream_id, (f"{self._prefix}fence:none", ""))
+        lease = "" if inode is None else self._lease_key(inode)
+        lease_prefix = f"{self._prefix}lease:{self._lease_ns}"
+        return fence_key, [token, lease, lease_prefix, self._require_fence]
+
+    def _quarantine(self, stream_id: str, reason: str) -> None:
+        if stream_id not in self._warned:
+            self._warned.add(stream_id)
+            log.warning(logs.RECORD_QUARANTINED, stream_id=stream_id[:80], reason=reason,
+                        store="redis")  # fmt: skip
 
     async def ping(self) -> None:
         with _mapped_errors("ping"):
             await self._client.ping()
 
     async def put_stream(self, record: StreamRecord) -> None:
-        fence_key, token = self._fence_of(record.stream_id)
+        fence_key, check = self._fence_args(record.stream_id, record.inode)
         flat: list[EncodableT] = []
         for name, value in _encode_record(record).items():
             flat += [name, value]
         with _mapped_errors("put_stream"):
-            # DEL first so that a field set back to None disappears from the hash.
             await self._put_stream_script(
                 keys=[self._stream_key(record.stream_id), self._index,
-                      self._inode_key(record.inode), fence_key],
-                args=[token, record.stream_id, *flat],
+                      self._inode_key(record.inode), self._state_key(record.state),
+                      self._index_marker, *self._state_keys(), fence_key],
+                args=[*check, record.stream_id, *flat],
             )  # fmt: skip
+
+    async def _read_records(
+        self, ids: list[str], *, check_parts: bool
+    ) -> list[tuple[str, StreamRecord | QuarantinedRecord | None]]:
+        """(id, record | quarantined | None if gone) of each id, in batched pipelines; with
+        ``check_parts``, an unfinished stream's parts must parse too (resume reads them)."""
+        out: list[tuple[str, StreamRecord | QuarantinedRecord | None]] = []
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream_id in batch:
+                    pipe.hgetall(self._stream_key(stream_id))
+                # A key of another type answers WRONGTYPE: that record, not the batch, fails.
+                replies = await pipe.execute(raise_on_error=False)
+            parsed = [self._parse(i, reply) for i, reply in zip(batch, replies, strict=True)]
+            if check_parts:
+                await self._check_parts(parsed)
+            out += parsed
+        return out
+
+    def _parse(
+        self, stream_id: str, reply: Any
+    ) -> tuple[str, StreamRecord | QuarantinedRecord | None]:
+        if isinstance(reply, Exception):
+            return stream_id, QuarantinedRecord(stream_id, "not a Redis hash")
+        raw = _text_dict(reply)
+        if not raw:
+            return stream_id, None
+        try:
+            return stream_id, _decode_record(raw)
+        except MalformedRecord as exc:
+            return stream_id, quarantined(stream_id, str(exc), raw)
+
+    async def _check_parts(
+        self, parsed: list[tuple[str, StreamRecord | QuarantinedRecord | None]]
+    ) -> None:
+        """Quarantine (in place) the unfinished records whose parts do not parse."""
+        unfinished = [
+            (i, record) for i, (_, record) in enumerate(parsed)
+            if isinstance(record, StreamRecord) and record.state in _UNFINISHED
+        ]  # fmt: skip
+        if not unfinished:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, record in unfinished:
+                pipe.hgetall(self._parts_key(record.stream_id))
+            replies = await pipe.execute(raise_on_error=False)
+        for (i, record), reply in zip(unfinished, replies, strict=True):
+            try:
+                if isinstance(reply, Exception):
+                    raise MalformedRecord("parts: not a Redis hash")
+                for number, text in _text_dict(reply).items():
+                    _decode_part(number, text)
+            except MalformedRecord as exc:
+                parsed[i] = (record.stream_id, QuarantinedRecord(
+                    record.stream_id, str(exc), record.path, record.key, record.upload_id,
+                    record.state.value,
+                ))  # fmt: skip
+
+    def _usable(
+        self, read: list[tuple[str, StreamRecord | QuarantinedRecord | None]]
+    ) -> list[StreamRecord]:
+        out: list[StreamRecord] = []
+        for stream_id, result in read:
+            if isinstance(result, QuarantinedRecord):
+                self._quarantine(stream_id, result.reason)
+            elif result is not None:
+                out.append(result)
+        return out
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         with _mapped_errors("find_by_inode"):
             ids = sorted(map(_text, await self._client.smembers(self._inode_key(inode))))
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream_id in ids:
-                    pipe.hgetall(self._stream_key(stream_id))
-                raws = [_text_dict(raw) for raw in await pipe.execute()] if ids else []
-        records = [_decode_record(raw) for raw in raws if raw]
+            records = self._usable(await self._read_records(ids, check_parts=True))
+        records = [r for r in records if r.inode == inode]
         return sorted(records, key=lambda r: r.started_at)
+
+    async def list_quarantined(self) -> list[QuarantinedRecord]:
+        with _mapped_errors("list_quarantined"):
+            ids = sorted(map(_text, await self._client.smembers(self._index)))
+            read = await self._read_records(ids, check_parts=True)
+        return [result for _, result in read if isinstance(result, QuarantinedRecord)]
 
     # --- leases (SPEC §2.11) ------------------------------------------------------------
 
@@ -310,63 +506,88 @@ class RedisCheckpointStore:
 
     async def get_stream(self, stream_id: str) -> StreamRecord | None:
         with _mapped_errors("get_stream"):
-            raw = _text_dict(await self._client.hgetall(self._stream_key(stream_id)))
-        return _decode_record(raw) if raw else None
+            read = await self._read_records([stream_id], check_parts=False)
+        records = self._usable(read)
+        return records[0] if records else None
 
     async def list_streams(
         self, states: frozenset[StreamState] | None = None
     ) -> list[StreamRecord]:
         if states is not None and not states:
             return []
-        out: list[StreamRecord] = []
         with _mapped_errors("list_streams"):
-            ordered = sorted(map(_text, await self._client.smembers(self._index)))
-            for start in range(0, len(ordered), _BATCH):
+            if states is None:
+                ids = await self._client.smembers(self._index)
+            else:
+                await self._ensure_state_index()
+                ids = await self._client.sunion([self._state_key(s) for s in states])
+            ordered = sorted(map(_text, ids))
+            records = self._usable(await self._read_records(ordered, check_parts=True))
+        # The state sets are a hint (a record edited by hand, a write racing the index
+        # build): the state in the hash decides.
+        return [r for r in records if states is None or r.state in states]
+
+    async def _ensure_state_index(self) -> None:
+        """Fill the state sets from the hashes once, for data written before they existed."""
+        if self._indexed:
+            return
+        if not await self._client.exists(self._index_marker):
+            ids = sorted(map(_text, await self._client.smembers(self._index)))
+            for start in range(0, len(ids), _BATCH):
+                batch = ids[start : start + _BATCH]
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for stream_id in ordered[start : start + _BATCH]:
-                        pipe.hgetall(self._stream_key(stream_id))
-                    raws = [_text_dict(raw) for raw in await pipe.execute()]
-                # An id whose hash is missing cannot occur through this class (MULTI/EXEC);
-                # skip it rather than fail if someone deleted keys by hand.
-                for raw in raws:
-                    if raw:
-                        record = _decode_record(raw)
-                        if states is None or record.state in states:
-                            out.append(record)
-        return out
+                    for stream_id in batch:
+                        pipe.hget(self._stream_key(stream_id), "state")
+                    states = await pipe.execute(raise_on_error=False)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for stream_id, state in zip(batch, states, strict=True):
+                        if isinstance(state, str) and state in StreamState._value2member_map_:
+                            pipe.sadd(self._state_key(StreamState(state)), stream_id)
+                    await pipe.execute()
+            await self._client.set(self._index_marker, "1")
+        self._indexed = True
 
     async def put_part(self, stream_id: str, part: PartRecord) -> None:
-        fence_key, token = self._fence_of(stream_id)
+        fence_key, check = self._fence_args(stream_id, None)
         with _mapped_errors("put_part"):
             await self._put_part_script(
-                keys=[self._parts_key(stream_id), self._stream_key(stream_id), fence_key],
-                args=[part.part_number, _encode_part(part), repr(float(part.uploaded_at)),
-                      token],
+                keys=[self._stream_key(stream_id), self._parts_key(stream_id), fence_key],
+                args=[*check, part.part_number, _encode_part(part),
+                      repr(float(part.uploaded_at))],
             )  # fmt: skip
 
-    async def get_parts(self, stream_id: str) -> list[PartRecord]:
-        with _mapped_errors("get_parts"):
-            raw = _text_dict(await self._client.hgetall(self._parts_key(stream_id)))
+    async def _get_parts_raw(self, stream_id: str) -> list[PartRecord]:
+        try:
+            reply = await self._client.hgetall(self._parts_key(stream_id))
+        except rexc.ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                raise MalformedRecord("parts: not a Redis hash") from None
+            raise
+        raw = _text_dict(reply)
         parts = [_decode_part(number, text) for number, text in raw.items()]
         parts.sort(key=lambda p: p.part_number)
         return parts
 
+    async def get_parts(self, stream_id: str) -> list[PartRecord]:
+        with _mapped_errors("get_parts"):
+            return await self._get_parts_raw(stream_id)
+
     async def delete_parts(self, stream_id: str) -> None:
-        fence_key, token = self._fence_of(stream_id)
+        fence_key, check = self._fence_args(stream_id, None)
         with _mapped_errors("delete_parts"):
             await self._delete_parts_script(
-                keys=[self._parts_key(stream_id), fence_key], args=[token]
+                keys=[self._stream_key(stream_id), self._parts_key(stream_id), fence_key],
+                args=check,
             )
 
     async def delete_stream(self, stream_id: str) -> None:
+        fence_key, check = self._fence_args(stream_id, None)
         with _mapped_errors("delete_stream"):
-            record = await self.get_stream(stream_id)
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(self._stream_key(stream_id), self._parts_key(stream_id))
-                pipe.srem(self._index, stream_id)
-                if record is not None:
-                    pipe.srem(self._inode_key(record.inode), stream_id)
-                await pipe.execute()
+            await self._delete_stream_script(
+                keys=[self._stream_key(stream_id), self._parts_key(stream_id), self._index,
+                      *self._state_keys(), fence_key],
+                args=[*check, stream_id, f"{self._prefix}inode:"],
+            )  # fmt: skip
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""
@@ -376,7 +597,8 @@ class RedisCheckpointStore:
 
 @asynccontextmanager
 async def open_redis_store(
-    url: str, key_prefix: str = "cefmp4:"
+    url: str, key_prefix: str = "cefmp4:", *, lease_namespace: str = "",
+    require_fence: bool = False,
 ) -> AsyncIterator[RedisCheckpointStore]:
     """A store on the Redis at ``url`` for the ``async with``; closed on exit.
 
@@ -403,7 +625,9 @@ async def open_redis_store(
     except ValueError:
         # ``from None``: redis-py's message may quote parts of the URL.
         raise ConfigError("REDIS_URL", "not a valid redis://, rediss:// or unix:// URL") from None
-    store = RedisCheckpointStore(client, key_prefix)
+    store = RedisCheckpointStore(
+        client, key_prefix, lease_namespace=lease_namespace, require_fence=require_fence
+    )
     try:
         yield store
     finally:

@@ -23,7 +23,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+import structlog
+
+from cefmp4 import logs
+from cefmp4.checkpoint import (
+    MalformedRecord,
+    PartRecord,
+    QuarantinedRecord,
+    StreamRecord,
+    StreamState,
+    build_part,
+    build_record,
+    quarantined,
+)
 from cefmp4.errors import ConfigError, PermanentError, TransientError
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
@@ -79,6 +91,7 @@ _STREAM_COLUMNS = (
     "max_parts", "state", "started_at", "last_activity_at", "upload_id", "status",
     "completed_at", "final_size", "final_mtime_ns", "sha256", "error",
 )  # fmt: skip
+_FIELDS = tuple("key" if c == "object_key" else c for c in _STREAM_COLUMNS)
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
 _UPSERT_STREAM = (
     f"INSERT OR REPLACE INTO streams ({', '.join(_STREAM_COLUMNS)}) "
@@ -100,6 +113,9 @@ _TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL
                     "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")  # fmt: skip
 
 _T = TypeVar("_T")
+
+log = structlog.get_logger(__name__)
+_UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
 
 # st_dev and st_ino are unsigned 64-bit; SQLite's INTEGER is signed. Values ≥ 2**63 occur
 # (NFS, FUSE, overlay file systems), so they are stored as their two's-complement.
@@ -131,18 +147,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _row_values(row: tuple[Any, ...]) -> dict[str, Any]:
+    values = dict(zip(_FIELDS, row, strict=True))
+    for name in ("device", "inode"):  # stored as signed 64-bit, see _to_i64
+        if isinstance(values[name], int) and not isinstance(values[name], bool):
+            values[name] = _from_i64(values[name])
+    return values
+
+
 def _row_to_record(row: tuple[Any, ...]) -> StreamRecord:
-    (stream_id, path, rel_path, device, inode, bucket, key, part_size, max_parts, state,
-     started_at, last_activity_at, upload_id, status, completed_at, final_size,
-     final_mtime_ns, sha256, error) = row  # fmt: skip
-    return StreamRecord(
-        stream_id=stream_id, path=path, rel_path=rel_path, device=_from_i64(device),
-        inode=_from_i64(inode), bucket=bucket, key=key, part_size=part_size,
-        max_parts=max_parts, state=StreamState(state), started_at=started_at,
-        last_activity_at=last_activity_at, upload_id=upload_id, status=status,
-        completed_at=completed_at, final_size=final_size, final_mtime_ns=final_mtime_ns,
-        sha256=sha256, error=error,
-    )  # fmt: skip
+    """The record of a row; ``MalformedRecord`` if a value has the wrong type or range
+    (SQLite's columns take any type, and anyone with the file can write to it)."""
+    return build_record(_row_values(row))
 
 
 def _record_to_row(r: StreamRecord) -> tuple[Any, ...]:
@@ -165,6 +181,7 @@ class SqliteCheckpointStore:
         self._db_path = db_path
         self._read_only = read_only
         self._closed = False
+        self._warned: set[str] = set()  # quarantined stream ids already warned about
 
     @property
     def db_path(self) -> Path:
@@ -213,7 +230,40 @@ class SqliteCheckpointStore:
 
     def _get_stream_sync(self, stream_id: str) -> StreamRecord | None:
         row = self._conn.execute(f"{_SELECT_STREAMS} WHERE stream_id = ?", (stream_id,)).fetchone()
-        return None if row is None else _row_to_record(row)
+        return None if row is None else self._parse(row, check_parts=False)
+
+    def _parse(self, row: tuple[Any, ...], *, check_parts: bool) -> StreamRecord | None:
+        """The row's record, or None (with one warning per stream) if it is quarantined.
+        ``check_parts``: an unfinished stream's parts must parse too (resume reads them)."""
+        problem = self._problem(row, check_parts=check_parts)
+        if isinstance(problem, StreamRecord):
+            return problem
+        stream_id = str(row[0])
+        if stream_id not in self._warned:
+            self._warned.add(stream_id)
+            log.warning(logs.RECORD_QUARANTINED, stream_id=stream_id[:80], reason=problem,
+                        store="sqlite")  # fmt: skip
+        return None
+
+    def _problem(self, row: tuple[Any, ...], *, check_parts: bool) -> StreamRecord | str:
+        try:
+            record = _row_to_record(row)
+            if check_parts and record.state in _UNFINISHED:
+                self._get_parts_sync(record.stream_id)
+        except MalformedRecord as exc:
+            return str(exc)
+        return record
+
+    async def list_quarantined(self) -> list[QuarantinedRecord]:
+        return await self._run("list_quarantined", self._list_quarantined_sync)
+
+    def _list_quarantined_sync(self) -> list[QuarantinedRecord]:
+        out: list[QuarantinedRecord] = []
+        for row in self._conn.execute(_SELECT_STREAMS).fetchall():
+            problem = self._problem(row, check_parts=True)
+            if isinstance(problem, str):
+                out.append(quarantined(str(row[0]), problem, _row_values(row)))
+        return out
 
     async def list_streams(
         self, states: frozenset[StreamState] | None = None
@@ -229,7 +279,8 @@ class SqliteCheckpointStore:
             marks = ", ".join("?" * len(states))
             values = [s.value for s in states]
             rows = self._conn.execute(f"{_SELECT_STREAMS} WHERE state IN ({marks})", values)
-        return [_row_to_record(row) for row in rows]
+        parsed = (self._parse(row, check_parts=True) for row in rows.fetchall())
+        return [record for record in parsed if record is not None]
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return await self._run("find_by_inode", self._find_by_inode_sync, inode)
@@ -238,7 +289,8 @@ class SqliteCheckpointStore:
         rows = self._conn.execute(
             f"{_SELECT_STREAMS} WHERE inode = ? ORDER BY started_at", (_to_i64(inode),)
         )
-        return [_row_to_record(row) for row in rows]
+        parsed = (self._parse(row, check_parts=True) for row in rows.fetchall())
+        return [record for record in parsed if record is not None]
 
     async def put_part(self, stream_id: str, part: PartRecord) -> None:
         await self._run("put_part", self._put_part_sync, stream_id, part)
@@ -259,7 +311,11 @@ class SqliteCheckpointStore:
             "WHERE stream_id = ? ORDER BY part_number",
             (stream_id,),
         )
-        return [PartRecord(*row) for row in rows]
+        return [
+            build_part(number, {"offset": offset, "size": size, "etag": etag, "md5": md5,
+                                "uploaded_at": uploaded_at})
+            for number, offset, size, etag, md5, uploaded_at in rows
+        ]  # fmt: skip
 
     async def delete_parts(self, stream_id: str) -> None:
         await self._run("delete_parts", self._delete_sync, stream_id, False)

@@ -9,6 +9,8 @@ stores reject them; every UploadPart carries Content-MD5 instead.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -325,9 +327,14 @@ class S3ObjectStore:
         return keys
 
     async def put_object(self, key: str, body: bytes, content_type: str) -> None:
+        # Content-MD5 as on every UploadPart: with CRC checksums off (see _client_config),
+        # it is the integrity check S3 requires for a bucket with Object Lock (400
+        # otherwise), and a corrupted body fails as BadDigest instead of being stored.
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
         try:
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
+                ContentMD5=md5,
             )
         except _MAPPED as exc:
             _raise(exc, "PutObject")
