@@ -19,11 +19,9 @@ def test_schedule(sim_seed: int, request: pytest.FixtureRequest) -> None:
 def test_a_seed_replays_exactly() -> None:
     """Replays are only worth printing if a seed means one run: same steps, same faults."""
     first, second = run_seed(17), run_seed(17)
-    assert first.stats["steps"] == second.stats["steps"]
-    assert (first.stats, first.failures) == (second.stats, second.failures) or (
-        {k: v for k, v in first.stats.items() if k != "real_s"}
-        == {k: v for k, v in second.stats.items() if k != "real_s"}
-    )
+    same = {k: v for k, v in first.stats.items() if k != "real_s"}
+    assert same == {k: v for k, v in second.stats.items() if k != "real_s"}
+    assert len(first.failures) == len(second.failures)
 
 
 def test_virtual_time_runs_a_30s_timeout_in_milliseconds() -> None:
