@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from cefmp4.checkpoint import CheckpointStore, PartRecord, StreamRecord, StreamState
+from cefmp4.checkpoint import (
+    CheckpointStore,
+    PartRecord,
+    QuarantinedRecord,
+    StreamRecord,
+    StreamState,
+)
 from cefmp4.errors import ContentChanged, TransientError
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
 from cefmp4.storage.memory import MemoryObjectStore
@@ -264,6 +270,9 @@ class FaultyCheckpointStore:
         self, states: frozenset[StreamState] | None = None
     ) -> list[StreamRecord]:
         return await self._call("list_streams", lambda: self.inner.list_streams(states))
+
+    async def list_quarantined(self) -> list[QuarantinedRecord]:
+        return await self._call("list_quarantined", self.inner.list_quarantined)
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return await self._call("find_by_inode", lambda: self.inner.find_by_inode(inode))
