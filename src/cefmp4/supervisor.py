@@ -286,6 +286,10 @@ class StreamSupervisor:
     def pending(self) -> tuple[int, float]:
         return pending_total(list(self.workers.values()), self.ctx.clock.time())
 
+    def busy(self) -> bool:
+        """Some stream is starting or running (a quiescence check for tests)."""
+        return bool(self._tasks)
+
     async def wait_idle(self, patience: int = 3) -> None:
         """Until no stream is starting, running or able to start (burst mode, tests).
 

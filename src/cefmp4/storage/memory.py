@@ -1,8 +1,20 @@
-"""An in-memory ObjectStore that behaves like S3 where cefmp4 depends on it (unit tests).
+"""An in-memory ObjectStore that behaves like S3 where cefmp4 depends on it.
 
-It enforces what S3 enforces (Content-MD5, the 5 MiB minimum of non-last parts, ETags of
-completed parts, unknown upload ids) and computes ETags as S3 does, so code that passes
-against it is not relying on leniency a real server lacks. ``fail_next`` injects errors.
+Faithful on purpose, so code that passes against it is not relying on leniency a real
+server lacks:
+
+* a part body that is a file-like object (``cefmp4.upload.FileRange``) is read in 64 KiB
+  blocks *during* the request, each block on the executor, as aiohttp's payload writer
+  does: a read error surfaces mid-call (as the transport error the aiohttp stack turns it
+  into), and bytes that change between hashing and sending are the bytes that arrive;
+* S3's part rules: part numbers 1..10,000, Content-MD5 checked (BadDigest →
+  ``ContentChanged``), every part but the last ≥ 5 MiB at Complete (EntityTooSmall), the
+  ETags at Complete must be those of uploaded parts (InvalidPart), ascending order;
+* a repeated Complete of a finished upload answers as MinIO does (NoSuchUpload →
+  ``UploadNotFound``, the default) or as AWS does (success, same ETag): ``complete_again``.
+
+``fail_next`` injects errors in unit tests; the simulator wraps the store instead
+(``tests/sim/faults.py``) and uses ``body_pause`` and ``expire_upload``.
 """
 
 from __future__ import annotations
@@ -13,20 +25,36 @@ import binascii
 import hashlib
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 import crc32c
 
-from cefmp4.errors import CefmpError, ContentChanged, PermanentError, UploadNotFound
+from cefmp4.errors import (
+    CefmpError,
+    ContentChanged,
+    PermanentError,
+    UploadNotFound,
+)
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage.wire import BODY_BLOCK, send_body
 
-__all__ = ["MIN_PART_SIZE", "MemoryObjectStore", "StoredObject", "multipart_etag"]
+__all__ = [
+    "BODY_BLOCK",
+    "MIN_PART_SIZE",
+    "MemoryObjectStore",
+    "StoredObject",
+    "multipart_etag",
+]
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum size of every part but the last
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PART_NUMBER = 10_000
+
+# (key, part_number, bytes read so far) -> awaited between body blocks (slow bodies).
+BodyPause = Callable[[str, int, int], Awaitable[None]]
 
 
 def multipart_etag(part_md5_hexes: list[str]) -> str:
@@ -50,22 +78,50 @@ class _Upload:
     parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)  # number -> body, md5
 
 
+@dataclass(frozen=True, slots=True)
+class _Completed:
+    key: str
+    parts: tuple[tuple[int, str], ...]
+    etag: str
+
+
 class MemoryObjectStore:
-    """The ObjectStore Protocol in a dict. ``objects`` and ``calls`` are for assertions."""
+    """The ObjectStore Protocol in a dict. ``objects``, ``calls`` and ``touched`` are for
+    assertions (``touched``: every key a write, Complete or Abort named)."""
 
     # What ``part_checksum()`` answers: a store that takes x-amz-checksum-crc32c, or
     # (set "md5") one that only takes Content-MD5.
     part_checks: Literal["md5", "crc32c"] = "crc32c"
 
     def __init__(
-        self, bucket: str = "test-bucket", *, bucket_exists: bool = True, can_create: bool = True
+        self,
+        bucket: str = "test-bucket",
+        *,
+        bucket_exists: bool = True,
+        can_create: bool = True,
+        complete_again: Literal["minio", "aws"] = "minio",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        body_pause: BodyPause | None = None,
+        min_part_size: int = MIN_PART_SIZE,
+        body_block: int = BODY_BLOCK,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
+        # ``min_part_size``, ``body_block`` and ``new_id``: the simulator scales S3 down
+        # (64 KiB parts run the same rules a thousand times faster) and seeds the ids.
         self.bucket = bucket
         self.bucket_exists = bucket_exists
         self.can_create = can_create
+        self.complete_again = complete_again
+        self.clock = clock
+        self.body_pause = body_pause
+        self.min_part_size = min_part_size
+        self.body_block = body_block
+        self._new_id = new_id
         self.objects: dict[str, StoredObject] = {}
         self.calls: Counter[str] = Counter()
+        self.touched: set[str] = set()
         self._uploads: dict[str, _Upload] = {}
+        self._completed: dict[str, _Completed] = {}
         self._failures: dict[str, list[CefmpError]] = {}
 
     def __repr__(self) -> str:
@@ -77,6 +133,18 @@ class MemoryObjectStore:
         """Make the next ``times`` calls of method ``operation`` raise ``error``."""
         self._failures.setdefault(operation, []).extend([error] * times)
 
+    def expire_upload(self, upload_id: str) -> bool:
+        """Forget an in-progress upload as a lifecycle rule or MinIO's stale-upload purge
+        does; False if there was none."""
+        return self._uploads.pop(upload_id, None) is not None
+
+    def open_uploads(self) -> list[MultipartUpload]:
+        """Every in-progress upload (no call counted, no fault injected)."""
+        return [
+            MultipartUpload(upload.key, upload_id, upload.initiated)
+            for upload_id, upload in self._uploads.items()
+        ]
+
     async def _enter(self, operation: str) -> None:
         self.calls[operation] += 1
         await asyncio.sleep(0)  # a real store yields to the loop; so does this one
@@ -85,6 +153,10 @@ class MemoryObjectStore:
             raise pending.pop(0)
         if not self.bucket_exists and operation not in ("ping", "ensure_bucket"):
             raise PermanentError(f"{operation} failed: NoSuchBucket ({self.bucket})")
+
+    async def _pause(self, key: str, part_number: int, sent: int) -> None:
+        if self.body_pause is not None:
+            await self.body_pause(key, part_number, sent)
 
     def _upload(self, operation: str, key: str, upload_id: str) -> _Upload:
         upload = self._uploads.get(upload_id)
@@ -111,8 +183,9 @@ class MemoryObjectStore:
 
     async def create_multipart(self, key: str, content_type: str) -> str:
         await self._enter("create_multipart")
-        upload_id = uuid.uuid4().hex
-        self._uploads[upload_id] = _Upload(key, content_type, datetime.now(UTC))
+        self.touched.add(key)
+        upload_id = self._new_id()
+        self._uploads[upload_id] = _Upload(key, content_type, self.clock())
         return upload_id
 
     async def part_checksum(self) -> Literal["md5", "crc32c"]:
@@ -129,10 +202,9 @@ class MemoryObjectStore:
         crc32c_b64: str = "",
     ) -> str:
         await self._enter("upload_part")
-        if not isinstance(body, bytes):
-            body.seek(0)
-            body = body.read()
-        upload = self._upload("UploadPart", key, upload_id)
+        self.touched.add(key)
+        # S3 checks the request line and headers before it reads the body.
+        self._upload("UploadPart", key, upload_id)
         if not 1 <= part_number <= MAX_PART_NUMBER:
             raise PermanentError(f"UploadPart failed: InvalidArgument (part {part_number})")
         if len(body) > MAX_PART_SIZE:
@@ -145,11 +217,16 @@ class MemoryObjectStore:
             expected = b""
         if len(expected) != (4 if crc else 16):
             raise PermanentError("UploadPart failed: InvalidDigest")
-        digest = hashlib.md5(body).digest()
-        if (crc32c.crc32c(body).to_bytes(4, "big") if crc else digest) != expected:
+        data = bytes(body) if isinstance(body, bytes) else await send_body(
+            body, self.body_block, lambda sent: self._pause(key, part_number, sent)
+        )
+        # The upload may have been aborted or purged while the body was on the wire.
+        upload = self._upload("UploadPart", key, upload_id)
+        digest = hashlib.md5(data).digest()
+        if (crc32c.crc32c(data).to_bytes(4, "big") if crc else digest) != expected:
             raise ContentChanged("UploadPart failed: BadDigest")  # as s3._map_error maps it
         etag = digest.hex()
-        upload.parts[part_number] = (body, etag)
+        upload.parts[part_number] = (data, etag)
         return etag
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
@@ -164,6 +241,13 @@ class MemoryObjectStore:
         self, key: str, upload_id: str, parts: list[tuple[int, str]]
     ) -> str:
         await self._enter("complete_multipart")
+        self.touched.add(key)
+        wanted = tuple((number, etag.strip('"')) for number, etag in parts)
+        done = self._completed.get(upload_id)
+        if done is not None and self.complete_again == "aws" and done.key == key:
+            if done.parts != wanted:
+                raise PermanentError("CompleteMultipartUpload failed: InvalidPart")
+            return done.etag
         upload = self._upload("CompleteMultipartUpload", key, upload_id)
         if not parts:
             raise PermanentError("CompleteMultipartUpload failed: MalformedXML (no parts)")
@@ -171,32 +255,30 @@ class MemoryObjectStore:
         if numbers != sorted(set(numbers)):
             raise PermanentError("CompleteMultipartUpload failed: InvalidPartOrder")
         bodies: list[bytes] = []
-        for index, (number, etag) in enumerate(parts):
+        for index, (number, etag) in enumerate(wanted):
             stored = upload.parts.get(number)
-            if stored is None or stored[1] != etag.strip('"'):
+            if stored is None or stored[1] != etag:
                 raise PermanentError(f"CompleteMultipartUpload failed: InvalidPart ({number})")
-            if index < len(parts) - 1 and len(stored[0]) < MIN_PART_SIZE:
+            if index < len(parts) - 1 and len(stored[0]) < self.min_part_size:
                 raise PermanentError(
                     f"CompleteMultipartUpload failed: EntityTooSmall (part {number})"
                 )
             bodies.append(stored[0])
-        result = multipart_etag([etag.strip('"') for _, etag in parts])
+        result = multipart_etag([etag for _, etag in wanted])
         self.objects[key] = StoredObject(b"".join(bodies), result, upload.content_type)
         del self._uploads[upload_id]
+        self._completed[upload_id] = _Completed(key, wanted, result)
         return result
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._enter("abort_multipart")
+        self.touched.add(key)
         self._upload("AbortMultipartUpload", key, upload_id)
         del self._uploads[upload_id]
 
     async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
         await self._enter("list_multipart_uploads")
-        found = [
-            MultipartUpload(upload.key, upload_id, upload.initiated)
-            for upload_id, upload in self._uploads.items()
-            if upload.key.startswith(prefix)
-        ]
+        found = [u for u in self.open_uploads() if u.key.startswith(prefix)]
         return sorted(found, key=lambda u: (u.key, u.initiated))
 
     async def head_object(self, key: str) -> ObjectInfo | None:
@@ -212,6 +294,7 @@ class MemoryObjectStore:
 
     async def put_object(self, key: str, body: bytes, content_type: str) -> None:
         await self._enter("put_object")
+        self.touched.add(key)
         etag = hashlib.md5(body).hexdigest()
         self.objects[key] = StoredObject(bytes(body), etag, content_type)
 
@@ -221,3 +304,13 @@ class MemoryObjectStore:
         if stored is None:
             raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
         return stored.body
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` (a ranged GetObject, as ``S3ObjectStore.get_range``)."""
+        await self._enter("get_range")
+        stored = self.objects.get(key)
+        if stored is None:
+            raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
+        if not 0 <= start < max(1, len(stored.body)) or end <= start:
+            raise PermanentError(f"GetObject failed: InvalidRange (bytes={start}-{end - 1})")
+        return stored.body[start:end]

@@ -1,0 +1,424 @@
+"""Run one schedule end to end and judge it: ``run_seed(seed)``.
+
+The world (bucket, state directory, files) outlives every simulated process; a crash kills
+the process's tasks and its store handles, then a new process starts on the same world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cefmp4.storage.memory import MemoryObjectStore
+from tests.sim import invariants
+from tests.sim.adapter import ORPHAN_GRACE, PREFIX, Process, virtual_time
+from tests.sim.faults import FaultPlan, FaultyObjectStore, Life, Shadow
+from tests.sim.schedule import Crash, Schedule, make_schedule
+from tests.sim.vloop import VirtualLoop, serial
+from tests.sim.world import End, Files, Recording
+
+CONVERGE_WITHIN = 4 * 3600.0  # virtual seconds after healing before "never converged"
+
+
+def replay_command(seed: int) -> str:
+    return f"scripts/test tests/sim -k replay --sim-seed {seed}   (or: python -m tests.sim {seed})"
+
+
+@dataclass
+class Result:
+    seed: int
+    failures: list[str]
+    schedule: Schedule
+    stats: dict[str, Any] = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def report(self, verbose: bool = False) -> str:
+        head = f"sim seed {self.seed}: " + ("clean" if self.ok else f"{len(self.failures)} FAILED")
+        lines = [head + f"  {self.stats}"]
+        lines += [f"  ✗ {f}" for f in self.failures]
+        if not self.ok:
+            lines.append(f"  replay: {replay_command(self.seed)}")
+        if verbose or not self.ok:
+            lines.append(self.schedule.describe())
+            if self.log_tail:
+                lines.append("  last log events:")
+                lines += [f"    {line}" for line in self.log_tail]
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def captured_logs(
+    loop: VirtualLoop, keep: int = 60
+) -> Iterator[tuple[deque[str], list[str]]]:
+    """structlog into memory: the last ``keep`` events, and the errors in full."""
+    tail: deque[str] = deque(maxlen=keep)
+    errors: list[str] = []
+
+    def capture(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        name = event.pop("event", "")
+        fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("exc_info",))
+        line = f"{loop.time():9.3f} {method:7} {name} {fields}"[:300]
+        if name != "rescan":  # the idle tail is all rescans otherwise
+            tail.append(line)
+        if method in ("error", "critical", "exception"):
+            errors.append(line)
+        raise structlog.DropEvent
+
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
+                        cache_logger_on_first_use=False)
+    try:
+        yield tail, errors
+    finally:
+        structlog.configure(**saved)
+
+
+def run_seed(seed: int, keep: Path | None = None, log_lines: int = 60) -> Result:
+    sched = make_schedule(seed)
+    root = Path(tempfile.mkdtemp(prefix=f"cefmp4-sim-{seed}-"))
+    loop = VirtualLoop()
+    # Context.retry draws its jitter from the global generator (no rng seam): seed it.
+    saved_random = random.getstate()
+    random.seed(f"{seed}-jitter")
+    started = time.perf_counter()
+    try:
+        with virtual_time(loop, seed), captured_logs(loop, log_lines) as (tail, errors):
+            sim = Simulation(sched, root, loop)
+            try:
+                failures = loop.run_until_complete(sim.run())
+            except Exception as exc:  # the simulator's own failure: report it as one
+                failures = [f"simulation aborted: {exc!r}"]
+                failures += traceback.format_exc().splitlines()[-12:]
+            # A process stopped cleanly leaves nothing running; cancel what a failure left.
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            failures += [f"logged error: {line}" for line in errors if not sim.expected(line)]
+    finally:
+        random.setstate(saved_random)
+        loop.close()
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    stats = dict(sim.stats, real_s=round(time.perf_counter() - started, 2))
+    return Result(seed, failures, sched, stats, list(tail))
+
+
+class Simulation:
+    def __init__(self, sched: Schedule, root: Path, loop: VirtualLoop) -> None:
+        self.sched = sched
+        self.loop = loop
+        self.watch = root / "watch"
+        self.state = root / "state"
+        self.watch.mkdir(parents=True)
+        self.rng = random.Random(f"{sched.seed}-driver")
+        ids = random.Random(f"{sched.seed}-upload-ids")
+        self.s3 = MemoryObjectStore(
+            "sim-bucket",
+            complete_again="aws" if sched.complete_again == "aws" else "minio",
+            clock=lambda: datetime.fromtimestamp(loop.wall(), UTC),
+            min_part_size=sched.part_size,
+            body_block=16 * 1024,
+            new_id=lambda: f"{ids.getrandbits(64):016x}",
+            body_pause=self._body_pause,
+        )
+        self.plan = FaultPlan(
+            random.Random(f"{sched.seed}-faults"), dict(sched.s3_rates), dict(sched.store_rates)
+        )
+        self.shadow = Shadow()
+        self.files = Files(self.watch, sched.seed, loop.wall)
+        self.process: Process | None = None
+        self.processes: list[Process] = []
+        self.driver: set[asyncio.Task[Any]] = set()
+        self.crashes = 0
+        self.last_write = 0.0
+        self.stats: dict[str, Any] = {}
+        self._crash_now = asyncio.Event()
+        self.purged: dict[str, float] = {}  # upload id -> when S3 forgot it
+
+    def expected(self, line: str) -> bool:
+        """Error lines that are not bugs: the simulator's own doing, or a stream whose
+        bytes are gone from both the file and S3 (nothing can be saved; the invariants
+        judge whether that was so)."""
+        if "S3 lost the uploaded parts and the file lost its bytes" in line:
+            return bool(self.purged)  # an upload purged by S3 while its file was truncated
+        return "the process has crashed" in line or "lost its bytes before any part" in line
+
+    async def _body_pause(self, key: str, part: int, sent: int) -> None:
+        if self.process is not None:
+            await self.process.objects.body_pause(key, part, sent)
+
+    # --- the process ---------------------------------------------------------------------
+
+    def _start(self) -> Process:
+        life = Life()
+        objects = FaultyObjectStore(self.s3, self.plan, life)
+        objects.on_purge = self._purged
+        process = Process(
+            self.sched, watch=self.watch, state=self.state, objects=objects, plan=self.plan,
+            shadow=self.shadow, loop=self.loop,
+        )
+        self.process = process
+        self.processes.append(process)
+        return process
+
+    async def _crash(self) -> None:
+        process = self.process
+        assert process is not None
+        process.crash()
+        self.crashes += 1
+        for rec in self.files.recordings:
+            for end in rec.ends:
+                self._update_required(rec, end)
+                end.crashed_after = True
+        victims = sorted(
+            (t for t in asyncio.all_tasks() if t not in self.driver and not t.done()), key=serial
+        )
+        for task in victims:
+            task.cancel()
+        await asyncio.gather(*victims, return_exceptions=True)
+        self._release_locks()
+        self.process = None
+
+    def _release_locks(self) -> None:
+        """The kernel closes a dead process's descriptors; a task cancelled just after it
+        took the state directory's flock (inside ``to_thread``) never got to."""
+        lock = str(self.state / "lock")
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}") == lock:
+                    os.close(int(name))
+
+    def _update_required(self, recording: Recording, end: End) -> None:
+        versions = recording.final_versions()
+        version = versions[-1] if end.version is None else versions[end.version]
+        durable = invariants.durable_prefix(self.shadow, end.streams, version)
+        end.required = max(end.required, durable)
+        end.uploads |= {
+            rec.upload_id for sid in end.streams
+            if (rec := self.shadow.streams.get(sid)) is not None and rec.upload_id
+        }
+
+    def _on_end(self, rec: Recording, kind: str, version: int | None) -> None:
+        process = self.process
+        st_dev = self.watch.stat().st_dev
+        holder = process.holder(st_dev, rec.inode) if process and process.life.alive else None
+        # A worker still finishing a stream that a truncation ended holds only what was
+        # uploaded before it; the bytes written since belong to a stream not started yet.
+        ended = {sid for e in rec.ends if e.kind == "truncated" for sid in e.streams}
+        # Likewise a worker whose object is already complete (writing its metadata).
+        done = holder is not None and (r := self.shadow.streams.get(holder)) is not None and (
+            r.final_size is not None
+        )
+        held = holder is not None and holder not in ended and not done
+        streams = frozenset(
+            r.stream_id for r, _ in self.shadow.unfinished_of(rec.inode)
+        )
+        end = End(kind, version, self.loop.time(), held, streams)
+        self._update_required(rec, end)
+        if kind == "truncated" and len(rec.content) >= end.required:
+            # Every durable byte is still in the file: the stream may go on, and the file's
+            # final bytes (checked for every live recording) must hold them.
+            return
+        rec.ends.append(end)
+
+    # --- the drivers ---------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        for action in self.sched.actions:
+            await asyncio.sleep(max(0.0, action.at - self.loop.time()))
+            paths = self.files.apply(action, self._on_end)
+            self._note_regrowth(action.slot)
+            for path in paths:
+                delay = self.rng.uniform(0, self.sched.debounce)
+                self.loop.call_later(delay, self._deliver, path)
+            self.last_write = self.loop.time()
+
+    def _note_regrowth(self, slot: int) -> None:
+        rec = self.files.by_slot.get(slot)
+        if rec is None:
+            return
+        for end in rec.ends:
+            if end.kind == "truncated" and end.regrown_at is None and (
+                len(rec.content) >= end.required
+            ):
+                end.regrown_at = self.loop.time()
+
+    def observed(self, end: End) -> bool:
+        """A worker followed the file while it was shorter than its durable bytes, or the
+        file never grew back. If not, the truncation is indistinguishable from a rewrite of
+        every uploaded byte (a faststart pass): the file's final bytes are all one can ask."""
+        return end.observed or end.regrown_at is None
+
+    async def _observer(self) -> None:
+        """Marks truncations that a stream worker had the time to notice."""
+        look = self.sched.poll_interval + 1.0
+        dev = self.watch.stat().st_dev
+        while self.loop.time() < self.sched.heal_at + 5.0:
+            await asyncio.sleep(0.25)
+            process = self.process
+            for rec in self.files.recordings:
+                for end in rec.ends:
+                    if end.kind != "truncated" or end.observed or end.regrown_at is not None:
+                        continue
+                    if process is None or not process.holds(dev, rec.inode):
+                        end.held_since = None
+                    elif end.held_since is None:
+                        end.held_since = self.loop.time()
+                    elif self.loop.time() - end.held_since >= look:
+                        end.observed = True
+
+    def _deliver(self, path: Path) -> None:
+        if self.process is not None:
+            self.process.notify(path)
+
+    async def _purger(self) -> None:
+        for at in self.sched.purges:
+            await asyncio.sleep(max(0.0, at - self.loop.time()))
+            mine = sorted(
+                (u for u in self.s3.open_uploads() if u.key.startswith(PREFIX)),
+                key=lambda u: u.upload_id,
+            )
+            if mine:
+                victim = self.rng.choice(mine).upload_id
+                self.s3.expire_upload(victim)
+                self._purged(victim)
+
+    def _purged(self, upload_id: str) -> None:
+        self.purged.setdefault(upload_id, self.loop.time())
+
+    async def _crasher(self) -> None:
+        for crash in self.sched.crashes:
+            await self._wait_for(crash)
+            if self.process is None:
+                continue
+            await self._crash()
+            await asyncio.sleep(crash.down_for)
+            self._start()
+
+    async def _wait_for(self, crash: Crash) -> None:
+        if crash.at is not None:
+            await asyncio.sleep(max(0.0, crash.at - self.loop.time()))
+            return
+        target = self.loop.steps + (crash.steps or 1)
+        self._crash_now.clear()
+
+        def on_step(step: int) -> None:
+            if step >= target:
+                self.loop.on_step = None
+                if self.process is not None:
+                    self.process.crash()  # dead at this exact step; tasks are reaped next
+                self._crash_now.set()
+
+        self.loop.on_step = on_step
+        # Steps happen only while something runs; an idle world crashes at the deadline.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.sched.heal_at + 10.0 - self.loop.time()):
+                await self._crash_now.wait()
+        self.loop.on_step = None
+
+    async def run(self) -> list[str]:
+        await self._seed_outside()
+        before = {k: o.body for k, o in self.s3.objects.items()}
+        uploads_before = {u.upload_id for u in self.s3.open_uploads()}
+        me = asyncio.current_task()
+        assert me is not None
+        self.driver.add(me)
+        self._start()
+        drivers = [
+            asyncio.create_task(coro, name=name)
+            for name, coro in (("writer", self._writer()), ("crasher", self._crasher()),
+                               ("purger", self._purger()),
+                               ("observer", self._observer()))
+        ]
+        self.driver.update(drivers)
+        await asyncio.gather(*drivers)
+        await asyncio.sleep(max(0.0, self.sched.heal_at - self.loop.time()))
+        self.plan.healed = True
+        failures: list[str] = []
+        if not await self._converged():
+            failures.append(
+                f"did not converge within {CONVERGE_WITHIN:.0f} virtual seconds of healing "
+                f"(streams still running: {self._running()})"
+            )
+        # Let the sweeper's grace period pass: an upload whose CreateMultipartUpload answer
+        # was lost is nobody's, and only the sweeper may abort it (SPEC §2.13).
+        await asyncio.sleep(ORPHAN_GRACE + 3700.0)
+        process = self.process
+        assert process is not None
+        await process.stop()
+        self.files.close()
+        videos, found = invariants.collect(self.s3, PREFIX)
+        failures += found
+        failures += invariants.check_documents(videos)
+        failures += invariants.check_recordings(
+            videos, self.files.recordings, self.purged, self.observed
+        )
+        failures += invariants.check_outside(self.s3, PREFIX, before, uploads_before)
+        for p in self.processes:
+            if p.budget.over:
+                over = p.budget.over[:3]
+                failures.append(f"bytes in flight exceeded the cap {p.budget.limit}: {over}")
+        stream_failures = sum(p.failures() for p in self.processes)
+        if stream_failures:
+            failures.append(f"{stream_failures} stream task(s) died of a bug (supervisor.failures)")
+        failures += [f"the process failed: {p.error!r}" for p in self.processes if p.error]
+        self.stats = {
+            "virtual_s": round(self.loop.time(), 1),
+            "steps": self.loop.steps,
+            "recordings": len(self.files.recordings),
+            "objects": len(videos),
+            "crashes": self.crashes,
+            "faults": len(self.plan.drawn),
+        }
+        return failures
+
+    def _running(self) -> list[str]:
+        return self.process.running() if self.process is not None else ["(down)"]
+
+    async def _converged(self) -> bool:
+        deadline = self.loop.time() + CONVERGE_WITHIN
+        quiet = self.sched.stream_timeout + 2 * self.sched.poll_interval + 1.0
+        while self.loop.time() < deadline:
+            await asyncio.sleep(1.0)
+            process = self.process
+            if (
+                process is not None
+                and process.ready
+                and not process.busy()
+                and self.loop.time() - self.last_write > quiet
+            ):
+                return True
+        return False
+
+    async def _seed_outside(self) -> None:
+        """Objects and an upload just outside the prefix, which nothing may touch."""
+        for key in ("streams-archive/old.mp4", "other/file.mp4", "streams"):
+            await self.s3.put_object(key, hashlib.sha256(key.encode()).digest(), "video/mp4")
+        upload_id = await self.s3.create_multipart("streams-archive/open.mp4", "video/mp4")
+        body = b"x" * 100
+        md5 = hashlib.md5(body).digest()
+        await self.s3.upload_part("streams-archive/open.mp4", upload_id, 1, body,
+                                  base64.b64encode(md5).decode())
+        self.s3.touched.clear()

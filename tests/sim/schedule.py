@@ -1,0 +1,182 @@
+"""A seed → one schedule: what the recorders do, when the process crashes, what fails.
+
+Pure and deterministic (``random.Random(seed)`` only), so a seed names a schedule forever
+— as long as this file does not change; ``describe()`` prints it for a failure report.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from tests.sim.faults import Fault
+
+KIB = 1024
+PART = 64 * KIB  # S3 scaled down: the memory store's minimum part size in the simulator
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    at: float  # virtual seconds since the start
+    # create | copy_in | append | rewrite | truncate | replace | rename | delete | faststart
+    kind: str
+    slot: int  # which recorder
+    size: int = 0  # bytes to write, or the size to truncate to
+    offset: int = 0  # where a rewrite lands
+    name: str = ""  # new name (rename) / name (create)
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    at: float | None = None  # at this virtual time, or
+    steps: int | None = None  # this many loop steps after the last start
+    down_for: float = 0.0  # how long the process stays down
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int
+    stream_timeout: float
+    poll_interval: float
+    part_size: int
+    max_parts: int
+    parts_in_flight: int
+    upload_slots: int
+    budget: int
+    complete_again: str
+    s3_rates: dict[Fault, float]
+    store_rates: dict[Fault, float]
+    actions: tuple[Action, ...]
+    crashes: tuple[Crash, ...]
+    purges: tuple[float, ...]
+    debounce: float
+    heal_at: float = field(default=0.0)
+
+    def describe(self) -> str:
+        lines = [
+            f"seed {self.seed}: timeout {self.stream_timeout}s poll {self.poll_interval}s "
+            f"part {self.part_size} max_parts {self.max_parts} in_flight {self.parts_in_flight} "
+            f"slots {self.upload_slots} budget {self.budget} complete_again {self.complete_again}",
+            "  s3 faults " + _rates(self.s3_rates) + "; store faults " + _rates(self.store_rates),
+            f"  crashes {list(self.crashes)}",
+            f"  purges at {[round(t, 2) for t in self.purges]}; heal at {self.heal_at:.1f}s",
+        ]
+        lines += [
+            f"  {a.at:8.2f}s slot {a.slot} {a.kind} size={a.size} offset={a.offset} {a.name}"
+            for a in self.actions
+        ]
+        return "\n".join(lines)
+
+
+def _rates(rates: dict[Fault, float]) -> str:
+    return ", ".join(f"{f.value}={r:.2f}" for f, r in rates.items() if r) or "none"
+
+
+def make_schedule(seed: int) -> Schedule:
+    rng = random.Random(seed)
+    timeout = rng.choice([1.0, 2.0, 5.0, 30.0])
+    part = PART
+    actions: list[Action] = []
+    for slot in range(rng.randint(1, 4)):
+        actions += _recorder(rng, slot, timeout, part)
+    actions.sort(key=lambda a: (a.at, a.slot))
+    end = max((a.at for a in actions), default=0.0)
+    crashes: list[Crash] = []
+    for _ in range(rng.choice([0, 0, 1, 1, 2, 3, 5])):
+        down = rng.choice([0.0, rng.uniform(0, 2 * timeout)])
+        if rng.random() < 0.5:
+            crashes.append(Crash(steps=rng.randint(1, 4000), down_for=down))
+        else:
+            crashes.append(Crash(at=rng.uniform(0, end + 2 * timeout), down_for=down))
+    crashes.sort(key=lambda c: (c.at is None, c.at or 0.0))
+
+    def rates(kinds: list[Fault]) -> dict[Fault, float]:
+        level = rng.choice([0.0, 0.0, 0.02, 0.05, 0.15])
+        return {k: rng.choice([0.0, level]) for k in kinds}
+
+    s3_rates = rates([Fault.ERROR, Fault.TIMEOUT, Fault.LOST, Fault.PURGE, Fault.BAD_DIGEST,
+                      Fault.SLOW])
+    store_rates = rates([Fault.ERROR, Fault.TIMEOUT, Fault.LOST])
+    purges = tuple(sorted(rng.uniform(0, end + timeout) for _ in range(rng.choice([0, 0, 1, 3]))))
+    return Schedule(
+        seed=seed,
+        stream_timeout=timeout,
+        poll_interval=rng.choice([0.1, 0.25, 1.0]),
+        part_size=part,
+        max_parts=rng.choice([10_000, 10_000, 30]),
+        parts_in_flight=rng.randint(1, 6),
+        upload_slots=rng.randint(1, 4),
+        budget=part * rng.choice([1, 2, 4, 8, 64]),
+        complete_again=rng.choice(["minio", "aws"]),
+        s3_rates=s3_rates,
+        store_rates=store_rates,
+        actions=tuple(actions),
+        crashes=tuple(crashes),
+        purges=purges,
+        debounce=rng.choice([0.0, 0.05, 1.6]),
+        heal_at=end + timeout,
+    )
+
+
+def _recorder(rng: random.Random, slot: int, timeout: float, part: int) -> list[Action]:
+    """One recorder's life: a file (or several, one after another) and what it does to it."""
+    t = rng.uniform(0, 3)
+    out: list[Action] = []
+    size = 0
+    renames = 0
+
+    def name() -> str:
+        base = f"cam{slot}" if renames == 0 else f"cam{slot}-moved{renames}"
+        return f"sub/{base}.mp4" if slot % 2 else f"{base}.mp4"
+
+    if rng.random() < 0.3:
+        size = rng.randint(1, 9 * part)
+        out.append(Action(t, "copy_in", slot, size=size, name=name()))  # catch-up: whole file
+    else:
+        size = rng.randint(16, 4000)
+        out.append(Action(t, "create", slot, size=size, name=name()))
+    for _ in range(rng.randint(1, 7)):
+        step = rng.choices(
+            ["grow", "pause", "rewrite", "truncate", "replace", "rename", "delete", "faststart"],
+            weights=[10, 4, 3, 1.5, 1, 1.5, 1, 1],
+        )[0]
+        if step == "grow":
+            rate = rng.choice([part / 4, part, 3 * part])  # bytes per virtual second
+            for _ in range(rng.randint(2, 20)):
+                dt = rng.uniform(0.05, 1.0)
+                t += dt
+                n = max(1, int(rate * dt * rng.uniform(0.5, 1.5)))
+                size += n
+                out.append(Action(t, "append", slot, size=n))
+        elif step == "pause":
+            t += rng.uniform(0.2, 2.5) * timeout
+        elif step == "rewrite" and size:
+            t += rng.uniform(0, 0.5)
+            offset = rng.choice([rng.randint(0, min(size - 1, 64)), rng.randint(0, size - 1)])
+            n = min(rng.randint(1, 64), size - offset)
+            out.append(Action(t, "rewrite", slot, size=n, offset=offset))
+        elif step == "truncate" and size:
+            t += rng.uniform(0, 0.5)
+            size = rng.choice([0, rng.randint(0, size - 1)])
+            out.append(Action(t, "truncate", slot, size=size))
+        elif step == "replace":
+            t += rng.uniform(0, 0.5)
+            size = rng.randint(1, 3 * part)
+            out.append(Action(t, "replace", slot, size=size))
+        elif step == "rename":
+            t += rng.uniform(0, 0.5)
+            renames += 1
+            out.append(Action(t, "rename", slot, name=name()))
+        elif step == "delete":
+            t += rng.uniform(0, 0.5)
+            out.append(Action(t, "delete", slot))
+            if rng.random() < 0.5:
+                return out
+            t += rng.uniform(0, 2) * timeout
+            size = rng.randint(16, 4000)
+            out.append(Action(t, "create", slot, size=size, name=name()))
+        elif step == "faststart" and size:
+            t += rng.uniform(0, 0.5)
+            size += rng.randint(0, 2000)
+            out.append(Action(t, "faststart", slot, size=size))
+    return out
