@@ -330,3 +330,11 @@ def test_dockerfile_runs_as_non_root_under_dumb_init_with_healthcheck() -> None:
     entrypoint = next(parts[1] for parts in instructions if parts[0].upper() == "ENTRYPOINT")
     assert json.loads(entrypoint)[0] == "dumb-init"
     assert "ffmpeg" in text  # ffprobe
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from cefmp4.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme]
+    assert not missing, f"README lacks {missing}"
