@@ -25,8 +25,13 @@ async def open_checkpoints(
     if url:
         # Imported here: redis-py costs ~60 ms of start-up that SQLite users need not pay.
         from cefmp4.checkpoint.redis import open_redis_store
+        from cefmp4.lease import lease_namespace
 
-        async with open_redis_store(url, settings.redis_key_prefix) as redis_store:
+        # Lease keys carry the deployment (WATCH_DIR): two deployments sharing one Redis
+        # never contend for each other's files.
+        async with open_redis_store(
+            url, settings.redis_key_prefix, lease_namespace=lease_namespace(settings.watch_dir),
+        ) as redis_store:
             yield redis_store
     else:
         async with open_sqlite_store(settings.state_dir, read_only=read_only) as sqlite_store:

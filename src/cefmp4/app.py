@@ -40,6 +40,7 @@ from cefmp4.storage import ObjectStore
 from cefmp4.supervisor import StreamSupervisor
 from cefmp4.takeover import takeover_forever
 from cefmp4.tasks import TaskSupervisor
+from cefmp4.trust import TrustedCheckpoints
 
 __all__ = ["App", "Stopped", "open_checkpoints", "open_objects"]
 
@@ -160,7 +161,9 @@ class App:
         did not complete). ``stream_timeout``: the idle wait (none by default)."""
         stop = asyncio.Event()
         async with AsyncExitStack() as stack:
-            ctx = await self._open(stack, stop, daemon=False, stream_timeout=stream_timeout)
+            ctx = await self._open(
+                stack, stop, daemon=False, stream_timeout=stream_timeout, trust=files is None
+            )
             supervisor = self.supervisor
             assert supervisor is not None
             try:
@@ -195,10 +198,12 @@ class App:
 
     async def _open(
         self, stack: AsyncExitStack, stop: asyncio.Event, *, daemon: bool,
-        stream_timeout: float | None = None,
+        stream_timeout: float | None = None, trust: bool = True,
     ) -> Context:
         """Every adapter opened once (closed in reverse order by ``stack``), the context
-        built complete, S3 reconciled, the checkpoints loaded."""
+        built complete, S3 reconciled, the checkpoints loaded. ``trust``: records are read
+        through ``TrustedCheckpoints`` (off only for ``upload`` of named files, which may
+        lie outside WATCH_DIR)."""
         settings = self.settings
         objects: ObjectStore
         if self._objects is not None:
@@ -219,8 +224,13 @@ class App:
                 stop, stack.enter_async_context(open_checkpoints(settings))
             )
         ownership = self._ownership(checkpoints)
+        config = pipeline_config(settings)
+        if trust:
+            checkpoints = TrustedCheckpoints(
+                checkpoints, config.watch_dir, config.key_prefix, settings.s3_bucket_name
+            )
         ctx = Context(
-            config=pipeline_config(settings),
+            config=config,
             objects=objects,
             checkpoints=checkpoints,
             prober=self._prober

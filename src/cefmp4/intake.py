@@ -19,7 +19,9 @@ log = structlog.get_logger("cefmp4.intake")
 async def watch_forever(
     supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event, polling: bool
 ) -> None:
-    async for changes in watch(watch_dir, stop, force_polling=polling):
+    # The same (default) Notices as the scans: each bad name is warned about once in all.
+    readiness = supervisor.ctx.readiness
+    async for changes in watch(watch_dir, stop, force_polling=polling, readiness=readiness):
         for path in changes:
             supervisor.on_path(path)
 

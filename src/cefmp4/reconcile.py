@@ -34,6 +34,7 @@ from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
 from cefmp4.source import OpenedSource, hash_range, open_source
 from cefmp4.storage import MultipartUpload, UploadedPart
+from cefmp4.trust import held_upload_ids
 
 log = structlog.get_logger("cefmp4.reconcile")
 
@@ -115,6 +116,8 @@ async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     """Uploads under the prefix whose upload id no checkpoint records."""
     records = await ctx.retry("checkpoint", ctx.checkpoints.list_streams)
     known = {r.upload_id for r in records if r.upload_id}
+    # Quarantined and untrusted records are not acted on, nor are their uploads aborted.
+    known |= await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints))
     prefix = ctx.config.key_prefix
     uploads = await ctx.retry("list_uploads", lambda: ctx.objects.list_multipart_uploads(prefix))
     return [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]

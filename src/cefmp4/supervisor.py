@@ -20,7 +20,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
-from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
 from cefmp4.discover import check_file
 from cefmp4.errors import LeaseLost
@@ -221,6 +221,9 @@ class StreamSupervisor:
             return await start_new(self._spec, path, rel, self._bind(ident))
         except Deferred:
             self._deferred[ident] = path
+            return None
+        except MalformedRecord:  # quarantined (warned once by the store): never acted on
+            self.unfinished.pop(ident, None)
             return None
 
     def _run(self, worker: StreamWorker) -> None:
