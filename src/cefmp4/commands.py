@@ -26,14 +26,17 @@ from rich.table import Table
 from rich.text import Text
 
 from cefmp4 import logs
+from cefmp4.adapters import pipeline_config
 from cefmp4.app import App, open_checkpoints, open_objects
-from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
+from cefmp4.checkpoint import CheckpointStore, MalformedRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
 from cefmp4.storage import MultipartUpload
+from cefmp4.trust import TrustedCheckpoints
 
 EXIT_OK = 0
+QUARANTINED = "quarantined"  # the state shown for a record that is never acted on
 EXIT_FAILED = 1
 
 
@@ -106,11 +109,18 @@ def _iso(ts: float | None) -> str | None:
 async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
     if not settings.redis_url.get_secret_value() and not (settings.state_dir / DB_NAME).exists():
         return []  # nothing has run with this STATE_DIR yet: no streams, not an error
-    async with open_checkpoints(settings, read_only=True) as store:
+    async with open_checkpoints(settings, read_only=True) as raw:
+        config = pipeline_config(settings)
+        store = TrustedCheckpoints(
+            raw, config.watch_dir, config.key_prefix, settings.s3_bucket_name, warn=False
+        )
         records = await store.list_streams()
         rows = []
         for rec in sorted(records, key=lambda r: r.started_at):
-            parts = await store.get_parts(rec.stream_id)
+            try:
+                parts = await store.get_parts(rec.stream_id)
+            except MalformedRecord:
+                continue  # listed below, with the quarantined records
             rows.append({
                 "stream_id": rec.stream_id,
                 "path": rec.path,
@@ -125,6 +135,15 @@ async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
                                           if parts else rec.last_activity_at),
                 "error": rec.error,
             })
+        # Records that are never acted on (they do not parse, or point outside WATCH_DIR or
+        # the prefix): their own rows, the reason in ``error``.
+        for q in await store.list_quarantined():
+            rows.append({
+                "stream_id": q.stream_id, "path": q.path, "state": QUARANTINED,
+                "status": None, "bytes_uploaded": 0, "parts_uploaded": 0, "s3_key": q.key,
+                "upload_id": q.upload_id, "started_at_utc": None, "last_activity_utc": None,
+                "error": q.reason,
+            })  # fmt: skip
         return rows
 
 
@@ -133,7 +152,8 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         print(logs.redact(json.dumps(rows, indent=2)))
         return EXIT_OK
-    table = Table(title=f"cefmp4 streams ({len(rows)})")
+    streams = [row for row in rows if row["state"] != QUARANTINED]
+    table = Table(title=f"cefmp4 streams ({len(streams)})")
     # The id stays whole (it is what an operator greps the logs for); the path folds.
     id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
     table.add_column("stream_id", no_wrap=True, min_width=id_width)
@@ -142,7 +162,7 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     for column in ("bytes", "parts", "last activity"):
         table.add_column(column, no_wrap=True)
     now = time.time()
-    for row in rows:
+    for row in streams:
         last = row["last_activity_utc"]
         ago = ""
         if last:
@@ -156,9 +176,24 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
         console = Console(width=max(console.width, 200))
     console.print(table)
+    _print_quarantined(console, [row for row in rows if row["state"] == QUARANTINED])
     known = {row["upload_id"] for row in rows if row["upload_id"]}
     _print_unknown_uploads(console, settings, known)
     return EXIT_OK
+
+
+def _print_quarantined(console: Console, rows: list[dict[str, Any]]) -> None:
+    """SPEC §2.18: records kept as they are and never acted on, with the reason."""
+    if not rows:
+        return
+    table = Table(title=f"quarantined records, never acted on ({len(rows)})")
+    for column in ("stream_id", "reason", "path", "s3_key", "upload_id"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*_redacted([
+            str(row[name] or "") for name in ("stream_id", "error", "path", "s3_key", "upload_id")
+        ]))  # fmt: skip
+    console.print(table)
 
 
 def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]) -> None:

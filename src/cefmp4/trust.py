@@ -46,9 +46,10 @@ class TrustedCheckpoints:
     the pipeline only writes records it made, or loaded through here)."""
 
     def __init__(
-        self, store: CheckpointStore, watch_dir: Path, key_prefix: str, bucket: str | None
-    ) -> None:
-        self.store = store
+        self, store: CheckpointStore, watch_dir: Path, key_prefix: str, bucket: str | None,
+        *, warn: bool = True,
+    ) -> None:  # fmt: skip
+        self.store, self._warn = store, warn
         self._watch_dir, self._key_prefix, self._bucket = watch_dir, key_prefix, bucket
         self.untrusted: dict[str, Untrusted] = {}  # stream id -> why; kept for the reports
 
@@ -58,6 +59,8 @@ class TrustedCheckpoints:
     def _flag(self, record: StreamRecord, reason: str) -> None:
         if record.stream_id not in self.untrusted:
             self.untrusted[record.stream_id] = Untrusted(record, reason)
+            if not self._warn:  # ``status`` and ``check`` list them instead
+                return
             log.warning(
                 logs.RECORD_QUARANTINED, stream_id=record.stream_id, reason=reason,
                 hint="never acted on; shown by 'cefmp4 status' and 'cefmp4 check'",
@@ -118,15 +121,6 @@ class TrustedCheckpoints:
 
     async def aclose(self) -> None:
         await self.store.aclose()
-
-
-async def untrusted_records(
-    store: CheckpointStore, watch_dir: Path, key_prefix: str, bucket: str | None
-) -> list[Untrusted]:
-    """Every record of ``store`` that would not be acted on, read once (``status``, ``check``)."""
-    trusted = TrustedCheckpoints(store, watch_dir, key_prefix, bucket)
-    await trusted.list_streams()
-    return list(trusted.untrusted.values())
 
 
 async def held_upload_ids(store: CheckpointStore) -> set[str]:
