@@ -10,8 +10,9 @@ from pathlib import Path
 import structlog
 
 from cefmp4 import logs
-from cefmp4.discover import scan, watch
+from cefmp4.discover import scan
 from cefmp4.supervisor import StreamSupervisor
+from cefmp4.watcher import watch
 
 log = structlog.get_logger("cefmp4.intake")
 
