@@ -28,6 +28,8 @@ async def open_checkpoints(
         from cefmp4.checkpoint.redis import open_redis_store
         from cefmp4.lease import lease_namespace
 
+        # Lease keys carry the deployment (WATCH_DIR): two deployments sharing one Redis
+        # never contend for each other's files.
         async with open_redis_store(
             url, settings.redis_key_prefix, lease_namespace=lease_namespace(settings.watch_dir),
             unfenced_writes="refuse" if fenced else "allow",

@@ -27,6 +27,7 @@ from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
 from cefmp4.feature_wiring import Features, open_features
 from cefmp4.housekeeping import sweep_forever
+from cefmp4.keys import upload_rel_path
 from cefmp4.lease import LeaseKeeper, default_owner
 from cefmp4.metrics import Metrics
 from cefmp4.ownership import LeasedOwnership, LocalOwnership, Ownership
@@ -39,6 +40,7 @@ from cefmp4.storage import ObjectStore
 from cefmp4.supervisor import StreamSupervisor
 from cefmp4.takeover import takeover_forever
 from cefmp4.tasks import TaskSupervisor
+from cefmp4.trust import TrustedCheckpoints
 
 __all__ = ["App", "Stopped", "open_checkpoints", "open_objects"]
 
@@ -49,14 +51,6 @@ T = TypeVar("T")
 
 class Stopped(Exception):
     """A stop signal arrived during start-up."""
-
-
-def upload_rel_path(path: Path, watch_dir: Path) -> str:
-    """Key path of an uploaded file: relative to WATCH_DIR when inside it, else its name."""
-    try:
-        return path.relative_to(watch_dir).as_posix()
-    except ValueError:
-        return path.name
 
 
 # Eleven attributes: the app holds what it composes, so that tests and the status of a
@@ -164,7 +158,9 @@ class App:
         did not complete). ``stream_timeout``: the idle wait (none by default)."""
         stop = asyncio.Event()
         async with AsyncExitStack() as stack:
-            ctx = await self._open(stack, stop, daemon=False, stream_timeout=stream_timeout)
+            ctx = await self._open(
+                stack, stop, daemon=False, stream_timeout=stream_timeout, trust=files is None
+            )
             supervisor = self.supervisor
             assert supervisor is not None
             try:
@@ -202,10 +198,12 @@ class App:
 
     async def _open(
         self, stack: AsyncExitStack, stop: asyncio.Event, *, daemon: bool,
-        stream_timeout: float | None = None,
+        stream_timeout: float | None = None, trust: bool = True,
     ) -> Context:
         """Every adapter opened once (closed in reverse order by ``stack``), the context
-        built complete, S3 reconciled, the checkpoints loaded."""
+        built complete, S3 reconciled, the checkpoints loaded. ``trust``: records are read
+        through ``TrustedCheckpoints`` (off only for ``upload`` of named files, which may
+        lie outside WATCH_DIR)."""
         settings = self.settings
         objects: ObjectStore
         if self._objects is not None:
@@ -232,8 +230,13 @@ class App:
             metrics=self.metrics, daemon=daemon, owner=settings.instance_id or default_owner(),
             stack=stack,
         )
+        config = pipeline_config(settings)
+        if trust:
+            checkpoints = TrustedCheckpoints(
+                checkpoints, config.watch_dir, config.key_prefix, settings.s3_bucket_name
+            )
         ctx = Context(
-            config=pipeline_config(settings),
+            config=config,
             objects=objects,
             checkpoints=checkpoints,
             prober=self._prober

@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cefmp4 import logs
+from cefmp4.adapters import pipeline_config
 from cefmp4.app import open_checkpoints, open_objects
+from cefmp4.checkpoint import CheckpointStore, QuarantinedRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
 from cefmp4.keys import new_stream_id
 from cefmp4.probe import FfprobeProber
+from cefmp4.reconcile import UNFINISHED
 from cefmp4.settings import Settings, check_watch_dir
 from cefmp4.storage.s3 import S3ObjectStore
+from cefmp4.trust import TrustedCheckpoints
 from cefmp4.writers import probe_signals
 
 
@@ -113,7 +117,7 @@ def _check_new_state_dir(state_dir: Path) -> CheckResult:
     )
 
 
-async def _check_checkpoints(settings: Settings) -> CheckResult:
+async def _check_checkpoints(settings: Settings) -> CheckResult | list[CheckResult]:
     redis_mode = bool(settings.redis_url.get_secret_value())
     kind = "redis" if redis_mode else f"sqlite in {settings.state_dir}"
     if not redis_mode and not (settings.state_dir / DB_NAME).exists():
@@ -121,7 +125,7 @@ async def _check_checkpoints(settings: Settings) -> CheckResult:
     try:
         async with asyncio.timeout(15), open_checkpoints(settings, read_only=True) as store:
             await store.ping()
-        return CheckResult("checkpoint store", True, kind)
+            quarantined = await _quarantined(settings, store)
     except ConfigError as exc:
         return CheckResult("checkpoint store", False, str(exc), "fix the named setting")
     except (CefmpError, TimeoutError) as exc:
@@ -129,6 +133,26 @@ async def _check_checkpoints(settings: Settings) -> CheckResult:
             "checkpoint store", False, f"{kind}: {exc or 'timed out'}",
             "is Redis running and REDIS_URL right (redis://[:password@]host:port/db)?",
         )
+    results = [CheckResult("checkpoint store", True, kind)]
+    for q in quarantined:
+        results.append(CheckResult(
+            "checkpoint record", False,
+            f"{q.stream_id} quarantined, never acted on: {q.reason}"
+            f" (path {q.path!r}, key {q.key!r})",
+            "see `cefmp4 status`; delete the record once understood (its upload is kept)",
+        ))  # fmt: skip
+    return results
+
+
+async def _quarantined(settings: Settings, store: CheckpointStore) -> list[QuarantinedRecord]:
+    """Records that do not parse, and unfinished ones that point outside WATCH_DIR or the
+    prefix (completed ones are never acted on anyway; ``status`` lists every record)."""
+    config = pipeline_config(settings)
+    trusted = TrustedCheckpoints(
+        store, config.watch_dir, config.key_prefix, settings.s3_bucket_name, warn=False
+    )
+    await trusted.list_streams(UNFINISHED)
+    return await trusted.list_quarantined()
 
 
 async def _check_ffprobe(settings: Settings) -> CheckResult:

@@ -1,4 +1,5 @@
-"""``cefmp4 upload`` and ``cefmp4 status``: one-shot commands on the same pipeline.
+"""``cefmp4 upload`` and ``cefmp4 status --watch``: one-shot commands on the same
+pipeline (``cefmp4 status`` itself is :mod:`cefmp4.status`).
 
 Everything ``status`` prints goes through ``logs.redact``: paths and errors in checkpoint
 records are input, and may carry a URL with a password.
@@ -8,33 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
-from rich.text import Text
 
 from cefmp4 import logs
-from cefmp4.app import App, open_checkpoints, open_objects
+from cefmp4.app import App, open_checkpoints
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
-from cefmp4.storage import MultipartUpload
+from cefmp4.status import redacted, status_command
 
-if TYPE_CHECKING:
-    from rich.console import Console
+__all__ = ["status_command", "status_watch_command", "upload_command", "upload_files"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -104,115 +102,6 @@ async def upload_files(
     return await App(settings).run_burst(files, on_start=on_start)
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
-    if not settings.redis_url.get_secret_value() and not (settings.state_dir / DB_NAME).exists():
-        return []  # nothing has run with this STATE_DIR yet: no streams, not an error
-    async with open_checkpoints(settings, read_only=True) as store:
-        records = await store.list_streams()
-        rows = []
-        for rec in sorted(records, key=lambda r: r.started_at):
-            parts = await store.get_parts(rec.stream_id)
-            rows.append({
-                "stream_id": rec.stream_id,
-                "path": rec.path,
-                "state": rec.state.value,
-                "status": rec.status,
-                "bytes_uploaded": sum(p.size for p in parts),
-                "parts_uploaded": len(parts),
-                "s3_key": rec.key,
-                "upload_id": rec.upload_id,
-                "started_at_utc": _iso(rec.started_at),
-                "last_activity_utc": _iso(max(rec.last_activity_at, *(p.uploaded_at for p in parts))
-                                          if parts else rec.last_activity_at),
-                "error": rec.error,
-            })
-        return rows
-
-
-def status_command(settings: Settings, *, as_json: bool) -> int:
-    rows = asyncio.run(_status_rows(settings))
-    if as_json:
-        print(logs.redact(json.dumps(rows, indent=2)))
-        return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"cefmp4 streams ({len(rows)})")
-    # The id stays whole (it is what an operator greps the logs for); the path folds.
-    id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
-    table.add_column("stream_id", no_wrap=True, min_width=id_width)
-    table.add_column("state", no_wrap=True)
-    table.add_column("path", overflow="fold", min_width=16)
-    for column in ("bytes", "parts", "last activity"):
-        table.add_column(column, no_wrap=True)
-    now = time.time()
-    for row in rows:
-        last = row["last_activity_utc"]
-        ago = ""
-        if last:
-            ago = f"{now - datetime.fromisoformat(last).timestamp():.0f}s ago"
-        table.add_row(*_redacted([
-            row["stream_id"], row["status"] or row["state"], row["path"],
-            f"{row['bytes_uploaded']:,}", str(row["parts_uploaded"]), ago,
-        ]))
-    console = Console()
-    if not console.is_terminal:
-        # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
-        console = Console(width=max(console.width, 200))
-    console.print(table)
-    known = {row["upload_id"] for row in rows if row["upload_id"]}
-    _print_unknown_uploads(console, settings, known)
-    return EXIT_OK
-
-
-def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]) -> None:
-    """SPEC §2.13: multipart uploads under the prefix that no checkpoint knows."""
-    try:
-        uploads = asyncio.run(_list_uploads(settings))
-    except (CefmpError, TimeoutError) as exc:
-        console.print(logs.redact(
-            f"(multipart uploads not listed: S3 did not answer: {exc or 'timeout'})"
-        ), markup=False)
-        return
-    from rich.table import Table
-
-    orphans = [u for u in uploads if u.upload_id not in known]
-    if not orphans:
-        console.print(
-            f"no unknown multipart uploads under {settings.s3_key_prefix!r}", markup=False
-        )
-        return
-    grace_h = settings.abort_orphan_uploads_after_hours
-    table = Table(title=f"multipart uploads no checkpoint knows ({len(orphans)})")
-    for column in ("key", "upload_id", "age", "aborted by the sweeper"):
-        table.add_column(column, overflow="fold")
-    now = time.time()
-    for upload in sorted(orphans, key=lambda u: u.initiated):
-        age_h = (now - upload.initiated.timestamp()) / 3600
-        when = "never (ABORT_ORPHAN_UPLOADS_AFTER_HOURS=0)" if grace_h <= 0 else (
-            "next sweep" if age_h >= grace_h else f"in {grace_h - age_h:.1f} h"
-        )
-        table.add_row(*_redacted([upload.key, upload.upload_id, f"{age_h:.1f} h", when]))
-    console.print(table)
-
-
-async def _list_uploads(settings: Settings) -> list[MultipartUpload]:
-    async with (
-        asyncio.timeout(20),
-        open_objects(settings, connect_timeout=3, read_timeout=10) as store,
-    ):
-        return await store.list_multipart_uploads(settings.s3_key_prefix)
-
-
-def _redacted(cells: Sequence[str]) -> list[Text]:
-    """Table cells with secrets masked, as plain text (a path is not rich markup)."""
-    return [Text(logs.redact(cell)) for cell in cells]
-
-
 # --- status --watch -------------------------------------------------------------------------
 
 MIB = 1024 * 1024
@@ -271,7 +160,7 @@ def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
     table.add_column("last part", justify="right", no_wrap=True)
     for row, lag in zip(rows, behind, strict=True):
         last = "-" if row.last_part_at is None else f"{max(0.0, now - row.last_part_at):.0f}s ago"
-        table.add_row(*_redacted([
+        table.add_row(*redacted([
             row.stream_id, row.state, row.path, _mib(row.on_disk), _mib(row.in_s3),
             _mib(lag), str(row.parts), last,
         ]))

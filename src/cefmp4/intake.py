@@ -11,8 +11,9 @@ from pathlib import Path
 import structlog
 
 from cefmp4 import logs
-from cefmp4.discover import scan_paths, watch
+from cefmp4.discover import scan_paths
 from cefmp4.supervisor import StreamSupervisor
+from cefmp4.watcher import watch
 
 log = structlog.get_logger("cefmp4.intake")
 
@@ -20,8 +21,11 @@ log = structlog.get_logger("cefmp4.intake")
 async def watch_forever(
     supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event, polling: bool
 ) -> None:
-    exts = supervisor.ctx.config.extensions
-    async for changes in watch(watch_dir, stop, force_polling=polling, extensions=exts):
+    # The same (default) Notices as the scans: each bad name is warned about once in all.
+    readiness, exts = supervisor.ctx.readiness, supervisor.ctx.config.extensions
+    async for changes in watch(
+        watch_dir, stop, force_polling=polling, readiness=readiness, extensions=exts
+    ):
         for path in changes:
             supervisor.on_path(path)
 

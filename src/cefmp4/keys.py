@@ -102,3 +102,11 @@ def parse_key(prefix: str, key: str) -> tuple[str, str] | None:
     if rel_path.startswith("/") or ".." in parts:
         return None
     return stream_id, rel_path
+
+
+def upload_rel_path(path: PurePath, watch_dir: PurePath) -> str:
+    """Key path of an uploaded file: relative to WATCH_DIR when inside it, else its name."""
+    try:
+        return path.relative_to(watch_dir).as_posix()
+    except ValueError:
+        return path.name

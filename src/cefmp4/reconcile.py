@@ -34,6 +34,7 @@ from cefmp4.parts import PartSchedule
 from cefmp4.pipeline import Context
 from cefmp4.source import OpenedSource, digest_range, open_source
 from cefmp4.storage import MultipartUpload, UploadedPart
+from cefmp4.trust import held_upload_ids
 
 log = structlog.get_logger("cefmp4.reconcile")
 
@@ -113,8 +114,12 @@ async def reconcile(
 
 async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     """Uploads under the prefix whose upload id no checkpoint records."""
-    records = await ctx.retry("checkpoint", ctx.checkpoints.list_streams)
+    # A completed stream's upload is no longer in progress: reading the completed records
+    # (nearly all of them, 100,000 take ~30 s in Redis) would find no id to keep.
+    records = await ctx.retry("checkpoint", lambda: ctx.checkpoints.list_streams(_NOT_DONE))
     known = {r.upload_id for r in records if r.upload_id}
+    # Quarantined and untrusted records are not acted on, nor are their uploads aborted.
+    known |= await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints))
     prefix = ctx.config.key_prefix
     uploads = await ctx.retry("list_uploads", lambda: ctx.objects.list_multipart_uploads(prefix))
     return [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]
@@ -126,13 +131,12 @@ async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamReco
     upload owns it and will checkpoint it itself).
 
     Returns the records rebuilt from scratch (the checkpoint store lost them)."""
-    records = {r.stream_id: r for r in await ctx.retry("checkpoint", ctx.checkpoints.list_streams)}
     rebuilt: list[StreamRecord] = []
     for upload in await unknown_uploads(ctx):
         parsed = parse_key(ctx.config.key_prefix, upload.key)
         if parsed is None:
             continue  # not a key we make: leave it to the sweeper's grace period
-        known = records.get(parsed[0])
+        known = await _record(ctx, parsed[0])
         if known is None:
             record = await _rebuild(ctx, ownership, upload, parsed[0], parsed[1])
             if record is not None:
@@ -146,9 +150,17 @@ async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamReco
                 await ctx.retry("checkpoint", _put_stream(ctx, attached))
             finally:
                 await ownership.release(known.inode)
-            records[known.stream_id] = attached
             log.info(logs.UPLOAD_ATTACHED, stream_id=known.stream_id, upload_id=upload.upload_id)
     return rebuilt
+
+
+# Every state whose record may still name an upload in progress.
+_NOT_DONE = frozenset(StreamState) - {StreamState.COMPLETED}
+
+
+async def _record(ctx: Context, stream_id: str) -> StreamRecord | None:
+    """One record by id (a look-up per unknown upload, not a read of every record)."""
+    return await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_stream(stream_id))
 
 
 async def _hold(ctx: Context, ownership: Ownership, ident: Ident, stream_id: str) -> bool:
@@ -170,12 +182,11 @@ async def abort_superseded(ctx: Context, grace_seconds: float) -> list[Multipart
     """Abort unknown uploads of streams that have moved on to another upload id, once
     older than ``grace_seconds`` (never one a peer has just created and not checkpointed
     yet; what is younger is left to the sweeper)."""
-    records = {r.stream_id: r for r in await ctx.retry("checkpoint", ctx.checkpoints.list_streams)}
     aborted: list[MultipartUpload] = []
     now = ctx.clock.time()
     for upload in await unknown_uploads(ctx):
         parsed = parse_key(ctx.config.key_prefix, upload.key)
-        known = records.get(parsed[0]) if parsed is not None else None
+        known = await _record(ctx, parsed[0]) if parsed is not None else None
         if known is None or known.upload_id is None or known.upload_id == upload.upload_id:
             continue
         if now - upload.initiated.timestamp() < grace_seconds:

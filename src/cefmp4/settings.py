@@ -13,7 +13,7 @@ import stat
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -33,6 +33,11 @@ from cefmp4.feature_settings import (  # features block
 )
 from cefmp4.logs import redact
 from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
+from cefmp4.settings_checks import (
+    bucket_name_problem,
+    normalize_key_prefix,
+    redis_url_problem,
+)
 
 # S3's limits live in ``cefmp4.parts``; here in the settings' units.
 S3_MIN_PART_MIB = MIN_PART_SIZE // MIB
@@ -40,18 +45,13 @@ S3_MAX_PART_MIB = MAX_PART_SIZE // MIB
 S3_MAX_PARTS = MAX_PARTS
 
 MAX_LEASE_TTL_SECONDS = 86_400  # a day; Redis rejects expiry times near 2**63 ms anyway
-MAX_KEY_PREFIX_BYTES = 512  # half of S3's key limit, the rest is for stream id and path
 
 # S3's bucket naming rules (general purpose buckets): 3-63 characters of lower-case
 # letters, digits, dots and hyphens, starting and ending with a letter or digit.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3")
 # botocore's own pattern for region names.
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
-_SSL_CERT_REQS = ("none", "optional", "required")
 _STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _NO_CONTROL_CHARACTERS = frozenset({
     "s3_access_key_id", "s3_secret_access_key", "s3_key_prefix", "s3_endpoint_url",
@@ -412,75 +412,6 @@ class Settings(FeatureSettings):  # features block: was BaseSettings
     @property
     def max_inflight_bytes(self) -> int:
         return self.max_inflight_mb * MIB
-
-
-def normalize_key_prefix(value: str) -> str:
-    """The prefix as a path segment: ``streams`` → ``streams/``; ``""`` stays empty.
-
-    ``ValueError`` for a leading ``/``, empty, ``.`` or ``..`` segments, or a prefix too long
-    to leave room for a key.
-    """
-    if not value:
-        return value
-    if value.startswith("/"):
-        raise ValueError("must not start with '/'")
-    prefix = value if value.endswith("/") else value + "/"
-    if any(segment in ("", ".", "..") for segment in prefix[:-1].split("/")):
-        raise ValueError("must not contain empty, '.' or '..' segments")
-    if len(prefix.encode("utf-8")) > MAX_KEY_PREFIX_BYTES:
-        raise ValueError(f"must be at most {MAX_KEY_PREFIX_BYTES} bytes")
-    return prefix
-
-
-def bucket_name_problem(name: str) -> str | None:
-    """Why ``name`` breaks S3's bucket naming rules, or None."""
-    if not 3 <= len(name) <= 63:
-        return "must be 3 to 63 characters long"
-    if not _BUCKET.fullmatch(name):
-        return (
-            "must use lower-case letters, digits, dots and hyphens only, and start and "
-            "end with a letter or digit"
-        )
-    if ".." in name or ".-" in name or "-." in name:
-        return "must not contain '..', '.-' or '-.'"
-    try:
-        ipaddress.IPv4Address(name)
-    except ValueError:
-        pass
-    else:
-        return "must not be formatted as an IP address"
-    if name.startswith(_BUCKET_RESERVED_PREFIXES) or name.endswith(_BUCKET_RESERVED_SUFFIXES):
-        return "uses a prefix or suffix that S3 reserves"
-    return None
-
-
-def redis_url_problem(url: str) -> str | None:
-    """Why redis-py would reject ``url`` (at parse or connect time), or None. Never quotes it."""
-    if not url:
-        return None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return "must start with redis://, rediss:// or unix://"
-    from redis.connection import parse_url
-
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
-        options = parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError:
-        return "not a valid redis://, rediss:// or unix:// URL"
-    if not url.startswith("unix://") and not parts.hostname:
-        return "has no host"
-    query = parse_qs(parts.query)
-    for value in query.get("ssl_cert_reqs", []):
-        if value.lower() not in _SSL_CERT_REQS:
-            return "ssl_cert_reqs must be none, optional or required"
-    database = parts.path.strip("/")
-    if not url.startswith("unix://") and database and not database.isdigit():
-        # redis-py ignores such a path and silently uses database 0.
-        return "the database number (the URL's path) must be an integer"
-    if not isinstance(options.get("db", 0), int):
-        return "the database number must be an integer"
-    return None
 
 
 _SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"} | FEATURE_SECRETS

@@ -20,7 +20,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
-from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
 from cefmp4.discover import check_file
 from cefmp4.errors import LeaseLost
@@ -34,9 +34,9 @@ from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
 
+# (final size, final mtime_ns) of a completed stream: all the "never upload an unchanged
+# file again" rule needs, so 100,000 completed streams cost a few MB, not their records.
 Completed = tuple[int | None, int | None]
-"""(final size, final mtime_ns) of a completed stream: all the "never upload an unchanged
-file again" rule needs, so 100,000 completed streams cost a few MB, not their records."""
 
 
 # Twelve attributes: the maps below are the supervisor's whole state, each with one job.
@@ -234,6 +234,9 @@ class StreamSupervisor:
         except Deferred:
             self._deferred[ident] = path
             return None
+        except MalformedRecord:  # quarantined (warned once by the store): never acted on
+            self.unfinished.pop(ident, None)
+            return None
 
     def _run(self, worker: StreamWorker) -> None:
         ident = worker.ident
@@ -286,17 +289,11 @@ class StreamSupervisor:
     def pending(self) -> tuple[int, float]:
         return pending_total(list(self.workers.values()), self.ctx.clock.time())
 
-    def busy(self) -> bool:
-        """Some stream is starting or running (a quiescence check for tests)."""
-        return bool(self._tasks)
-
     async def wait_idle(self, patience: int = 3) -> None:
         """Until no stream is starting, running or able to start (burst mode, tests).
-
-        Files that failed to open for a passing reason (out of descriptors, I/O errors) are
-        retried with backoff; after ``patience`` rounds in a row in which fewer did not
-        wait, they are given up on here (they stay as they were: a later run takes them).
-        Files another instance owns are not waited for."""
+        Files that failed to open for a passing reason (EMFILE, EIO) are retried with
+        backoff, and given up on after ``patience`` rounds without progress (a later run
+        takes them); files another instance owns are not waited for."""
         rounds, waiting = 0, len(self._deferred) + 1
         while True:
             while self._tasks:

@@ -29,9 +29,9 @@ from cefmp4.discover import (
     printable,
     scan,
     scan_paths,
-    watch,
 )
 from cefmp4.readiness import Readiness
+from cefmp4.watcher import watch
 
 # The watch must hand over a change well within this; the spec wants ~0.1 s.
 DEADLINE = 1.0
@@ -197,7 +197,7 @@ def test_scan_skips_unreadable_dirs(tmp_path: Path) -> None:
 
 
 class Watcher:
-    """Runs discover.watch in a task and collects what it yields."""
+    """Runs watcher.watch in a task and collects what it yields."""
 
     def __init__(self) -> None:
         self.seen: set[Path] = set()
@@ -488,7 +488,7 @@ async def watching_with(watch_dir: Path, notices: Notices) -> AsyncIterator[Watc
 _AS_NOBODY = r"""
 import asyncio, json, sys
 from pathlib import Path
-from cefmp4 import discover, logs
+from cefmp4 import discover, logs, watcher
 
 logs.configure_logging(level="INFO", fmt="json")
 
@@ -507,7 +507,7 @@ async def main() -> None:
             emit(scanned=[str(p) for p in files])
 
     rescans = asyncio.create_task(rescan())
-    async for batch in discover.watch(watch_dir, stop, notices=notices):
+    async for batch in watcher.watch(watch_dir, stop, notices=notices):
         emit(seen=[str(p) for p in batch])
     rescans.cancel()
 

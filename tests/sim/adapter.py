@@ -206,7 +206,7 @@ class Process:
     def busy(self) -> bool:
         """Anything left to do: starting, streaming, finalizing."""
         sup = self.supervisor
-        return sup is None or sup.busy() or sup.open_streams() > 0
+        return sup is None or sup.open_streams() > 0
 
     def running(self) -> list[str]:
         sup = self.supervisor

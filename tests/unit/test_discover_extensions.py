@@ -7,7 +7,8 @@ from pathlib import Path
 import watchfiles
 
 from cefmp4.containers import parse_extensions
-from cefmp4.discover import _wanted, is_candidate, scan
+from cefmp4.discover import is_candidate, scan
+from cefmp4.watcher import _wanted
 
 EXTS = parse_extensions(".mp4,.MKV,.ts")
 W = Path("/w")

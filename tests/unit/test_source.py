@@ -88,7 +88,10 @@ async def test_cancelled_while_opening_closes_the_descriptor(tmp_path: Path) -> 
             os.close(opened.fd)
         except asyncio.CancelledError:
             pass
-    for _ in range(100):
+    # The opens run in worker threads (some may not even have started yet): let them all
+    # finish, then whatever nobody awaits any more must have been closed.
+    await asyncio.get_running_loop().shutdown_default_executor()
+    for _ in range(1000):
         if _open_fds() == before:
             break
         await asyncio.sleep(0.01)

@@ -1,0 +1,128 @@
+"""Checkpoint records are input, not truth (SPEC §2.18): the pipeline reads the store
+through :class:`TrustedCheckpoints`, which leaves out every record ``untrusted_reason``
+flags (a path outside WATCH_DIR, a key outside S3_KEY_PREFIX, another bucket) and every
+stream whose parts do not parse, with one warning each per process. Nothing reads them
+behind its back: one wrapper at the composition root instead of a check at each caller.
+
+Left out is not forgotten: :func:`held_upload_ids` names their uploads (and those of the
+records the store itself quarantined), so that the sweeper never aborts them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from cefmp4 import logs
+from cefmp4.checkpoint import (
+    CheckpointStore,
+    MalformedRecord,
+    PartRecord,
+    QuarantinedRecord,
+    StreamRecord,
+    StreamState,
+    untrusted_reason,
+)
+
+log = structlog.get_logger("cefmp4.trust")
+
+
+@dataclass(frozen=True, slots=True)
+class Untrusted:
+    record: StreamRecord
+    reason: str
+
+    def as_quarantined(self) -> QuarantinedRecord:
+        r = self.record
+        return QuarantinedRecord(
+            stream_id=r.stream_id, reason=self.reason, path=r.path, key=r.key,
+            upload_id=r.upload_id, state=str(r.state),
+        )  # fmt: skip
+
+
+class TrustedCheckpoints:
+    """A ``CheckpointStore`` that hides untrusted records (writes pass straight through:
+    the pipeline only writes records it made, or loaded through here)."""
+
+    def __init__(
+        self, store: CheckpointStore, watch_dir: Path, key_prefix: str, bucket: str | None,
+        *, warn: bool = True,
+    ) -> None:  # fmt: skip
+        self.store, self._warn = store, warn
+        self._watch_dir, self._key_prefix, self._bucket = watch_dir, key_prefix, bucket
+        self.untrusted: dict[str, Untrusted] = {}  # stream id -> why; kept for the reports
+
+    def __repr__(self) -> str:
+        return f"TrustedCheckpoints({self.store!r})"
+
+    def _flag(self, record: StreamRecord, reason: str) -> None:
+        if record.stream_id not in self.untrusted:
+            self.untrusted[record.stream_id] = Untrusted(record, reason)
+            if not self._warn:  # ``status`` and ``check`` list them instead
+                return
+            log.warning(
+                logs.RECORD_QUARANTINED, stream_id=record.stream_id, reason=reason,
+                hint="never acted on; shown by 'cefmp4 status' and 'cefmp4 check'",
+            )  # fmt: skip
+
+    def _trusted(self, record: StreamRecord) -> bool:
+        if record.stream_id in self.untrusted:
+            return False
+        reason = untrusted_reason(record, self._watch_dir, self._key_prefix, bucket=self._bucket)
+        if reason is not None:
+            self._flag(record, reason)
+        return reason is None
+
+    async def ping(self) -> None:
+        await self.store.ping()
+
+    async def put_stream(self, record: StreamRecord) -> None:
+        await self.store.put_stream(record)
+
+    async def get_stream(self, stream_id: str) -> StreamRecord | None:
+        record = await self.store.get_stream(stream_id)
+        return record if record is not None and self._trusted(record) else None
+
+    async def list_streams(
+        self, states: frozenset[StreamState] | None = None
+    ) -> list[StreamRecord]:
+        return [r for r in await self.store.list_streams(states) if self._trusted(r)]
+
+    async def list_quarantined(self) -> list[QuarantinedRecord]:
+        """The store's quarantined records, then the untrusted ones met so far."""
+        found = await self.store.list_quarantined()
+        known = {q.stream_id for q in found}
+        found.extend(u.as_quarantined() for u in self.untrusted.values() if u.record.stream_id
+                     not in known)  # fmt: skip
+        return found
+
+    async def find_by_inode(self, inode: int) -> list[StreamRecord]:
+        return [r for r in await self.store.find_by_inode(inode) if self._trusted(r)]
+
+    async def put_part(self, stream_id: str, part: PartRecord) -> None:
+        await self.store.put_part(stream_id, part)
+
+    async def get_parts(self, stream_id: str) -> list[PartRecord]:
+        """The parts; a stream whose parts do not parse is left out from now on."""
+        try:
+            return await self.store.get_parts(stream_id)
+        except MalformedRecord as exc:
+            record = await self.store.get_stream(stream_id)
+            if record is not None:
+                self._flag(record, f"parts do not parse: {exc}")
+            raise
+
+    async def delete_parts(self, stream_id: str) -> None:
+        await self.store.delete_parts(stream_id)
+
+    async def delete_stream(self, stream_id: str) -> None:
+        await self.store.delete_stream(stream_id)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+async def held_upload_ids(store: CheckpointStore) -> set[str]:
+    """Upload ids named by records that are not acted on: never orphans to abort."""
+    return {q.upload_id for q in await store.list_quarantined() if q.upload_id}

@@ -1,0 +1,79 @@
+"""Each supervised background task of the daemon, killed by an injected exception, is
+reported failing to readiness (``/readyz`` 503 meanwhile), restarted and healthy again
+(#9.4). The watcher's own case is in ``test_tasks_and_sweep``; the fatal path (exit
+non-zero with one line) is ``tests/unit/test_tasks.py``'s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cefmp4 import housekeeping, intake
+from cefmp4.app import App
+from cefmp4.settings import Settings
+from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.tasks import TaskSupervisor
+from tests.pipeline.conftest import FakeProber, capture, make_settings, until
+from tests.support.proc import free_port
+
+TASKS: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
+    "rescan": ("cefmp4.intake.rescan_forever", intake.rescan_forever),
+    "sweeper": ("cefmp4.app.sweep_forever", housekeeping.sweep_forever),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+async def test_a_killed_task_is_reported_restarted_and_healthy_again(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    monkeypatch: pytest.MonkeyPatch, name: str,
+) -> None:  # fmt: skip
+    port = free_port()
+    settings: Settings = make_settings(
+        tmp_path, watch, rescan_interval_seconds=1, prom_port=port, prom_host="127.0.0.1"
+    )
+    target, real = TASKS[name]
+    calls = 0
+
+    async def killed_once(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError(f"{name} killed")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(target, killed_once)
+    app = App(settings, objects=store, prober=prober)
+    app.tasks = TaskSupervisor(app.readiness, app.clock, healthy_after=0.3)
+    stop = asyncio.Event()
+    with capture() as logs:
+        run = asyncio.create_task(app.run(stop))
+        try:
+            await until(lambda: app.readiness.failures().get(name) == "RuntimeError",
+                        what=f"{name} reported failing")  # fmt: skip
+            status, body = await asyncio.to_thread(_get, port, "/readyz")
+            assert status == 503
+            assert json.loads(body)["checks"][name] == "down: RuntimeError", body
+            await until(lambda: calls >= 2, what=f"{name} restarted")
+            await until(lambda: name not in app.readiness.failures(),
+                        what=f"{name} healthy again")  # fmt: skip
+            assert not run.done()
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 10)
+    failed = [e for e in logs if e["event"] == "task_failed"]
+    assert [(e["task"], e["error"]) for e in failed] == [(name, f"RuntimeError('{name} killed')")]
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
