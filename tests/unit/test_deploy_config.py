@@ -338,3 +338,28 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme]
     assert not missing, f"README lacks {missing}"
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    names = set()
+    for spec in specs:
+        name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]
+        names.add(name.lower().replace("_", "-"))
+    return names
+
+
+def test_the_lock_files_pin_every_declared_dependency() -> None:
+    """A dependency added to pyproject.toml without `scripts/lock` would be missing from a
+    fresh clone's venv (CI and the image install the lock files only)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _requirement_names(project["dependencies"])
+    dev = _requirement_names(project["optional-dependencies"]["dev"])
+    for lock, wanted in (("requirements.lock", runtime), ("requirements-dev.lock", runtime | dev)):
+        pinned = {
+            line.split("==", 1)[0].lower().replace("_", "-")
+            for line in (ROOT / lock).read_text().splitlines()
+            if "==" in line and not line.startswith((" ", "#"))
+        }
+        assert wanted <= pinned, f"{lock} lacks {sorted(wanted - pinned)}: run scripts/lock"
