@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
     aws = find_aws() if {"catchup", "startup"} & set(args.scenarios) else "aws"
+    env = environment()  # before SeaweedFS starts: nothing here may leave it running
     seaweed = Seaweed(work / "seaweed")
     seaweed.start()
     print(f"SeaweedFS at {seaweed.endpoint_url}; scratch {work}")
@@ -353,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Runs] = {}
     tables: list[str] = []
     started = time.time()
-    env = environment()
     prepared: dict[str, Any] = {}
     try:
         for name in args.scenarios:
