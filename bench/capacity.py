@@ -94,6 +94,9 @@ def one_count(b: Bench, run: int, count: int) -> dict[str, float]:
         bucket, name, CHUNK_SIZE_MB=str(PART_MIB),
         # Never idle during the window: a recorder writes every TICK.
         STREAM_TIMEOUT_SECONDS="30", LOG_LEVEL="INFO",
+        # An operator with this many cameras raises the cap: at the default (64) the
+        # recordings beyond it wait for room, and the ladder measured the cap, not capacity.
+        MAX_STREAMS=str(max(64, count)),
     )
     daemon = b.daemon(env, name)
     watch_dir = b.work / f"watch-{name}"
