@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return upload_command(settings, args.files)
         if args.command == "status":
-            from cefmp4.commands import status_command
+            from cefmp4.status import status_command
 
             if args.watch:
                 from cefmp4.commands import status_watch_command
