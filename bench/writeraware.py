@@ -88,9 +88,12 @@ def _one(b: Bench, run: int, mode: str, kind: str, seconds: float) -> dict[str, 
         "expected_completed_by": float(completed_by == EXPECTED_BY[mode]),
         "objects": float(objects), "sha256_ok": float(sha_ok),
     }
+    after = [f"{e.get('event')} +{t - t_exit:.2f}" for t, e in daemon.events
+             if t >= t_exit and e.get("event") != "raw"]
     print(f"  writer-aware run {run + 1} {mode}: recorder exit → metadata in S3 "
           f"{res['exit_to_meta_s']:.2f} s (log {res['exit_to_log_s']:.2f} s), completed_by "
-          f"{completed_by}, {objects} object(s), sha256 ok={sha_ok}")
+          f"{completed_by}, {objects} object(s), sha256 ok={sha_ok}\n"
+          f"    daemon after the exit: {', '.join(after[:12])}")
     return res
 
 
