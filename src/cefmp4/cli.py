@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(settings: Settings) -> int:
-    # Imported by the command that uses them: `--help` and `status` start without these.
+    # Imported by the command that uses them: `--help` starts without these.
     import asyncio
     import os
     import signal
