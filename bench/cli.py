@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(ALL)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if not args.writer_seconds > 0:
+        p.error("--writer-seconds: must be greater than 0")
     if args.capacity_long:
         args.capacity_seconds = 300.0
     try:
@@ -390,15 +392,20 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[str] = []
     started = time.time()
     prepared: dict[str, Any] = {}
+    current, failure = "", ""
     try:
-        for name in args.scenarios:
-            print(f"-- {name}")
-            results[name] = run_scenario(b, name, prepared)
-            tables.append(render(name, results[name], args))
+        for current in args.scenarios:
+            print(f"-- {current}")
+            results[current] = run_scenario(b, current, prepared)
+            tables.append(render(current, results[current], args))
             print(tables[-1] + "\n")
         if args.profile:
+            current = "profile"
             results["profile"] = {"py-spy": {}}
             tables.append(profile.run(b, args.results_dir))
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        # One line; the scenarios that finished are still printed and written below.
+        failure = f"{current}: {exc}"
     finally:
         if "tree" in prepared:
             largetree.cleanup(prepared["tree"])
@@ -417,4 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results, "tables": tables,
     }, indent=2, default=str))
     print(f"\nresults: {out}")
+    if failure:
+        print(f"bench: error: {failure}", file=sys.stderr)
+        return 1
     return 0

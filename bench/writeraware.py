@@ -53,12 +53,12 @@ def _one(b: Bench, run: int, mode: str, kind: str, seconds: float) -> dict[str, 
     suffix = ".mkv" if kind == "mkv" else ".mp4"
     env = b.cefmp4_env(bucket, name, WATCH_EXTENSIONS=".mp4,.mkv", **MODES[mode])
     dest = b.work / f"watch-{name}" / f"rec-{run}{suffix}"
+    recorder = recorder_args(kind, seconds, dest)  # no daemon is started without a recorder
     daemon = b.daemon(env, name)
     try:
         daemon.wait_event("ready", 60)
         rec = subprocess.run(
-            recorder_args(kind, seconds, dest), capture_output=True, text=True, check=False,
-            timeout=seconds * 10 + 60,
+            recorder, capture_output=True, text=True, check=False, timeout=seconds * 10 + 60
         )
         t_exit = time.monotonic()
         if rec.returncode != 0:
