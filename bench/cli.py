@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, floor, largetree, profile, scenarios, startup
+from bench import capacity, floor, largetree, profile, scenarios, startup, writeraware
 from bench.report import Row, med, table
 from bench.seaweed import Seaweed, tool
 
-ALL = ("catchup", "drop", "live", "many", "idle", "startup", "capacity", "large-tree", "floor")
+ALL = ("catchup", "drop", "live", "many", "idle", "startup", "capacity", "large-tree", "floor",
+       "writer-aware")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 Runs = dict[str, dict[str, list[float]]]  # tool -> metric -> one value per run
@@ -47,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="large-tree: completed files (and completed streams per store)")
     p.add_argument("--tree-idle-seconds", type=float, default=20,
                    help="large-tree: idle CPU window before the rescan")
+    p.add_argument("--writer-seconds", type=float, default=10,
+                   help="writer-aware: length of each real-time ffmpeg recording")
+    p.add_argument("--writer-kind", choices=writeraware.KINDS, default="regular",
+                   help="writer-aware: the recording (regular, +faststart, fragmented MP4, .mkv)")
     p.add_argument("--profile", action="store_true",
                    help="also py-spy one `cefmp4 upload` of the catch-up file")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where bench-*.json goes")
@@ -57,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(ALL)
     if unknown:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if not args.writer_seconds > 0:
+        p.error("--writer-seconds: must be greater than 0")
     if args.capacity_long:
         args.capacity_seconds = 300.0
     try:
@@ -246,6 +253,24 @@ def tree_rows(r: Runs, files: int) -> list[Row]:
     return rows
 
 
+def writer_rows(r: Runs) -> list[Row]:
+    idle = _v(r, "idle-only", "exit_to_meta_s")
+    limit = writeraware.CLOSE_S + 0.5
+    rows = [
+        Row("exit → metadata in S3 s", "on-close", _v(r, "on-close", "exit_to_meta_s"), idle,
+            f"p50 ≤ {limit:g} s", _check(_v(r, "on-close", "exit_to_meta_s"), limit)),
+        Row("exit → metadata in S3 s", "idle-only", idle),
+    ]
+    for metric, target in (("exit_to_log_s", None), ("expected_completed_by", "= 1"),
+                           ("objects", "= 1"), ("sha256_ok", "= 1")):
+        for mode in writeraware.MODES:
+            values = _v(r, mode, metric)
+            rows.append(Row(metric, mode, values, None, target or "",
+                            _check(values, 1, at_least=True) and _check(values, 1)
+                            if target else None))
+    return rows
+
+
 def run_scenario(b: scenarios.Bench, name: str, prepared: dict[str, Any]) -> Runs:
     runs = []
     for i in range(b.runs):
@@ -263,6 +288,8 @@ def run_scenario(b: scenarios.Bench, name: str, prepared: dict[str, Any]) -> Run
             runs.append(capacity.capacity(b, i))
         elif name == "floor":
             runs.append(floor.floor(b, i))
+        elif name == "writer-aware":
+            runs.append(writeraware.writer_aware(b, i, b.writer_kind, b.writer_seconds))
         else:
             runs.append(getattr(scenarios, name)(b, i))
     return collect(runs)
@@ -303,6 +330,15 @@ def render(name: str, r: Runs, args: argparse.Namespace) -> str:
                      f"{args.tree_idle_seconds:g} s idle, {n}", tree_rows(r, args.tree_files),
                      "", "requests by the counting proxy; rescan: the CPU burst of the first "
                      "periodic rescan (n/a: none seen)")
+    if name == "writer-aware":
+        w = writeraware
+        return table(f"10. writer-aware: ffmpeg {args.writer_kind} recording at real time for "
+                     f"{args.writer_seconds:g} s into `cefmp4 run`, {n}", writer_rows(r),
+                     "÷ idle-only",
+                     f"on-close: COMPLETE_ON_CLOSE_SECONDS={w.CLOSE_S:g}, STREAM_TIMEOUT_SECONDS="
+                     f"{w.LONG_TIMEOUT_S:g}; idle-only: STREAM_TIMEOUT_SECONDS="
+                     f"{w.IDLE_TIMEOUT_S:g}; median = p50, min-max shows the max; "
+                     "exit: the recorder process has exited; S3 listing polled every 50 ms")
     if name == "floor":
         rows = [Row(m, name, _v(r, name, m)) for name in ("read", "sha256", "md5", "crc32c")
                 for m in ("cpu_s", "mb_s")]
@@ -349,21 +385,27 @@ def main(argv: list[str] | None = None) -> int:
         media_dir=args.work_dir,  # media files are cached across invocations
         many_sync=args.many_sync, capacity_seconds=args.capacity_seconds,
         capacity_counts=args.capacity_counts, tree_files=args.tree_files,
-        tree_idle_seconds=args.tree_idle_seconds,
+        tree_idle_seconds=args.tree_idle_seconds, writer_seconds=args.writer_seconds,
+        writer_kind=args.writer_kind,
     )
     results: dict[str, Runs] = {}
     tables: list[str] = []
     started = time.time()
     prepared: dict[str, Any] = {}
+    current, failure = "", ""
     try:
-        for name in args.scenarios:
-            print(f"-- {name}")
-            results[name] = run_scenario(b, name, prepared)
-            tables.append(render(name, results[name], args))
+        for current in args.scenarios:
+            print(f"-- {current}")
+            results[current] = run_scenario(b, current, prepared)
+            tables.append(render(current, results[current], args))
             print(tables[-1] + "\n")
         if args.profile:
+            current = "profile"
             results["profile"] = {"py-spy": {}}
             tables.append(profile.run(b, args.results_dir))
+    except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+        # One line; the scenarios that finished are still printed and written below.
+        failure = f"{current}: {exc}"
     finally:
         if "tree" in prepared:
             largetree.cleanup(prepared["tree"])
@@ -382,4 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results, "tables": tables,
     }, indent=2, default=str))
     print(f"\nresults: {out}")
+    if failure:
+        print(f"bench: error: {failure}", file=sys.stderr)
+        return 1
     return 0

@@ -1,4 +1,4 @@
-"""Scenarios 1-5 (6-8 have modules of their own). Each returns raw per-run values."""
+"""Scenarios 1-5 (6-10 have modules of their own). Each returns raw per-run values."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class Bench:
     capacity_counts: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
     tree_files: int = 100_000
     tree_idle_seconds: float = 20
+    writer_seconds: float = 10
+    writer_kind: str = "regular"
     s3: Any = None
     proxy: CountingProxy | None = None
     _sha: dict[Path, str] = field(default_factory=dict)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cefmp4.checkpoint import CheckpointStore
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.pipeline import PipelineConfig
 from cefmp4.settings import Settings
-from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
+
+if TYPE_CHECKING:
+    from cefmp4.storage.s3 import S3ObjectStore
 
 
 @asynccontextmanager
@@ -42,6 +44,10 @@ async def open_checkpoints(
 
 def open_objects(settings: Settings, **options: Any) -> AbstractAsyncContextManager[S3ObjectStore]:
     """The S3 store the settings describe (``options``: pool size, timeouts, ...)."""
+    # Imported here: the aiobotocore/aiohttp stack is most of a command's start-up; only
+    # what talks to S3 pays for it (`status --watch` reads the checkpoint store alone).
+    from cefmp4.storage.s3 import open_s3_store
+
     return open_s3_store(
         bucket=settings.s3_bucket_name,
         endpoint_url=settings.s3_endpoint_url,

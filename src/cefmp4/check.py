@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cefmp4 import logs
-from cefmp4.adapters import pipeline_config
-from cefmp4.app import open_checkpoints, open_objects
+from cefmp4.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.checkpoint import CheckpointStore, QuarantinedRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError, PermanentError

@@ -6,15 +6,10 @@ Bad configuration ends here as one line naming the setting and exit status 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from cefmp4 import __version__, logs
 from cefmp4.errors import CefmpError, ConfigError, PermanentError
@@ -23,8 +18,6 @@ from cefmp4.settings import SECRET_FILES, Settings, check_watch_dir, load_settin
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-
-log = structlog.get_logger("cefmp4.cli")
 
 
 class _RefusedSecret(argparse.Action):
@@ -163,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return upload_command(settings, args.files)
         if args.command == "status":
-            from cefmp4.commands import status_command
+            from cefmp4.status import status_command
 
             if args.watch:
                 from cefmp4.commands import status_watch_command
@@ -185,7 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(settings: Settings) -> int:
+    # Imported by the command that uses them: `--help` starts without these.
+    import asyncio
+    import os
+    import signal
+
+    import structlog
+
     from cefmp4.app import App
+
+    log = structlog.get_logger("cefmp4.cli")
 
     async def daemon() -> None:
         loop = asyncio.get_running_loop()

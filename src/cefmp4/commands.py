@@ -17,20 +17,21 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from cefmp4 import logs
-from cefmp4.app import App, open_checkpoints
+from cefmp4.adapters import open_checkpoints
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
 from cefmp4.status import redacted, status_command
+
+if TYPE_CHECKING:  # rich and the App are imported by the functions that use them
+    from rich.console import Console
+    from rich.table import Table
+
+    from cefmp4.app import App
 
 __all__ = ["status_command", "status_watch_command", "upload_command", "upload_files"]
 
@@ -71,6 +72,7 @@ async def _upload_with_progress(
     if not tty:
         return await upload_files(settings, files)
     # rich only where it draws: its import is start-up time that a pipe does not need.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     apps: list[App] = []
     progress = Progress(
@@ -99,6 +101,8 @@ async def upload_files(
     settings: Settings, files: list[Path], on_start: Callable[[App], None] | None = None
 ) -> dict[Path, StreamRecord | None]:
     """``cefmp4 upload``: the burst path with no idle wait."""
+    from cefmp4.app import App
+
     return await App(settings).run_burst(files, on_start=on_start)
 
 
@@ -141,6 +145,8 @@ def _mib(n: int | None) -> str:
 
 def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
     """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind."""
+    from rich.table import Table
+
     table = Table(
         title=f"cefmp4 active streams ({len(rows)})",
         caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S} · Ctrl-C to stop",
@@ -168,6 +174,8 @@ def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
 
 
 async def _watch(settings: Settings, console: Console, interval: float, count: int) -> None:
+    from rich.live import Live
+
     redis_mode = bool(settings.redis_url.get_secret_value())
     db = settings.state_dir / DB_NAME
     # On a terminal one table redrawn in place; piped, one table per refresh (logs, tests).
@@ -207,6 +215,8 @@ def status_watch_command(settings: Settings, *, interval: float, count: int) -> 
         raise ConfigError("--interval", "must be greater than 0")
     if count < 0:
         raise ConfigError("--count", "must not be negative")
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))

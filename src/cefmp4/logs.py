@@ -14,10 +14,10 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:  # structlog is imported where it is configured: `--help` never pays for it
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 # --- event names ----------------------------------------------------------------------------
 # process lifecycle
@@ -142,6 +142,8 @@ def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
 
 
 def _shared_processors() -> list[Processor]:
+    import structlog
+
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -164,6 +166,8 @@ def configure_logging(
     ``fmt="auto"`` means console lines on a terminal, JSON lines otherwise. Logs go to
     ``stream`` (stderr by default: stdout is for command output such as ``status --json``).
     """
+    import structlog
+
     out = stream if stream is not None else sys.stderr
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:

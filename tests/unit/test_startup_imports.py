@@ -1,0 +1,47 @@
+"""Start-up: a command imports only what it uses (issue #14). Checked by module presence
+in a fresh interpreter, never by timing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = """
+import sys
+from cefmp4.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("LOADED:" + ",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+HEAVY = ("structlog", "rich", "aiobotocore", "aiohttp", "botocore", "cefmp4.app",
+         "cefmp4.storage.s3")
+
+
+def _loaded(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )
+    marks = [line for line in proc.stdout.splitlines() if line.startswith("LOADED:")]
+    assert marks, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return set(filter(None, marks[-1].removeprefix("LOADED:").split(",")))
+
+
+def test_help_loads_neither_the_logging_nor_the_s3_stack() -> None:
+    assert _loaded("--help") == set()
+    assert _loaded("upload", "--help") == set()
+
+
+def test_status_watch_reads_the_store_without_the_s3_stack(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
+    # Static keys: without them the AWS credential chain (botocore) is asked for secrets.
+    env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
+                "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",
+                "WATCH_DIR": str(tmp_path), "LOG_FORMAT": "json"})
+    loaded = _loaded("status", "--watch", "--count", "1", "--interval", "0.01", env=env)
+    # Logging is configured (structlog) and the table drawn (rich); S3 is never reached.
+    assert loaded == {"structlog", "rich"}
