@@ -1,7 +1,8 @@
 """Each supervised background task of the daemon, killed by an injected exception, is
 reported failing to readiness (``/readyz`` 503 meanwhile), restarted and healthy again
 (#9.4). The watcher's own case is in ``test_tasks_and_sweep``; the fatal path (exit
-non-zero with one line) is ``tests/unit/test_tasks.py``'s."""
+non-zero with one line) is ``tests/unit/test_tasks.py``'s, and with a real process (lease
+renewal, the one fatal task) ``tests/system/test_fatal_task.py``'s."""
 
 from __future__ import annotations
 
