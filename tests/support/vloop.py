@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
+from cefmp4.clock import SystemClock
+
 T = TypeVar("T")
 
 # A fixed start: virtual wall time is this plus the loop's clock (2026-01-01T00:00:00Z).
@@ -119,3 +121,19 @@ def _settle(future: asyncio.Future[T], result: T | None, exc: BaseException | No
 def serial(task: asyncio.Task[Any]) -> int:
     """The task's creation number (tasks created before the loop ran: -1)."""
     return int(getattr(task, "sim_serial", -1))
+
+
+class LoopClock(SystemClock):
+    """cefmp4's ``Clock`` on whichever loop runs it: monotonic time is the loop's (virtual
+    on a ``VirtualLoop``; sleeping and waiting already are), and wall time moves with it
+    from the real time at the loop's zero, so a file written "now" looks as old as the
+    virtual time since."""
+
+    def __init__(self) -> None:
+        self._zero = time.time() - asyncio.get_running_loop().time()
+
+    def time(self) -> float:
+        return self._zero + asyncio.get_running_loop().time()
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
