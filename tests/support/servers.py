@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import botocore.session  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
@@ -125,6 +125,48 @@ class ServerProcess:
             return
         proc.kill()
         proc.wait()
+
+
+class ManagedServer:
+    """The lifecycle the test servers share around their one ``ServerProcess``: a
+    subclass says how to ``start``; stopping, killing, restarting and ``with`` are here."""
+
+    _server: ServerProcess
+    stop_timeout: float = 15
+
+    def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._server.running
+
+    @property
+    def pid(self) -> int:
+        return self._server.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self._server.log_tail(lines)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, wait, then SIGKILL. A no-op when not running."""
+        self._server.stop(self.stop_timeout if timeout is None else timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no graceful shutdown."""
+        self._server.kill()
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop and start again (same ports, same data where the server keeps any)."""
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 # --- SeaweedFS (`weed mini`) ------------------------------------------------------------------

@@ -17,34 +17,26 @@ import pytest
 import redis
 
 from cefmp4.cli import EXIT_FAILED
-from tests.support.app import make_settings
 from tests.support.media import GrowingWriter
-from tests.support.proc import Daemon, settings_env
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
-from tests.system.conftest import BucketView
+from tests.system.conftest import RigMaker
 
 pytestmark = pytest.mark.timeout(150)
 
 
 def test_a_lease_renewal_redis_refuses_for_good_stops_the_process_and_a_restart_finishes(
-    tmp_path: Path,
+    make_rig: RigMaker,
     s3_server: SeaweedS3,
     s3_bucket: str,
     redis_server: RedisServer,
     source_12mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket, redis=redis_server,
-        lease_ttl_seconds=3.0, stream_timeout_seconds=2.0,
-    )  # fmt: skip
-    view = bucket_view(s3_server, s3_bucket)
-    daemon = Daemon(settings_env(settings), tmp_path / "run.log")
-    daemons.append(daemon)
-    daemon.start()
+    rig = make_rig(s3_server, s3_bucket, redis_server)
+    settings = rig.configure(lease_ttl_seconds=3.0, stream_timeout_seconds=2.0)
+    view = rig.view
+    daemon = rig.daemon("run").start()
     assert daemon.http_get("/readyz")[0] == 200
     client = redis.Redis.from_url(redis_server.url)
     with GrowingWriter(source_12mb, settings.watch_dir / "cam.mp4", rate=1_000_000) as writer:
