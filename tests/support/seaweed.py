@@ -118,12 +118,8 @@ def s3_store_for(
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    try:
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
