@@ -9,26 +9,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.session
-from botocore.config import Config
+from tests.support.servers import boto_s3_client
 
 from bench.seaweed import ACCESS_KEY, SECRET_KEY
 
 
 def client(endpoint_url: str) -> Any:
-    return botocore.session.get_session().create_client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"total_max_attempts": 3},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=4,
-        ),
+    return boto_s3_client(
+        endpoint_url, ACCESS_KEY, SECRET_KEY, attempts=3, max_pool_connections=4
     )
 
 

@@ -279,7 +279,8 @@ class App:
         self.metrics.set_pending_source(self.supervisor.pending)
         await self._until(stop, self.supervisor.load())
         if isinstance(ownership, LeasedOwnership):
-            self.tasks.start("lease-renewal", ownership.keeper.renew_forever)
+            # Fatal: without its leases this instance may not upload (restarted instead).
+            self.tasks.start("lease-renewal", ownership.keeper.renew_forever, fatal=True)
             if daemon:
                 supervisor = self.supervisor
                 interval = settings.lease_ttl_seconds / 2

@@ -1,8 +1,9 @@
 """Keeping the leases of the streams this instance owns (SPEC §2.11, Redis only).
 
-A lease is renewed every third of its TTL. When a renewal says another instance holds it,
-or renewals have failed for longer than the TTL (we cannot know whether it expired), the
-stream's ``on_lost`` callback stops its worker at once. Checkpoint writes are fenced as
+A lease is renewed every third of its TTL (a supervised task, fatal: see
+``renew_forever``). When a renewal says another instance holds it, or renewals have failed
+for longer than the TTL (we cannot know whether it expired), the stream's ``on_lost``
+callback stops its worker at once. Checkpoint writes are fenced as
 well, so even a worker that has not yet heard the news cannot overwrite newer progress.
 """
 
@@ -21,7 +22,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import Leases
-from cefmp4.errors import CefmpError, LeaseLost
+from cefmp4.errors import CefmpError, LeaseLost, PermanentError
 
 log = structlog.get_logger("cefmp4.lease")
 
@@ -146,6 +147,10 @@ class LeaseKeeper:
         held.on_lost()
 
     async def renew_forever(self) -> None:
+        """Renew every held lease each third of the TTL. A renewal Redis refuses for good
+        (a permission taken away, a lease key overwritten) raises: the app runs this task
+        as fatal, because an instance that cannot keep its leases must stop and let an
+        orchestrator restart it rather than upload streams it may no longer own."""
         while True:
             await asyncio.sleep(self.ttl / 3)
             for inode in list(self._held):
@@ -154,6 +159,11 @@ class LeaseKeeper:
                     continue
                 try:
                     ok = await self.leases.renew(inode, self.owner, self.ttl)
+                except LeaseLost:
+                    self._lose(inode)
+                    continue
+                except PermanentError:
+                    raise
                 except CefmpError as exc:
                     if time.monotonic() - held.renewed_at > self.ttl:
                         log.warning(logs.LEASE_LOST, inode=inode, error=str(exc))

@@ -8,7 +8,7 @@ series that never go away.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Literal, get_args
 
 import structlog
@@ -62,99 +62,83 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        counter, gauge, histogram = _makers(self.registry)
         # prometheus_client appends "_total" to counter names itself; giving the full
         # name is accepted too and exposes exactly the SPEC name.
-        self.chunks_uploaded = Counter(
-            "video_chunks_uploaded_total", "Parts uploaded to S3 (re-uploads included).",
-            registry=r,
+        self.chunks_uploaded = counter(
+            "video_chunks_uploaded_total",
+            "Parts uploaded to S3 (re-uploads included).",
         )
-        self.bytes_uploaded = Counter(
-            "video_bytes_uploaded_total", "Bytes sent to S3 as parts (re-uploads included).",
-            registry=r,
+        self.bytes_uploaded = counter(
+            "video_bytes_uploaded_total",
+            "Bytes sent to S3 as parts (re-uploads included).",
         )
-        self.parts_reuploaded = Counter(
+        self.parts_reuploaded = counter(
             "video_parts_reuploaded_total",
             "Parts sent again after the recorder rewrote them or reconciliation rejected them.",
-            registry=r,
         )
-        self.parts_adopted = Counter(
+        self.parts_adopted = counter(
             "video_parts_adopted_total",
             "Parts found in S3 after a restart and adopted without uploading them again.",
-            registry=r,
         )
-        self.streams_started = Counter(
-            "streams_started_total", "Streams discovered and started.", registry=r
+        self.streams_started = counter("streams_started_total", "Streams discovered and started.")
+        self.streams_resumed = counter(
+            "streams_resumed_total",
+            "Unfinished streams resumed from a checkpoint.",
         )
-        self.streams_resumed = Counter(
-            "streams_resumed_total", "Unfinished streams resumed from a checkpoint.", registry=r
+        self.streams_completed = counter(
+            "streams_completed_total",
+            "Streams completed with their metadata written.",
         )
-        self.streams_completed = Counter(
-            "streams_completed_total", "Streams completed with their metadata written.",
-            registry=r,
-        )
-        self.streams_failed = Counter(
-            "streams_failed_total", "Streams that ended with an error.", registry=r
-        )
-        self.metadata_written = Counter(
-            "metadata_written_total", "Metadata JSON objects written.", registry=r
-        )
-        self.orphan_uploads_aborted = Counter(
+        self.streams_failed = counter("streams_failed_total", "Streams that ended with an error.")
+        self.metadata_written = counter("metadata_written_total", "Metadata JSON objects written.")
+        self.orphan_uploads_aborted = counter(
             "orphan_uploads_aborted_total",
             "Multipart uploads under the prefix that no checkpoint knew, aborted.",
-            registry=r,
         )
-        self.failed_operations = Counter(
+        self.failed_operations = counter(
             "video_failed_operations_total",
             "Failed attempts of an operation (each retry counts). operation: "
             + ", ".join(OPERATIONS),
             ["operation"],
-            registry=r,
         )
-        self.retries = Counter(
-            "retries_total", "Retries scheduled after a transient error.", ["operation"],
-            registry=r,
+        self.retries = counter(
+            "retries_total",
+            "Retries scheduled after a transient error.",
+            ["operation"],
         )
-        self.active_streams = Gauge(
-            "active_streams", "Streams being uploaded or finalized now.", registry=r
-        )
-        self.pending_bytes = Gauge(
-            "pending_bytes", "Bytes on disk not yet in S3, all streams.", registry=r
-        )
-        self.oldest_pending_age_seconds = Gauge(
+        self.active_streams = gauge("active_streams", "Streams being uploaded or finalized now.")
+        self.pending_bytes = gauge("pending_bytes", "Bytes on disk not yet in S3, all streams.")
+        self.oldest_pending_age_seconds = gauge(
             "oldest_pending_age_seconds",
             "Age of the oldest byte on disk not yet in S3 (the recovery-point objective).",
-            registry=r,
         )
-        self.stream_duration = Histogram(
+        self.stream_duration = histogram(
             "video_stream_duration_seconds",
             "Wall-clock time from a stream's discovery to its completion.",
-            buckets=STREAM_DURATION_BUCKETS,
-            registry=r,
+            STREAM_DURATION_BUCKETS,
         )
-        self.chunk_upload_seconds = Histogram(
+        self.chunk_upload_seconds = histogram(
             "video_chunk_upload_seconds",
             "Time of one successful UploadPart call.",
-            buckets=CHUNK_UPLOAD_BUCKETS,
-            registry=r,
+            CHUNK_UPLOAD_BUCKETS,
         )
         # Writer-aware completion, after-upload actions, notifications (SPEC §2.14-§2.16).
-        self.notifications_pending = Gauge(
-            "notifications_pending", "Notifications recorded but not delivered yet.", registry=r
+        self.notifications_pending = gauge(
+            "notifications_pending",
+            "Notifications recorded but not delivered yet.",
         )
-        self.notifications_failed = Counter(
+        self.notifications_failed = counter(
             "notifications_failed_total",
             "Failed notification delivery attempts, webhook and Redis (each retry counts).",
-            registry=r,
         )
-        self.after_upload_failed = Counter(
+        self.after_upload_failed = counter(
             "after_upload_failed_total",
             "After-upload actions (delete/move) that failed or were refused (file kept).",
-            registry=r,
         )
-        self.watch_dir_free_bytes = Gauge(
-            "watch_dir_free_bytes", "Free bytes on the watch directory's file system.",
-            registry=r,
+        self.watch_dir_free_bytes = gauge(
+            "watch_dir_free_bytes",
+            "Free bytes on the watch directory's file system.",
         )
         # Every label value exists from the start, at 0, so rate() and alerts see the
         # series before the first failure.
@@ -211,6 +195,24 @@ class Metrics:
         """Names of the exposed metric families (counters with their ``_total``)."""
         for family in self.registry.collect():
             yield family.name + "_total" if family.type == "counter" else family.name
+
+
+def _makers(
+    registry: CollectorRegistry,
+) -> tuple[Callable[..., Counter], Callable[..., Gauge], Callable[..., Histogram]]:
+    """Collector constructors bound to ``registry``: ``counter(name, doc[, labels])``,
+    ``gauge(name, doc)``, ``histogram(name, doc, buckets)``."""
+
+    def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=registry)
+
+    def gauge(name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, registry=registry)
+
+    def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+        return Histogram(name, doc, buckets=buckets, registry=registry)
+
+    return counter, gauge, histogram
 
 
 def _known(operation: str) -> str:

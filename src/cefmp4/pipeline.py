@@ -87,25 +87,24 @@ class Context:
     async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` until it succeeds or fails permanently; transient errors never end it.
 
-        While it fails, its component (``s3``, ``checkpoint_store``) is reported failing."""
+        While it fails, its component (``s3``, ``checkpoint_store``) is reported failing on
+        behalf of this call: another call's success does not clear it, its end does."""
         component = component_of(operation)
-        failed = False
+        holder = object()  # this call, among every stream's concurrent retries
 
         def on_retry(name: str, attempt: int, delay: float, exc: BaseException) -> None:
-            nonlocal failed
-            failed = True
             self.metrics.operation_failed(name)
             self.metrics.retried(name)
-            self.readiness.fail(component, exc)
+            self.readiness.fail(component, exc, holder)
             log.warning(
                 logs.RETRY, operation=name, attempt=attempt, delay_s=round(delay, 2),
                 error=str(exc),
             )
 
-        result = await retry_transient(
-            op, operation=operation, backoff=self.config.backoff, on_retry=on_retry,
-            sleep=self.clock.sleep,
-        )
-        if failed:
-            self.readiness.ok(component)
-        return result
+        try:
+            return await retry_transient(
+                op, operation=operation, backoff=self.config.backoff, on_retry=on_retry,
+                sleep=self.clock.sleep,
+            )
+        finally:  # succeeded, failed for good or cancelled: this call retries no more
+            self.readiness.ok(component, holder)

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -45,6 +46,34 @@ S3_MAX_PART_MIB = MAX_PART_SIZE // MIB
 S3_MAX_PARTS = MAX_PARTS
 
 MAX_LEASE_TTL_SECONDS = 86_400  # a day; Redis rejects expiry times near 2**63 ms anyway
+
+Limit = tuple[Callable[[float], bool], str]  # (holds for an accepted value, else this)
+_MIN_PART = f"must be at least {S3_MIN_PART_MIB} (S3's minimum part size)"
+_MAX_PART = f"must be at most {S3_MAX_PART_MIB} (S3's maximum part size)"
+_PORT = "must be a TCP port (0-65535; 0 disables the server)"
+_POSITIVE: tuple[Limit, ...] = ((lambda v: v > 0, "must be greater than 0"),)
+_NOT_NEGATIVE: tuple[Limit, ...] = ((lambda v: v >= 0, "must not be negative"),)
+_AT_LEAST_ONE: tuple[Limit, ...] = ((lambda v: v >= 1, "must be at least 1"),)
+# The numeric settings' limits, checked in order by one validator (field -> limits).
+LIMITS: dict[str, tuple[Limit, ...]] = {
+    "chunk_size_mb": (
+        (lambda v: v >= S3_MIN_PART_MIB, _MIN_PART), (lambda v: v <= S3_MAX_PART_MIB, _MAX_PART)
+    ),
+    "lease_ttl_seconds": (
+        (lambda v: v >= 1, "must be at least 1 second"),
+        (lambda v: v <= MAX_LEASE_TTL_SECONDS, f"must be at most {MAX_LEASE_TTL_SECONDS} seconds"),
+    ),
+    "max_parts": ((lambda v: 1 <= v <= S3_MAX_PARTS, f"must be between 1 and {S3_MAX_PARTS}"),),
+    "prom_port": ((lambda v: 0 <= v <= 65535, _PORT),),
+    **dict.fromkeys(
+        ("stream_timeout_seconds", "poll_interval_seconds", "probe_timeout_seconds"), _POSITIVE
+    ),
+    **dict.fromkeys(
+        ("shutdown_grace_seconds", "abort_orphan_uploads_after_hours", "rescan_interval_seconds"),
+        _NOT_NEGATIVE,
+    ),
+    **dict.fromkeys(("max_inflight_mb", "upload_concurrency", "max_streams"), _AT_LEAST_ONE),
+}
 
 # S3's bucket naming rules (general purpose buckets): 3-63 characters of lower-case
 # letters, digits, dots and hyphens, starting and ending with a letter or digit.
@@ -231,22 +260,6 @@ class Settings(FeatureSettings):  # features block: was BaseSettings
         return values
     # --- end of secrets from files ---------------------------------------------------------
 
-    @field_validator("chunk_size_mb")
-    @classmethod
-    def _chunk_size(cls, v: int) -> int:
-        if v < S3_MIN_PART_MIB:
-            raise ValueError(f"must be at least {S3_MIN_PART_MIB} (S3's minimum part size)")
-        if v > S3_MAX_PART_MIB:
-            raise ValueError(f"must be at most {S3_MAX_PART_MIB} (S3's maximum part size)")
-        return v
-
-    @field_validator("stream_timeout_seconds", "poll_interval_seconds", "probe_timeout_seconds")
-    @classmethod
-    def _positive_float(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be greater than 0")
-        return v
-
     @field_validator("cefmp4_failpoints")
     @classmethod
     def _failpoints(cls, v: str) -> str:
@@ -255,13 +268,12 @@ class Settings(FeatureSettings):  # features block: was BaseSettings
         Failpoints(v)  # ValueError naming the unknown point
         return v
 
-    @field_validator(
-        "shutdown_grace_seconds", "abort_orphan_uploads_after_hours", "rescan_interval_seconds"
-    )
+    @field_validator(*LIMITS)
     @classmethod
-    def _non_negative(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("must not be negative")
+    def _within_limits(cls, v: float, info: ValidationInfo) -> float:
+        for ok, problem in LIMITS[info.field_name or ""]:
+            if not ok(v):
+                raise ValueError(problem)
         return v
 
     @field_validator("rescan_interval_seconds")
@@ -269,36 +281,6 @@ class Settings(FeatureSettings):  # features block: was BaseSettings
     def _rescan(cls, v: float) -> float:
         if 0 < v < 1:
             raise ValueError("must be 0 (off) or at least 1 second (a scan reads the whole tree)")
-        return v
-
-    @field_validator("lease_ttl_seconds")
-    @classmethod
-    def _lease_ttl(cls, v: float) -> float:
-        if v < 1:
-            raise ValueError("must be at least 1 second")
-        if v > MAX_LEASE_TTL_SECONDS:
-            raise ValueError(f"must be at most {MAX_LEASE_TTL_SECONDS} seconds")
-        return v
-
-    @field_validator("max_inflight_mb", "upload_concurrency", "max_streams")
-    @classmethod
-    def _positive_int(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be at least 1")
-        return v
-
-    @field_validator("max_parts")
-    @classmethod
-    def _max_parts(cls, v: int) -> int:
-        if not 1 <= v <= S3_MAX_PARTS:
-            raise ValueError(f"must be between 1 and {S3_MAX_PARTS}")
-        return v
-
-    @field_validator("prom_port")
-    @classmethod
-    def _port(cls, v: int) -> int:
-        if not 0 <= v <= 65535:
-            raise ValueError("must be a TCP port (0-65535; 0 disables the server)")
         return v
 
     @field_validator("log_level", mode="before")

@@ -1,5 +1,11 @@
 """The fast pipeline layer: the real App in burst mode (or as a daemon) on the in-memory
-object store, the real SQLite store and real files, with a fake prober. No server."""
+object store, the real SQLite store and real files, with a fake prober. No server.
+
+Every test runs on virtual time (``tests.support.vloop``): waits, idle timeouts and retry
+backoffs cost no real time, executor work runs inline, and the App's default clock is the
+loop's. The file-system watch (a real-time thread) becomes a scan every 20 ms of virtual
+time. A test that needs real time and the real watcher asks for the ``real_time`` fixture.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,55 @@ from typing import Any
 import pytest
 import structlog.testing
 
+import cefmp4.app
+import cefmp4.intake
 from cefmp4.app import App
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.discover import scan_paths
 from cefmp4.keys import metadata_key
 from cefmp4.parts import MIB
 from cefmp4.probe import ProbeResult
 from cefmp4.settings import Settings, load_settings
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.supervisor import StreamSupervisor
+from tests.support.vloop import LoopClock, VirtualLoop
 
 PART = 5 * MIB
+WATCH_SCAN_S = 0.02  # the stand-in watcher's period, in virtual seconds
 
+REAL_TIME = "real_time"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if REAL_TIME in getattr(item, "fixturenames", ()):
+        return {"real": asyncio.new_event_loop}
+    return {"virtual": VirtualLoop}
+
+
+@pytest.fixture
+def real_time() -> None:
+    """Run this test on a real event loop, with the real clock and watcher."""
+
+
+@pytest.fixture(autouse=True)
+def _virtual_time(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if REAL_TIME in request.fixturenames:
+        return
+    monkeypatch.setattr(cefmp4.app, "SystemClock", LoopClock)
+    monkeypatch.setattr(cefmp4.intake, "watch_forever", scanning_watcher)
+
+
+async def scanning_watcher(
+    supervisor: StreamSupervisor, watch_dir: Path, stop: asyncio.Event, polling: bool
+) -> None:
+    """The watcher on virtual time: every path, every ``WATCH_SCAN_S`` (what inotify would
+    report, and more: the supervisor takes an unchanged path for nothing new)."""
+    exts = supervisor.ctx.config.extensions
+    while not stop.is_set():
+        for name in scan_paths(watch_dir, extensions=exts):
+            supervisor.on_path(Path(name))
+        await supervisor.ctx.clock.wait(stop, WATCH_SCAN_S)
 
 
 class FakeProber:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from cefmp4.app import App
 from cefmp4.checkpoint import StreamState
@@ -16,6 +17,7 @@ from tests.pipeline.conftest import (
     FakeProber,
     capture,
     daemon,
+    make_app,
     metadata,
     pattern,
     records,
@@ -143,3 +145,34 @@ async def test_shutdown_leaves_a_live_stream_resumable_and_a_restart_finishes_it
         await until(lambda: len(videos(store)) == 1, what="the object")
     assert list(videos(store).values()) == [data]
     assert os.path.exists(path)
+
+
+async def test_readiness_stays_failing_while_another_stream_still_retrying(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """One stream's successful retry must not clear ``s3`` while another's still fails."""
+    (watch / "a.mp4").write_bytes(pattern(PART + 1, seed=1))
+    (watch / "b.mp4").write_bytes(pattern(PART + 1, seed=2))
+    app = make_app(settings, store, prober)
+    real = store.upload_part
+    b_failed = b_done = False
+    seen_by_a: list[dict[str, str]] = []  # readiness at a.mp4's first retry after b's success
+
+    async def spy(key: str, *args: Any, **kwargs: Any) -> str:
+        nonlocal b_failed, b_done
+        if key.endswith("/a.mp4"):
+            if not b_done:
+                raise TransientError("503 SlowDown")
+            seen_by_a.append(app.readiness.failures())
+        elif not b_failed:
+            b_failed = True
+            raise TransientError("503 SlowDown")
+        etag = await real(key, *args, **kwargs)
+        b_done = b_done or key.endswith("/b.mp4")
+        return etag
+
+    store.upload_part = spy  # type: ignore[method-assign]
+    done = await app.run_burst()
+    assert all(record is not None for record in done.values()), done
+    assert seen_by_a[0] == {"s3": "TransientError"}  # b's success left a's failure shown
+    assert app.readiness.failures() == {}

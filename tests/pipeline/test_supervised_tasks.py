@@ -1,18 +1,18 @@
 """Each supervised background task of the daemon, killed by an injected exception, is
 reported failing to readiness (``/readyz`` 503 meanwhile), restarted and healthy again
 (#9.4). The watcher's own case is in ``test_tasks_and_sweep``; the fatal path (exit
-non-zero with one line) is ``tests/unit/test_tasks.py``'s."""
+non-zero with one line) is ``tests/unit/test_tasks.py``'s, and with a real process (lease
+renewal, the one fatal task) ``tests/system/test_fatal_task.py``'s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from cefmp4 import housekeeping, intake
@@ -57,7 +57,7 @@ async def test_a_killed_task_is_reported_restarted_and_healthy_again(
         try:
             await until(lambda: app.readiness.failures().get(name) == "RuntimeError",
                         what=f"{name} reported failing")  # fmt: skip
-            status, body = await asyncio.to_thread(_get, port, "/readyz")
+            status, body = await _get(port, "/readyz")
             assert status == 503
             assert json.loads(body)["checks"][name] == "down: RuntimeError", body
             await until(lambda: calls >= 2, what=f"{name} restarted")
@@ -71,9 +71,8 @@ async def test_a_killed_task_is_reported_restarted_and_healthy_again(
     assert [(e["task"], e["error"]) for e in failed] == [(name, f"RuntimeError('{name} killed')")]
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+async def _get(port: int, path: str) -> tuple[int, str]:
+    """On the test's own loop (the server runs there too; a thread would block it)."""
+    url = f"http://127.0.0.1:{port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()

@@ -54,8 +54,9 @@ async def test_the_sweeper_aborts_old_unknown_uploads_inside_the_prefix_only(
 
 async def test_a_failing_watcher_is_restarted_reported_and_recovers(
     settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, real_time: None,
 ) -> None:
+    """The real watcher (real time: watchfiles is a thread), re-registered after a crash."""
     from cefmp4.intake import watch_forever as real
 
     calls = 0

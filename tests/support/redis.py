@@ -6,16 +6,14 @@ Tests that stop, kill or restart Redis build a private ``RedisServer`` instead.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.servers import HOST, ManagedServer, ServerProcess, free_port
 
 __all__ = ["RedisServer", "redis_server", "redis_url"]
 
@@ -23,24 +21,17 @@ _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _ping(port: int) -> bool:
     """True once the server answers PING with PONG (not LOADING or an error)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        with socket.create_connection((HOST, port), timeout=1.0) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """``redis-server`` on a free 127.0.0.1 port, data (AOF) in ``data_dir``.
 
     ``restart()`` keeps the port and the directory, so clients reconnect to the same URL
@@ -50,7 +41,7 @@ class RedisServer:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self._port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._server = ServerProcess("redis-server", self.data_dir / "redis.log")
 
     @property
     def port(self) -> int:
@@ -60,19 +51,9 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{HOST}:{self.port}/0"
 
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("redis-server is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> None:
+    def start(self, timeout: float = _START_TIMEOUT) -> None:
         """Start the server (on its previous port if it had one) and wait for PING."""
         if self.running:
             return
@@ -83,77 +64,32 @@ class RedisServer:
         keep_port = self._port is not None
         # A free port can be taken by someone else before redis binds it; try a few.
         for _attempt in range(5):
-            port = self._port if keep_port and self._port is not None else _free_port()
-            if self._launch(executable, port):
+            port = self._port if keep_port and self._port is not None else free_port()
+            if self._launch(executable, port, timeout):
                 self._port = port
                 return
         raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
 
-    def _launch(self, executable: str, port: int) -> bool:
+    def _launch(self, executable: str, port: int, timeout: float) -> bool:
         argv = [
-            executable, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "no",
+            executable, "--port", str(port), "--bind", HOST, "--protected-mode", "no",
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log"),
-            "--daemonize", "no",
+            "--dir", str(self.data_dir), "--daemonize", "no",
         ]  # fmt: skip
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:  # exited: most likely the port was taken
-                return False
-            if _ping(port):
-                self._proc = proc
-                return True
-            time.sleep(0.02)
-        proc.kill()
-        proc.wait()
-        return False
+        self._server.launch(argv)
+        # Exited before answering: most likely the port was taken.
+        return self._server.wait_ready(lambda: _ping(port), timeout, interval=0.02)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown (SIGTERM: redis flushes the AOF and exits), then wait."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would. AOF writes already reached the OS, so data stays."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-
-    def restart(self) -> None:
-        """Stop and start again on the same port with the same data directory."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+        super().stop(_STOP_TIMEOUT if timeout is None else timeout)
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the whole session; isolate tests by key prefix."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

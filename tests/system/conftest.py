@@ -14,14 +14,16 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cefmp4.settings import Settings
+from tests.support.app import make_settings
 from tests.support.media import make_mp4
-from tests.support.proc import Daemon
+from tests.support.proc import Daemon, settings_env
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
 
@@ -253,3 +255,72 @@ def daemons() -> Iterator[list[Daemon]]:
     for daemon in started:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill()
+
+
+# --- a test's rig: servers, bucket view, settings, daemons -----------------------------------
+
+
+@dataclass
+class Rig:
+    """What most system tests start from: an S3 server and bucket (and Redis, or None for
+    the embedded store), a view of the bucket, and the daemons they start."""
+
+    tmp_path: Path
+    s3: SeaweedS3
+    bucket: str
+    redis: RedisServer | None
+    view: BucketView
+    daemons: list[Daemon]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def configure(self, **overrides: Any) -> Settings:
+        """The settings of this rig (and ``env``, the daemons' environment, from them).
+        Configured again, it keeps its Redis key prefix: the same deployment, reconfigured."""
+        if self.env.get("REDIS_KEY_PREFIX"):
+            overrides.setdefault("redis_key_prefix", self.env["REDIS_KEY_PREFIX"])
+        settings = make_settings(
+            tmp_path=self.tmp_path, s3=self.s3, bucket=self.bucket, redis=self.redis, **overrides
+        )
+        self.env = settings_env(settings)
+        return settings
+
+    def wait_parts_listed(self, count: int, daemon: Daemon, timeout: float = 30) -> None:
+        """Until S3 lists ``count`` parts of an open upload (``daemon`` alive meanwhile)."""
+        wait_until_impl(
+            lambda: self.view.parts_listed() >= count, timeout=timeout,
+            what=f"{count} part(s) listed", alive=(daemon,),
+        )  # fmt: skip
+
+    def daemon(self, name: str = "run") -> Daemon:
+        """A daemon (not started) with the configured settings, logging to ``<name>.log``."""
+        daemon = Daemon(self.env, self.tmp_path / f"{name}.log")
+        self.daemons.append(daemon)
+        return daemon
+
+
+RigMaker = Callable[[SeaweedS3, str, "RedisServer | None"], Rig]
+
+
+@pytest.fixture
+def make_rig(
+    tmp_path: Path, bucket_view: Callable[[SeaweedS3, str], BucketView], daemons: list[Daemon]
+) -> RigMaker:
+    """``make_rig(s3, bucket, redis)``: a rig on these servers (private ones, for outages)."""
+
+    def make(s3: SeaweedS3, bucket: str, redis: RedisServer | None) -> Rig:
+        return Rig(tmp_path, s3, bucket, redis, bucket_view(s3, bucket), daemons)
+
+    return make
+
+
+@pytest.fixture
+def rig(request: pytest.FixtureRequest, make_rig: RigMaker, s3_server: SeaweedS3,
+        s3_bucket: str) -> Rig:  # fmt: skip
+    """The session's S3 with a fresh bucket; Redis where the test takes ``checkpoint_kind``
+    and it is "redis" (else the embedded store)."""
+    redis = (
+        request.getfixturevalue("redis_or_none")
+        if "checkpoint_kind" in request.fixturenames
+        else None
+    )
+    return make_rig(s3_server, s3_bucket, redis)

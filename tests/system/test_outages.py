@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.app import make_settings
 from tests.support.media import GrowingWriter
-from tests.support.proc import Daemon, settings_env
+from tests.support.proc import Daemon
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
-from tests.system.conftest import BucketView  # the type only; the instance is a fixture
+from tests.system.conftest import RigMaker  # the type only; the instance is a fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,12 +52,6 @@ def private_bucket(private_s3: SeaweedS3) -> str:
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(tmp_path / "redis") as server:
         yield server
-
-
-def _new_daemon(env: dict[str, str], tmp_path: Path, name: str, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(env, tmp_path / f"{name}.log")
-    daemons.append(daemon)
-    return daemon
 
 
 def _get(daemon: Daemon, path: str) -> tuple[int, str]:
@@ -115,26 +108,19 @@ def _retries(daemon: Daemon) -> list[dict[str, Any]]:
     ("checkpoint_kind", "phase"), [("sqlite", "growing"), ("redis", "finalizing")]
 )
 def test_s3_outage_mid_stream(
-    tmp_path: Path,
+    make_rig: RigMaker,
     private_s3: SeaweedS3,
     private_bucket: str,
     redis_or_none: RedisServer | None,
     phase: str,
     source_25mb: Path,
     source_12mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=private_s3,
-        bucket=private_bucket,
-        redis=redis_or_none,
-        stream_timeout_seconds=2.5,
-    )
-    view = bucket_view(private_s3, private_bucket)
-    daemon = _new_daemon(settings_env(settings), tmp_path, "run", daemons).start()
+    rig = make_rig(private_s3, private_bucket, redis_or_none)
+    settings = rig.configure(stream_timeout_seconds=2.5)
+    view = rig.view
+    daemon = rig.daemon("run").start()
     target = settings.watch_dir / "cam.mp4"
     # growing: the recording outlasts the outage; finalizing: it ends and goes idle during it.
     if phase == "growing":
@@ -142,9 +128,7 @@ def test_s3_outage_mid_stream(
     else:
         writer = GrowingWriter(source_12mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(daemon,)
-        )
+        rig.wait_parts_listed(1, daemon)
         assert not writer.done
         private_s3.stop()
         answers = _ride_out_outage(daemon, OUTAGE_SECONDS, "S3")
@@ -174,28 +158,21 @@ def test_s3_outage_mid_stream(
 
 @pytest.mark.parametrize("down", ["s3", "redis"])
 def test_start_while_dependency_down_waits_then_converges(
-    tmp_path: Path,
+    make_rig: RigMaker,
     private_s3: SeaweedS3,
     private_bucket: str,
     private_redis: RedisServer,
     source_12mb: Path,
     down: str,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=private_s3,
-        bucket=private_bucket,
-        redis=private_redis,
-        stream_timeout_seconds=1.5,
-    )
-    view = bucket_view(private_s3, private_bucket)
+    rig = make_rig(private_s3, private_bucket, private_redis)
+    settings = rig.configure(stream_timeout_seconds=1.5)
+    view = rig.view
     (settings.watch_dir / "early.mp4").write_bytes(source_12mb.read_bytes())
     server = private_s3 if down == "s3" else private_redis
     server.stop()
-    daemon = _new_daemon(settings_env(settings), tmp_path, "run", daemons)
+    daemon = rig.daemon("run")
     daemon.start(wait_ready=False)
     # The health server must come up (and stay up) although start-up cannot finish.
     wait_until(
@@ -219,30 +196,21 @@ def test_start_while_dependency_down_waits_then_converges(
 
 
 def test_redis_outage_mid_stream(
-    tmp_path: Path,
+    make_rig: RigMaker,
     s3_server: SeaweedS3,
     s3_bucket: str,
     private_redis: RedisServer,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=s3_server,
-        bucket=s3_bucket,
-        redis=private_redis,
-        stream_timeout_seconds=2.5,
-    )
-    view = bucket_view(s3_server, s3_bucket)
-    daemon = _new_daemon(settings_env(settings), tmp_path, "run", daemons).start()
+    rig = make_rig(s3_server, s3_bucket, private_redis)
+    settings = rig.configure(stream_timeout_seconds=2.5)
+    view = rig.view
+    daemon = rig.daemon("run").start()
     target = settings.watch_dir / "cam.mp4"
     writer = GrowingWriter(source_25mb, target, rate=1_500_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(daemon,)
-        )
+        rig.wait_parts_listed(1, daemon)
         assert not writer.done
         private_redis.stop()  # SIGTERM: redis flushes the AOF; restart finds the data
         answers = _ride_out_outage(daemon, OUTAGE_SECONDS, "Redis")
@@ -259,8 +227,13 @@ def test_redis_outage_mid_stream(
     assert not [e for e in daemon.events() if e.get("event") == "stream_failed"]
 
     # The checkpoints written around the outage are all there: a restart redoes nothing.
-    again = _new_daemon(settings_env(settings), tmp_path, "again", daemons).start()
-    time.sleep(settings.stream_timeout_seconds + 2)
+    # A rescan that finds no stream open is the sign that it looked at everything.
+    rig.configure(stream_timeout_seconds=2.5, rescan_interval_seconds=1)
+    again = rig.daemon("again").start()
+    wait_until(
+        lambda: any(e.get("event") == "rescan" and e.get("streams") == 0 for e in again.events()),
+        timeout=30, what="a quiet rescan", alive=(again,),
+    )  # fmt: skip
     assert again.stop() == 0
     work = [
         e
@@ -274,25 +247,17 @@ def test_redis_outage_mid_stream(
 
 
 def test_kill_during_redis_outage_adopts_parts_s3_already_has(
-    tmp_path: Path,
+    make_rig: RigMaker,
     s3_server: SeaweedS3,
     s3_bucket: str,
     private_redis: RedisServer,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=s3_server,
-        bucket=s3_bucket,
-        redis=private_redis,
-        stream_timeout_seconds=2.5,
-    )
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    rig = make_rig(s3_server, s3_bucket, private_redis)
+    settings = rig.configure(stream_timeout_seconds=2.5)
+    view = rig.view
+    first = rig.daemon("run1").start()
     target = settings.watch_dir / "cam.mp4"
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
 
@@ -314,7 +279,7 @@ def test_kill_during_redis_outage_adopts_parts_s3_already_has(
         in_s3_only = view.parts_listed() - checkpointed()
         first.kill()
         private_redis.start()
-        second = _new_daemon(env, tmp_path, "run2", daemons).start()
+        second = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=90, alive=(second,))
     finally:
@@ -337,31 +302,21 @@ def test_kill_during_redis_outage_adopts_parts_s3_already_has(
 
 
 def test_sigterm_during_s3_outage_exits_zero_within_grace(
-    tmp_path: Path,
+    make_rig: RigMaker,
     private_s3: SeaweedS3,
     private_bucket: str,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
     grace = 3.0
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=private_s3,
-        bucket=private_bucket,
-        stream_timeout_seconds=2.5,
-        shutdown_grace_seconds=grace,
-    )
-    env = settings_env(settings)
-    view = bucket_view(private_s3, private_bucket)
-    daemon = _new_daemon(env, tmp_path, "run1", daemons).start()
+    rig = make_rig(private_s3, private_bucket, None)
+    settings = rig.configure(stream_timeout_seconds=2.5, shutdown_grace_seconds=grace)
+    view = rig.view
+    daemon = rig.daemon("run1").start()
     target = settings.watch_dir / "cam.mp4"
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(daemon,)
-        )
+        rig.wait_parts_listed(1, daemon)
         private_s3.stop()
         wait_until(
             lambda: any(e.get("operation") == "upload_part" for e in _retries(daemon)),
@@ -375,7 +330,7 @@ def test_sigterm_during_s3_outage_exits_zero_within_grace(
         assert took < grace + 6, f"shutdown took {took:.1f} s with a {grace} s grace"
 
         private_s3.start()
-        again = _new_daemon(env, tmp_path, "run2", daemons).start()
+        again = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=90, alive=(again,))
     finally:
@@ -393,32 +348,22 @@ def test_sigterm_during_s3_outage_exits_zero_within_grace(
     ids=["term-term", "int-term"],
 )
 def test_second_signal_during_grace_exits_at_once(
-    tmp_path: Path,
+    make_rig: RigMaker,
     private_s3: SeaweedS3,
     private_bucket: str,
     source_25mb: Path,
     first: signal.Signals,
     second: signal.Signals,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path,
-        s3=private_s3,
-        bucket=private_bucket,
-        stream_timeout_seconds=2.5,
-        shutdown_grace_seconds=30,
-    )
-    env = settings_env(settings)
-    view = bucket_view(private_s3, private_bucket)
-    daemon = _new_daemon(env, tmp_path, "run1", daemons).start()
+    rig = make_rig(private_s3, private_bucket, None)
+    settings = rig.configure(stream_timeout_seconds=2.5, shutdown_grace_seconds=30)
+    view = rig.view
+    daemon = rig.daemon("run1").start()
     target = settings.watch_dir / "cam.mp4"
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(daemon,)
-        )
+        rig.wait_parts_listed(1, daemon)
         # With S3 down, the next part cannot finish: the graceful drain has to wait for it.
         private_s3.stop()
         wait_until(
@@ -428,7 +373,10 @@ def test_second_signal_during_grace_exits_at_once(
             alive=(daemon,),
         )
         daemon.signal(first)
-        time.sleep(1.0)
+        wait_until(
+            lambda: any(e.get("event") == "shutdown" for e in daemon.events()),
+            timeout=10, what="the first signal acknowledged", alive=(daemon,),
+        )  # fmt: skip
         assert daemon.proc is not None
         assert daemon.proc.poll() is None, "shutdown did not wait for the part in flight"
         signalled = time.monotonic()
@@ -439,7 +387,7 @@ def test_second_signal_during_grace_exits_at_once(
         assert any(e.get("event") == "forced_exit" for e in daemon.events())
 
         private_s3.start()
-        again = _new_daemon(env, tmp_path, "run2", daemons).start()
+        again = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=90, alive=(again,))
     finally:

@@ -17,16 +17,9 @@ from typing import Any
 import pytest
 
 from cefmp4.parts import MIB
-from tests.support.app import make_settings
 from tests.support.media import GrowingWriter
-from tests.support.proc import Daemon, settings_env
-from tests.support.redis import RedisServer
-from tests.support.seaweed import SeaweedS3
-from tests.system.conftest import (
-    BucketView,
-    describe_difference,
-    sha256_bytes,
-)  # the type; instances are fixtures
+from tests.support.proc import Daemon
+from tests.system.conftest import Rig, describe_difference, sha256_bytes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,48 +51,29 @@ def _part_uploads(*runs: Daemon) -> Counter[tuple[str, int]]:
     )
 
 
-def _settings(
-    tmp_path: Path, s3: SeaweedS3, bucket: str, redis: RedisServer | None, **kw: Any
-) -> Any:
-    return make_settings(tmp_path=tmp_path, s3=s3, bucket=bucket, redis=redis, **kw)
-
-
-def _new_daemon(env: dict[str, str], tmp_path: Path, name: str, daemons: list[Daemon]) -> Daemon:
-    daemon = Daemon(env, tmp_path / f"{name}.log")
-    daemons.append(daemon)
-    return daemon
-
-
 # --- 1. SIGKILL mid-stream -----------------------------------------------------------------
 
 
 def test_sigkill_mid_stream_resumes_and_reuploads_at_most_inflight_parts(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=2)
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    settings = rig.configure(stream_timeout_seconds=2)
+    view = rig.view
     target = settings.watch_dir / "cam.mp4"
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 2, timeout=30, what="two parts listed", alive=(first,)
-        )
+        rig.wait_parts_listed(2, first)
         assert not writer.done, "the writer finished before the crash: nothing was mid-stream"
         first.kill()
         before_crash = _part_uploads(first)
         [started] = _events(first, names=("stream_started",))
 
-        second = _new_daemon(env, tmp_path, "run2", daemons).start()
+        second = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=60, alive=(second,))
     finally:
@@ -135,26 +109,19 @@ def test_sigkill_mid_stream_resumes_and_reuploads_at_most_inflight_parts(
 
 
 def test_sigterm_mid_stream_leaves_upload_open_then_resumes(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=2)
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    settings = rig.configure(stream_timeout_seconds=2)
+    view = rig.view
     target = settings.watch_dir / "cam.mp4"
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 2, timeout=30, what="two parts listed", alive=(first,)
-        )
+        rig.wait_parts_listed(2, first)
         assert not writer.done
         assert first.stop(timeout=30) == 0
         names = [e.get("event") for e in first.events()]
@@ -166,7 +133,7 @@ def test_sigterm_mid_stream_leaves_upload_open_then_resumes(
         assert len(view.parts(upload["Key"], upload["UploadId"])) >= 2
         assert view.list_keys() == [], "SIGTERM completed the stream or wrote metadata"
 
-        second = _new_daemon(env, tmp_path, "run2", daemons).start()
+        second = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=60, alive=(second,))
     finally:
@@ -182,27 +149,21 @@ def test_sigterm_mid_stream_leaves_upload_open_then_resumes(
 
 
 def test_restart_over_completed_files_uploads_nothing(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_7mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = _settings(
-        tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=1.5,
+    settings = rig.configure(stream_timeout_seconds=1.5,
         rescan_interval_seconds=1.0,
     )
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    view = rig.view
     rels = [f"done{i}.mp4" for i in range(3)] + ["sub/done3.mp4", "sub/deeper/done4.mp4"]
     for rel in rels:
         (settings.watch_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings.watch_dir / rel).write_bytes(source_7mb.read_bytes())
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     wait_until(
         lambda: len(_events(first, names=("stream_completed",))) >= len(rels),
         timeout=90,
@@ -211,9 +172,13 @@ def test_restart_over_completed_files_uploads_nothing(
     )
     first.kill()  # a crash, not a clean stop: the completed checkpoints must already hold
     view.assert_converged(settings.watch_dir, rels)
-    before = {k: view.client.head_object(Bucket=s3_bucket, Key=k)["ETag"] for k in view.list_keys()}
+    def etags() -> dict[str, str]:
+        return {k: view.client.head_object(Bucket=rig.bucket, Key=k)["ETag"]
+                for k in view.list_keys()}  # fmt: skip
 
-    second = _new_daemon(env, tmp_path, "run2", daemons).start()
+    before = etags()
+
+    second = rig.daemon("run2").start()
     # Any stream the restart started would be running at its first rescan.
     seen = len(second.events())
     wait_until(
@@ -229,7 +194,7 @@ def test_restart_over_completed_files_uploads_nothing(
     work = _events(second, names=WORK_EVENTS)
     assert work == [], f"the restart redid work: {work}"
     assert view.uploads() == [], "the restart created a multipart upload"
-    after = {k: view.client.head_object(Bucket=s3_bucket, Key=k)["ETag"] for k in view.list_keys()}
+    after = etags()
     assert after == before
     chunks_line = [
         line for line in metrics.splitlines() if line.startswith("video_chunks_uploaded_total")
@@ -243,31 +208,23 @@ def test_restart_over_completed_files_uploads_nothing(
 
 @pytest.mark.parametrize("checkpoint_kind", ["sqlite", "redis"])
 def test_stream_that_went_idle_while_down_is_finalized_promptly(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_12mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
     timeout = 3.0
     # A production-like lease (30 s) makes a lease wait after the restart unmistakable.
-    lease = {"lease_ttl_seconds": 30} if redis_or_none is not None else {}
-    settings = _settings(
-        tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=timeout, **lease
+    lease = {"lease_ttl_seconds": 30} if rig.redis is not None else {}
+    settings = rig.configure(stream_timeout_seconds=timeout, **lease
     )
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    view = rig.view
     target = settings.watch_dir / "cam.mp4"
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     writer = GrowingWriter(source_12mb, target, rate=2_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(first,)
-        )
+        rig.wait_parts_listed(1, first)
         assert not writer.done
         first.kill()
         writer.wait(60)
@@ -278,7 +235,7 @@ def test_stream_that_went_idle_while_down_is_finalized_promptly(
     assert view.list_keys() == []
 
     restarted = time.monotonic()
-    second = _new_daemon(env, tmp_path, "run2", daemons).start()
+    second = rig.daemon("run2").start()
     view.wait_metadata(["cam.mp4"], timeout=60, alive=(second,))
     elapsed = time.monotonic() - restarted
     assert second.stop() == 0
@@ -295,26 +252,21 @@ def test_stream_that_went_idle_while_down_is_finalized_promptly(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_randomized_crash_loop_converges(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     crash_iterations: int,
     crash_seed: int,
     source_12mb: Path,
     source_12mb_fragmented: Path,
-    bucket_view: Callable[..., BucketView],
-    daemons: list[Daemon],
 ) -> None:
     rng = random.Random(crash_seed)
-    kind = "redis" if redis_or_none is not None else "sqlite"
+    kind = "redis" if rig.redis is not None else "sqlite"
     print(
         f"\ncrash loop [{kind}]: seed={crash_seed} iterations={crash_iterations} "
         f"(replay with --crash-seed {crash_seed})"
     )
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=1.5)
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    settings = rig.configure(stream_timeout_seconds=1.5)
+    view = rig.view
     watch = settings.watch_dir
 
     count = max(3, crash_iterations // 4)
@@ -349,7 +301,7 @@ def test_randomized_crash_loop_converges(
                 or (active < 2 and rng.random() < 0.4)
             ):
                 start_recording()
-            run = _new_daemon(env, tmp_path, f"run{it:03d}", daemons)
+            run = rig.daemon(f"run{it:03d}")
             runs.append(run)
             run.start(wait_ready=False)
             time.sleep(rng.uniform(0.2, 3.5))
@@ -361,7 +313,7 @@ def test_randomized_crash_loop_converges(
         while len(writers) < count:
             start_recording()
 
-        final = _new_daemon(env, tmp_path, "final", daemons).start()
+        final = rig.daemon("final").start()
         runs.append(final)
         for writer in writers:
             writer.wait(120)
@@ -392,31 +344,24 @@ def test_randomized_crash_loop_converges(
 
 
 def test_file_renamed_while_down_is_resumed_by_inode(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=2)
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    settings = rig.configure(stream_timeout_seconds=2)
+    view = rig.view
     target = settings.watch_dir / "cam.mp4"
     moved = settings.watch_dir / "archive" / "cam-renamed.mp4"
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
-        wait_until(
-            lambda: view.parts_listed() >= 1, timeout=30, what="a part listed", alive=(first,)
-        )
+        rig.wait_parts_listed(1, first)
         first.kill()
         moved.parent.mkdir()
         target.rename(moved)  # the writer keeps writing through its open descriptor
-        second = _new_daemon(env, tmp_path, "run2", daemons).start()
+        second = rig.daemon("run2").start()
         writer.wait(60)
         view.wait_metadata(["cam.mp4"], timeout=60, alive=(second,))
     finally:
@@ -436,21 +381,16 @@ def test_file_renamed_while_down_is_resumed_by_inode(
 
 
 def test_file_deleted_while_down_keeps_what_was_uploaded(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_or_none: RedisServer | None,
+    rig: Rig,
+    checkpoint_kind: str,
     source_25mb: Path,
-    bucket_view: Callable[..., BucketView],
     wait_until: Callable[..., Any],
-    daemons: list[Daemon],
 ) -> None:
-    settings = _settings(tmp_path, s3_server, s3_bucket, redis_or_none, stream_timeout_seconds=2)
-    env = settings_env(settings)
-    view = bucket_view(s3_server, s3_bucket)
+    settings = rig.configure(stream_timeout_seconds=2)
+    view = rig.view
     target = settings.watch_dir / "cam.mp4"
 
-    first = _new_daemon(env, tmp_path, "run1", daemons).start()
+    first = rig.daemon("run1").start()
     writer = GrowingWriter(source_25mb, target, rate=3_000_000).start()
     try:
         wait_until(
@@ -464,7 +404,7 @@ def test_file_deleted_while_down_keeps_what_was_uploaded(
         writer.stop()
     target.unlink()
 
-    second = _new_daemon(env, tmp_path, "run2", daemons).start()
+    second = rig.daemon("run2").start()
     view.wait_metadata(["cam.mp4"], timeout=60, alive=(second,))
     assert second.stop() == 0
     # Nothing that reached S3 is thrown away: the object is the uploaded prefix of the file.

@@ -23,12 +23,11 @@ from typing import Any
 import pytest
 
 from cefmp4.settings import Settings
-from tests.support.app import make_settings
 from tests.support.media import GrowingWriter
-from tests.support.proc import Daemon, free_port, run_cli, settings_env
+from tests.support.proc import Daemon, free_port, run_cli
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
-from tests.system.conftest import BucketView, wait_until_impl
+from tests.system.conftest import Rig, RigMaker, wait_until_impl
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -43,9 +42,14 @@ _STREAM_OUT = ("stream_completed", "stream_relinquished", "stream_suspended", "s
 # --- a cluster of daemons --------------------------------------------------------------------
 
 
-def cluster_settings(
-    tmp_path: Path, s3: SeaweedS3, bucket: str, redis: RedisServer, **overrides: Any
-) -> Settings:
+@pytest.fixture
+def cluster_rig(make_rig: RigMaker, s3_server: SeaweedS3, s3_bucket: str,
+                redis_server: RedisServer) -> Rig:  # fmt: skip
+    """The session's S3 (a fresh bucket) and Redis: what every cluster here shares."""
+    return make_rig(s3_server, s3_bucket, redis_server)
+
+
+def cluster_settings(rig: Rig, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "stream_timeout_seconds": STREAM_TIMEOUT,
         "poll_interval_seconds": 0.25,
@@ -53,22 +57,19 @@ def cluster_settings(
         "lease_ttl_seconds": LEASE_TTL,
     }
     values.update(overrides)
-    return make_settings(tmp_path=tmp_path, s3=s3, bucket=bucket, redis=redis, **values)
+    return rig.configure(**values)
 
 
-def start_cluster(
-    settings: Settings, tmp_path: Path, count: int, registry: list[Daemon]
-) -> list[Daemon]:
-    """``count`` instances on one Redis prefix and one watch dir, started in parallel."""
-    env = settings_env(settings)
+def start_cluster(rig: Rig, count: int) -> list[Daemon]:
+    """``count`` instances on one Redis prefix and one watch dir (the rig's configured
+    settings), started in parallel."""
     started: list[Daemon] = []
     for n in range(count):
-        state = tmp_path / f"state-i{n}"
+        state = rig.tmp_path / f"state-i{n}"
         state.mkdir()
-        daemon = Daemon(
-            {**env, "INSTANCE_ID": f"i{n}", "STATE_DIR": str(state)}, tmp_path / f"i{n}.log"
-        )
-        registry.append(daemon)
+        env = {**rig.env, "INSTANCE_ID": f"i{n}", "STATE_DIR": str(state)}
+        daemon = Daemon(env, rig.tmp_path / f"i{n}.log")
+        rig.daemons.append(daemon)
         daemon.start(wait_ready=False)
         started.append(daemon)
     for daemon in started:
@@ -196,24 +197,14 @@ def stop_all(daemons: list[Daemon]) -> None:
 
 
 def share_files(
-    tmp_path: Path,
-    s3: SeaweedS3,
-    bucket_name: str,
-    redis: RedisServer,
-    sample: Path,
-    registry: list[Daemon],
-    view: BucketView,
-    *,
-    max_streams: int,
-    instances: int = 3,
+    rig: Rig, sample: Path, *, max_streams: int, instances: int = 3
 ) -> tuple[list[Daemon], dict[str, int]]:
     """Two growing recordings and four complete copies dropped at once on ``instances``
     instances; checks the bucket and the logs (one stream, one completion, no part twice)
     and returns the instances and the peak of each one's ``active_streams`` gauge."""
-    settings = cluster_settings(
-        tmp_path, s3, bucket_name, redis, max_streams=max_streams, rescan_interval_seconds=1.0
-    )
-    cluster = start_cluster(settings, tmp_path, instances, registry)
+    settings = cluster_settings(rig, max_streams=max_streams, rescan_interval_seconds=1.0)
+    cluster = start_cluster(rig, instances)
+    view = rig.view
     watch = settings.watch_dir
     growing = ["live-0.mp4", "live-1.mp4"]
     complete = [f"copy-{n}.mp4" for n in range(4)]
@@ -260,29 +251,16 @@ def share_files(
 
 
 def test_instances_share_files_without_duplicates(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_server: RedisServer,
+    cluster_rig: Rig,
     sample_mp4: Path,
-    daemons: list[Daemon],
-    bucket_view: Callable[[SeaweedS3, str], BucketView],
 ) -> None:
     """Every instance races for every file (room for all): each is uploaded exactly once."""
-    share_files(
-        tmp_path, s3_server, s3_bucket, redis_server, sample_mp4, daemons,
-        bucket_view(s3_server, s3_bucket), max_streams=64,
-    )  # fmt: skip
+    share_files(cluster_rig, sample_mp4, max_streams=64)
 
 
 def test_files_wait_for_room_under_max_streams(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_server: RedisServer,
+    cluster_rig: Rig,
     sample_mp4: Path,
-    daemons: list[Daemon],
-    bucket_view: Callable[[SeaweedS3, str], BucketView],
 ) -> None:
     """Six files, three instances of MAX_STREAMS=1: the files wait for room (README), the
     work is spread, and no instance ever works on more than one stream at once.
@@ -290,10 +268,7 @@ def test_files_wait_for_room_under_max_streams(
     Four complete copies outnumber the three slots, so at least one copy finds every
     instance full while it is written, and it is never written again afterwards."""
     max_streams = 1
-    cluster, peaks = share_files(
-        tmp_path, s3_server, s3_bucket, redis_server, sample_mp4, daemons,
-        bucket_view(s3_server, s3_bucket), max_streams=max_streams,
-    )  # fmt: skip
+    cluster, peaks = share_files(cluster_rig, sample_mp4, max_streams=max_streams)
     completed_by = {name_of(d) for d in cluster if events_of(d, "stream_completed")}
     assert len(completed_by) >= 2, completed_by
     for daemon in cluster:
@@ -305,18 +280,13 @@ def test_files_wait_for_room_under_max_streams(
 
 
 def test_a_killed_owners_stream_is_taken_over(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_server: RedisServer,
+    cluster_rig: Rig,
     source_25mb: Path,
-    daemons: list[Daemon],
-    bucket_view: Callable[[SeaweedS3, str], BucketView],
     wait_until: Callable[..., Any],
 ) -> None:
-    settings = cluster_settings(tmp_path, s3_server, s3_bucket, redis_server)
-    cluster = start_cluster(settings, tmp_path, 3, daemons)
-    bucket = bucket_view(s3_server, s3_bucket)
+    settings = cluster_settings(cluster_rig)
+    cluster = start_cluster(cluster_rig, 3)
+    bucket = cluster_rig.view
     rel = "cam.mp4"
     writer = GrowingWriter(source_25mb, settings.watch_dir / rel, rate=2_500_000).start()
     try:
@@ -382,18 +352,13 @@ def test_a_killed_owners_stream_is_taken_over(
 
 
 def test_a_paused_owner_backs_off_after_takeover(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    redis_server: RedisServer,
+    cluster_rig: Rig,
     source_25mb: Path,
-    daemons: list[Daemon],
-    bucket_view: Callable[[SeaweedS3, str], BucketView],
     wait_until: Callable[..., Any],
 ) -> None:
-    settings = cluster_settings(tmp_path, s3_server, s3_bucket, redis_server)
-    cluster = start_cluster(settings, tmp_path, 2, daemons)
-    bucket = bucket_view(s3_server, s3_bucket)
+    settings = cluster_settings(cluster_rig)
+    cluster = start_cluster(cluster_rig, 2)
+    bucket = cluster_rig.view
     rel = "paused.mp4"
     # ~17 s of recording: still growing when the paused owner wakes up.
     writer = GrowingWriter(source_25mb, settings.watch_dir / rel, rate=1_500_000).start()
@@ -469,19 +434,12 @@ def test_a_paused_owner_backs_off_after_takeover(
 
 
 def test_sqlite_refuses_a_second_instance_on_the_same_state_dir(
-    tmp_path: Path,
-    s3_server: SeaweedS3,
-    s3_bucket: str,
-    sample_mp4: Path,
-    daemons: list[Daemon],
-    bucket_view: Callable[[SeaweedS3, str], BucketView],
+    rig: Rig, sample_mp4: Path
 ) -> None:
-    settings = make_settings(
-        tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket, stream_timeout_seconds=STREAM_TIMEOUT
-    )
-    env = settings_env(settings)
-    first = Daemon({**env, "INSTANCE_ID": "first"}, tmp_path / "first.log")
-    daemons.append(first)
+    settings = rig.configure(stream_timeout_seconds=STREAM_TIMEOUT)
+    env = rig.env
+    first = Daemon({**env, "INSTANCE_ID": "first"}, rig.tmp_path / "first.log")
+    rig.daemons.append(first)
     first.start()
 
     started = time.monotonic()
@@ -498,7 +456,7 @@ def test_sqlite_refuses_a_second_instance_on_the_same_state_dir(
     assert elapsed < 30
 
     # The first instance is untouched and keeps working.
-    bucket = bucket_view(s3_server, s3_bucket)
+    bucket = rig.view
     shutil.copyfile(sample_mp4, settings.watch_dir / "single.mp4")
     bucket.wait_metadata(["single.mp4"], timeout=60, alive=(first,))
     assert first.stop() == 0

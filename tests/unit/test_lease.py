@@ -1,12 +1,17 @@
-"""Telling a dead predecessor's lease from a live instance's (no servers needed)."""
+"""Telling a dead predecessor's lease from a live instance's, and what a failed renewal
+means (no servers needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
-from cefmp4.lease import dead_predecessor, default_owner
+import pytest
+
+from cefmp4.errors import LeaseLost, PermanentError, TransientError
+from cefmp4.lease import LeaseKeeper, dead_predecessor, default_owner
 
 
 def _pid_of_finished_process() -> int:
@@ -42,3 +47,55 @@ def test_live_processes_and_other_hosts_are_never_taken_over() -> None:
     assert not dead_predecessor(me, f"{host}:1:{_pid_of_finished_process()}")  # other pid ns
     assert not dead_predecessor(me, "cam-node-1")  # an explicit INSTANCE_ID
     assert not dead_predecessor("cam-node-2", f"{host}:{namespace}:1")
+
+
+class _Leases:
+    """The Leases port: renew answers from a script of results or errors."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+
+    async def acquire(self, inode: int, owner: str, ttl: float) -> int | None:
+        return 1
+
+    async def renew(self, inode: int, owner: str, ttl: float) -> bool:
+        answer = self.answers.pop(0) if self.answers else True
+        if isinstance(answer, BaseException):
+            raise answer
+        return bool(answer)
+
+    def fence(self, stream_id: str, inode: int, token: int) -> None:
+        pass
+
+    def unfence(self, stream_id: str) -> None:
+        pass
+
+
+async def _renewals(leases: _Leases, until_lost: bool) -> list[str]:
+    """Run the renewal task until the lease is lost (or, not ``until_lost``, it ends)."""
+    lost: list[str] = []
+    gone = asyncio.Event()
+    keeper = LeaseKeeper(leases, "me", ttl=0.03)  # type: ignore[arg-type]
+    await keeper.acquire(7, lambda: (lost.append("lost"), gone.set()))
+    task = asyncio.create_task(keeper.renew_forever())
+    try:
+        await asyncio.wait_for(gone.wait() if until_lost else task, 2)
+    finally:
+        task.cancel()
+    return lost
+
+
+async def test_a_renewal_refused_for_good_ends_the_renewal_task() -> None:
+    with pytest.raises(PermanentError, match="WRONGTYPE"):
+        await _renewals(_Leases(PermanentError("redis renew_lease: WRONGTYPE")), until_lost=False)
+
+
+async def test_a_transient_renewal_failure_loses_the_lease_only_after_the_ttl() -> None:
+    leases = _Leases(*[TransientError("connection refused")] * 100)
+    assert await _renewals(leases, until_lost=True) == ["lost"]
+    assert len(leases.answers) < 100  # it kept trying meanwhile, and did not raise
+
+
+async def test_a_lease_another_instance_holds_is_lost_not_fatal() -> None:
+    for answer in (False, LeaseLost("taken")):
+        assert await _renewals(_Leases(answer), until_lost=True) == ["lost"]

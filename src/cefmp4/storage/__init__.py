@@ -24,6 +24,13 @@ class BinaryIOLike(Protocol):
 # Such a body may also offer ``read_cached(size) -> bytes-like | None``: bytes the page
 # cache holds, read without blocking (None: not cached), so the store needs no thread.
 PartBody = bytes | BinaryIOLike
+PartCheck = Literal["md5", "crc32c"]
+
+
+def sends_crc32c(md5_b64: str, crc32c_b64: str, verified: PartCheck) -> bool:
+    """Which of ``upload_part``'s checks goes on the wire: the CRC32C where the store
+    verifies it (or when it is the only one given), else Content-MD5."""
+    return bool(crc32c_b64) and (not md5_b64 or verified == "crc32c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,7 @@ class ObjectStore(Protocol):
     async def create_multipart(self, key: str, content_type: str) -> str:
         """Start a multipart upload; returns its upload id."""
 
-    async def part_checksum(self) -> Literal["md5", "crc32c"]:
+    async def part_checksum(self) -> PartCheck:
         """The per-part check this store verifies: "crc32c" (``x-amz-checksum-crc32c``)
         where it does, else "md5" (Content-MD5). Decided once per store."""
 
@@ -76,7 +83,8 @@ class ObjectStore(Protocol):
         crc32c_b64: str = "",
     ) -> str:
         """Upload one part with the check ``part_checksum()`` names (``crc32c_b64`` or
-        ``md5_b64``; give at least that one); returns its ETag (without quotes).
+        ``md5_b64``; give at least that one; ``sends_crc32c`` picks); returns its ETag
+        (without quotes).
 
         ``ContentChanged`` when the bytes that arrived do not match it."""
 

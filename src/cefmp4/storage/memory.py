@@ -38,7 +38,16 @@ from cefmp4.errors import (
     PermanentError,
     UploadNotFound,
 )
-from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.hashing import multipart_etag
+from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from cefmp4.storage import (
+    MultipartUpload,
+    ObjectInfo,
+    PartBody,
+    PartCheck,
+    UploadedPart,
+    sends_crc32c,
+)
 from cefmp4.storage.wire import BODY_BLOCK, send_body
 
 __all__ = [
@@ -49,18 +58,8 @@ __all__ = [
     "multipart_etag",
 ]
 
-MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum size of every part but the last
-MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
-MAX_PART_NUMBER = 10_000
-
 # (key, part_number, bytes read so far) -> awaited between body blocks (slow bodies).
 BodyPause = Callable[[str, int, int], Awaitable[None]]
-
-
-def multipart_etag(part_md5_hexes: list[str]) -> str:
-    """S3's ETag of a multipart object: MD5 of the concatenated binary part MD5s, ``-<n>``."""
-    digest = hashlib.md5(b"".join(bytes.fromhex(h) for h in part_md5_hexes))
-    return f"{digest.hexdigest()}-{len(part_md5_hexes)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +90,7 @@ class MemoryObjectStore:
 
     # What ``part_checksum()`` answers: a store that takes x-amz-checksum-crc32c, or
     # (set "md5") one that only takes Content-MD5.
-    part_checks: Literal["md5", "crc32c"] = "crc32c"
+    part_checks: PartCheck = "crc32c"
 
     def __init__(
         self,
@@ -188,7 +187,7 @@ class MemoryObjectStore:
         self._uploads[upload_id] = _Upload(key, content_type, self.clock())
         return upload_id
 
-    async def part_checksum(self) -> Literal["md5", "crc32c"]:
+    async def part_checksum(self) -> PartCheck:
         return self.part_checks
 
     async def upload_part(
@@ -205,12 +204,12 @@ class MemoryObjectStore:
         self.touched.add(key)
         # S3 checks the request line and headers before it reads the body.
         self._upload("UploadPart", key, upload_id)
-        if not 1 <= part_number <= MAX_PART_NUMBER:
+        if not 1 <= part_number <= MAX_PARTS:
             raise PermanentError(f"UploadPart failed: InvalidArgument (part {part_number})")
         if len(body) > MAX_PART_SIZE:
             raise PermanentError("UploadPart failed: EntityTooLarge")
         # The check S3 makes: the CRC32C where this store takes it, else Content-MD5.
-        crc = bool(crc32c_b64) and (not md5_b64 or self.part_checks == "crc32c")
+        crc = sends_crc32c(md5_b64, crc32c_b64, self.part_checks)
         try:
             expected = base64.b64decode(crc32c_b64 if crc else md5_b64, validate=True)
         except binascii.Error:

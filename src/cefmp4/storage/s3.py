@@ -26,7 +26,14 @@ from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
 from cefmp4.errors import ConfigError, PermanentError, TransientError
-from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage import (
+    MultipartUpload,
+    ObjectInfo,
+    PartBody,
+    PartCheck,
+    UploadedPart,
+    sends_crc32c,
+)
 from cefmp4.storage.s3_body import PartPayload, crc32c_b64
 from cefmp4.storage.s3_errors import ACCESS_CODES as _ACCESS_CODES
 from cefmp4.storage.s3_errors import MAPPED as _MAPPED
@@ -40,13 +47,12 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.literals import BucketLocationConstraintType
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-__all__ = ["ChecksumMode", "S3ObjectStore", "crc32c_b64", "open_s3_store"]
+__all__ = ["S3ObjectStore", "crc32c_b64", "open_s3_store"]
 
 log = structlog.get_logger("cefmp4.s3")
 
 _DEFAULT_REGION = "us-east-1"
 
-ChecksumMode = Literal["md5", "crc32c"]
 CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check this store gets
 _PROBE_TRIES: Final = 3  # probes that could not start before settling on Content-MD5
 # What stores answer when a body does not match its declared checksum.
@@ -75,7 +81,7 @@ class S3ObjectStore:
         self._region = region
         self._storage_class = storage_class
         # "auto" needs somewhere inside the key prefix to probe; without one, Content-MD5.
-        self._checksum: ChecksumMode | None = (
+        self._checksum: PartCheck | None = (
             "md5" if checksum == "auto" and probe_prefix is None
             else None if checksum == "auto" else checksum
         )
@@ -87,38 +93,34 @@ class S3ObjectStore:
         return f"S3ObjectStore(bucket={self.bucket!r})"
 
     async def ping(self) -> None:
+        if not await self._head_bucket():
+            raise PermanentError(f"S3_BUCKET_NAME: bucket {self.bucket!r} does not exist")
+
+    async def ensure_bucket(self) -> None:
+        if not await self._head_bucket():
+            await self._create_bucket()
+
+    async def _head_bucket(self) -> bool:
+        """HeadBucket: True if the bucket exists, False if it does not; access denied and
+        everything else raised as mapped errors."""
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except boto_errors.ClientError as exc:
             code, status = _error_code(exc)
             if code in _NOT_FOUND_CODES or code == "NoSuchBucket" or status == 404:
-                missing = f"S3_BUCKET_NAME: bucket {self.bucket!r} does not exist"
-                raise PermanentError(missing) from exc
+                return False
             if code in _ACCESS_CODES or status == 403:
                 raise PermanentError(self._access_denied()) from exc
             _raise(exc, "HeadBucket")
         except _MAPPED as exc:
             _raise(exc, "HeadBucket")
+        return True
 
     def _access_denied(self) -> str:
         return (
             f"access denied to bucket {self.bucket!r}: check S3_ACCESS_KEY_ID / "
             "S3_SECRET_ACCESS_KEY and the bucket's policy"
         )
-
-    async def ensure_bucket(self) -> None:
-        try:
-            await self._client.head_bucket(Bucket=self.bucket)
-            return
-        except boto_errors.ClientError as exc:
-            code, status = _error_code(exc)
-            if code in _ACCESS_CODES or status == 403:
-                raise PermanentError(self._access_denied()) from exc
-            if not (code in _NOT_FOUND_CODES or code == "NoSuchBucket" or status == 404):
-                _raise(exc, "HeadBucket")
-        except _MAPPED as exc:
-            _raise(exc, "HeadBucket")
-        await self._create_bucket()
 
     async def _create_bucket(self) -> None:
         try:
@@ -162,7 +164,7 @@ class S3ObjectStore:
             _raise(exc, "CreateMultipartUpload")
         return response["UploadId"]
 
-    async def part_checksum(self) -> ChecksumMode:
+    async def part_checksum(self) -> PartCheck:
         """The per-part integrity check this store verifies, probed once and remembered.
 
         The probe (a multipart upload under ``{prefix}.cefmp4-check/``, aborted at once)
@@ -184,7 +186,7 @@ class S3ObjectStore:
                 log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
             return self._checksum
 
-    async def _probe_checksum(self) -> tuple[ChecksumMode, bool]:
+    async def _probe_checksum(self) -> tuple[PartCheck, bool]:
         probes = f"{self._probe_prefix}.cefmp4-check/checksum-"
         await self._abort_left_probes(probes)
         key = f"{probes}{uuid.uuid4().hex}"
@@ -240,9 +242,8 @@ class S3ObjectStore:
         *,
         crc32c_b64: str = "",
     ) -> str:
-        """``crc32c_b64`` is sent where ``part_checksum()`` is "crc32c", else ``md5_b64``."""
         check: dict[str, str]
-        if crc32c_b64 and (not md5_b64 or await self.part_checksum() == "crc32c"):
+        if sends_crc32c(md5_b64, crc32c_b64, await self.part_checksum()):
             # The algorithm header too: with it a flexible checksum stands in for Content-MD5
             # where S3 demands one (Object Lock buckets); probed with the same headers.
             check = {"ChecksumCRC32C": crc32c_b64, "ChecksumAlgorithm": "CRC32C"}
