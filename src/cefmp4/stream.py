@@ -188,7 +188,12 @@ class StreamWorker:
                          completed_by=verdict.complete.value)
                 return Outcome.IDLE
             if not self.up.inflight():
-                self.predigest.maybe_start(idle_for, self.timeout, self.quiet_since_start(st))
+                # The horizon is when the stream may complete: a writer's close can bring it
+                # nearer than the idle timeout, and the pass must be done by then.
+                horizon = self.timeout
+                if verdict.recheck_in is not None:
+                    horizon = min(horizon, idle_for + verdict.recheck_in)
+                self.predigest.maybe_start(idle_for, horizon, self.quiet_since_start(st))
             self.wake.clear()
             wait = self.ctx.config.poll_interval
             if idle_for < self.timeout:

@@ -109,9 +109,10 @@ class Predigest:
         self.ready: Digest | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def maybe_start(self, idle_for: float, timeout: float, quiet_since_start: bool) -> None:
-        """Called from the follow loop; starts a pass once the file is settled."""
-        if self._task is not None or idle_for < max(QUIET_MARGIN_S, timeout / 2):
+    def maybe_start(self, idle_for: float, horizon: float, quiet_since_start: bool) -> None:
+        """Called from the follow loop; starts a pass once the file is settled and half
+        of ``horizon`` (the idle time at which the stream may complete) has passed."""
+        if self._task is not None or idle_for < max(QUIET_MARGIN_S, horizon / 2):
             return
         st = os.fstat(self._fd)
         if self.ready is not None and self.ready.fingerprint == fingerprint(st):

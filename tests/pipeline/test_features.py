@@ -10,6 +10,7 @@ from tests.pipeline.conftest import (
     PART,
     FakeProber,
     burst,
+    capture,
     daemon,
     make_settings,
     metadata,
@@ -86,4 +87,33 @@ async def test_writer_closed_completes_long_before_the_idle_timeout(
     [rec] = await records(settings)
     doc = metadata(store, rec.key)
     assert doc["completed_by"] == "writer_closed"
+    assert store.objects[rec.key].body == path.read_bytes()
+
+
+async def test_a_header_rewritten_at_close_is_hashed_inside_the_close_window(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    # A recorder that rewrites its header in part 1 when it closes (an MP4's moov): the
+    # whole file must be hashed again before Complete. With COMPLETE_ON_CLOSE_SECONDS that
+    # pass must start inside the close window, not after half the idle timeout, or it
+    # runs after the close decision and delays the metadata (bench writer-aware, 30 s runs).
+    settings = make_settings(tmp_path, watch, stream_timeout_seconds=60,
+                             complete_on_close_seconds=2)
+    with capture() as logs:
+        async with daemon(settings, store, prober):
+            path = watch / "rec.mp4"
+            with path.open("wb") as out:
+                out.write(pattern(PART + 3))
+                out.flush()
+                await until(lambda: bool(store._uploads), what="the stream to start")
+                await until(lambda: any(e["event"] == "part_uploaded" for e in logs),
+                            what="part 1 uploaded")
+                out.seek(0)
+                out.write(b"moov")
+            await until(lambda: any(k.endswith(".json") for k in store.objects), timeout=10,
+                        what="metadata after the close")
+    # The pass ran during the close window and finalize took it instead of hashing again.
+    assert "predigest_used" in [e["event"] for e in logs]
+    [rec] = await records(settings)
+    assert metadata(store, rec.key)["completed_by"] == "writer_closed"
     assert store.objects[rec.key].body == path.read_bytes()
