@@ -22,7 +22,7 @@ from cefmp4.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.clock import Clock, SystemClock
-from cefmp4.discover import scan
+from cefmp4.discover import scan_stats
 from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
 from cefmp4.feature_wiring import Features, open_features
@@ -108,23 +108,22 @@ class App:
             self.tasks.start("sweeper", lambda: sweep_forever(ctx, grace, interval))
         watch_dir, exts = ctx.config.watch_dir, ctx.config.extensions
         self.features.start(self.tasks, watch_dir, self.metrics)
-        files = await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts))
+        files = await self._until(stop, asyncio.to_thread(scan_stats, watch_dir, extensions=exts))
         if not supervisor.ownership.shared:
             supervisor.resume_unfinished(files)
         # Imported here: watchfiles is for the daemon only (start-up of `upload`).
-        from cefmp4.intake import rescan_forever, watch_forever
+        from cefmp4.intake import rescan_forever, take_scan, watch_forever
 
         polling, every = settings.watch_force_polling, settings.rescan_interval_seconds
         self.tasks.start("watcher", lambda: watch_forever(supervisor, watch_dir, stop, polling))
         if every > 0:
             self.tasks.start("rescan", lambda: rescan_forever(supervisor, watch_dir, every))
-        for path in files:
-            supervisor.on_path(path)
+        await self._until(stop, take_scan(supervisor, files))
         # The watcher registers its inotify watches on its first step; a file that
         # appeared between the scan and then would be missed, so look once more.
         await self._until(stop, self.clock.sleep(0.2))
-        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts)):
-            supervisor.on_path(path)
+        again = await self._until(stop, asyncio.to_thread(scan_stats, watch_dir, extensions=exts))
+        await self._until(stop, take_scan(supervisor, again))
         self.ready.set()
         log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
 
@@ -165,10 +164,11 @@ class App:
             assert supervisor is not None
             try:
                 if files is None:
-                    paths = await asyncio.to_thread(
-                        scan, ctx.config.watch_dir, extensions=ctx.config.extensions
+                    found = await asyncio.to_thread(
+                        scan_stats, ctx.config.watch_dir, extensions=ctx.config.extensions
                     )
-                    supervisor.resume_unfinished(paths)
+                    supervisor.resume_unfinished(found)
+                    paths = [Path(name) for name, _ in found]
                     for path in paths:
                         supervisor.on_path(path)
                 else:

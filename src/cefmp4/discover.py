@@ -278,6 +278,28 @@ def scan_paths(
     return full_scan(watch_dir, notices or NOTICES, extensions)[0]
 
 
+Scanned = tuple[str, os.stat_result | None]
+"""A file a scan found and its ``os.stat`` (None: gone since the walk)."""
+
+
+def scan_stats(
+    watch_dir: Path, *, notices: Notices | None = None, extensions: Exts = DEFAULT_EXTENSIONS
+) -> list[Scanned]:
+    """:func:`scan_paths` with each file's stat: what the start-up scan and the rescan
+    compare with the completed streams' fingerprints. The walk already vetted each one
+    (regular files, or symlinks to files inside WATCH_DIR, never through a symlinked
+    directory), so one ``stat`` each is enough: :func:`check_file`'s realpath checks would
+    cost 4x as much."""
+    found: list[Scanned] = []
+    for name in scan_paths(watch_dir, notices=notices, extensions=extensions):
+        try:
+            st: os.stat_result | None = os.stat(name)
+        except OSError:
+            st = None
+        found.append((name, st))
+    return found
+
+
 def full_scan(
     watch_dir: Path, notices: Notices, extensions: Exts = DEFAULT_EXTENSIONS
 ) -> tuple[list[str], list[Path]]:

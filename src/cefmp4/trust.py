@@ -9,6 +9,7 @@ records the store itself quarantined), so that the sweeper never aborts them."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import (
     CheckpointStore,
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
     StreamState,
+    untrusted_completed,
     untrusted_reason,
 )
 
@@ -30,14 +33,18 @@ log = structlog.get_logger("cefmp4.trust")
 
 @dataclass(frozen=True, slots=True)
 class Untrusted:
-    record: StreamRecord
+    record: StreamRecord | CompletedFile
     reason: str
 
     def as_quarantined(self) -> QuarantinedRecord:
         r = self.record
+        if isinstance(r, CompletedFile):
+            upload_id, state = None, StreamState.COMPLETED.value
+        else:
+            upload_id, state = r.upload_id, str(r.state)
         return QuarantinedRecord(
             stream_id=r.stream_id, reason=self.reason, path=r.path, key=r.key,
-            upload_id=r.upload_id, state=str(r.state),
+            upload_id=upload_id, state=state,
         )  # fmt: skip
 
 
@@ -51,12 +58,13 @@ class TrustedCheckpoints:
     ) -> None:  # fmt: skip
         self.store, self._warn = store, warn
         self._watch_dir, self._key_prefix, self._bucket = watch_dir, key_prefix, bucket
+        self._roots = (os.path.abspath(watch_dir), os.path.realpath(watch_dir))
         self.untrusted: dict[str, Untrusted] = {}  # stream id -> why; kept for the reports
 
     def __repr__(self) -> str:
         return f"TrustedCheckpoints({self.store!r})"
 
-    def _flag(self, record: StreamRecord, reason: str) -> None:
+    def _flag(self, record: StreamRecord | CompletedFile, reason: str) -> None:
         if record.stream_id not in self.untrusted:
             self.untrusted[record.stream_id] = Untrusted(record, reason)
             if not self._warn:  # ``status`` and ``check`` list them instead
@@ -96,6 +104,20 @@ class TrustedCheckpoints:
         found.extend(u.as_quarantined() for u in self.untrusted.values() if u.record.stream_id
                      not in known)  # fmt: skip
         return found
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        """A page of fingerprints, each checked lexically (``untrusted_completed``)."""
+        page, after = await self.store.completed_files(cursor, limit)
+        kept: list[CompletedFile] = []
+        for done in page:
+            reason = untrusted_completed(done, self._roots, self._key_prefix, self._bucket)
+            if reason is None and done.stream_id not in self.untrusted:
+                kept.append(done)
+            elif reason is not None:
+                self._flag(done, reason)
+        return kept, after
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return [r for r in await self.store.find_by_inode(inode) if self._trusted(r)]

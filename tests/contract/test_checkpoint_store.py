@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from cefmp4 import logs
 from cefmp4.checkpoint import (
     CheckpointStore,
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     StreamRecord,
@@ -604,6 +605,113 @@ async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backen
     await _corrupt(backend, "old", CORRUPTIONS[7][1], CORRUPTIONS[7][2])
     async with backend.open() as store:
         assert [r.stream_id for r in await store.list_streams()] == ["old"]
+
+
+# -- completed_files: the fingerprints of history, paged --------------------------------
+
+
+def completed(stream_id: str, inode: int, **changes: object) -> StreamRecord:
+    values: dict[str, object] = {
+        "state": StreamState.COMPLETED, "final_size": 1000 + inode,
+        "final_mtime_ns": 10**18 + inode, "completed_at": 1_700_000_100.0, **changes,
+    }  # fmt: skip
+    return make_stream(stream_id, inode=inode, **values)
+
+
+async def _all_completed(store: CheckpointStore, limit: int) -> list[CompletedFile]:
+    out: list[CompletedFile] = []
+    cursor, pages = "", 0
+    while True:
+        page, cursor = await store.completed_files(cursor, limit)
+        out += page
+        pages += 1
+        assert pages < 1000, "the cursor never ends"
+        if not cursor:
+            return out
+
+
+@pytest.mark.parametrize("limit", [1, 7, 5000])
+async def test_completed_files_pages_through_completed_streams_only(
+    store: CheckpointStore, limit: int
+) -> None:
+    for i in range(40):
+        await store.put_stream(completed(f"c{i:02d}", inode=i))
+    await store.put_stream(make_stream("active", inode=100))
+    await store.put_stream(make_stream("failed", inode=101, state=StreamState.FAILED))
+    # A stream completed, then started again (a regrown file): no longer completed.
+    await store.put_stream(completed("again", inode=102))
+    await store.put_stream(completed("again", inode=102, state=StreamState.ACTIVE))
+    await store.delete_stream("c39")
+    found = await _all_completed(store, limit)
+    by_id = {f.stream_id: f for f in found}  # a page may repeat one (Redis SSCAN)
+    assert set(by_id) == {f"c{i:02d}" for i in range(39)}
+    assert by_id["c05"] == CompletedFile(
+        "c05", 2049, 5, 1005, 10**18 + 5, "/watch/cam/c05.mp4", "streams/c05/cam/c05.mp4",
+        "video-streams",
+    )  # fmt: skip
+
+
+async def test_completed_files_keeps_64_bit_identities(store: CheckpointStore) -> None:
+    big = (1 << 64) - 3
+    await store.put_stream(completed("big", inode=big, device=(1 << 63) + 1, final_size=5,
+                                     final_mtime_ns=6))
+    [found] = await _all_completed(store, 10)
+    assert (found.device, found.inode) == ((1 << 63) + 1, big)
+
+
+async def test_a_completed_stream_without_final_size_or_mtime_is_no_fingerprint(
+    store: CheckpointStore,
+) -> None:
+    await store.put_stream(completed("sized", inode=1))
+    await store.put_stream(completed("no-size", inode=2, final_size=None))
+    await store.put_stream(completed("no-mtime", inode=3, final_mtime_ns=None))
+    with capture_logs() as events:
+        assert [f.stream_id for f in await _all_completed(store, 10)] == ["sized"]
+    assert not [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+
+
+async def test_completed_files_of_an_empty_store(store: CheckpointStore) -> None:
+    assert await store.completed_files() == ([], "")
+
+
+COMPLETED_CORRUPTIONS = [
+    ("text size", "UPDATE streams SET final_size = 'big' WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "final_size", "big")),
+    ("fractional inode", "UPDATE streams SET inode = 2.5 WHERE stream_id = ?",
+     ("HSET", "{p}stream:{id}", "inode", "2.5")),
+    ("bytes for a key", "UPDATE streams SET object_key = x'00ff' WHERE stream_id = ?",
+     ("HDEL", "{p}stream:{id}", "key")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "sql", "command"), COMPLETED_CORRUPTIONS,
+                         ids=[c[0] for c in COMPLETED_CORRUPTIONS])  # fmt: skip
+async def test_a_malformed_completed_record_is_left_out_of_completed_files(
+    backend: Backend, case: str, sql: str, command: tuple[str, ...]
+) -> None:
+    async with backend.open() as store:
+        await store.put_stream(completed("good", inode=1))
+        await store.put_stream(completed("bad", inode=2))
+    await _corrupt(backend, "bad", sql, command)
+    async with backend.open() as store:
+        with capture_logs() as events:
+            for _ in range(2):  # warned about once, however often it is met
+                assert [f.stream_id for f in await _all_completed(store, 10)] == ["good"]
+        assert "bad" in [q.stream_id for q in await store.list_quarantined()]
+    warnings = [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+    assert [w["stream_id"] for w in warnings] == ["bad"]
+
+
+async def test_completed_files_of_many_streams_quickly(
+    store: CheckpointStore, backend: Backend
+) -> None:
+    for i in range(2000):
+        await store.put_stream(completed(f"c{i:04d}", inode=i))
+    started = time.perf_counter()
+    found = await _all_completed(store, 5000)
+    took = time.perf_counter() - started
+    print(f"\n{backend.kind}: completed_files of 2000 streams {took * 1000:.1f} ms")
+    assert len({f.stream_id for f in found}) == 2000
 
 
 # -- trust: records from outside WATCH_DIR or S3_KEY_PREFIX (SPEC §2.18) ------------------------

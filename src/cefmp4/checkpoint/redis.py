@@ -47,15 +47,14 @@ from redis.backoff import NoBackoff
 from redis.typing import EncodableT
 
 from cefmp4 import logs
-from cefmp4.checkpoint import (
+from cefmp4.checkpoint import StreamState
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record, quarantined
+from cefmp4.checkpoint.records import (
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
-    build_part,
-    build_record,
-    quarantined,
 )
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
 from cefmp4.outbox import OutboxItem
@@ -201,6 +200,27 @@ end
 return 1
 """
 
+# One page of the completed streams' fingerprint fields, as one JSON string: a reply of
+# 100,000 x 8 values would cost seconds to parse in redis-py, one json.loads milliseconds.
+# KEYS the completed state set; ARGV SSCAN cursor, COUNT, stream hash key prefix, fields.
+# Each row: the id, then the fields (false: absent), or the id and 'WRONGTYPE'.
+_COMPLETED_LUA = """
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields, rows = {}, {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for _, id in ipairs(scan[2]) do
+    local ok, values = pcall(redis.call, 'HMGET', ARGV[3] .. id, unpack(fields))
+    if ok then
+        local row = {id}
+        for i = 1, #fields do row[i + 1] = values[i] end
+        rows[#rows + 1] = row
+    else
+        rows[#rows + 1] = {id, 'WRONGTYPE'}
+    end
+end
+return {scan[1], cjson.encode(rows)}
+"""
+
 # Leases: KEYS lease, fence; ARGV owner, ttl in ms.
 _ACQUIRE_LUA = """
 local holder = redis.call('GET', KEYS[1])
@@ -227,18 +247,16 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return token
 """
 
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# Renew or release, only if ``owner`` holds the lease: KEYS lease; ARGV owner, then the
+# ttl in ms to renew, or '' to release.
+_IF_HOLDER_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
 end
-return 0
-"""
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if ARGV[2] == '' then
     return redis.call('DEL', KEYS[1])
 end
-return 0
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 # list_streams reads the hashes in pipelines of this many commands: one round trip for a
@@ -278,8 +296,21 @@ def _encode_record(record: StreamRecord) -> dict[EncodableT, EncodableT]:
 
 def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
     """The record of a stream hash; ``MalformedRecord`` if a field does not parse."""
+    return build_record(_decode_values(raw, _FIELD_TYPES))
+
+
+# The fields a CompletedFile holds (besides its id), as ``completed_files`` reads them.
+_COMPLETED_TYPES: Final[dict[str, type]] = {
+    name: _FIELD_TYPES[name] for name in ("device", "inode", "final_size", "final_mtime_ns",
+                                          "path", "key", "bucket", "state")
+}  # fmt: skip
+
+
+def _decode_values(raw: Mapping[str, str], types: Mapping[str, type]) -> dict[str, Any]:
+    """The hash's strings as the Python types of ``types`` (absent: None), unchecked
+    beyond that; ``MalformedRecord`` if a number does not parse."""
     values: dict[str, Any] = {}
-    for name, kind in _FIELD_TYPES.items():
+    for name, kind in types.items():
         text = raw.get(name)
         if text is None or kind is str or kind is StreamState:
             values[name] = text
@@ -289,7 +320,7 @@ def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
         except (ValueError, OverflowError):
             raise MalformedRecord(f"{name}: not {'an integer' if kind is int else 'a number'}") \
                 from None
-    return build_record(values)
+    return values
 
 
 def _encode_part(part: PartRecord) -> str:
@@ -375,9 +406,9 @@ class RedisCheckpointStore:
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
         self._delete_stream_script = client.register_script(_DELETE_STREAM_LUA)
         self._acquire_script = client.register_script(_ACQUIRE_LUA)
-        self._renew_script = client.register_script(_RENEW_LUA)
+        self._if_holder_script = client.register_script(_IF_HOLDER_LUA)
+        self._completed_script = client.register_script(_COMPLETED_LUA)
         self._steal_script = client.register_script(_STEAL_LUA)
-        self._release_script = client.register_script(_RELEASE_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
@@ -524,6 +555,36 @@ class RedisCheckpointStore:
                 out.append(result)
         return out
 
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        completed = self._state_key(StreamState.COMPLETED)
+        with _mapped_errors("completed_files"):
+            await self._ensure_state_index()
+            start = int(cursor) if cursor.isdigit() else 0
+            after, packed = await self._completed_script(
+                keys=[completed], args=[start, max(1, limit), f"{self._prefix}stream:",
+                                        *_COMPLETED_TYPES],
+            )  # fmt: skip
+        out: list[CompletedFile] = []
+        rows = json.loads(packed) if packed != "{}" else []  # cjson: an empty table is {}
+        for row in rows:
+            stream_id = str(row[0])
+            try:
+                if row[1] == "WRONGTYPE":
+                    raise MalformedRecord("not a Redis hash")
+                raw = {k: str(v) for k, v in zip(_COMPLETED_TYPES, row[1:], strict=True)
+                       if v is not False}  # fmt: skip
+                values = _decode_values(raw, _COMPLETED_TYPES)
+                if values["state"] != StreamState.COMPLETED.value:
+                    continue  # gone, or moved on since (the state set is a hint)
+                if values["final_size"] is None or values["final_mtime_ns"] is None:
+                    continue  # no fingerprint: such a file is never passed over
+                out.append(build_completed({"stream_id": stream_id, **values}))
+            except MalformedRecord as exc:
+                self._quarantine(stream_id, str(exc))
+        return out, ("" if int(after) == 0 else str(after))
+
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         with _mapped_errors("find_by_inode"):
             ids = sorted(map(_text, await self._client.smembers(self._inode_key(inode))))
@@ -568,7 +629,7 @@ class RedisCheckpointStore:
 
     async def renew(self, inode: int, owner: str, ttl: float) -> bool:
         with _mapped_errors("renew_lease"):
-            ok = await self._renew_script(
+            ok = await self._if_holder_script(
                 keys=[self._lease_key(inode)], args=[owner, max(1, int(ttl * 1000))]
             )
         return bool(ok)
@@ -576,7 +637,7 @@ class RedisCheckpointStore:
     async def release(self, inode: int, owner: str) -> None:
         self._held.pop(inode, None)
         with _mapped_errors("release_lease"):
-            await self._release_script(keys=[self._lease_key(inode)], args=[owner])
+            await self._if_holder_script(keys=[self._lease_key(inode)], args=[owner, ""])
 
     def fence(self, stream_id: str, inode: int, token: int) -> None:
         self._fences[stream_id] = (self._fence_key(inode), str(token))

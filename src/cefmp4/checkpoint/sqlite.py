@@ -26,15 +26,14 @@ from typing import Any, TypeVar
 import structlog
 
 from cefmp4 import logs
-from cefmp4.checkpoint import (
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record, quarantined
+from cefmp4.checkpoint.records import (
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
     StreamState,
-    build_part,
-    build_record,
-    quarantined,
 )
 from cefmp4.errors import ConfigError, PermanentError, TransientError
 from cefmp4.outbox import OutboxItem
@@ -113,6 +112,14 @@ _STREAM_COLUMNS = (
 )  # fmt: skip
 _FIELDS = tuple("key" if c == "object_key" else c for c in _STREAM_COLUMNS)
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
+_COMPLETED_FIELDS = ("stream_id", "device", "inode", "final_size", "final_mtime_ns", "path",
+                     "key", "bucket")  # fmt: skip
+_SELECT_COMPLETED = (
+    "SELECT rowid, stream_id, device, inode, final_size, final_mtime_ns, path, object_key, "
+    "bucket FROM streams WHERE state = 'completed' AND rowid > ? "
+    # A completed stream without its final size or mtime is no fingerprint: never skipped.
+    "AND final_size IS NOT NULL AND final_mtime_ns IS NOT NULL ORDER BY rowid LIMIT ?"
+)
 _UPSERT_STREAM = (
     f"INSERT OR REPLACE INTO streams ({', '.join(_STREAM_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
@@ -167,8 +174,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _row_values(row: tuple[Any, ...]) -> dict[str, Any]:
-    values = dict(zip(_FIELDS, row, strict=True))
+def _row_values(row: Sequence[Any], names: Sequence[str] = _FIELDS) -> dict[str, Any]:
+    values = dict(zip(names, row, strict=True))
     for name in ("device", "inode"):  # stored as signed 64-bit, see _to_i64
         if isinstance(values[name], int) and not isinstance(values[name], bool):
             values[name] = _from_i64(values[name])
@@ -258,12 +265,14 @@ class SqliteCheckpointStore:
         problem = self._problem(row, check_parts=check_parts)
         if isinstance(problem, StreamRecord):
             return problem
-        stream_id = str(row[0])
+        self._warn_once(str(row[0]), problem)
+        return None
+
+    def _warn_once(self, stream_id: str, problem: str) -> None:
         if stream_id not in self._warned:
             self._warned.add(stream_id)
             log.warning(logs.RECORD_QUARANTINED, stream_id=stream_id[:80], reason=problem,
                         store="sqlite")  # fmt: skip
-        return None
 
     def _problem(self, row: tuple[Any, ...], *, check_parts: bool) -> StreamRecord | str:
         try:
@@ -301,6 +310,24 @@ class SqliteCheckpointStore:
             rows = self._conn.execute(f"{_SELECT_STREAMS} WHERE state IN ({marks})", values)
         parsed = (self._parse(row, check_parts=True) for row in rows.fetchall())
         return [record for record in parsed if record is not None]
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        after = int(cursor) if cursor.isdigit() else 0
+        return await self._run("completed_files", self._completed_sync, after, max(1, limit))
+
+    def _completed_sync(self, after: int, limit: int) -> tuple[list[CompletedFile], str]:
+        # Keyset pages in rowid order through streams_state (an index holds the rowid).
+        rows = self._conn.execute(_SELECT_COMPLETED, (after, limit)).fetchall()
+        out: list[CompletedFile] = []
+        for row in rows:
+            named = _row_values(row[1:], _COMPLETED_FIELDS)
+            try:
+                out.append(build_completed(named))
+            except MalformedRecord as exc:
+                self._warn_once(str(named["stream_id"]), str(exc))
+        return out, (str(rows[-1][0]) if len(rows) == limit else "")
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return await self._run("find_by_inode", self._find_by_inode_sync, inode)
