@@ -121,10 +121,9 @@ async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     prefix = ctx.config.key_prefix
     uploads = await ctx.retry("list_uploads", lambda: ctx.objects.list_multipart_uploads(prefix))
     unknown = [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]
-    if not unknown:  # the usual case: then no store-wide read for the quarantined
-        return []
     # Quarantined and untrusted records are not acted on, nor are their uploads aborted.
-    held = await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints))
+    ids = frozenset(u.upload_id for u in unknown)
+    held = await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints, ids))
     return [u for u in unknown if u.upload_id not in held]
 
 

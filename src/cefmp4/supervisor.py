@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
@@ -21,10 +20,11 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
-from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState, fingerprint_key
+from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
 from cefmp4.discover import Scanned, check_file
 from cefmp4.errors import LeaseLost
+from cefmp4.history import History
 from cefmp4.identity import Ident, ident_of, unchanged_since
 from cefmp4.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
 from cefmp4.ownership import Ownership
@@ -35,11 +35,6 @@ from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
 
-
-
-def _done_key(st: os.stat_result) -> int:
-    """The ``completed`` key a file has now (``fingerprint_key`` of its stat)."""
-    return fingerprint_key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # Twelve attributes: the maps below are the supervisor's whole state, each with one job.
@@ -60,10 +55,7 @@ class StreamSupervisor:
         self.shutdown = asyncio.Event()
         self._spec = Spec(ctx, self.shutdown, stream_timeout)
         self.workers: dict[Ident, StreamWorker] = {}
-        # Completed streams as ``fingerprint_key``s of (device, inode, final size, final
-        # mtime): all the "never upload an unchanged file again" rule needs; 100,000 cost
-        # ~9 MiB, not their records (nor a store read per file on a rescan).
-        self.completed: set[int] = set()
+        self.completed = History()
         self.unfinished: dict[Ident, StreamRecord] = {}
         self._starting: set[Ident] = set()
         self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
@@ -74,27 +66,12 @@ class StreamSupervisor:
 
     async def load(self) -> None:
         """Read the unfinished streams (through the store's state index) and the completed
-        ones' fingerprints, page by page: no S3 request per completed file, no record of
-        one held in memory."""
+        ones' fingerprints: no S3 request per completed file, no record of one held."""
         checkpoints = self.ctx.checkpoints
         records = await self.ctx.retry("checkpoint", lambda: checkpoints.list_streams(UNFINISHED))
         for rec in sorted(records, key=lambda r: r.started_at):
             self.unfinished[(rec.device, rec.inode)] = rec
-        cursor: str | None = None
-        while cursor != "":
-            page, cursor = await self.ctx.retry(
-                "checkpoint", functools.partial(checkpoints.completed_files, cursor or "")
-            )
-            self.completed.update(
-                fingerprint_key(d.device, d.inode, d.final_size, d.final_mtime_ns) for d in page
-            )
-
-    def _remember(self, rec: StreamRecord) -> None:
-        """A completed stream's file, as it was uploaded."""
-        if rec.final_size is not None and rec.final_mtime_ns is not None:
-            self.completed.add(
-                fingerprint_key(rec.device, rec.inode, rec.final_size, rec.final_mtime_ns)
-            )
+        await self.completed.load(self.ctx)
 
     def resume_unfinished(self, scanned: Iterable[Scanned]) -> None:
         """Resume unfinished streams; a file renamed while we were down is found by inode
@@ -120,7 +97,7 @@ class StreamSupervisor:
 
     def known_unchanged(self, st: os.stat_result) -> bool:
         """A completed stream's file, still as it was uploaded: nothing to do."""
-        return _done_key(st) in self.completed and ident_of(st) not in self.unfinished
+        return self.completed.unchanged(st) and ident_of(st) not in self.unfinished
 
     def on_stat(self, path: Path, st: os.stat_result | None, rel: str | None = None) -> None:
         """``on_path`` with the stat already taken (the rescan stats off the event loop)."""
@@ -217,7 +194,7 @@ class StreamSupervisor:
                 latest = found[-1] if found else None
             running = {w.stream_id for w in self.workers.values()}
             if latest is not None and latest.state is StreamState.COMPLETED:
-                self._remember(latest)
+                self.completed.remember(latest)
                 st = stat_or_none(path)
                 if st is not None and unchanged_since(latest.final_size, latest.final_mtime_ns, st):
                     return
@@ -290,7 +267,7 @@ class StreamSupervisor:
             finally:
                 rec = worker.record
                 if rec.state is StreamState.COMPLETED:
-                    self._remember(rec)
+                    self.completed.remember(rec)
                 elif ended is Ended.SUSPENDED:
                     self.unfinished[ident] = rec
                 with contextlib.suppress(OSError):

@@ -4,8 +4,9 @@ flags (a path outside WATCH_DIR, a key outside S3_KEY_PREFIX, another bucket) an
 stream whose parts do not parse, with one warning each per process. Nothing reads them
 behind its back: one wrapper at the composition root instead of a check at each caller.
 
-Left out is not forgotten: :func:`held_upload_ids` names their uploads (and those of the
-records the store itself quarantined), so that the sweeper never aborts them."""
+Left out is not forgotten: :func:`held_upload_ids` tells which of some unknown uploads
+they (or records the store itself quarantined) name, so that the sweeper never aborts
+them."""
 
 from __future__ import annotations
 
@@ -105,6 +106,18 @@ class TrustedCheckpoints:
                      not in known)  # fmt: skip
         return found
 
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        """The store's answer, with each untrusted record as its ``QuarantinedRecord``."""
+        out: list[StreamRecord | QuarantinedRecord] = []
+        for found in await self.store.naming_uploads(upload_ids):
+            if isinstance(found, StreamRecord) and not self._trusted(found):
+                out.append(self.untrusted[found.stream_id].as_quarantined())
+            else:
+                out.append(found)
+        return out
+
     async def completed_files(
         self, cursor: str = "", limit: int = 5000
     ) -> tuple[list[CompletedFile], str]:
@@ -145,6 +158,7 @@ class TrustedCheckpoints:
         await self.store.aclose()
 
 
-async def held_upload_ids(store: CheckpointStore) -> set[str]:
-    """Upload ids named by records that are not acted on: never orphans to abort."""
-    return {q.upload_id for q in await store.list_quarantined() if q.upload_id}
+async def held_upload_ids(store: CheckpointStore, upload_ids: frozenset[str]) -> set[str]:
+    """Which of ``upload_ids`` records that are not acted on name: never orphans to abort."""
+    found = await store.naming_uploads(upload_ids)
+    return {q.upload_id for q in found if isinstance(q, QuarantinedRecord) and q.upload_id}

@@ -24,6 +24,7 @@ from cefmp4.checkpoint import (
     CompletedFile,
     MalformedRecord,
     PartRecord,
+    QuarantinedRecord,
     StreamRecord,
     StreamState,
     untrusted_reason,
@@ -712,6 +713,36 @@ async def test_completed_files_of_many_streams_quickly(
     took = time.perf_counter() - started
     print(f"\n{backend.kind}: completed_files of 2000 streams {took * 1000:.1f} ms")
     assert len({f.stream_id for f in found}) == 2000
+
+
+# -- naming_uploads: which records name some upload ids ----------------------------------
+
+
+@pytest.mark.parametrize("count", [3, 6000])  # 6000: more than one page of the scan
+async def test_naming_uploads_finds_the_records_of_those_ids_only(
+    store: CheckpointStore, count: int
+) -> None:
+    for i in range(count):
+        await store.put_stream(completed(f"c{i:04d}", inode=i, upload_id=f"u{i}"))
+    await store.put_stream(make_stream("active", inode=99_999, upload_id="u-active"))
+    await store.put_stream(make_stream("none", inode=99_998))
+    found = await store.naming_uploads(frozenset({"u1", "u-active", "u-nobody"}))
+    assert sorted(r.stream_id for r in found) == ["active", "c0001"]
+    assert all(isinstance(r, StreamRecord) for r in found)
+    assert await store.naming_uploads(frozenset()) == []
+
+
+async def test_naming_uploads_includes_quarantined_records(backend: Backend) -> None:
+    async with backend.open() as store:
+        await store.put_stream(make_stream("good", inode=1, upload_id="u-good"))
+        await store.put_stream(make_stream("bad", inode=2, upload_id="u-bad"))
+    await _corrupt(backend, "bad", CORRUPTIONS[0][1], CORRUPTIONS[0][2])
+    async with backend.open() as store:
+        found = await store.naming_uploads(frozenset({"u-good", "u-bad"}))
+    by_id = {r.stream_id: r for r in found}
+    assert isinstance(by_id["good"], StreamRecord)
+    assert isinstance(by_id["bad"], QuarantinedRecord)
+    assert by_id["bad"].upload_id == "u-bad"
 
 
 # -- trust: records from outside WATCH_DIR or S3_KEY_PREFIX (SPEC §2.18) ------------------------

@@ -281,6 +281,11 @@ class FaultyCheckpointStore:
     async def list_quarantined(self) -> list[QuarantinedRecord]:
         return await self._call("list_quarantined", self.inner.list_quarantined)
 
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        return await self._call("naming_uploads", lambda: self.inner.naming_uploads(upload_ids))
+
     async def completed_files(
         self, cursor: str = "", limit: int = 5000
     ) -> tuple[list[CompletedFile], str]:

@@ -114,6 +114,13 @@ class CheckpointStore(Protocol):
     async def list_quarantined(self) -> list[QuarantinedRecord]:
         """Every stored record that does not parse, kept as it is (SPEC §2.18)."""
 
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        """Every stored record whose ``upload_id`` is one of ``upload_ids``, parsed or
+        quarantined: which of a few unknown uploads a record that is not acted on still
+        names (the sweeper must leave those), without reading every record."""
+
     async def completed_files(
         self, cursor: str = "", limit: int = 5000
     ) -> tuple[list[CompletedFile], str]:

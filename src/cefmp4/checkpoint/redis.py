@@ -221,6 +221,19 @@ end
 return {scan[1], cjson.encode(rows)}
 """
 
+# One page of the ids of the streams naming one of some upload ids. KEYS the all-streams
+# set; ARGV SSCAN cursor, COUNT, stream hash key prefix, the upload ids.
+_NAMING_LUA = """
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local wanted, found = {}, {}
+for i = 4, #ARGV do wanted[ARGV[i]] = true end
+for _, id in ipairs(scan[2]) do
+    local ok, upload = pcall(redis.call, 'HGET', ARGV[3] .. id, 'upload_id')
+    if ok and upload and wanted[upload] then found[#found + 1] = id end
+end
+return {scan[1], found}
+"""
+
 # Leases: KEYS lease, fence; ARGV owner, ttl in ms.
 _ACQUIRE_LUA = """
 local holder = redis.call('GET', KEYS[1])
@@ -408,6 +421,7 @@ class RedisCheckpointStore:
         self._acquire_script = client.register_script(_ACQUIRE_LUA)
         self._if_holder_script = client.register_script(_IF_HOLDER_LUA)
         self._completed_script = client.register_script(_COMPLETED_LUA)
+        self._naming_script = client.register_script(_NAMING_LUA)
         self._steal_script = client.register_script(_STEAL_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
@@ -554,6 +568,25 @@ class RedisCheckpointStore:
             elif result is not None:
                 out.append(result)
         return out
+
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        if not upload_ids:
+            return []
+        ids: set[str] = set()
+        with _mapped_errors("naming_uploads"):
+            cursor = 0
+            while True:  # pages of ids matched in the server: no hash travels but theirs
+                cursor, found = await self._naming_script(
+                    keys=[self._index], args=[cursor, 5000, f"{self._prefix}stream:",
+                                              *sorted(upload_ids)],
+                )  # fmt: skip
+                ids.update(map(_text, found))
+                if int(cursor) == 0:
+                    break
+            read = await self._read_records(sorted(ids), check_parts=True)
+        return [result for _, result in read if result is not None]
 
     async def completed_files(
         self, cursor: str = "", limit: int = 5000
