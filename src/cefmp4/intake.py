@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from cefmp4 import logs
-from cefmp4.discover import Scanned, scan_stats
+from cefmp4.discover import Scanned, StatScan, scan_stats
 from cefmp4.supervisor import StreamSupervisor
 from cefmp4.watcher import watch
 
@@ -29,10 +29,16 @@ async def watch_forever(
             supervisor.on_path(path)
 
 
+def stat_scan(supervisor: StreamSupervisor, watch_dir: Path) -> StatScan:
+    """A scan (blocking: run it in a thread) that leaves out the files already uploaded
+    and unchanged (``known_unchanged`` only reads a set and a dict: safe from a thread)."""
+    exts = supervisor.ctx.config.extensions
+    return scan_stats(watch_dir, extensions=exts, skip=supervisor.known_unchanged)
+
+
 async def take_scan(supervisor: StreamSupervisor, found: list[Scanned]) -> None:
-    """Hand a scan's files to the supervisor: per file already uploaded and unchanged one
-    set lookup, no store read, no S3 request; in slices, so that 100,000 files never hold
-    the loop for long."""
+    """Hand a scan's files to the supervisor (no store read, no S3 request for a file
+    already uploaded and unchanged); in slices, so that many never hold the loop long."""
     for index, (name, st) in enumerate(found):
         if st is None or not supervisor.known_unchanged(st):
             supervisor.on_stat(Path(name), st)
@@ -46,13 +52,12 @@ async def rescan_forever(supervisor: StreamSupervisor, watch_dir: Path, every: f
         await clock.sleep(every)
         began = clock.monotonic()
         # The walk and one stat per file in a thread.
-        exts = supervisor.ctx.config.extensions
-        files = await asyncio.to_thread(scan_stats, watch_dir, extensions=exts)
-        await take_scan(supervisor, files)
+        scanned = await asyncio.to_thread(stat_scan, supervisor, watch_dir)
+        await take_scan(supervisor, scanned.found)
         supervisor.retry_deferred()
         # ``streams`` 0 means: every file looked at, none being worked on (a quiescence
         # signal that tests wait for instead of sleeping).
         log.info(
-            logs.RESCAN_DONE, files=len(files), streams=supervisor.open_streams(),
+            logs.RESCAN_DONE, files=scanned.files, streams=supervisor.open_streams(),
             seconds=round(clock.monotonic() - began, 3),
         )
