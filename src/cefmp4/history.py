@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Container
 
 from cefmp4.checkpoint import StreamRecord, fingerprint_key
+from cefmp4.identity import Ident
 from cefmp4.pipeline import Context
 
 
@@ -40,6 +42,22 @@ class History:
         if rec.final_size is not None and rec.final_mtime_ns is not None:
             self._done.add(fingerprint_key(rec.device, rec.inode, rec.final_size,
                                            rec.final_mtime_ns))  # fmt: skip
+
+    def unchanged_test(
+        self, unfinished: Container[Ident]
+    ) -> Callable[[os.stat_result], bool]:
+        """``unchanged`` and not ``unfinished``, as one closure for a scan's worker thread:
+        it runs per file of the tree, so the key is built inline (``fingerprint_key`` for
+        a stat: st_dev, st_ino and st_size are never negative, only mtime needs the mask).
+        Reads a set and a dict only, which is safe while the loop thread changes them."""
+        done, mask = self._done, (1 << 64) - 1
+
+        def test(st: os.stat_result) -> bool:
+            return (
+                st.st_dev << 192 | st.st_ino << 128 | st.st_size << 64 | st.st_mtime_ns & mask
+            ) in done and (st.st_dev, st.st_ino) not in unfinished
+
+        return test
 
     def unchanged(self, st: os.stat_result) -> bool:
         """Whether the file with this stat is one a completed stream uploaded, unchanged."""

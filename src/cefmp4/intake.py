@@ -31,9 +31,10 @@ async def watch_forever(
 
 def stat_scan(supervisor: StreamSupervisor, watch_dir: Path) -> StatScan:
     """A scan (blocking: run it in a thread) that leaves out the files already uploaded
-    and unchanged (``known_unchanged`` only reads a set and a dict: safe from a thread)."""
+    and unchanged (``known_unchanged``, as a closure safe in a thread)."""
     exts = supervisor.ctx.config.extensions
-    return scan_stats(watch_dir, extensions=exts, skip=supervisor.known_unchanged)
+    skip = supervisor.completed.unchanged_test(supervisor.unfinished)
+    return scan_stats(watch_dir, extensions=exts, skip=skip)
 
 
 async def take_scan(supervisor: StreamSupervisor, found: list[Scanned]) -> None:

@@ -59,7 +59,8 @@ class TrustedCheckpoints:
     ) -> None:  # fmt: skip
         self.store, self._warn = store, warn
         self._watch_dir, self._key_prefix, self._bucket = watch_dir, key_prefix, bucket
-        self._roots = (os.path.abspath(watch_dir), os.path.realpath(watch_dir))
+        roots = {os.path.abspath(watch_dir), os.path.realpath(watch_dir)}
+        self._roots = tuple(os.path.join(r, "") for r in roots)  # for untrusted_completed
         self.untrusted: dict[str, Untrusted] = {}  # stream id -> why; kept for the reports
 
     def __repr__(self) -> str:

@@ -598,6 +598,21 @@ async def test_a_key_of_the_wrong_type_is_quarantined(redis_url: str) -> None:
         assert await store.get_stream("bad") is None
 
 
+async def test_a_completed_key_of_the_wrong_type_is_left_out_of_completed_files(
+    redis_url: str,
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(completed("good", inode=1))
+        await store.put_stream(completed("bad", inode=2))
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.delete(f"{prefix}stream:bad")
+            await client.set(f"{prefix}stream:bad", "a string, not a hash")
+        with capture_logs() as events:
+            assert [f.stream_id for f in await _all_completed(store, 10)] == ["good"]
+    assert [e["stream_id"] for e in events if e["event"] == logs.RECORD_QUARANTINED] == ["bad"]
+
+
 async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backend) -> None:
     """Only unfinished streams are resumed from their parts; history is not re-read."""
     async with backend.open() as store:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -111,20 +111,28 @@ def build_part(part_number: object, values: Mapping[str, Any]) -> PartRecord:
     return PartRecord(number, offset, size, etag, md5, uploaded_at)
 
 
-def build_completed(values: Mapping[str, Any]) -> CompletedFile:
-    """A CompletedFile from stored values of the right Python types, checked as
-    ``build_record`` checks them; else ``MalformedRecord``."""
-    device, inode, size, mtime = (
-        _int(n, values.get(n)) for n in ("device", "inode", "final_size", "final_mtime_ns")
-    )
-    stream_id, path, key, bucket = (
-        _str(n, values.get(n)) for n in ("stream_id", "path", "key", "bucket")
-    )
-    if min(device, inode, size, mtime) < 0:
+def build_completed(values: Sequence[object]) -> CompletedFile:
+    """A CompletedFile from stored values of the right Python types, in its field order,
+    checked as ``build_record`` checks them; else ``MalformedRecord``. It runs once per
+    completed stream at start-up, hence the one-expression test of the usual case."""
+    if len(values) != 8:
+        raise MalformedRecord("completed record: wrong number of fields")
+    stream_id, device, inode, size, mtime, path, key, bucket = values
+    if (type(device) is int and type(inode) is int and type(size) is int
+            and type(mtime) is int and min(device, inode, size, mtime) >= 0
+            and type(path) is str and type(key) is str and type(bucket) is str
+            and type(stream_id) is str and is_stream_id(stream_id)):  # fmt: skip
+        return CompletedFile(stream_id, device, inode, size, mtime, path, key, bucket)
+    # Not the usual case: say what is wrong.
+    ints = (_int("device", device), _int("inode", inode), _int("final_size", size),
+            _int("final_mtime_ns", mtime))  # fmt: skip
+    if min(ints) < 0:
         raise MalformedRecord("device/inode/final_size/final_mtime_ns: negative")
-    if not is_stream_id(stream_id):
+    for name, text in (("path", path), ("key", key), ("bucket", bucket)):
+        _str(name, text)
+    if not is_stream_id(_str("stream_id", stream_id)):
         raise MalformedRecord("stream_id: not a stream id")
-    return CompletedFile(stream_id, device, inode, size, mtime, path, key, bucket)
+    raise MalformedRecord("completed record: does not parse")  # unreachable in practice
 
 
 def quarantined(stream_id: str, reason: str, raw: Mapping[str, Any]) -> QuarantinedRecord:

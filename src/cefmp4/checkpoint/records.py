@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cefmp4.errors import PermanentError
 
@@ -72,10 +73,10 @@ class QuarantinedRecord:
     state: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CompletedFile:
+class CompletedFile(NamedTuple):
     """What the "never upload an unchanged file again" rule needs of a completed stream
-    (the file's identity and final size and mtime), and what its trust check reads."""
+    (the file's identity and final size and mtime), and what its trust check reads. A
+    NamedTuple: 100,000 are built at start-up, and a tuple is built in C."""
 
     stream_id: str
     device: int

@@ -202,20 +202,19 @@ return 1
 
 # One page of the completed streams' fingerprint fields, as one JSON string: a reply of
 # 100,000 x 8 values would cost seconds to parse in redis-py, one json.loads milliseconds.
-# KEYS the completed state set; ARGV SSCAN cursor, COUNT, stream hash key prefix, fields.
+# KEYS the completed state set; ARGV SSCAN cursor, COUNT, stream hash key prefix, the 8
+# fields (redis.pcall and no unpack per row: a third faster, measured).
 # Each row: the id, then the fields (false: absent), or the id and 'WRONGTYPE'.
 _COMPLETED_LUA = """
 local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local fields, rows = {}, {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local rows, prefix = {}, ARGV[3]
+local f1, f2, f3, f4, f5, f6, f7, f8 = unpack(ARGV, 4, 11)
 for _, id in ipairs(scan[2]) do
-    local ok, values = pcall(redis.call, 'HMGET', ARGV[3] .. id, unpack(fields))
-    if ok then
-        local row = {id}
-        for i = 1, #fields do row[i + 1] = values[i] end
-        rows[#rows + 1] = row
-    else
+    local v = redis.pcall('HMGET', prefix .. id, f1, f2, f3, f4, f5, f6, f7, f8)
+    if v.err then
         rows[#rows + 1] = {id, 'WRONGTYPE'}
+    else
+        rows[#rows + 1] = {id, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]}
     end
 end
 return {scan[1], cjson.encode(rows)}
@@ -313,10 +312,18 @@ def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
 
 
 # The fields a CompletedFile holds (besides its id), as ``completed_files`` reads them.
-_COMPLETED_TYPES: Final[dict[str, type]] = {
-    name: _FIELD_TYPES[name] for name in ("device", "inode", "final_size", "final_mtime_ns",
-                                          "path", "key", "bucket", "state")
-}  # fmt: skip
+_COMPLETED_FIELDS = ("device", "inode", "final_size", "final_mtime_ns", "path", "key",
+                     "bucket", "state")  # fmt: skip
+
+
+def _number(name: str, text: object) -> int:
+    """An integer field of a packed row (``false``: absent)."""
+    if not isinstance(text, str):
+        raise MalformedRecord(f"{name}: missing")
+    try:
+        return int(text)
+    except ValueError:
+        raise MalformedRecord(f"{name}: not an integer") from None
 
 
 def _decode_values(raw: Mapping[str, str], types: Mapping[str, type]) -> dict[str, Any]:
@@ -597,25 +604,26 @@ class RedisCheckpointStore:
             start = int(cursor) if cursor.isdigit() else 0
             after, packed = await self._completed_script(
                 keys=[completed], args=[start, max(1, limit), f"{self._prefix}stream:",
-                                        *_COMPLETED_TYPES],
+                                        *_COMPLETED_FIELDS],
             )  # fmt: skip
         out: list[CompletedFile] = []
         rows = json.loads(packed) if packed != "{}" else []  # cjson: an empty table is {}
-        for row in rows:
-            stream_id = str(row[0])
+        for stream_id, *row in rows:
             try:
-                if row[1] == "WRONGTYPE":
+                if row == ["WRONGTYPE"]:
                     raise MalformedRecord("not a Redis hash")
-                raw = {k: str(v) for k, v in zip(_COMPLETED_TYPES, row[1:], strict=True)
-                       if v is not False}  # fmt: skip
-                values = _decode_values(raw, _COMPLETED_TYPES)
-                if values["state"] != StreamState.COMPLETED.value:
+                device, inode, size, mtime, path, key, bucket, state = row
+                if state != StreamState.COMPLETED.value:
                     continue  # gone, or moved on since (the state set is a hint)
-                if values["final_size"] is None or values["final_mtime_ns"] is None:
+                if size is False or mtime is False:
                     continue  # no fingerprint: such a file is never passed over
-                out.append(build_completed({"stream_id": stream_id, **values}))
+                out.append(build_completed([
+                    str(stream_id), _number("device", device), _number("inode", inode),
+                    _number("final_size", size), _number("final_mtime_ns", mtime), path,
+                    key, bucket,
+                ]))  # fmt: skip
             except MalformedRecord as exc:
-                self._quarantine(stream_id, str(exc))
+                self._quarantine(str(stream_id), str(exc))
         return out, ("" if int(after) == 0 else str(after))
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:

@@ -112,8 +112,6 @@ _STREAM_COLUMNS = (
 )  # fmt: skip
 _FIELDS = tuple("key" if c == "object_key" else c for c in _STREAM_COLUMNS)
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
-_COMPLETED_FIELDS = ("stream_id", "device", "inode", "final_size", "final_mtime_ns", "path",
-                     "key", "bucket")  # fmt: skip
 _SELECT_COMPLETED = (
     "SELECT rowid, stream_id, device, inode, final_size, final_mtime_ns, path, object_key, "
     "bucket FROM streams WHERE state = 'completed' AND rowid > ? "
@@ -174,8 +172,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _row_values(row: Sequence[Any], names: Sequence[str] = _FIELDS) -> dict[str, Any]:
-    values = dict(zip(names, row, strict=True))
+def _row_values(row: tuple[Any, ...]) -> dict[str, Any]:
+    values = dict(zip(_FIELDS, row, strict=True))
     for name in ("device", "inode"):  # stored as signed 64-bit, see _to_i64
         if isinstance(values[name], int) and not isinstance(values[name], bool):
             values[name] = _from_i64(values[name])
@@ -341,11 +339,14 @@ class SqliteCheckpointStore:
         rows = self._conn.execute(_SELECT_COMPLETED, (after, limit)).fetchall()
         out: list[CompletedFile] = []
         for row in rows:
-            named = _row_values(row[1:], _COMPLETED_FIELDS)
+            values = list(row[1:])
+            for i in (1, 2):  # device, inode: see _to_i64
+                if isinstance(values[i], int):
+                    values[i] = _from_i64(values[i])
             try:
-                out.append(build_completed(named))
+                out.append(build_completed(values))
             except MalformedRecord as exc:
-                self._warn_once(str(named["stream_id"]), str(exc))
+                self._warn_once(str(row[1]), str(exc))
         return out, (str(rows[-1][0]) if len(rows) == limit else "")
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
