@@ -24,10 +24,10 @@ from cefmp4.checkpoint import (
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
     untrusted_completed,
     untrusted_reason,
 )
+from cefmp4.checkpoint.records import StreamState
 
 log = structlog.get_logger("cefmp4.trust")
 

@@ -24,11 +24,9 @@ from cefmp4.checkpoint import (
     CompletedFile,
     MalformedRecord,
     PartRecord,
-    QuarantinedRecord,
-    StreamRecord,
-    StreamState,
     untrusted_reason,
 )
+from cefmp4.checkpoint.records import QuarantinedRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
@@ -690,25 +688,30 @@ async def test_completed_files_of_an_empty_store(store: CheckpointStore) -> None
     assert await store.completed_files() == ([], "")
 
 
-COMPLETED_CORRUPTIONS = [
-    ("text size", "UPDATE streams SET final_size = 'big' WHERE stream_id = ?",
-     ("HSET", "{p}stream:{id}", "final_size", "big")),
-    ("fractional inode", "UPDATE streams SET inode = 2.5 WHERE stream_id = ?",
-     ("HSET", "{p}stream:{id}", "inode", "2.5")),
-    ("bytes for a key", "UPDATE streams SET object_key = x'00ff' WHERE stream_id = ?",
-     ("HDEL", "{p}stream:{id}", "key")),
-]  # fmt: skip
+# (column, its value in SQLite, Redis field, its value; None = absent) of a completed record.
+BROKEN_FINGERPRINTS = {
+    "text size": ("final_size", "'big'", "final_size", "big"),
+    "fractional inode": ("inode", "2.5", "inode", "2.5"),
+    "bytes for a key": ("object_key", "x'00ff'", "key", None),
+}
 
 
-@pytest.mark.parametrize(("case", "sql", "command"), COMPLETED_CORRUPTIONS,
-                         ids=[c[0] for c in COMPLETED_CORRUPTIONS])  # fmt: skip
+def _breaking(case: str) -> tuple[str, tuple[str, ...]]:
+    column, sql_value, field, value = BROKEN_FINGERPRINTS[case]
+    sql = f"UPDATE streams SET {column} = {sql_value} WHERE stream_id = ?"
+    command = ("HSET", "{p}stream:{id}", field, value) if value else (
+        "HDEL", "{p}stream:{id}", field)  # fmt: skip
+    return sql, command
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FINGERPRINTS))
 async def test_a_malformed_completed_record_is_left_out_of_completed_files(
-    backend: Backend, case: str, sql: str, command: tuple[str, ...]
+    backend: Backend, case: str
 ) -> None:
     async with backend.open() as store:
         await store.put_stream(completed("good", inode=1))
         await store.put_stream(completed("bad", inode=2))
-    await _corrupt(backend, "bad", sql, command)
+    await _corrupt(backend, "bad", *_breaking(case))
     async with backend.open() as store:
         with capture_logs() as events:
             for _ in range(2):  # warned about once, however often it is met

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from cefmp4.checkpoint import records
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
 )
 from cefmp4.keys import is_stream_id
 
@@ -23,7 +23,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "stream_id": (str, False), "path": (str, False), "rel_path": (str, False),
     "device": (int, False), "inode": (int, False), "bucket": (str, False),
     "key": (str, False), "part_size": (int, False), "max_parts": (int, False),
-    "state": (StreamState, False), "started_at": (float, False),
+    "state": (records.StreamState, False), "started_at": (float, False),
     "last_activity_at": (float, False), "upload_id": (str, True), "status": (str, True),
     "completed_at": (float, True), "final_size": (int, True), "final_mtime_ns": (int, True),
     "sha256": (str, True), "error": (str, True), "completed_by": (str, True),
@@ -32,11 +32,11 @@ MAX_PARTS_LIMIT = 10_000
 
 
 def _typed(name: str, kind: type, value: object) -> object:
-    if kind is StreamState:
+    if kind is records.StreamState:
         if not isinstance(value, str):
             raise MalformedRecord(f"{name}: not a state")
         try:
-            return StreamState(value)
+            return records.StreamState(value)
         except ValueError:
             raise MalformedRecord(f"{name}: unknown state {value[:40]!r}") from None
     if kind is float:

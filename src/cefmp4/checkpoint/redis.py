@@ -223,24 +223,25 @@ return {scan[1], cjson.encode(rows)}
 # One page of the ids of the streams naming one of some upload ids. KEYS the all-streams
 # set; ARGV SSCAN cursor, COUNT, stream hash key prefix, the upload ids.
 _NAMING_LUA = """
-local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local wanted, found = {}, {}
+local scan, wanted, found = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2]), {}, {}
 for i = 4, #ARGV do wanted[ARGV[i]] = true end
 for _, id in ipairs(scan[2]) do
-    local ok, upload = pcall(redis.call, 'HGET', ARGV[3] .. id, 'upload_id')
-    if ok and upload and wanted[upload] then found[#found + 1] = id end
+    local upload = redis.pcall('HGET', ARGV[3] .. id, 'upload_id')  -- an error: no hash
+    if type(upload) == 'string' and wanted[upload] then found[#found + 1] = id end
 end
 return {scan[1], found}
 """
 
-# Leases: KEYS lease, fence; ARGV owner, ttl in ms.
-_ACQUIRE_LUA = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+# Leases: KEYS lease, fence; ARGV owner, ttl in ms, and the holder to take over from
+# ('' = acquire: only a free lease, or ours, renewed, with its current token). A new owner
+# gets a new token.
+_TAKE_LUA = """
+local holder, from = redis.call('GET', KEYS[1]), ARGV[3]
+if from == '' and holder == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return tonumber(redis.call('GET', KEYS[2]))
 end
-if holder then
+if (from == '' and holder) or (from ~= '' and holder ~= from) then
     return false
 end
 local token = redis.call('INCR', KEYS[2])
@@ -248,27 +249,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return token
 """
 
-# Take over from a given holder only (one known to be dead): KEYS lease, fence;
-# ARGV old owner, new owner, ttl in ms.
-_STEAL_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return false
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return token
-"""
-
 # Renew or release, only if ``owner`` holds the lease: KEYS lease; ARGV owner, then the
 # ttl in ms to renew, or '' to release.
 _IF_HOLDER_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-if ARGV[2] == '' then
-    return redis.call('DEL', KEYS[1])
-end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 0
 """
 
 # list_streams reads the hashes in pipelines of this many commands: one round trip for a
@@ -425,11 +413,10 @@ class RedisCheckpointStore:
         self._put_stream_script = client.register_script(_PUT_STREAM_LUA)
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
         self._delete_stream_script = client.register_script(_DELETE_STREAM_LUA)
-        self._acquire_script = client.register_script(_ACQUIRE_LUA)
+        self._take_script = client.register_script(_TAKE_LUA)
         self._if_holder_script = client.register_script(_IF_HOLDER_LUA)
         self._completed_script = client.register_script(_COMPLETED_LUA)
         self._naming_script = client.register_script(_NAMING_LUA)
-        self._steal_script = client.register_script(_STEAL_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
@@ -643,9 +630,9 @@ class RedisCheckpointStore:
 
     async def acquire(self, inode: int, owner: str, ttl: float) -> int | None:
         with _mapped_errors("acquire_lease"):
-            token = await self._acquire_script(
+            token = await self._take_script(
                 keys=[self._lease_key(inode), self._fence_key(inode)],
-                args=[owner, max(1, int(ttl * 1000))],
+                args=[owner, max(1, int(ttl * 1000)), ""],
             )
         if token is None:
             return None
@@ -658,10 +645,12 @@ class RedisCheckpointStore:
         return None if value is None else _text(value)
 
     async def steal(self, inode: int, old_owner: str, owner: str, ttl: float) -> int | None:
+        if not old_owner:  # '' would mean "acquire" to the script
+            return None
         with _mapped_errors("steal_lease"):
-            token = await self._steal_script(
+            token = await self._take_script(
                 keys=[self._lease_key(inode), self._fence_key(inode)],
-                args=[old_owner, owner, max(1, int(ttl * 1000))],
+                args=[owner, max(1, int(ttl * 1000)), old_owner],
             )
         if token is None:
             return None

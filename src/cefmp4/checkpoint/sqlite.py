@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import structlog
 
 from cefmp4 import logs
+from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.parse import build_completed, build_part, build_record, quarantined
 from cefmp4.checkpoint.records import (
     CompletedFile,
@@ -33,7 +34,6 @@ from cefmp4.checkpoint.records import (
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
 )
 from cefmp4.errors import ConfigError, PermanentError, TransientError
 from cefmp4.outbox import OutboxItem
