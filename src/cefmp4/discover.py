@@ -193,9 +193,10 @@ NOT_REGULAR = "not a regular file (fifo, socket or device): never opened"
 def walk(
     top: Path, watch_dir: Path, notices: Notices, unreadable: set[str] | None = None,
     directories: list[Path] | None = None, *, extensions: Exts = DEFAULT_EXTENSIONS,
-) -> Iterator[str]:  # fmt: skip
-    """Candidate files under ``top`` (a directory inside ``watch_dir``), in no order, as
-    strings (a Path per file would be most of the cost of a large tree).
+) -> Iterator[os.DirEntry[str]]:  # fmt: skip
+    """The directory entries of the candidate files under ``top`` (a directory inside
+    ``watch_dir``), in no order (entries, not Paths: a Path per file costs more than the
+    walk, and an entry's stat is cheaper than ``os.stat`` of its path).
 
     Iterative, ``os.scandir``-based: one ``scandir`` per directory plus a stat per symlink
     only (entries carry their type). Hidden and symlinked directories are not entered (a
@@ -222,11 +223,9 @@ def walk(
                             stack.append(Path(entry.path))
                         else:
                             notices.skip(entry.path, NOT_UTF8)
-                    # is_candidate_name for a name that is not hidden, in one C call.
-                    elif name.lower().endswith(extensions) and _is_file(
-                        entry, watch_dir, notices
-                    ):
-                        yield entry.path
+                    # is_candidate_name (of a name that is not hidden) in one C call.
+                    elif name.lower().endswith(extensions) and _is_file(entry, watch_dir, notices):
+                        yield entry
         except PermissionError:
             if unreadable is not None:
                 unreadable.add(os.fspath(directory))
@@ -293,14 +292,14 @@ def scan_stats(
     of them cost no list. The walk vetted each file (regular, or a symlink to a file
     inside WATCH_DIR), so one ``stat`` is enough: ``check_file`` costs 4x as much."""
     notices, unreadable, found, files = notices or NOTICES, set[str](), list[Scanned](), 0
-    for name in walk(watch_dir, watch_dir, notices, unreadable, extensions=extensions):
+    for entry in walk(watch_dir, watch_dir, notices, unreadable, extensions=extensions):
         files += 1
-        try:
-            st: os.stat_result | None = os.stat(name)
+        try:  # follows a symlink like os.stat, ~20 % cheaper (measured)
+            st: os.stat_result | None = entry.stat()
         except OSError:
             st = None
         if st is None or skip is None or not skip(st):
-            found.append((name, st))
+            found.append((entry.path, st))
     notices.set_unreadable(unreadable)
     found.sort(key=lambda item: item[0])
     return StatScan(files, found)
@@ -313,7 +312,8 @@ def full_scan(
     unreadable: set[str] = set()
     directories: list[Path] = []
     files = sorted(
-        walk(watch_dir, watch_dir, notices, unreadable, directories, extensions=extensions)
-    )
+        e.path for e in walk(watch_dir, watch_dir, notices, unreadable, directories,
+                             extensions=extensions)
+    )  # fmt: skip
     notices.set_unreadable(unreadable)
     return files, directories

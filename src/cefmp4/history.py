@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection
 
 from cefmp4.checkpoint import StreamRecord, fingerprint_key
 from cefmp4.identity import Ident
@@ -44,7 +44,7 @@ class History:
                                            rec.final_mtime_ns))  # fmt: skip
 
     def unchanged_test(
-        self, unfinished: Container[Ident]
+        self, unfinished: Collection[Ident]
     ) -> Callable[[os.stat_result], bool]:
         """``unchanged`` and not ``unfinished``, as one closure for a scan's worker thread:
         it runs per file of the tree, so the key is built inline (``fingerprint_key`` for
@@ -55,7 +55,7 @@ class History:
         def test(st: os.stat_result) -> bool:
             return (
                 st.st_dev << 192 | st.st_ino << 128 | st.st_size << 64 | st.st_mtime_ns & mask
-            ) in done and (st.st_dev, st.st_ino) not in unfinished
+            ) in done and (not unfinished or (st.st_dev, st.st_ino) not in unfinished)
 
         return test
 

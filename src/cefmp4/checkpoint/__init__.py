@@ -18,7 +18,6 @@ from cefmp4.checkpoint.parse import (
     build_completed,
     build_part,
     build_record,
-    quarantined,
 )
 from cefmp4.checkpoint.records import (
     CompletedFile,
@@ -28,6 +27,7 @@ from cefmp4.checkpoint.records import (
     StreamRecord,
     StreamState,
     fingerprint_key,
+    quarantined,
 )
 from cefmp4.keys import within_prefix
 

@@ -8,13 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from cefmp4.checkpoint import records
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
     PartRecord,
-    QuarantinedRecord,
     StreamRecord,
+    StreamState,
 )
 from cefmp4.keys import is_stream_id
 
@@ -23,7 +22,7 @@ _KINDS: dict[str, tuple[type, bool]] = {
     "stream_id": (str, False), "path": (str, False), "rel_path": (str, False),
     "device": (int, False), "inode": (int, False), "bucket": (str, False),
     "key": (str, False), "part_size": (int, False), "max_parts": (int, False),
-    "state": (records.StreamState, False), "started_at": (float, False),
+    "state": (StreamState, False), "started_at": (float, False),
     "last_activity_at": (float, False), "upload_id": (str, True), "status": (str, True),
     "completed_at": (float, True), "final_size": (int, True), "final_mtime_ns": (int, True),
     "sha256": (str, True), "error": (str, True), "completed_by": (str, True),
@@ -32,11 +31,11 @@ MAX_PARTS_LIMIT = 10_000
 
 
 def _typed(name: str, kind: type, value: object) -> object:
-    if kind is records.StreamState:
+    if kind is StreamState:
         if not isinstance(value, str):
             raise MalformedRecord(f"{name}: not a state")
         try:
-            return records.StreamState(value)
+            return StreamState(value)
         except ValueError:
             raise MalformedRecord(f"{name}: unknown state {value[:40]!r}") from None
     if kind is float:
@@ -133,16 +132,3 @@ def build_completed(values: Sequence[object]) -> CompletedFile:
     if not is_stream_id(_str("stream_id", stream_id)):
         raise MalformedRecord("stream_id: not a stream id")
     raise MalformedRecord("completed record: does not parse")  # unreachable in practice
-
-
-def quarantined(stream_id: str, reason: str, raw: Mapping[str, Any]) -> QuarantinedRecord:
-    """The QuarantinedRecord of a record that failed to parse, with what could be read."""
-
-    def text(name: str) -> str | None:
-        value = raw.get(name)
-        return value if isinstance(value, str) else None
-
-    return QuarantinedRecord(
-        stream_id=stream_id, reason=reason, path=text("path"), key=text("key"),
-        upload_id=text("upload_id"), state=text("state"),
-    )  # fmt: skip

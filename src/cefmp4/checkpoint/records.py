@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cefmp4.errors import PermanentError
 
@@ -97,3 +98,16 @@ def fingerprint_key(device: int, inode: int, size: int, mtime_ns: int) -> int:
 
 class MalformedRecord(PermanentError):
     """A stored record or part does not parse; the stream is quarantined, never acted on."""
+
+
+def quarantined(stream_id: str, reason: str, raw: Mapping[str, Any]) -> QuarantinedRecord:
+    """The QuarantinedRecord of a record that failed to parse, with what could be read."""
+
+    def text(name: str) -> str | None:
+        value = raw.get(name)
+        return value if isinstance(value, str) else None
+
+    return QuarantinedRecord(
+        stream_id=stream_id, reason=reason, path=text("path"), key=text("key"),
+        upload_id=text("upload_id"), state=text("state"),
+    )  # fmt: skip

@@ -48,13 +48,14 @@ from redis.typing import EncodableT
 
 from cefmp4 import logs
 from cefmp4.checkpoint import StreamState
-from cefmp4.checkpoint.parse import build_completed, build_part, build_record, quarantined
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
+    quarantined,
 )
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
 from cefmp4.outbox import OutboxItem

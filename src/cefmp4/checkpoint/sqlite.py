@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import structlog
 
 from cefmp4 import logs
-from cefmp4.checkpoint import StreamState
-from cefmp4.checkpoint.parse import build_completed, build_part, build_record, quarantined
+from cefmp4.checkpoint import StreamState, quarantined
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
