@@ -611,6 +611,22 @@ async def test_a_completed_key_of_the_wrong_type_is_left_out_of_completed_files(
     assert [e["stream_id"] for e in events if e["event"] == logs.RECORD_QUARANTINED] == ["bad"]
 
 
+async def test_a_completed_field_that_is_not_utf8_leaves_out_that_record_only(
+    redis_url: str,
+) -> None:
+    """Anyone who can write to Redis can store any bytes: the page still loads."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(completed("good", inode=1, path="/watch/cam/café.mp4"))
+        await store.put_stream(completed("bad", inode=2))
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.hset(f"{prefix}stream:bad", "path", b"/watch/\xff.mp4")
+        with capture_logs() as events:
+            found = await _all_completed(store, 10)
+    assert [(f.stream_id, f.path) for f in found] == [("good", "/watch/cam/café.mp4")]
+    assert [e["stream_id"] for e in events if e["event"] == logs.RECORD_QUARANTINED] == ["bad"]
+
+
 async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backend) -> None:
     """Only unfinished streams are resumed from their parts; history is not re-read."""
     async with backend.open() as store:

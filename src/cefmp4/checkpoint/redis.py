@@ -44,6 +44,7 @@ import redis.exceptions as rexc
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.typing import EncodableT
 
 from cefmp4 import logs
@@ -305,6 +306,15 @@ _COMPLETED_FIELDS = ("device", "inode", "final_size", "final_mtime_ns", "path", 
                      "bucket", "state")  # fmt: skip
 
 
+def _utf8(text: str) -> bool:
+    """Whether a field decoded with surrogateescape was UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _number(name: str, text: object) -> int:
     """An integer field of a packed row (``false``: absent)."""
     if not isinstance(text, str):
@@ -416,7 +426,6 @@ class RedisCheckpointStore:
         self._delete_stream_script = client.register_script(_DELETE_STREAM_LUA)
         self._take_script = client.register_script(_TAKE_LUA)
         self._if_holder_script = client.register_script(_IF_HOLDER_LUA)
-        self._completed_script = client.register_script(_COMPLETED_LUA)
         self._naming_script = client.register_script(_NAMING_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
@@ -590,16 +599,24 @@ class RedisCheckpointStore:
         with _mapped_errors("completed_files"):
             await self._ensure_state_index()
             start = int(cursor) if cursor.isdigit() else 0
-            after, packed = await self._completed_script(
-                keys=[completed], args=[start, max(1, limit), f"{self._prefix}stream:",
-                                        *_COMPLETED_FIELDS],
+            # Undecoded: one field that is not UTF-8 must not fail the page, only its record.
+            # (redis-py's execute_command is untyped; the reply is [cursor, JSON] as bytes.)
+            after, packed = await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", _COMPLETED_LUA, 1, completed, start, max(1, limit),
+                f"{self._prefix}stream:", *_COMPLETED_FIELDS, **{NEVER_DECODE: True},
             )  # fmt: skip
+        try:
+            text, clean = packed.decode(), True
+        except UnicodeDecodeError:
+            text, clean = packed.decode("utf-8", "surrogateescape"), False
         out: list[CompletedFile] = []
-        rows = json.loads(packed) if packed != "{}" else []  # cjson: an empty table is {}
+        rows = json.loads(text) if text != "{}" else []  # cjson: an empty table is {}
         for stream_id, *row in rows:
             try:
                 if row == ["WRONGTYPE"]:
                     raise MalformedRecord("not a Redis hash")
+                if not clean and not all(isinstance(v, bool) or _utf8(v) for v in row):
+                    raise MalformedRecord("a field is not UTF-8")
                 device, inode, size, mtime, path, key, bucket, state = row
                 if state != StreamState.COMPLETED.value:
                     continue  # gone, or moved on since (the state set is a hint)
@@ -612,7 +629,7 @@ class RedisCheckpointStore:
                 ]))  # fmt: skip
             except MalformedRecord as exc:
                 self._quarantine(str(stream_id), str(exc))
-        return out, ("" if int(after) == 0 else str(after))
+        return out, ("" if int(after) == 0 else str(int(after)))
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         with _mapped_errors("find_by_inode"):
