@@ -22,7 +22,7 @@ from cefmp4.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.budget import ByteBudget
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.clock import Clock, SystemClock
-from cefmp4.discover import scan
+from cefmp4.discover import scan_stats
 from cefmp4.errors import CefmpError
 from cefmp4.failpoints import Failpoints
 from cefmp4.feature_wiring import Features, open_features
@@ -106,27 +106,27 @@ class App:
             grace = settings.abort_orphan_uploads_after_hours * 3600
             interval = min(3600.0, grace / 2)
             self.tasks.start("sweeper", lambda: sweep_forever(ctx, grace, interval))
-        watch_dir, exts = ctx.config.watch_dir, ctx.config.extensions
+        watch_dir = ctx.config.watch_dir
         self.features.start(self.tasks, watch_dir, self.metrics)
-        files = await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts))
-        if not supervisor.ownership.shared:
-            supervisor.resume_unfinished(files)
         # Imported here: watchfiles is for the daemon only (start-up of `upload`).
-        from cefmp4.intake import rescan_forever, watch_forever
+        from cefmp4.intake import rescan_forever, stat_scan, take_scan, watch_forever
+
+        files = await self._until(stop, asyncio.to_thread(stat_scan, supervisor, watch_dir))
+        if not supervisor.ownership.shared:
+            supervisor.resume_unfinished(files.found)
 
         polling, every = settings.watch_force_polling, settings.rescan_interval_seconds
         self.tasks.start("watcher", lambda: watch_forever(supervisor, watch_dir, stop, polling))
         if every > 0:
             self.tasks.start("rescan", lambda: rescan_forever(supervisor, watch_dir, every))
-        for path in files:
-            supervisor.on_path(path)
+        await self._until(stop, take_scan(supervisor, files.found))
         # The watcher registers its inotify watches on its first step; a file that
         # appeared between the scan and then would be missed, so look once more.
         await self._until(stop, self.clock.sleep(0.2))
-        for path in await self._until(stop, asyncio.to_thread(scan, watch_dir, extensions=exts)):
-            supervisor.on_path(path)
+        again = await self._until(stop, asyncio.to_thread(stat_scan, supervisor, watch_dir))
+        await self._until(stop, take_scan(supervisor, again.found))
         self.ready.set()
-        log.info(logs.READY, watch_dir=str(watch_dir), files=len(files))
+        log.info(logs.READY, watch_dir=str(watch_dir), files=files.files)
 
     async def main_loop(self, stop: asyncio.Event) -> None:
         """Until a stop signal, or a supervised task that may not be restarted failed."""
@@ -165,10 +165,11 @@ class App:
             assert supervisor is not None
             try:
                 if files is None:
-                    paths = await asyncio.to_thread(
-                        scan, ctx.config.watch_dir, extensions=ctx.config.extensions
+                    found = await asyncio.to_thread(
+                        scan_stats, ctx.config.watch_dir, extensions=ctx.config.extensions
                     )
-                    supervisor.resume_unfinished(paths)
+                    supervisor.resume_unfinished(found.found)
+                    paths = [Path(name) for name, _ in found.found]
                     for path in paths:
                         supervisor.on_path(path)
                 else:

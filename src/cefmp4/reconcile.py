@@ -118,11 +118,13 @@ async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:
     # (nearly all of them, 100,000 take ~30 s in Redis) would find no id to keep.
     records = await ctx.retry("checkpoint", lambda: ctx.checkpoints.list_streams(_NOT_DONE))
     known = {r.upload_id for r in records if r.upload_id}
-    # Quarantined and untrusted records are not acted on, nor are their uploads aborted.
-    known |= await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints))
     prefix = ctx.config.key_prefix
     uploads = await ctx.retry("list_uploads", lambda: ctx.objects.list_multipart_uploads(prefix))
-    return [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]
+    unknown = [u for u in uploads if u.upload_id not in known and within_prefix(prefix, u.key)]
+    # Quarantined and untrusted records are not acted on, nor are their uploads aborted.
+    ids = frozenset(u.upload_id for u in unknown)
+    held = await ctx.retry("checkpoint", lambda: held_upload_ids(ctx.checkpoints, ids))
+    return [u for u in unknown if u.upload_id not in held]
 
 
 async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamRecord]:

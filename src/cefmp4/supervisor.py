@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from structlog.contextvars import bound_contextvars
 from cefmp4 import logs
 from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
-from cefmp4.discover import check_file
+from cefmp4.discover import Scanned, check_file
 from cefmp4.errors import LeaseLost
+from cefmp4.history import History
 from cefmp4.identity import Ident, ident_of, unchanged_since
 from cefmp4.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
 from cefmp4.ownership import Ownership
@@ -34,9 +35,6 @@ from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
 
-# (final size, final mtime_ns) of a completed stream: all the "never upload an unchanged
-# file again" rule needs, so 100,000 completed streams cost a few MB, not their records.
-Completed = tuple[int | None, int | None]
 
 
 # Twelve attributes: the maps below are the supervisor's whole state, each with one job.
@@ -57,7 +55,7 @@ class StreamSupervisor:
         self.shutdown = asyncio.Event()
         self._spec = Spec(ctx, self.shutdown, stream_timeout)
         self.workers: dict[Ident, StreamWorker] = {}
-        self.completed: dict[Ident, Completed] = {}
+        self.completed = History()
         self.unfinished: dict[Ident, StreamRecord] = {}
         self._starting: set[Ident] = set()
         self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
@@ -67,22 +65,23 @@ class StreamSupervisor:
     # --- start-up --------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read every known stream once: no S3 request per completed file."""
-        records = await self.ctx.retry("checkpoint", self.ctx.checkpoints.list_streams)
+        """Read the unfinished streams (through the store's state index) and the completed
+        ones' fingerprints: no S3 request per completed file, no record of one held."""
+        checkpoints = self.ctx.checkpoints
+        records = await self.ctx.retry("checkpoint", lambda: checkpoints.list_streams(UNFINISHED))
         for rec in sorted(records, key=lambda r: r.started_at):
-            ident = (rec.device, rec.inode)
-            if rec.state is StreamState.COMPLETED:
-                self.completed[ident] = (rec.final_size, rec.final_mtime_ns)
-            elif rec.state in UNFINISHED:
-                self.unfinished[ident] = rec
+            self.unfinished[(rec.device, rec.inode)] = rec
+        await self.completed.load(self.ctx)
 
-    def resume_unfinished(self, scanned: list[Path]) -> None:
-        """Resume unfinished streams; a file renamed while we were down is found by inode."""
+    def resume_unfinished(self, scanned: Iterable[Scanned]) -> None:
+        """Resume unfinished streams; a file renamed while we were down is found by inode
+        (among the scan's stats: nothing is looked at again when none is unfinished)."""
+        if not self.unfinished:
+            return
         by_ident: dict[Ident, Path] = {}
-        for path in scanned:
-            st = check_file(path, self.ctx.config.watch_dir)
-            if st is not None:
-                by_ident[ident_of(st)] = path
+        for name, st in scanned:
+            if st is not None and ident_of(st) in self.unfinished:
+                by_ident[ident_of(st)] = Path(name)
         for ident, rec in list(self.unfinished.items()):
             self.consider(ident, by_ident.get(ident, Path(rec.path)))
 
@@ -98,9 +97,7 @@ class StreamSupervisor:
 
     def known_unchanged(self, st: os.stat_result) -> bool:
         """A completed stream's file, still as it was uploaded: nothing to do."""
-        ident = ident_of(st)
-        done = self.completed.get(ident)
-        return done is not None and ident not in self.unfinished and unchanged_since(*done, st)
+        return self.completed.unchanged(st) and ident_of(st) not in self.unfinished
 
     def on_stat(self, path: Path, st: os.stat_result | None, rel: str | None = None) -> None:
         """``on_path`` with the stat already taken (the rescan stats off the event loop)."""
@@ -197,7 +194,7 @@ class StreamSupervisor:
                 latest = found[-1] if found else None
             running = {w.stream_id for w in self.workers.values()}
             if latest is not None and latest.state is StreamState.COMPLETED:
-                self.completed[ident] = (latest.final_size, latest.final_mtime_ns)
+                self.completed.remember(latest)
                 st = stat_or_none(path)
                 if st is not None and unchanged_since(latest.final_size, latest.final_mtime_ns, st):
                     return
@@ -270,7 +267,7 @@ class StreamSupervisor:
             finally:
                 rec = worker.record
                 if rec.state is StreamState.COMPLETED:
-                    self.completed[ident] = (rec.final_size, rec.final_mtime_ns)
+                    self.completed.remember(rec)
                 elif ended is Ended.SUSPENDED:
                     self.unfinished[ident] = rec
                 with contextlib.suppress(OSError):

@@ -4,11 +4,13 @@ flags (a path outside WATCH_DIR, a key outside S3_KEY_PREFIX, another bucket) an
 stream whose parts do not parse, with one warning each per process. Nothing reads them
 behind its back: one wrapper at the composition root instead of a check at each caller.
 
-Left out is not forgotten: :func:`held_upload_ids` names their uploads (and those of the
-records the store itself quarantined), so that the sweeper never aborts them."""
+Left out is not forgotten: :func:`held_upload_ids` tells which of some unknown uploads
+they (or records the store itself quarantined) name, so that the sweeper never aborts
+them."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,27 +19,33 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import (
     CheckpointStore,
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
+    untrusted_completed,
     untrusted_reason,
 )
+from cefmp4.checkpoint.records import StreamState
 
 log = structlog.get_logger("cefmp4.trust")
 
 
 @dataclass(frozen=True, slots=True)
 class Untrusted:
-    record: StreamRecord
+    record: StreamRecord | CompletedFile
     reason: str
 
     def as_quarantined(self) -> QuarantinedRecord:
         r = self.record
+        if isinstance(r, CompletedFile):
+            upload_id, state = None, StreamState.COMPLETED.value
+        else:
+            upload_id, state = r.upload_id, str(r.state)
         return QuarantinedRecord(
             stream_id=r.stream_id, reason=self.reason, path=r.path, key=r.key,
-            upload_id=r.upload_id, state=str(r.state),
+            upload_id=upload_id, state=state,
         )  # fmt: skip
 
 
@@ -51,12 +59,14 @@ class TrustedCheckpoints:
     ) -> None:  # fmt: skip
         self.store, self._warn = store, warn
         self._watch_dir, self._key_prefix, self._bucket = watch_dir, key_prefix, bucket
+        roots = {os.path.abspath(watch_dir), os.path.realpath(watch_dir)}
+        self._roots = tuple(os.path.join(r, "") for r in roots)  # for untrusted_completed
         self.untrusted: dict[str, Untrusted] = {}  # stream id -> why; kept for the reports
 
     def __repr__(self) -> str:
         return f"TrustedCheckpoints({self.store!r})"
 
-    def _flag(self, record: StreamRecord, reason: str) -> None:
+    def _flag(self, record: StreamRecord | CompletedFile, reason: str) -> None:
         if record.stream_id not in self.untrusted:
             self.untrusted[record.stream_id] = Untrusted(record, reason)
             if not self._warn:  # ``status`` and ``check`` list them instead
@@ -97,6 +107,32 @@ class TrustedCheckpoints:
                      not in known)  # fmt: skip
         return found
 
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        """The store's answer, with each untrusted record as its ``QuarantinedRecord``."""
+        out: list[StreamRecord | QuarantinedRecord] = []
+        for found in await self.store.naming_uploads(upload_ids):
+            if isinstance(found, StreamRecord) and not self._trusted(found):
+                out.append(self.untrusted[found.stream_id].as_quarantined())
+            else:
+                out.append(found)
+        return out
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        """A page of fingerprints, each checked lexically (``untrusted_completed``)."""
+        page, after = await self.store.completed_files(cursor, limit)
+        kept: list[CompletedFile] = []
+        for done in page:
+            reason = untrusted_completed(done, self._roots, self._key_prefix, self._bucket)
+            if reason is None and done.stream_id not in self.untrusted:
+                kept.append(done)
+            elif reason is not None:
+                self._flag(done, reason)
+        return kept, after
+
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return [r for r in await self.store.find_by_inode(inode) if self._trusted(r)]
 
@@ -123,6 +159,7 @@ class TrustedCheckpoints:
         await self.store.aclose()
 
 
-async def held_upload_ids(store: CheckpointStore) -> set[str]:
-    """Upload ids named by records that are not acted on: never orphans to abort."""
-    return {q.upload_id for q in await store.list_quarantined() if q.upload_id}
+async def held_upload_ids(store: CheckpointStore, upload_ids: frozenset[str]) -> set[str]:
+    """Which of ``upload_ids`` records that are not acted on name: never orphans to abort."""
+    found = await store.naming_uploads(upload_ids)
+    return {q.upload_id for q in found if isinstance(q, QuarantinedRecord) and q.upload_id}

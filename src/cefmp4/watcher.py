@@ -91,7 +91,7 @@ def _nominate(
     except OSError:
         return []
     if stat.S_ISDIR(st.st_mode):
-        return [Path(file) for file in walk(path, watch_dir, notices, extensions=extensions)]
+        return [Path(e.path) for e in walk(path, watch_dir, notices, extensions=extensions)]
     if not is_candidate(path, watch_dir, extensions):
         return []
     if check_file(path, watch_dir) is not None:

@@ -21,12 +21,12 @@ from structlog.testing import capture_logs
 from cefmp4 import logs
 from cefmp4.checkpoint import (
     CheckpointStore,
+    CompletedFile,
     MalformedRecord,
     PartRecord,
-    StreamRecord,
-    StreamState,
     untrusted_reason,
 )
+from cefmp4.checkpoint.records import QuarantinedRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
@@ -596,6 +596,37 @@ async def test_a_key_of_the_wrong_type_is_quarantined(redis_url: str) -> None:
         assert await store.get_stream("bad") is None
 
 
+async def test_a_completed_key_of_the_wrong_type_is_left_out_of_completed_files(
+    redis_url: str,
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(completed("good", inode=1))
+        await store.put_stream(completed("bad", inode=2))
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.delete(f"{prefix}stream:bad")
+            await client.set(f"{prefix}stream:bad", "a string, not a hash")
+        with capture_logs() as events:
+            assert [f.stream_id for f in await _all_completed(store, 10)] == ["good"]
+    assert [e["stream_id"] for e in events if e["event"] == logs.RECORD_QUARANTINED] == ["bad"]
+
+
+async def test_a_completed_field_that_is_not_utf8_leaves_out_that_record_only(
+    redis_url: str,
+) -> None:
+    """Anyone who can write to Redis can store any bytes: the page still loads."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        await store.put_stream(completed("good", inode=1, path="/watch/cam/café.mp4"))
+        await store.put_stream(completed("bad", inode=2))
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.hset(f"{prefix}stream:bad", "path", b"/watch/\xff.mp4")
+        with capture_logs() as events:
+            found = await _all_completed(store, 10)
+    assert [(f.stream_id, f.path) for f in found] == [("good", "/watch/cam/café.mp4")]
+    assert [e["stream_id"] for e in events if e["event"] == logs.RECORD_QUARANTINED] == ["bad"]
+
+
 async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backend) -> None:
     """Only unfinished streams are resumed from their parts; history is not re-read."""
     async with backend.open() as store:
@@ -604,6 +635,148 @@ async def test_a_completed_streams_parts_are_not_read_to_list_it(backend: Backen
     await _corrupt(backend, "old", CORRUPTIONS[7][1], CORRUPTIONS[7][2])
     async with backend.open() as store:
         assert [r.stream_id for r in await store.list_streams()] == ["old"]
+
+
+# -- completed_files: the fingerprints of history, paged --------------------------------
+
+
+def completed(stream_id: str, inode: int, **changes: object) -> StreamRecord:
+    values: dict[str, object] = {
+        "state": StreamState.COMPLETED, "final_size": 1000 + inode,
+        "final_mtime_ns": 10**18 + inode, "completed_at": 1_700_000_100.0, **changes,
+    }  # fmt: skip
+    return make_stream(stream_id, inode=inode, **values)
+
+
+async def _all_completed(store: CheckpointStore, limit: int) -> list[CompletedFile]:
+    out: list[CompletedFile] = []
+    cursor, pages = "", 0
+    while True:
+        page, cursor = await store.completed_files(cursor, limit)
+        out += page
+        pages += 1
+        assert pages < 1000, "the cursor never ends"
+        if not cursor:
+            return out
+
+
+@pytest.mark.parametrize("limit", [1, 7, 5000])
+async def test_completed_files_pages_through_completed_streams_only(
+    store: CheckpointStore, limit: int
+) -> None:
+    for i in range(40):
+        await store.put_stream(completed(f"c{i:02d}", inode=i))
+    await store.put_stream(make_stream("active", inode=100))
+    await store.put_stream(make_stream("failed", inode=101, state=StreamState.FAILED))
+    # A stream completed, then started again (a regrown file): no longer completed.
+    await store.put_stream(completed("again", inode=102))
+    await store.put_stream(completed("again", inode=102, state=StreamState.ACTIVE))
+    await store.delete_stream("c39")
+    found = await _all_completed(store, limit)
+    by_id = {f.stream_id: f for f in found}  # a page may repeat one (Redis SSCAN)
+    assert set(by_id) == {f"c{i:02d}" for i in range(39)}
+    assert by_id["c05"] == CompletedFile(
+        "c05", 2049, 5, 1005, 10**18 + 5, "/watch/cam/c05.mp4", "streams/c05/cam/c05.mp4",
+        "video-streams",
+    )  # fmt: skip
+
+
+async def test_completed_files_keeps_64_bit_identities(store: CheckpointStore) -> None:
+    big = (1 << 64) - 3
+    await store.put_stream(completed("big", inode=big, device=(1 << 63) + 1, final_size=5,
+                                     final_mtime_ns=6))
+    [found] = await _all_completed(store, 10)
+    assert (found.device, found.inode) == ((1 << 63) + 1, big)
+
+
+async def test_a_completed_stream_without_final_size_or_mtime_is_no_fingerprint(
+    store: CheckpointStore,
+) -> None:
+    await store.put_stream(completed("sized", inode=1))
+    await store.put_stream(completed("no-size", inode=2, final_size=None))
+    await store.put_stream(completed("no-mtime", inode=3, final_mtime_ns=None))
+    with capture_logs() as events:
+        assert [f.stream_id for f in await _all_completed(store, 10)] == ["sized"]
+    assert not [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+
+
+async def test_completed_files_of_an_empty_store(store: CheckpointStore) -> None:
+    assert await store.completed_files() == ([], "")
+
+
+# (column, its value in SQLite, Redis field, its value; None = absent) of a completed record.
+BROKEN_FINGERPRINTS = {
+    "text size": ("final_size", "'big'", "final_size", "big"),
+    "fractional inode": ("inode", "2.5", "inode", "2.5"),
+    "bytes for a key": ("object_key", "x'00ff'", "key", None),
+}
+
+
+def _breaking(case: str) -> tuple[str, tuple[str, ...]]:
+    column, sql_value, field, value = BROKEN_FINGERPRINTS[case]
+    sql = f"UPDATE streams SET {column} = {sql_value} WHERE stream_id = ?"
+    command = ("HSET", "{p}stream:{id}", field, value) if value else (
+        "HDEL", "{p}stream:{id}", field)  # fmt: skip
+    return sql, command
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FINGERPRINTS))
+async def test_a_malformed_completed_record_is_left_out_of_completed_files(
+    backend: Backend, case: str
+) -> None:
+    async with backend.open() as store:
+        await store.put_stream(completed("good", inode=1))
+        await store.put_stream(completed("bad", inode=2))
+    await _corrupt(backend, "bad", *_breaking(case))
+    async with backend.open() as store:
+        with capture_logs() as events:
+            for _ in range(2):  # warned about once, however often it is met
+                assert [f.stream_id for f in await _all_completed(store, 10)] == ["good"]
+        assert "bad" in [q.stream_id for q in await store.list_quarantined()]
+    warnings = [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+    assert [w["stream_id"] for w in warnings] == ["bad"]
+
+
+async def test_completed_files_of_many_streams_quickly(
+    store: CheckpointStore, backend: Backend
+) -> None:
+    for i in range(2000):
+        await store.put_stream(completed(f"c{i:04d}", inode=i))
+    started = time.perf_counter()
+    found = await _all_completed(store, 5000)
+    took = time.perf_counter() - started
+    print(f"\n{backend.kind}: completed_files of 2000 streams {took * 1000:.1f} ms")
+    assert len({f.stream_id for f in found}) == 2000
+
+
+# -- naming_uploads: which records name some upload ids ----------------------------------
+
+
+@pytest.mark.parametrize("count", [3, 6000])  # 6000: more than one page of the scan
+async def test_naming_uploads_finds_the_records_of_those_ids_only(
+    store: CheckpointStore, count: int
+) -> None:
+    for i in range(count):
+        await store.put_stream(completed(f"c{i:04d}", inode=i, upload_id=f"u{i}"))
+    await store.put_stream(make_stream("active", inode=99_999, upload_id="u-active"))
+    await store.put_stream(make_stream("none", inode=99_998))
+    found = await store.naming_uploads(frozenset({"u1", "u-active", "u-nobody"}))
+    assert sorted(r.stream_id for r in found) == ["active", "c0001"]
+    assert all(isinstance(r, StreamRecord) for r in found)
+    assert await store.naming_uploads(frozenset()) == []
+
+
+async def test_naming_uploads_includes_quarantined_records(backend: Backend) -> None:
+    async with backend.open() as store:
+        await store.put_stream(make_stream("good", inode=1, upload_id="u-good"))
+        await store.put_stream(make_stream("bad", inode=2, upload_id="u-bad"))
+    await _corrupt(backend, "bad", CORRUPTIONS[0][1], CORRUPTIONS[0][2])
+    async with backend.open() as store:
+        found = await store.naming_uploads(frozenset({"u-good", "u-bad"}))
+    by_id = {r.stream_id: r for r in found}
+    assert isinstance(by_id["good"], StreamRecord)
+    assert isinstance(by_id["bad"], QuarantinedRecord)
+    assert by_id["bad"].upload_id == "u-bad"
 
 
 # -- trust: records from outside WATCH_DIR or S3_KEY_PREFIX (SPEC §2.18) ------------------------

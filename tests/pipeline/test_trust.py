@@ -4,6 +4,7 @@ never acted on, and its upload is never swept as an orphan."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.pipeline.conftest import (
     FakeProber,
     capture,
     daemon,
+    make_settings,
     pattern,
     until,
     videos,
@@ -148,3 +150,89 @@ async def test_a_stream_whose_parts_do_not_parse_is_skipped_with_one_warning(
 
 def _fields(record: StreamRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in StreamRecord.__dataclass_fields__}
+
+
+def completed_record(settings: Settings, path: Path, key: str | None = None) -> StreamRecord:
+    """A COMPLETED stream of ``path`` as it is now, as a finished upload leaves it."""
+    st = path.stat()
+    record = forged(settings, path, "", state=StreamState.COMPLETED)
+    record.rel_path = path.relative_to(settings.watch_dir).as_posix()
+    record.key = key or object_key(settings.s3_key_prefix, record.stream_id, record.rel_path)
+    record.final_size, record.final_mtime_ns = st.st_size, st.st_mtime_ns
+    record.status, record.completed_at = "complete", 3.0
+    return record
+
+
+async def test_a_completed_record_outside_the_prefix_does_not_stop_its_file_being_uploaded(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """A forged "already uploaded" record must not keep a recording out of S3: its key
+    lies outside S3_KEY_PREFIX, so it is quarantined and the file is uploaded anyway."""
+    trusted, forged_done = watch / "done.mp4", watch / "victim.mp4"
+    trusted.write_bytes(pattern(500))
+    forged_done.write_bytes(pattern(700))
+    bad = completed_record(settings, forged_done, key="elsewhere/victim.mp4")
+    await put(settings, completed_record(settings, trusted), bad)
+    with capture() as logs:
+        async with daemon(settings, store, prober) as app:
+            await until(lambda: len(videos(store)) == 1, what="the victim uploaded")
+            assert app.ctx is not None
+            quarantined = await app.ctx.checkpoints.list_quarantined()
+    assert list(videos(store).values()) == [pattern(700)]  # the trusted one is not redone
+    assert [(q.stream_id, q.reason) for q in quarantined] == [
+        (bad.stream_id, "key is outside S3_KEY_PREFIX")
+    ]
+    assert [w["stream_id"] for w in quarantine_warnings(logs)] == [bad.stream_id]
+
+
+class CountingStore:
+    """The real SQLite store, counting every call by name."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self._store = store
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_rescan_of_uploaded_files_reads_no_checkpoint_and_asks_s3_nothing(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    settings = make_settings(tmp_path, watch, rescan_interval_seconds=1)
+    files = []
+    for i in range(60):
+        (watch / f"cam{i % 3}").mkdir(exist_ok=True)
+        path = watch / f"cam{i % 3}" / f"r{i:02d}.mp4"
+        path.write_bytes(pattern(100 + i))
+        files.append(path)
+    await put(settings, *(completed_record(settings, p) for p in files))
+    async with open_sqlite_store(settings.state_dir) as db:
+        counting = CountingStore(db)
+        app = App(settings, objects=store, checkpoints=counting, prober=prober)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        with capture() as logs:
+            task = asyncio.create_task(app.run(stop))
+            try:
+                await until(app.ready.is_set, what="ready")
+                before, requests = dict(counting.calls), dict(store.calls)
+                await until(lambda: sum(e["event"] == "rescan" for e in logs) >= 2,
+                            what="two rescans")  # fmt: skip
+                after, requests_after = dict(counting.calls), dict(store.calls)
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+    rescans = [e for e in logs if e["event"] == "rescan"]
+    assert all(e["files"] == 60 and e["streams"] == 0 for e in rescans)
+    assert "stream_started" not in [e["event"] for e in logs]
+    assert before == after  # not one checkpoint read (nor write) per rescan
+    assert requests == requests_after  # nor an S3 request
+    assert not videos(store)

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 
 from cefmp4.checkpoint import (
     CheckpointStore,
+    CompletedFile,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
@@ -279,6 +280,18 @@ class FaultyCheckpointStore:
 
     async def list_quarantined(self) -> list[QuarantinedRecord]:
         return await self._call("list_quarantined", self.inner.list_quarantined)
+
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        return await self._call("naming_uploads", lambda: self.inner.naming_uploads(upload_ids))
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        return await self._call(
+            "completed_files", lambda: self.inner.completed_files(cursor, limit)
+        )
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return await self._call("find_by_inode", lambda: self.inner.find_by_inode(inode))

@@ -44,17 +44,18 @@ import redis.exceptions as rexc
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.typing import EncodableT
 
 from cefmp4 import logs
-from cefmp4.checkpoint import (
+from cefmp4.checkpoint import StreamState
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record
+from cefmp4.checkpoint.records import (
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
-    build_part,
-    build_record,
     quarantined,
 )
 from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
@@ -201,14 +202,48 @@ end
 return 1
 """
 
-# Leases: KEYS lease, fence; ARGV owner, ttl in ms.
-_ACQUIRE_LUA = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
+# One page of the completed streams' fingerprint fields, as one JSON string: a reply of
+# 100,000 x 8 values would cost seconds to parse in redis-py, one json.loads milliseconds.
+# KEYS the completed state set; ARGV SSCAN cursor, COUNT, stream hash key prefix, the 8
+# fields (redis.pcall and no unpack per row: a third faster, measured).
+# Each row: the id, then the fields (false: absent), or the id and 'WRONGTYPE'.
+_COMPLETED_LUA = """
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local rows, prefix = {}, ARGV[3]
+local f1, f2, f3, f4, f5, f6, f7, f8 = unpack(ARGV, 4, 11)
+for _, id in ipairs(scan[2]) do
+    local v = redis.pcall('HMGET', prefix .. id, f1, f2, f3, f4, f5, f6, f7, f8)
+    if v.err then
+        rows[#rows + 1] = {id, 'WRONGTYPE'}
+    else
+        rows[#rows + 1] = {id, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]}
+    end
+end
+return {scan[1], cjson.encode(rows)}
+"""
+
+# One page of the ids of the streams naming one of some upload ids. KEYS the all-streams
+# set; ARGV SSCAN cursor, COUNT, stream hash key prefix, the upload ids.
+_NAMING_LUA = """
+local scan, wanted, found = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2]), {}, {}
+for i = 4, #ARGV do wanted[ARGV[i]] = true end
+for _, id in ipairs(scan[2]) do
+    local upload = redis.pcall('HGET', ARGV[3] .. id, 'upload_id')  -- an error: no hash
+    if type(upload) == 'string' and wanted[upload] then found[#found + 1] = id end
+end
+return {scan[1], found}
+"""
+
+# Leases: KEYS lease, fence; ARGV owner, ttl in ms, and the holder to take over from
+# ('' = acquire: only a free lease, or ours, renewed, with its current token). A new owner
+# gets a new token.
+_TAKE_LUA = """
+local holder, from = redis.call('GET', KEYS[1]), ARGV[3]
+if from == '' and holder == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return tonumber(redis.call('GET', KEYS[2]))
 end
-if holder then
+if (from == '' and holder) or (from ~= '' and holder ~= from) then
     return false
 end
 local token = redis.call('INCR', KEYS[2])
@@ -216,27 +251,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return token
 """
 
-# Take over from a given holder only (one known to be dead): KEYS lease, fence;
-# ARGV old owner, new owner, ttl in ms.
-_STEAL_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-    return false
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return token
-"""
-
-_RENEW_LUA = """
+# Renew or release, only if ``owner`` holds the lease: KEYS lease; ARGV owner, then the
+# ttl in ms to renew, or '' to release.
+_IF_HOLDER_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+    if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -278,8 +298,38 @@ def _encode_record(record: StreamRecord) -> dict[EncodableT, EncodableT]:
 
 def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
     """The record of a stream hash; ``MalformedRecord`` if a field does not parse."""
+    return build_record(_decode_values(raw, _FIELD_TYPES))
+
+
+# The fields a CompletedFile holds (besides its id), as ``completed_files`` reads them.
+_COMPLETED_FIELDS = ("device", "inode", "final_size", "final_mtime_ns", "path", "key",
+                     "bucket", "state")  # fmt: skip
+
+
+def _utf8(text: str) -> bool:
+    """Whether a field decoded with surrogateescape was UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _number(name: str, text: object) -> int:
+    """An integer field of a packed row (``false``: absent)."""
+    if not isinstance(text, str):
+        raise MalformedRecord(f"{name}: missing")
+    try:
+        return int(text)
+    except ValueError:
+        raise MalformedRecord(f"{name}: not an integer") from None
+
+
+def _decode_values(raw: Mapping[str, str], types: Mapping[str, type]) -> dict[str, Any]:
+    """The hash's strings as the Python types of ``types`` (absent: None), unchecked
+    beyond that; ``MalformedRecord`` if a number does not parse."""
     values: dict[str, Any] = {}
-    for name, kind in _FIELD_TYPES.items():
+    for name, kind in types.items():
         text = raw.get(name)
         if text is None or kind is str or kind is StreamState:
             values[name] = text
@@ -289,7 +339,7 @@ def _decode_record(raw: Mapping[str, str]) -> StreamRecord:
         except (ValueError, OverflowError):
             raise MalformedRecord(f"{name}: not {'an integer' if kind is int else 'a number'}") \
                 from None
-    return build_record(values)
+    return values
 
 
 def _encode_part(part: PartRecord) -> str:
@@ -374,10 +424,9 @@ class RedisCheckpointStore:
         self._put_stream_script = client.register_script(_PUT_STREAM_LUA)
         self._delete_parts_script = client.register_script(_DELETE_PARTS_LUA)
         self._delete_stream_script = client.register_script(_DELETE_STREAM_LUA)
-        self._acquire_script = client.register_script(_ACQUIRE_LUA)
-        self._renew_script = client.register_script(_RENEW_LUA)
-        self._steal_script = client.register_script(_STEAL_LUA)
-        self._release_script = client.register_script(_RELEASE_LUA)
+        self._take_script = client.register_script(_TAKE_LUA)
+        self._if_holder_script = client.register_script(_IF_HOLDER_LUA)
+        self._naming_script = client.register_script(_NAMING_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
@@ -524,6 +573,64 @@ class RedisCheckpointStore:
                 out.append(result)
         return out
 
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        if not upload_ids:
+            return []
+        ids: set[str] = set()
+        with _mapped_errors("naming_uploads"):
+            cursor = 0
+            while True:  # pages of ids matched in the server: no hash travels but theirs
+                cursor, found = await self._naming_script(
+                    keys=[self._index], args=[cursor, 5000, f"{self._prefix}stream:",
+                                              *sorted(upload_ids)],
+                )  # fmt: skip
+                ids.update(map(_text, found))
+                if int(cursor) == 0:
+                    break
+            read = await self._read_records(sorted(ids), check_parts=True)
+        return [result for _, result in read if result is not None]
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        completed = self._state_key(StreamState.COMPLETED)
+        with _mapped_errors("completed_files"):
+            await self._ensure_state_index()
+            start = int(cursor) if cursor.isdigit() else 0
+            # Undecoded: one field that is not UTF-8 must not fail the page, only its record.
+            # (redis-py's execute_command is untyped; the reply is [cursor, JSON] as bytes.)
+            after, packed = await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", _COMPLETED_LUA, 1, completed, start, max(1, limit),
+                f"{self._prefix}stream:", *_COMPLETED_FIELDS, **{NEVER_DECODE: True},
+            )  # fmt: skip
+        try:
+            text, clean = packed.decode(), True
+        except UnicodeDecodeError:
+            text, clean = packed.decode("utf-8", "surrogateescape"), False
+        out: list[CompletedFile] = []
+        rows = json.loads(text) if text != "{}" else []  # cjson: an empty table is {}
+        for stream_id, *row in rows:
+            try:
+                if row == ["WRONGTYPE"]:
+                    raise MalformedRecord("not a Redis hash")
+                if not clean and not all(isinstance(v, bool) or _utf8(v) for v in row):
+                    raise MalformedRecord("a field is not UTF-8")
+                device, inode, size, mtime, path, key, bucket, state = row
+                if state != StreamState.COMPLETED.value:
+                    continue  # gone, or moved on since (the state set is a hint)
+                if size is False or mtime is False:
+                    continue  # no fingerprint: such a file is never passed over
+                out.append(build_completed([
+                    str(stream_id), _number("device", device), _number("inode", inode),
+                    _number("final_size", size), _number("final_mtime_ns", mtime), path,
+                    key, bucket,
+                ]))  # fmt: skip
+            except MalformedRecord as exc:
+                self._quarantine(str(stream_id), str(exc))
+        return out, ("" if int(after) == 0 else str(int(after)))
+
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         with _mapped_errors("find_by_inode"):
             ids = sorted(map(_text, await self._client.smembers(self._inode_key(inode))))
@@ -541,9 +648,9 @@ class RedisCheckpointStore:
 
     async def acquire(self, inode: int, owner: str, ttl: float) -> int | None:
         with _mapped_errors("acquire_lease"):
-            token = await self._acquire_script(
+            token = await self._take_script(
                 keys=[self._lease_key(inode), self._fence_key(inode)],
-                args=[owner, max(1, int(ttl * 1000))],
+                args=[owner, max(1, int(ttl * 1000)), ""],
             )
         if token is None:
             return None
@@ -556,10 +663,12 @@ class RedisCheckpointStore:
         return None if value is None else _text(value)
 
     async def steal(self, inode: int, old_owner: str, owner: str, ttl: float) -> int | None:
+        if not old_owner:  # '' would mean "acquire" to the script
+            return None
         with _mapped_errors("steal_lease"):
-            token = await self._steal_script(
+            token = await self._take_script(
                 keys=[self._lease_key(inode), self._fence_key(inode)],
-                args=[old_owner, owner, max(1, int(ttl * 1000))],
+                args=[owner, max(1, int(ttl * 1000)), old_owner],
             )
         if token is None:
             return None
@@ -568,7 +677,7 @@ class RedisCheckpointStore:
 
     async def renew(self, inode: int, owner: str, ttl: float) -> bool:
         with _mapped_errors("renew_lease"):
-            ok = await self._renew_script(
+            ok = await self._if_holder_script(
                 keys=[self._lease_key(inode)], args=[owner, max(1, int(ttl * 1000))]
             )
         return bool(ok)
@@ -576,7 +685,7 @@ class RedisCheckpointStore:
     async def release(self, inode: int, owner: str) -> None:
         self._held.pop(inode, None)
         with _mapped_errors("release_lease"):
-            await self._release_script(keys=[self._lease_key(inode)], args=[owner])
+            await self._if_holder_script(keys=[self._lease_key(inode)], args=[owner, ""])
 
     def fence(self, stream_id: str, inode: int, token: int) -> None:
         self._fences[stream_id] = (self._fence_key(inode), str(token))

@@ -26,15 +26,14 @@ from typing import Any, TypeVar
 import structlog
 
 from cefmp4 import logs
-from cefmp4.checkpoint import (
+from cefmp4.checkpoint import StreamState, quarantined
+from cefmp4.checkpoint.parse import build_completed, build_part, build_record
+from cefmp4.checkpoint.records import (
+    CompletedFile,
     MalformedRecord,
     PartRecord,
     QuarantinedRecord,
     StreamRecord,
-    StreamState,
-    build_part,
-    build_record,
-    quarantined,
 )
 from cefmp4.errors import ConfigError, PermanentError, TransientError
 from cefmp4.outbox import OutboxItem
@@ -113,6 +112,12 @@ _STREAM_COLUMNS = (
 )  # fmt: skip
 _FIELDS = tuple("key" if c == "object_key" else c for c in _STREAM_COLUMNS)
 _SELECT_STREAMS = f"SELECT {', '.join(_STREAM_COLUMNS)} FROM streams"
+_SELECT_COMPLETED = (
+    "SELECT rowid, stream_id, device, inode, final_size, final_mtime_ns, path, object_key, "
+    "bucket FROM streams WHERE state = 'completed' AND rowid > ? "
+    # A completed stream without its final size or mtime is no fingerprint: never skipped.
+    "AND final_size IS NOT NULL AND final_mtime_ns IS NOT NULL ORDER BY rowid LIMIT ?"
+)
 _UPSERT_STREAM = (
     f"INSERT OR REPLACE INTO streams ({', '.join(_STREAM_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_STREAM_COLUMNS))})"
@@ -258,12 +263,14 @@ class SqliteCheckpointStore:
         problem = self._problem(row, check_parts=check_parts)
         if isinstance(problem, StreamRecord):
             return problem
-        stream_id = str(row[0])
+        self._warn_once(str(row[0]), problem)
+        return None
+
+    def _warn_once(self, stream_id: str, problem: str) -> None:
         if stream_id not in self._warned:
             self._warned.add(stream_id)
             log.warning(logs.RECORD_QUARANTINED, stream_id=stream_id[:80], reason=problem,
                         store="sqlite")  # fmt: skip
-        return None
 
     def _problem(self, row: tuple[Any, ...], *, check_parts: bool) -> StreamRecord | str:
         try:
@@ -301,6 +308,46 @@ class SqliteCheckpointStore:
             rows = self._conn.execute(f"{_SELECT_STREAMS} WHERE state IN ({marks})", values)
         parsed = (self._parse(row, check_parts=True) for row in rows.fetchall())
         return [record for record in parsed if record is not None]
+
+    async def naming_uploads(
+        self, upload_ids: frozenset[str]
+    ) -> list[StreamRecord | QuarantinedRecord]:
+        if not upload_ids:
+            return []
+        return await self._run("naming_uploads", self._naming_sync, sorted(upload_ids))
+
+    def _naming_sync(self, upload_ids: list[str]) -> list[StreamRecord | QuarantinedRecord]:
+        # No index on upload_id: a scan in SQLite's C, ~10 ms per 100,000 rows, and only
+        # when an upload is unknown.
+        marks = ", ".join("?" * len(upload_ids))
+        rows = self._conn.execute(f"{_SELECT_STREAMS} WHERE upload_id IN ({marks})", upload_ids)
+        out: list[StreamRecord | QuarantinedRecord] = []
+        for row in rows.fetchall():
+            problem = self._problem(row, check_parts=True)
+            out.append(problem if isinstance(problem, StreamRecord)
+                       else quarantined(str(row[0]), problem, _row_values(row)))  # fmt: skip
+        return out
+
+    async def completed_files(
+        self, cursor: str = "", limit: int = 5000
+    ) -> tuple[list[CompletedFile], str]:
+        after = int(cursor) if cursor.isdigit() else 0
+        return await self._run("completed_files", self._completed_sync, after, max(1, limit))
+
+    def _completed_sync(self, after: int, limit: int) -> tuple[list[CompletedFile], str]:
+        # Keyset pages in rowid order through streams_state (an index holds the rowid).
+        rows = self._conn.execute(_SELECT_COMPLETED, (after, limit)).fetchall()
+        out: list[CompletedFile] = []
+        for row in rows:
+            values = list(row[1:])
+            for i in (1, 2):  # device, inode: see _to_i64
+                if isinstance(values[i], int):
+                    values[i] = _from_i64(values[i])
+            try:
+                out.append(build_completed(values))
+            except MalformedRecord as exc:
+                self._warn_once(str(row[1]), str(exc))
+        return out, (str(rows[-1][0]) if len(rows) == limit else "")
 
     async def find_by_inode(self, inode: int) -> list[StreamRecord]:
         return await self._run("find_by_inode", self._find_by_inode_sync, inode)
