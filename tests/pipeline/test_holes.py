@@ -35,24 +35,26 @@ from tests.pipeline.conftest import (
 
 async def seed(
     settings: Settings, store: MemoryObjectStore, path: Path, data: bytes, *, parts: int,
-    status: str | None, completed: bool = False,
+    status: str | None, completed: bool = False, stray: int | None = None,
 ) -> StreamRecord:
     """The state a crash during finalize leaves: ``parts`` parts of ``data`` in S3 and
     in the checkpoint, the stream FINALIZING with ``status``; ``completed``: Complete had
-    happened too."""
+    happened too (from those parts); ``stray``: one more part, past a gap, uploaded and
+    checkpointed but not in the object."""
     st = path.stat()
     stream_id = new_stream_id()
     rel = path.relative_to(settings.watch_dir).as_posix()
     key = object_key(settings.s3_key_prefix, stream_id, rel)
     upload_id = await store.create_multipart(key, "video/mp4")
     records_: list[PartRecord] = []
-    for n in range(1, parts + 1):
+    for n in [*range(1, parts + 1), *([stray] if stray else [])]:
         body = data[(n - 1) * PART:n * PART]
         digest = hashlib.md5(body).digest()
         etag = await store.upload_part(key, upload_id, n, body, base64.b64encode(digest).decode())
         records_.append(PartRecord(n, (n - 1) * PART, len(body), etag, digest.hex(), 1.0))
     if completed:
-        await store.complete_multipart(key, upload_id, [(p.part_number, p.etag) for p in records_])
+        made = [(p.part_number, p.etag) for p in records_[:parts]]
+        await store.complete_multipart(key, upload_id, made)
     record = StreamRecord(
         stream_id=stream_id, path=str(path), rel_path=rel, device=st.st_dev, inode=st.st_ino,
         bucket=store.bucket, key=key, part_size=PART, max_parts=settings.max_parts,
@@ -119,6 +121,27 @@ async def test_hole1_a_completed_object_is_never_overwritten_by_a_rewritten_file
     assert store.objects[record.key].body == old
     assert metadata(store, record.key)["total_size_bytes"] == len(old)
     assert new in videos(store).values()
+
+
+async def test_hole1_a_truncated_stream_completed_from_its_contiguous_parts_is_confirmed(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Sim seed 310: the kept object was completed from parts 1..3 while the checkpoint also
+    held part 5 (4 was cancelled by the truncation); the crash came before the metadata.
+    The restart must see the object as completed, not restart the upload and fail."""
+    path = watch / "cam.mp4"
+    old = pattern(5 * PART, seed=1)
+    path.write_bytes(old)
+    record = await seed(
+        settings, store, path, old, parts=3, status="truncated", completed=True, stray=5
+    )
+    os.truncate(path, 0)
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old[: 3 * PART]
+    assert metadata(store, record.key)["status"] == "truncated"
+    states = {r.stream_id: r.state for r in await records(settings)}
+    assert states[record.stream_id] is StreamState.COMPLETED
+    assert await store.list_multipart_uploads("") == []
 
 
 class TwoAtOnceLost(MemoryObjectStore):
