@@ -150,6 +150,12 @@ async def finish_kept(
                          completed_at=record.completed_at or ctx.clock.time(),
                          completed_by=completed_by(status, None))
         await ctx.retry("checkpoint", _put(ctx, record))
+    if status == COMPLETE and await existing_object(ctx, record.key) is None:
+        # An idle end decided before the file went away: what S3 kept is not the verified
+        # file (§2.3), so the object says what ended it (checkpointed before it is made).
+        status = SOURCE_DELETED if fd is None else TRUNCATED
+        record = replace(record, status=status, completed_by=completed_by(status, None))
+        await ctx.retry("checkpoint", _put(ctx, record))
     parts = contiguous({p.part_number: p for p in parts})
     if not parts:
         if record.upload_id is not None:

@@ -144,6 +144,24 @@ async def test_hole1_a_truncated_stream_completed_from_its_contiguous_parts_is_c
     assert await store.list_multipart_uploads("") == []
 
 
+async def test_hole1_an_idle_stream_whose_file_went_away_is_not_called_complete(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Sim seed 300: the idle end (status complete) was checkpointed, the file grew, the
+    process crashed mid-verification and the file was deleted while it was down. What S3
+    kept is a prefix the file once held as part of more: not a "complete" object."""
+    path = watch / "cam.mp4"
+    old = pattern(5 * PART + 7, seed=1)
+    path.write_bytes(old)
+    record = await seed(settings, store, path, old, parts=3, status="complete")
+    path.unlink()
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old[: 3 * PART]
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["completed_by"]) == ("source_deleted", "source_deleted")
+    assert await store.list_multipart_uploads("") == []
+
+
 class TwoAtOnceLost(MemoryObjectStore):
     """UploadPart answers NoSuchUpload to the first two calls, both at the same moment
     (MinIO purging a stale upload while a catch-up has several parts in flight)."""

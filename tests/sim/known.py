@@ -16,6 +16,8 @@ KNOWN_HOLES: dict[int, str] = {}
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    300: "an idle end (complete) checkpointed, the file grown, a crash, the file deleted "
+         "while down: the kept prefix must not be called complete (finish_kept)",
     310: "a truncated stream completed from parts 1-5 with part 7 checkpointed too: the "
          "restart must confirm that object (reconcile), not fail the stream without metadata",
     1627: "replaced while the completed stream's metadata waited on a slow store: the "
