@@ -76,9 +76,18 @@ def _etag_part_count(etag: str) -> int | None:
     return int(count) if dash and count.isdigit() else None
 
 
-async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
+class FileChanged(Exception):
+    """The file is no longer as it was when the parts were verified (before a Complete)."""
+
+
+async def complete_parts(
+    ctx: Context, record: StreamRecord, parts: list[PartRecord],
+    *, still: Callable[[], bool] | None = None,
+) -> None:
     """Complete the object from ``parts`` (at least one). ``UploadNotFound`` when S3 forgot
-    the upload and the object is not already the one these parts make."""
+    the upload and the object is not already the one these parts make. ``still``: asked
+    before every attempt, ``FileChanged`` when it says the parts are no longer the file's
+    (an outage can hold a Complete back for as long as a recorder keeps writing)."""
     key = record.key
     upload_id = record.upload_id
     if not parts or upload_id is None:
@@ -86,8 +95,14 @@ async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRec
     pairs = [(p.part_number, p.etag) for p in parts]
     if ctx.guard is not None:
         await ctx.guard(record)
+
+    async def attempt() -> str:
+        if still is not None and not still():
+            raise FileChanged
+        return await ctx.objects.complete_multipart(key, upload_id, pairs)
+
     try:
-        await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
+        await ctx.retry("complete", attempt)
     except UploadNotFound:
         # Completed before (a crash or a lost response after Complete), or the upload expired.
         if await already_complete(ctx, key, parts):

@@ -18,6 +18,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.complete import (
+    FileChanged,
     abort_quietly,
     complete_parts,
     existing_object,
@@ -26,7 +27,7 @@ from cefmp4.complete import (
 )
 from cefmp4.completion import CompletedBy
 from cefmp4.errors import ObjectExists, UploadNotFound
-from cefmp4.identity import Change, end_of_source, truncated
+from cefmp4.identity import Change, Fingerprint, end_of_source, fingerprint, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
 from cefmp4.parts import contiguous, part_bounds
@@ -102,11 +103,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         return
     while True:
         try:
-            parts, sha256, mtime_ns = await _upload_rest_verified(worker)
-            if parts:
-                await complete_parts(ctx, worker.record, parts)
-            else:
-                await put_empty(ctx, worker.record)
+            parts, sha256, mtime_ns = await _complete_verified(worker)
             break
         except TruncatedNow:
             # Bytes S3 holds left the file while we verified: they make the object.
@@ -195,9 +192,32 @@ def _put(ctx: Context, record: StreamRecord) -> Callable[[], Awaitable[None]]:
     return lambda: ctx.checkpoints.put_stream(record)
 
 
-async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
+async def _complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
+    """Make the object of the verified file: (its parts, SHA-256, the mtime they hold)."""
+    while True:
+        parts, sha256, mtime_ns, fp = await _upload_rest_verified(worker)
+        if not parts:
+            await put_empty(worker.ctx, worker.record)
+            return parts, sha256, mtime_ns
+        # A Complete retried after an outage must still be of the file's bytes: a write
+        # (or an unlink) since they were verified means verify again first.
+        try:
+            await complete_parts(worker.ctx, worker.record, parts, still=_still(worker.fd, fp))
+        except FileChanged:
+            continue
+        return parts, sha256, mtime_ns
+
+
+def _still(fd: int, verified: Fingerprint) -> Callable[[], bool]:
+    return lambda: fingerprint(os.fstat(fd)) == verified
+
+
+async def _upload_rest_verified(
+    worker: StreamWorker,
+) -> tuple[list[PartRecord], str, int, Fingerprint]:
     """Upload the tail and every changed part: (the object's parts, its SHA-256, the mtime
-    of the bytes they hold). Returns only once the file is proved unchanged since hashed."""
+    of the bytes they hold, the file's fingerprint then). Returns only once the file is
+    proved unchanged since hashed."""
     fast = await _quiet_file_parts(worker)
     if fast is not None:
         return fast
@@ -219,11 +239,13 @@ async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord],
         if unchanged_since(worker.fd, digest) and (not stale or digest.trusted):
             parts = verified(digest, up.parts)
             if parts is not None:
-                return parts, digest.result.sha256, digest.mtime_ns
+                return parts, digest.result.sha256, digest.mtime_ns, digest.fingerprint
         digest = None  # the recorder wrote while we uploaded: hash everything again
 
 
-async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str, int] | None:
+async def _quiet_file_parts(
+    worker: StreamWorker,
+) -> tuple[list[PartRecord], str, int, Fingerprint] | None:
     """A file that was complete before we read it needs no second read: every part's MD5
     was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
     up = worker.up
@@ -241,7 +263,7 @@ async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str
     parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
     if sha256 is None or not worker.quiet_since_start(after) or None in parts:
         return None
-    return [p for p in parts if p is not None], sha256, after.st_mtime_ns
+    return [p for p in parts if p is not None], sha256, after.st_mtime_ns, fingerprint(after)
 
 
 async def publish(

@@ -16,7 +16,7 @@ import pytest
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import UploadNotFound
+from cefmp4.errors import TransientError, UploadNotFound
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.settings import Settings
 from cefmp4.storage import PartBody
@@ -311,3 +311,56 @@ async def test_hole5_the_fingerprint_is_of_the_verified_bytes(
     # a second stream holds it as it is now.
     assert store.objects[first.key].body == data
     assert store.objects[second.key].body == path.read_bytes()
+
+
+class WritesDuringCompleteOutage(MemoryObjectStore):
+    """The first CompleteMultipartUpload fails with a transport error and the recorder
+    appends meanwhile; ``executed``: S3 had completed it (the answer was lost)."""
+
+    def __init__(self, path: Path, *, executed: bool) -> None:
+        super().__init__("test-bucket")
+        self.path = path
+        self.executed = executed
+        self.failed = False
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        if self.failed:
+            return await super().complete_multipart(key, upload_id, parts)
+        self.failed = True
+        if self.executed:
+            await super().complete_multipart(key, upload_id, parts)
+        with self.path.open("ab") as f:
+            f.write(pattern(PART, seed=9))
+        raise TransientError("complete_multipart: ReadTimeoutError (simulated)")
+
+
+async def test_hole5_a_complete_retried_after_a_write_is_of_the_file_as_it_is_now(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    """Sim seeds 449, 481: a Complete held back by an outage while the recorder wrote, then
+    retried with the parts verified before the write: the object was a state the file had
+    left, and a delete meanwhile lost the rest. The retry must verify again first."""
+    path = watch / "cam.mp4"
+    path.write_bytes(pattern(PART + 3))
+    store = WritesDuringCompleteOutage(path, executed=False)
+    await burst(settings, store, prober)
+    (only,) = await records(settings)
+    assert store.objects[only.key].body == path.read_bytes()
+    assert metadata(store, only.key)["total_size_bytes"] == 2 * PART + 3
+
+
+async def test_hole5_a_complete_that_happened_before_the_write_stands(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(PART + 3)
+    path.write_bytes(data)
+    store = WritesDuringCompleteOutage(path, executed=True)
+    await burst(settings, store, prober)
+    first, second = await records(settings)
+    assert store.objects[first.key].body == data  # confirmed by HeadObject, never redone
+    assert metadata(store, first.key)["total_size_bytes"] == len(data)
+    assert store.objects[second.key].body == path.read_bytes()  # the growth: a new stream
+    assert await store.list_multipart_uploads("") == []

@@ -20,6 +20,9 @@ REGRESSION_SEEDS: dict[int, str] = {
          "while down: the kept prefix must not be called complete (finish_kept)",
     310: "a truncated stream completed from parts 1-5 with part 7 checkpointed too: the "
          "restart must confirm that object (reconcile), not fail the stream without metadata",
+    449: "a Complete held back 20 s by a timeout while the file grew and was deleted: "
+         "the retry must verify again, not complete a state the file left (finalize)",
+    481: "the same with a rewrite and a replace during the held-back Complete",
     1627: "replaced while the completed stream's metadata waited on a slow store: the "
           "growth after Complete is a new stream's, not the held one's (invariant, §2.4)",
     3681: "truncated below a checkpointed part, then deleted while that stream finished: "
