@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from tests.pipeline.conftest import (
     FakeProber,
     burst,
     capture,
+    daemon,
     metadata,
     pattern,
     records,
@@ -364,3 +366,24 @@ async def test_hole5_a_complete_that_happened_before_the_write_stands(
     assert metadata(store, first.key)["total_size_bytes"] == len(data)
     assert store.objects[second.key].body == path.read_bytes()  # the growth: a new stream
     assert await store.list_multipart_uploads("") == []
+
+
+async def test_hole6_a_superseded_upload_is_aborted_only_after_the_grace_period(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    """Start-up aborts the uploads of a stream that moved on to another upload id, but
+    never one younger than the grace period: a peer may have just created it."""
+    now = datetime.now(UTC)
+    at = [now - timedelta(hours=2)]
+    store = MemoryObjectStore("test-bucket", clock=lambda: at[0])
+    path = watch / "cam.mp4"
+    data = pattern(PART + 5)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=1, status=None)
+    old = await store.create_multipart(record.key, "video/mp4")
+    at[0] = now
+    young = await store.create_multipart(record.key, "video/mp4")
+    async with daemon(settings, store, prober):
+        still_open = {u.upload_id for u in store.open_uploads()}
+        assert old not in still_open
+        assert young in still_open
