@@ -18,24 +18,22 @@ import structlog
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.complete import (
-    FileChanged,
     abort_quietly,
     complete_parts,
     existing_object,
-    put_empty,
     sha256_of_object,
 )
 from cefmp4.completion import CompletedBy
 from cefmp4.errors import ObjectExists, UploadNotFound
-from cefmp4.identity import Change, Fingerprint, end_of_source, fingerprint, truncated
+from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
-from cefmp4.parts import contiguous, part_bounds
+from cefmp4.parts import contiguous
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
 from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
-from cefmp4.verify import digest_now, needs_md5, stale_parts, unchanged_since, verified
+from cefmp4.verified_complete import TruncatedNow, complete_verified
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -43,15 +41,6 @@ COMPLETE = "complete"
 TRUNCATED = "truncated"
 SOURCE_DELETED = "source_deleted"
 _REASONS = {TRUNCATED: "truncated", SOURCE_DELETED: "deleted"}
-
-
-class TruncatedNow(Exception):
-    """The file lost bytes that are already in S3 while finalize was verifying it."""
-
-
-def _check_not_truncated(worker: StreamWorker) -> None:
-    if truncated(os.fstat(worker.fd), worker.up.uploaded_extent()):
-        raise TruncatedNow
 
 
 def completed_by(status: str, judged: CompletedBy | None) -> str:
@@ -103,7 +92,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         return
     while True:
         try:
-            parts, sha256, mtime_ns = await _complete_verified(worker)
+            parts, sha256, mtime_ns = await complete_verified(worker)
             break
         except TruncatedNow:
             # Bytes S3 holds left the file while we verified: they make the object.
@@ -190,80 +179,6 @@ async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:
 
 def _put(ctx: Context, record: StreamRecord) -> Callable[[], Awaitable[None]]:
     return lambda: ctx.checkpoints.put_stream(record)
-
-
-async def _complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
-    """Make the object of the verified file: (its parts, SHA-256, the mtime they hold)."""
-    while True:
-        parts, sha256, mtime_ns, fp = await _upload_rest_verified(worker)
-        if not parts:
-            await put_empty(worker.ctx, worker.record)
-            return parts, sha256, mtime_ns
-        # A Complete retried after an outage must still be of the file's bytes: a write
-        # (or an unlink) since they were verified means verify again first.
-        try:
-            await complete_parts(worker.ctx, worker.record, parts, still=_still(worker.fd, fp))
-        except FileChanged:
-            continue
-        return parts, sha256, mtime_ns
-
-
-def _still(fd: int, verified: Fingerprint) -> Callable[[], bool]:
-    return lambda: fingerprint(os.fstat(fd)) == verified
-
-
-async def _upload_rest_verified(
-    worker: StreamWorker,
-) -> tuple[list[PartRecord], str, int, Fingerprint]:
-    """Upload the tail and every changed part: (the object's parts, its SHA-256, the mtime
-    of the bytes they hold, the file's fingerprint then). Returns only once the file is
-    proved unchanged since hashed."""
-    fast = await _quiet_file_parts(worker)
-    if fast is not None:
-        return fast
-    up, ctx = worker.up, worker.ctx
-    digest = await worker.predigest.take()
-    while True:
-        if digest is None:
-            digest = await digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts))
-        _check_not_truncated(worker)
-        stale = stale_parts(digest, up.parts)
-        up.forget_parts_beyond(len(digest.result.parts))
-        for d in stale:
-            up.start_part(d.part_number, d.offset, d.size)
-        await up.drain()
-        _check_not_truncated(worker)
-        # Never without the fingerprint check: a write since the pass began means the
-        # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
-        # have been trusted (settled) to prove the bytes did not move while hashed.
-        if unchanged_since(worker.fd, digest) and (not stale or digest.trusted):
-            parts = verified(digest, up.parts)
-            if parts is not None:
-                return parts, digest.result.sha256, digest.mtime_ns, digest.fingerprint
-        digest = None  # the recorder wrote while we uploaded: hash everything again
-
-
-async def _quiet_file_parts(
-    worker: StreamWorker,
-) -> tuple[list[PartRecord], str, int, Fingerprint] | None:
-    """A file that was complete before we read it needs no second read: every part's MD5
-    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
-    up = worker.up
-    st = os.fstat(worker.fd)
-    if up.running_sha is None or not worker.quiet_since_start(st):
-        return None
-    bounds = part_bounds(up.schedule, st.st_size)
-    for number, offset, size in bounds:
-        if number not in up.parts and not up.is_inflight(number):
-            up.start_part(number, offset, size)
-    await up.drain()
-    _check_not_truncated(worker)
-    after = os.fstat(worker.fd)
-    sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
-    parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
-    if sha256 is None or not worker.quiet_since_start(after) or None in parts:
-        return None
-    return [p for p in parts if p is not None], sha256, after.st_mtime_ns, fingerprint(after)
 
 
 async def publish(
