@@ -25,6 +25,8 @@ REGRESSION_SEEDS: dict[int, str] = {
     481: "the same with a rewrite and a replace during the held-back Complete",
     1627: "replaced while the completed stream's metadata waited on a slow store: the "
           "growth after Complete is a new stream's, not the held one's (invariant, §2.4)",
+    2403: "truncated twice, the second stream again cut inside part 1: two 'truncated' "
+          "objects of the same prefix, as §2.4 says (invariant)",
     3681: "truncated below a checkpointed part, then deleted while that stream finished: "
           "it ends with what was uploaded (invariant, §2.4)",
     4050: "truncated, then replaced while that stream finished, its upload purged by S3 "
