@@ -8,6 +8,7 @@ never overwritten, and the metadata is written only after the object exists.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -136,13 +137,24 @@ async def finish_kept(
                          completed_at=record.completed_at or ctx.clock.time(),
                          completed_by=completed_by(status, None))
         await ctx.retry("checkpoint", _put(ctx, record))
-    if status == COMPLETE and await existing_object(ctx, record.key) is None:
+    existing = await existing_object(ctx, record.key) if status == COMPLETE else None
+    if status == COMPLETE and existing is None:
         # An idle end decided before the file went away: what S3 kept is not the verified
         # file (§2.3), so the object says what ended it (checkpointed before it is made).
         status = SOURCE_DELETED if fd is None else TRUNCATED
         record = replace(record, status=status, completed_by=completed_by(status, None))
         await ctx.retry("checkpoint", _put(ctx, record))
     parts = contiguous({p.part_number: p for p in parts})
+    if not parts and status != COMPLETE:
+        existing = await existing_object(ctx, record.key)
+    if not parts and existing is not None and existing.size == 0:
+        # An empty recording whose object was written (only put_empty writes one at a
+        # stream's key) before a crash: its metadata is due, whatever ended it.
+        return await publish(
+            ctx, record, [], sha256=hashlib.sha256(b"").hexdigest(),
+            probe=await _kept_probe(ctx, fd, record.path, status), status=status,
+            mtime_ns=None, extra={"end_reason": None},
+        )
     if not parts:
         if record.upload_id is not None:
             await abort_quietly(ctx, record.key, record.upload_id)
@@ -158,15 +170,17 @@ async def finish_kept(
     sha256 = running.hexdigest(len(parts)) if running is not None else None
     if sha256 is None:
         sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in parts))
-    gone = status == SOURCE_DELETED
-    probe = (
-        ProbeResult(None, "source file gone before completion; not probed")
-        if gone or fd is None else await _probe(ctx, fd, record.path)
-    )
+    probe = await _kept_probe(ctx, fd, record.path, status)
     return await publish(
         ctx, record, parts, sha256=sha256, probe=probe, status=status, mtime_ns=None,
-        extra={"end_reason": "deleted" if gone else "truncated"},
+        extra={"end_reason": "deleted" if status == SOURCE_DELETED else "truncated"},
     )
+
+
+async def _kept_probe(ctx: Context, fd: int | None, path: str, status: str) -> ProbeResult:
+    if fd is None or status == SOURCE_DELETED:
+        return ProbeResult(None, "source file gone before completion; not probed")
+    return await _probe(ctx, fd, path)
 
 
 async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:

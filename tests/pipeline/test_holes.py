@@ -164,6 +164,27 @@ async def test_hole1_an_idle_stream_whose_file_went_away_is_not_called_complete(
     assert await store.list_multipart_uploads("") == []
 
 
+@pytest.mark.parametrize("status", ["complete", "truncated"])  # truncated: it was replaced
+async def test_hole1_an_empty_recordings_object_written_before_a_crash_gets_its_metadata(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber, status: str
+) -> None:
+    """Sim seed 9252: an empty file's object was written (PutObject), the crash came before
+    the metadata and the file went away: the restart must publish it, not fail the stream
+    and leave an object without a metadata document."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"")
+    record = await seed(settings, store, path, b"", parts=0, status=status)
+    assert record.upload_id is not None
+    await store.abort_multipart(record.key, record.upload_id)
+    await store.put_object(record.key, b"", "video/mp4")
+    path.unlink()
+    await burst(settings, store, prober)
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["total_size_bytes"]) == (status, 0)
+    states = {r.stream_id: r.state for r in await records(settings)}
+    assert states[record.stream_id] is StreamState.COMPLETED
+
+
 class TwoAtOnceLost(MemoryObjectStore):
     """UploadPart answers NoSuchUpload to the first two calls, both at the same moment
     (MinIO purging a stale upload while a catch-up has several parts in flight)."""

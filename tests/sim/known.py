@@ -27,6 +27,8 @@ REGRESSION_SEEDS: dict[int, str] = {
           "growth after Complete is a new stream's, not the held one's (invariant, §2.4)",
     2403: "truncated twice, the second stream again cut inside part 1: two 'truncated' "
           "objects of the same prefix, as §2.4 says (invariant)",
+    9252: "an empty file's object written, a crash before its metadata, the file gone: "
+          "the restart publishes it (finish_kept)",
     3681: "truncated below a checkpointed part, then deleted while that stream finished: "
           "it ends with what was uploaded (invariant, §2.4)",
     4050: "truncated, then replaced while that stream finished, its upload purged by S3 "
