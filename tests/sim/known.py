@@ -29,6 +29,7 @@ REGRESSION_SEEDS: dict[int, str] = {
           "objects of the same prefix, as §2.4 says (invariant)",
     9252: "an empty file's object written, a crash before its metadata, the file gone: "
           "the restart publishes it (finish_kept)",
+    11305: "the same as 9252, found by the soak of db37c7d",
     3681: "truncated below a checkpointed part, then deleted while that stream finished: "
           "it ends with what was uploaded (invariant, §2.4)",
     4050: "truncated, then replaced while that stream finished, its upload purged by S3 "
