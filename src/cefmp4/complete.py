@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
@@ -15,6 +16,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.containers import content_type
 from cefmp4.errors import UploadNotFound
 from cefmp4.hashing import multipart_etag
+from cefmp4.parts import contiguous
 from cefmp4.pipeline import Context
 from cefmp4.storage import ObjectInfo
 
@@ -45,9 +47,47 @@ async def already_complete(ctx: Context, key: str, parts: list[PartRecord]) -> b
     return info is not None and matches(info, parts)
 
 
-async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRecord]) -> None:
+async def completed_from(
+    ctx: Context, key: str, checkpointed: list[PartRecord]
+) -> list[PartRecord] | None:
+    """The parts an object already at ``key`` was completed from (a restart's "was it
+    completed before?"), or None."""
+    info = await existing_object(ctx, key)
+    return made_of(info, checkpointed) if info is not None else None
+
+
+def made_of(info: ObjectInfo, checkpointed: list[PartRecord]) -> list[PartRecord] | None:
+    """The first N of the ``checkpointed`` parts, if they make the object ``info``.
+
+    Finalize completes from parts 1..N, and the checkpoint may hold more: a truncation
+    keeps only the contiguous run, a verification drops the parts past a shorter file.
+    N is the multipart ETag's part count (a plain ETag: the run whose sizes add up)."""
+    run = contiguous({p.part_number: p for p in checkpointed})
+    count = _etag_part_count(info.etag)
+    if count is None:
+        sizes = list(itertools.accumulate(p.size for p in run))
+        count = sizes.index(info.size) + 1 if info.size in sizes else 0
+    made = run[:count]
+    return made if count and len(made) == count and matches(info, made) else None
+
+
+def _etag_part_count(etag: str) -> int | None:
+    _, dash, count = etag.strip('"').rpartition("-")
+    return int(count) if dash and count.isdigit() else None
+
+
+class FileChanged(Exception):
+    """The file is no longer as it was when the parts were verified (before a Complete)."""
+
+
+async def complete_parts(
+    ctx: Context, record: StreamRecord, parts: list[PartRecord],
+    *, still: Callable[[], bool] | None = None,
+) -> None:
     """Complete the object from ``parts`` (at least one). ``UploadNotFound`` when S3 forgot
-    the upload and the object is not already the one these parts make."""
+    the upload and the object is not already the one these parts make. ``still``: asked
+    before every attempt, ``FileChanged`` when it says the parts are no longer the file's
+    (an outage can hold a Complete back for as long as a recorder keeps writing)."""
     key = record.key
     upload_id = record.upload_id
     if not parts or upload_id is None:
@@ -55,8 +95,14 @@ async def complete_parts(ctx: Context, record: StreamRecord, parts: list[PartRec
     pairs = [(p.part_number, p.etag) for p in parts]
     if ctx.guard is not None:
         await ctx.guard(record)
+
+    async def attempt() -> str:
+        if still is not None and not still():
+            raise FileChanged
+        return await ctx.objects.complete_multipart(key, upload_id, pairs)
+
     try:
-        await ctx.retry("complete", lambda: ctx.objects.complete_multipart(key, upload_id, pairs))
+        await ctx.retry("complete", attempt)
     except UploadNotFound:
         # Completed before (a crash or a lost response after Complete), or the upload expired.
         if await already_complete(ctx, key, parts):

@@ -8,6 +8,7 @@ never overwritten, and the metadata is written only after the object exists.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -21,7 +22,6 @@ from cefmp4.complete import (
     abort_quietly,
     complete_parts,
     existing_object,
-    put_empty,
     sha256_of_object,
 )
 from cefmp4.completion import CompletedBy
@@ -29,12 +29,12 @@ from cefmp4.errors import ObjectExists, UploadNotFound
 from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
-from cefmp4.parts import contiguous, part_bounds
+from cefmp4.parts import contiguous
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
 from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
-from cefmp4.verify import digest_now, needs_md5, stale_parts, unchanged_since, verified
+from cefmp4.verified_complete import TruncatedNow, complete_verified
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -42,15 +42,6 @@ COMPLETE = "complete"
 TRUNCATED = "truncated"
 SOURCE_DELETED = "source_deleted"
 _REASONS = {TRUNCATED: "truncated", SOURCE_DELETED: "deleted"}
-
-
-class TruncatedNow(Exception):
-    """The file lost bytes that are already in S3 while finalize was verifying it."""
-
-
-def _check_not_truncated(worker: StreamWorker) -> None:
-    if truncated(os.fstat(worker.fd), worker.up.uploaded_extent()):
-        raise TruncatedNow
 
 
 def completed_by(status: str, judged: CompletedBy | None) -> str:
@@ -102,11 +93,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         return
     while True:
         try:
-            parts, sha256, mtime_ns = await _upload_rest_verified(worker)
-            if parts:
-                await complete_parts(ctx, worker.record, parts)
-            else:
-                await put_empty(ctx, worker.record)
+            parts, sha256, mtime_ns = await complete_verified(worker)
             break
         except TruncatedNow:
             # Bytes S3 holds left the file while we verified: they make the object.
@@ -150,7 +137,24 @@ async def finish_kept(
                          completed_at=record.completed_at or ctx.clock.time(),
                          completed_by=completed_by(status, None))
         await ctx.retry("checkpoint", _put(ctx, record))
+    existing = await existing_object(ctx, record.key) if status == COMPLETE else None
+    if status == COMPLETE and existing is None:
+        # An idle end decided before the file went away: what S3 kept is not the verified
+        # file (§2.3), so the object says what ended it (checkpointed before it is made).
+        status = SOURCE_DELETED if fd is None else TRUNCATED
+        record = replace(record, status=status, completed_by=completed_by(status, None))
+        await ctx.retry("checkpoint", _put(ctx, record))
     parts = contiguous({p.part_number: p for p in parts})
+    if not parts and status != COMPLETE:
+        existing = await existing_object(ctx, record.key)
+    if not parts and existing is not None and existing.size == 0:
+        # An empty recording whose object was written (only put_empty writes one at a
+        # stream's key) before a crash: its metadata is due, whatever ended it.
+        return await publish(
+            ctx, record, [], sha256=hashlib.sha256(b"").hexdigest(),
+            probe=await _kept_probe(ctx, fd, record.path, status), status=status,
+            mtime_ns=None, extra={"end_reason": None},
+        )
     if not parts:
         if record.upload_id is not None:
             await abort_quietly(ctx, record.key, record.upload_id)
@@ -166,15 +170,17 @@ async def finish_kept(
     sha256 = running.hexdigest(len(parts)) if running is not None else None
     if sha256 is None:
         sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in parts))
-    gone = status == SOURCE_DELETED
-    probe = (
-        ProbeResult(None, "source file gone before completion; not probed")
-        if gone or fd is None else await _probe(ctx, fd, record.path)
-    )
+    probe = await _kept_probe(ctx, fd, record.path, status)
     return await publish(
         ctx, record, parts, sha256=sha256, probe=probe, status=status, mtime_ns=None,
-        extra={"end_reason": "deleted" if gone else "truncated"},
+        extra={"end_reason": "deleted" if status == SOURCE_DELETED else "truncated"},
     )
+
+
+async def _kept_probe(ctx: Context, fd: int | None, path: str, status: str) -> ProbeResult:
+    if fd is None or status == SOURCE_DELETED:
+        return ProbeResult(None, "source file gone before completion; not probed")
+    return await _probe(ctx, fd, path)
 
 
 async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:
@@ -187,55 +193,6 @@ async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:
 
 def _put(ctx: Context, record: StreamRecord) -> Callable[[], Awaitable[None]]:
     return lambda: ctx.checkpoints.put_stream(record)
-
-
-async def _upload_rest_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
-    """Upload the tail and every changed part: (the object's parts, its SHA-256, the mtime
-    of the bytes they hold). Returns only once the file is proved unchanged since hashed."""
-    fast = await _quiet_file_parts(worker)
-    if fast is not None:
-        return fast
-    up, ctx = worker.up, worker.ctx
-    digest = await worker.predigest.take()
-    while True:
-        if digest is None:
-            digest = await digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts))
-        _check_not_truncated(worker)
-        stale = stale_parts(digest, up.parts)
-        up.forget_parts_beyond(len(digest.result.parts))
-        for d in stale:
-            up.start_part(d.part_number, d.offset, d.size)
-        await up.drain()
-        _check_not_truncated(worker)
-        # Never without the fingerprint check: a write since the pass began means the
-        # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
-        # have been trusted (settled) to prove the bytes did not move while hashed.
-        if unchanged_since(worker.fd, digest) and (not stale or digest.trusted):
-            parts = verified(digest, up.parts)
-            if parts is not None:
-                return parts, digest.result.sha256, digest.mtime_ns
-        digest = None  # the recorder wrote while we uploaded: hash everything again
-
-
-async def _quiet_file_parts(worker: StreamWorker) -> tuple[list[PartRecord], str, int] | None:
-    """A file that was complete before we read it needs no second read: every part's MD5
-    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
-    up = worker.up
-    st = os.fstat(worker.fd)
-    if up.running_sha is None or not worker.quiet_since_start(st):
-        return None
-    bounds = part_bounds(up.schedule, st.st_size)
-    for number, offset, size in bounds:
-        if number not in up.parts and not up.is_inflight(number):
-            up.start_part(number, offset, size)
-    await up.drain()
-    _check_not_truncated(worker)
-    after = os.fstat(worker.fd)
-    sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
-    parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
-    if sha256 is None or not worker.quiet_since_start(after) or None in parts:
-        return None
-    return [p for p in parts if p is not None], sha256, after.st_mtime_ns
 
 
 async def publish(

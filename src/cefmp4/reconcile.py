@@ -25,7 +25,7 @@ import structlog
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.complete import already_complete
+from cefmp4.complete import completed_from
 from cefmp4.errors import LeaseLost, SourceError, UploadNotFound
 from cefmp4.identity import Ident
 from cefmp4.keys import parse_key, within_prefix
@@ -95,9 +95,10 @@ async def reconcile(
             "list_parts", lambda: ctx.objects.list_parts(record.key, upload_id)
         )
     except UploadNotFound:
-        if parts and await already_complete(ctx, record.key, parts):
+        made = await completed_from(ctx, record.key, parts) if parts else None
+        if made is not None:
             # Completed before the crash; finalize confirms it and writes the metadata.
-            return record, parts
+            return record, made
         log.warning(logs.UPLOAD_RESTARTED, reason="upload id unknown to S3", parts_lost=len(parts))
         record = replace(record, upload_id=None)
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(record.stream_id))

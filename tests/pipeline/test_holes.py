@@ -10,13 +10,14 @@ import asyncio
 import base64
 import hashlib
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import UploadNotFound
+from cefmp4.errors import TransientError, UploadNotFound
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.settings import Settings
 from cefmp4.storage import PartBody
@@ -26,6 +27,7 @@ from tests.pipeline.conftest import (
     FakeProber,
     burst,
     capture,
+    daemon,
     metadata,
     pattern,
     records,
@@ -35,24 +37,26 @@ from tests.pipeline.conftest import (
 
 async def seed(
     settings: Settings, store: MemoryObjectStore, path: Path, data: bytes, *, parts: int,
-    status: str | None, completed: bool = False,
+    status: str | None, completed: bool = False, stray: int | None = None,
 ) -> StreamRecord:
     """The state a crash during finalize leaves: ``parts`` parts of ``data`` in S3 and
     in the checkpoint, the stream FINALIZING with ``status``; ``completed``: Complete had
-    happened too."""
+    happened too (from those parts); ``stray``: one more part, past a gap, uploaded and
+    checkpointed but not in the object."""
     st = path.stat()
     stream_id = new_stream_id()
     rel = path.relative_to(settings.watch_dir).as_posix()
     key = object_key(settings.s3_key_prefix, stream_id, rel)
     upload_id = await store.create_multipart(key, "video/mp4")
     records_: list[PartRecord] = []
-    for n in range(1, parts + 1):
+    for n in [*range(1, parts + 1), *([stray] if stray else [])]:
         body = data[(n - 1) * PART:n * PART]
         digest = hashlib.md5(body).digest()
         etag = await store.upload_part(key, upload_id, n, body, base64.b64encode(digest).decode())
         records_.append(PartRecord(n, (n - 1) * PART, len(body), etag, digest.hex(), 1.0))
     if completed:
-        await store.complete_multipart(key, upload_id, [(p.part_number, p.etag) for p in records_])
+        made = [(p.part_number, p.etag) for p in records_[:parts]]
+        await store.complete_multipart(key, upload_id, made)
     record = StreamRecord(
         stream_id=stream_id, path=str(path), rel_path=rel, device=st.st_dev, inode=st.st_ino,
         bucket=store.bucket, key=key, part_size=PART, max_parts=settings.max_parts,
@@ -119,6 +123,66 @@ async def test_hole1_a_completed_object_is_never_overwritten_by_a_rewritten_file
     assert store.objects[record.key].body == old
     assert metadata(store, record.key)["total_size_bytes"] == len(old)
     assert new in videos(store).values()
+
+
+async def test_hole1_a_truncated_stream_completed_from_its_contiguous_parts_is_confirmed(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Sim seed 310: the kept object was completed from parts 1..3 while the checkpoint also
+    held part 5 (4 was cancelled by the truncation); the crash came before the metadata.
+    The restart must see the object as completed, not restart the upload and fail."""
+    path = watch / "cam.mp4"
+    old = pattern(5 * PART, seed=1)
+    path.write_bytes(old)
+    record = await seed(
+        settings, store, path, old, parts=3, status="truncated", completed=True, stray=5
+    )
+    os.truncate(path, 0)
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old[: 3 * PART]
+    assert metadata(store, record.key)["status"] == "truncated"
+    states = {r.stream_id: r.state for r in await records(settings)}
+    assert states[record.stream_id] is StreamState.COMPLETED
+    assert await store.list_multipart_uploads("") == []
+
+
+async def test_hole1_an_idle_stream_whose_file_went_away_is_not_called_complete(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Sim seed 300: the idle end (status complete) was checkpointed, the file grew, the
+    process crashed mid-verification and the file was deleted while it was down. What S3
+    kept is a prefix the file once held as part of more: not a "complete" object."""
+    path = watch / "cam.mp4"
+    old = pattern(5 * PART + 7, seed=1)
+    path.write_bytes(old)
+    record = await seed(settings, store, path, old, parts=3, status="complete")
+    path.unlink()
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == old[: 3 * PART]
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["completed_by"]) == ("source_deleted", "source_deleted")
+    assert await store.list_multipart_uploads("") == []
+
+
+@pytest.mark.parametrize("status", ["complete", "truncated"])  # truncated: it was replaced
+async def test_hole1_an_empty_recordings_object_written_before_a_crash_gets_its_metadata(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber, status: str
+) -> None:
+    """Sim seed 9252: an empty file's object was written (PutObject), the crash came before
+    the metadata and the file went away: the restart must publish it, not fail the stream
+    and leave an object without a metadata document."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"")
+    record = await seed(settings, store, path, b"", parts=0, status=status)
+    assert record.upload_id is not None
+    await store.abort_multipart(record.key, record.upload_id)
+    await store.put_object(record.key, b"", "video/mp4")
+    path.unlink()
+    await burst(settings, store, prober)
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["total_size_bytes"]) == (status, 0)
+    states = {r.stream_id: r.state for r in await records(settings)}
+    assert states[record.stream_id] is StreamState.COMPLETED
 
 
 class TwoAtOnceLost(MemoryObjectStore):
@@ -270,3 +334,77 @@ async def test_hole5_the_fingerprint_is_of_the_verified_bytes(
     # a second stream holds it as it is now.
     assert store.objects[first.key].body == data
     assert store.objects[second.key].body == path.read_bytes()
+
+
+class WritesDuringCompleteOutage(MemoryObjectStore):
+    """The first CompleteMultipartUpload fails with a transport error and the recorder
+    appends meanwhile; ``executed``: S3 had completed it (the answer was lost)."""
+
+    def __init__(self, path: Path, *, executed: bool) -> None:
+        super().__init__("test-bucket")
+        self.path = path
+        self.executed = executed
+        self.failed = False
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        if self.failed:
+            return await super().complete_multipart(key, upload_id, parts)
+        self.failed = True
+        if self.executed:
+            await super().complete_multipart(key, upload_id, parts)
+        with self.path.open("ab") as f:
+            f.write(pattern(PART, seed=9))
+        raise TransientError("complete_multipart: ReadTimeoutError (simulated)")
+
+
+async def test_hole5_a_complete_retried_after_a_write_is_of_the_file_as_it_is_now(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    """Sim seeds 449, 481: a Complete held back by an outage while the recorder wrote, then
+    retried with the parts verified before the write: the object was a state the file had
+    left, and a delete meanwhile lost the rest. The retry must verify again first."""
+    path = watch / "cam.mp4"
+    path.write_bytes(pattern(PART + 3))
+    store = WritesDuringCompleteOutage(path, executed=False)
+    await burst(settings, store, prober)
+    (only,) = await records(settings)
+    assert store.objects[only.key].body == path.read_bytes()
+    assert metadata(store, only.key)["total_size_bytes"] == 2 * PART + 3
+
+
+async def test_hole5_a_complete_that_happened_before_the_write_stands(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(PART + 3)
+    path.write_bytes(data)
+    store = WritesDuringCompleteOutage(path, executed=True)
+    await burst(settings, store, prober)
+    first, second = await records(settings)
+    assert store.objects[first.key].body == data  # confirmed by HeadObject, never redone
+    assert metadata(store, first.key)["total_size_bytes"] == len(data)
+    assert store.objects[second.key].body == path.read_bytes()  # the growth: a new stream
+    assert await store.list_multipart_uploads("") == []
+
+
+async def test_hole6_a_superseded_upload_is_aborted_only_after_the_grace_period(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    """Start-up aborts the uploads of a stream that moved on to another upload id, but
+    never one younger than the grace period: a peer may have just created it."""
+    now = datetime.now(UTC)
+    at = [now - timedelta(hours=2)]
+    store = MemoryObjectStore("test-bucket", clock=lambda: at[0])
+    path = watch / "cam.mp4"
+    data = pattern(PART + 5)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=1, status=None)
+    old = await store.create_multipart(record.key, "video/mp4")
+    at[0] = now
+    young = await store.create_multipart(record.key, "video/mp4")
+    async with daemon(settings, store, prober):
+        still_open = {u.upload_id for u in store.open_uploads()}
+        assert old not in still_open
+        assert young in still_open

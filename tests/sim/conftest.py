@@ -1,7 +1,7 @@
 """Options of the simulator's tests (here, not in the root conftest: they only mean
 something with tests/sim on the command line).
 
-    scripts/test tests/sim                       the CI seeds (CI_SEEDS of them)
+    scripts/test tests/sim                       the CI seeds (CI_SEEDS, and REGRESSION_SEEDS)
     scripts/test tests/sim --sim-seeds 10000     a soak: seeds 0..9999
     scripts/test tests/sim -k replay --sim-seed 1234    one seed, with its full report
 """
@@ -9,6 +9,8 @@ something with tests/sim on the command line).
 from __future__ import annotations
 
 import pytest
+
+from tests.sim.known import REGRESSION_SEEDS
 
 CI_SEEDS = 150  # about a minute of CPU; under 3 minutes on a loaded 2-core machine
 
@@ -32,5 +34,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("sim_seed", [replay], ids=[f"replay-{replay}"])
         return
     first = config.getoption("--sim-first")
-    seeds = range(first, first + config.getoption("--sim-seeds"))
+    drawn = range(first, first + config.getoption("--sim-seeds"))
+    seeds = [*drawn, *(s for s in sorted(REGRESSION_SEEDS) if s not in drawn)]
     metafunc.parametrize("sim_seed", list(seeds), ids=[f"seed-{s}" for s in seeds])

@@ -12,3 +12,26 @@ from __future__ import annotations
 # merges of core's later fixes and the trust wrapper it runs clean (the schedule it draws
 # differs too, so the variant is not proven gone: the soak still finds such seeds).
 KNOWN_HOLES: dict[int, str] = {}
+
+# Seeds that once failed and were triaged, run by CI besides its range (a seed names its
+# schedule only while schedule.py draws the same way: re-triage them if it changes).
+REGRESSION_SEEDS: dict[int, str] = {
+    300: "an idle end (complete) checkpointed, the file grown, a crash, the file deleted "
+         "while down: the kept prefix must not be called complete (finish_kept)",
+    310: "a truncated stream completed from parts 1-5 with part 7 checkpointed too: the "
+         "restart must confirm that object (reconcile), not fail the stream without metadata",
+    449: "a Complete held back 20 s by a timeout while the file grew and was deleted: "
+         "the retry must verify again, not complete a state the file left (finalize)",
+    481: "the same with a rewrite and a replace during the held-back Complete",
+    1627: "replaced while the completed stream's metadata waited on a slow store: the "
+          "growth after Complete is a new stream's, not the held one's (invariant, §2.4)",
+    2403: "truncated twice, the second stream again cut inside part 1: two 'truncated' "
+          "objects of the same prefix, as §2.4 says (invariant)",
+    9252: "an empty file's object written, a crash before its metadata, the file gone: "
+          "the restart publishes it (finish_kept)",
+    11305: "the same as 9252, found by the soak of db37c7d",
+    3681: "truncated below a checkpointed part, then deleted while that stream finished: "
+          "it ends with what was uploaded (invariant, §2.4)",
+    4050: "truncated, then replaced while that stream finished, its upload purged by S3 "
+          "(invariant, §2.4)",
+}

@@ -47,6 +47,9 @@ class Recording:
     versions: list[bytes] = field(default_factory=list)
     history: list[tuple[int, int]] = field(default_factory=list)  # (version, size) seen
     ends: list[End] = field(default_factory=list)
+    # Streams a truncation cut -> the end of their furthest checkpointed part, which the
+    # file no longer reached: they end with what was uploaded (SPEC §2.4).
+    cut: dict[str, int] = field(default_factory=dict)
     live: bool = True  # still at a path under the watch directory
     writing: bool = True  # the recorder still writes to it (False once replaced)
 
