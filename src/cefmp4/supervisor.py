@@ -149,6 +149,8 @@ class StreamSupervisor:
 
     def consider(self, ident: Ident, path: Path, rel: str | None = None) -> None:
         if self.at_capacity() or self.ownership.busy(ident):
+            if self.at_capacity() and ident not in self._deferred:  # once per waiting file
+                log.warning(logs.STREAM_DEFERRED, path=str(path), max_streams=self.max_streams)
             self._deferred[ident] = path
             return
         self._deferred.pop(ident, None)

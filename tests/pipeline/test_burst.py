@@ -128,7 +128,7 @@ async def test_metrics_count_what_happened(
 async def test_max_streams_caps_open_streams_and_every_file_waits_its_turn(
     tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
 ) -> None:
-    from tests.pipeline.conftest import make_app, make_settings
+    from tests.pipeline.conftest import capture, make_app, make_settings
 
     settings = make_settings(tmp_path, watch, max_streams=2)
     for i in range(7):
@@ -144,9 +144,15 @@ async def test_max_streams_caps_open_streams_and_every_file_waits_its_turn(
         await real_put(key, body, content_type)
 
     store.put_object = watching_put  # type: ignore[method-assign]
-    await app.run_burst()
+    with capture() as logs:
+        await app.run_burst()
     assert len(videos(store)) == 7
     assert 1 <= peak <= 2
+    # An operator sees why files wait: one warning per waiting file, naming the cap.
+    waiting = [e for e in logs if e["event"] == "stream_deferred"]
+    assert waiting
+    assert all(e["max_streams"] == 2 for e in waiting)
+    assert len({e["path"] for e in waiting}) == len(waiting) <= 5
     assert os.listdir(watch)  # nothing was deleted or moved
 
 
