@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -12,7 +13,7 @@ import crc32c
 import pytest
 
 from cefmp4.errors import ContentChanged, SourceError, TransientError
-from cefmp4.storage.s3 import S3ObjectStore, open_s3_store
+from cefmp4.storage.s3 import S3ObjectStore, open_s3_store, probing
 from tests.support.seaweed import SeaweedS3, s3_store_for
 
 MiB = 1024 * 1024
@@ -188,6 +189,30 @@ async def test_a_store_that_ignores_crc32c_gets_content_md5() -> None:
     assert await store.part_checksum() == "md5"
     assert await store.part_checksum() == "md5"
     assert client.calls == ["list", "create", "part", "abort"]  # probed once
+
+
+class _SlowCreate(_IgnoresChecksums):
+    """CreateMultipartUpload takes effect at once; its answer arrives 0.2 s later."""
+
+    async def create_multipart_upload(self, **kw: object) -> dict[str, str]:
+        self.calls.append("create")
+        await asyncio.sleep(0.2)
+        return {"UploadId": "u"}
+
+
+@pytest.mark.parametrize("close_wait", [2.0, 0.05])
+async def test_a_store_closed_while_its_probe_creates_an_upload_aborts_it_or_says_why(
+    close_wait: float,
+) -> None:
+    # A second instance refused at start-up closed its store while the probe's Create was
+    # in flight: cancelled there, the probe left the upload open. Given the time, it ends
+    # and aborts; a store too slow for the bound is cancelled (the next start aborts it).
+    client = _SlowCreate()
+    store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
+    async with probing(store, close_wait=close_wait):
+        await asyncio.sleep(0.05)  # the probe is inside Create now
+    assert client.calls[:2] == ["list", "create"]
+    assert ("abort" in client.calls) is (close_wait > 0.2)
 
 
 class CachedBody(FailingBody):

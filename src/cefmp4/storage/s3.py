@@ -55,6 +55,7 @@ _DEFAULT_REGION = "us-east-1"
 
 CHECKSUM_CHOSEN: Final = "s3_part_checksum"  # log event: which per-part check this store gets
 _PROBE_TRIES: Final = 3  # probes that could not start before settling on Content-MD5
+_PROBE_CLOSE_WAIT: Final = 2.0  # s a running probe may take to end when the store closes
 # What stores answer when a body does not match its declared checksum.
 _DIGEST_MISMATCH: Final = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 
@@ -470,12 +471,24 @@ async def open_s3_store(
             checksum=checksum,
             probe_prefix=probe_prefix,
         )
-        # Probe while the caller opens its other adapters and reads the first part: the
-        # answer is then ready when that part is hashed. A failed probe is only "md5 for
-        # now" (see part_checksum), so its outcome needs no handling here.
-        probe = asyncio.create_task(store.part_checksum(), name="s3-checksum-probe")
-        try:
+        async with probing(store):
             yield store
-        finally:
-            probe.cancel()
-            await asyncio.gather(probe, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def probing(
+    store: S3ObjectStore, close_wait: float = _PROBE_CLOSE_WAIT
+) -> AsyncIterator[None]:
+    """Probe while the caller opens its other adapters and reads the first part: the
+    answer is then ready when that part is hashed. A failed probe is only "md5 for now"
+    (see part_checksum), so its outcome needs no handling here."""
+    probe = asyncio.create_task(store.part_checksum(), name="s3-checksum-probe")
+    try:
+        yield
+    finally:
+        # Cancelled inside CreateMultipartUpload, the probe would leave that upload open
+        # (a refused second instance did, in a test): let its few requests finish first,
+        # within a bound, so a store that hangs cannot hold up the exit.
+        await asyncio.wait({probe}, timeout=close_wait)
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
