@@ -16,7 +16,14 @@ import pytest
 
 from cefmp4.parts import MIB
 from cefmp4.settings import Settings
-from tests.support.app import make_settings, running_app, sha256_file, wait_for, wait_metadata
+from tests.support.app import (
+    make_settings,
+    recording_uploads,
+    running_app,
+    sha256_file,
+    wait_for,
+    wait_metadata,
+)
 from tests.support.media import GrowingWriter, make_mp4
 from tests.support.seaweed import SeaweedS3, s3_store_for
 
@@ -31,7 +38,7 @@ async def _parts_listed(s3: SeaweedS3, bucket: str, n: int) -> None:
     async with s3_store_for(s3, bucket) as store:
 
         async def enough() -> bool:
-            uploads = await store.list_multipart_uploads("streams/")
+            uploads = recording_uploads(await store.list_multipart_uploads("streams/"))
             if not uploads:
                 return False
             parts = await store.list_parts(uploads[0].key, uploads[0].upload_id)
@@ -182,7 +189,7 @@ async def test_upload_aborted_out_of_band_restarts_from_zero(
     async with running_app(settings), s3_store_for(s3_server, s3_bucket) as store:
         with GrowingWriter(source_20mb, target, rate=3_000_000) as writer:
             await _parts_listed(s3_server, s3_bucket, 1)
-            [upload] = await store.list_multipart_uploads("streams/")
+            [upload] = recording_uploads(await store.list_multipart_uploads("streams/"))
             await store.abort_multipart(upload.key, upload.upload_id)
             await asyncio.to_thread(writer.wait, 60)
         [doc] = await wait_metadata(s3_server, s3_bucket, "ab.mp4")

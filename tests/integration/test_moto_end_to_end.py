@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from cefmp4.keys import metadata_key
-from tests.support.app import make_settings, running_app, sha256_file, wait_metadata
+from tests.support.app import PROBE_MARK, make_settings, running_app, sha256_file, wait_metadata
 from tests.support.moto import MotoS3, moto_s3
 from tests.support.proc import run_cli, settings_env
 
@@ -133,7 +133,8 @@ async def test_restart_resumes_without_resending_parts(tmp_path: Path, moto_s3: 
         async with running_app(settings):
             path.write_bytes(first)
             for _ in range(300):
-                uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                listed = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                uploads = [u for u in listed if PROBE_MARK not in u["Key"]]
                 if uploads and client.list_parts(
                     Bucket=bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"]
                 ).get("Parts"):

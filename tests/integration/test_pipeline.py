@@ -12,7 +12,14 @@ import pytest
 import structlog.testing
 
 from cefmp4.parts import MIB
-from tests.support.app import make_settings, running_app, sha256_file, wait_for, wait_metadata
+from tests.support.app import (
+    make_settings,
+    recording_uploads,
+    running_app,
+    sha256_file,
+    wait_for,
+    wait_metadata,
+)
 from tests.support.media import GrowingWriter, make_corrupt_mp4, make_mp4, record_with_ffmpeg
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3, s3_store_for
@@ -108,7 +115,7 @@ async def test_growing_file_parts_visible_while_writing(
 
         async def two_parts_listed() -> bool:
             nonlocal parts_seen
-            uploads = await store.list_multipart_uploads("streams/")
+            uploads = recording_uploads(await store.list_multipart_uploads("streams/"))
             if not uploads:
                 return False
             parts = await store.list_parts(uploads[0].key, uploads[0].upload_id)

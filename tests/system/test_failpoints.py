@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cefmp4.failpoints import CRASH_EXIT_STATUS
-from tests.support.app import make_settings
+from tests.support.app import PROBE_MARK, make_settings
 from tests.support.media import GrowingWriter, make_mp4
 from tests.support.proc import Daemon, settings_env
 from tests.support.redis import RedisServer
@@ -116,7 +116,8 @@ def test_checkpoint_store_wiped_mid_stream_is_rebuilt_from_s3(
     target = settings.watch_dir / "wiped.mp4"
 
     def listed_parts() -> list[int]:
-        uploads = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+        uploads = [u for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+                   if PROBE_MARK not in u["Key"]]
         if not uploads:
             return []
         parts = client.list_parts(
