@@ -51,6 +51,7 @@ class Uploader:
         # SHA-256 built while parts are read; with a quiet file it spares finalize a pass.
         self.running_sha: RunningSha256 | None = None if parts else RunningSha256()
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._sent: set[int] = set()  # in flight, S3 has the part: only its checkpoint is due
         self._create_lock = asyncio.Lock()
         self._hash_lock = asyncio.Lock()  # parts are hashed one at a time, in order
         self._on_part_done = on_part_done
@@ -126,7 +127,10 @@ class Uploader:
     async def cancel_beyond(self, size: int) -> None:
         """Cancel the parts in flight that reach past ``size`` (the file was truncated):
         they cannot succeed, and must not be waited for."""
-        doomed = [n for n in self._inflight if self.schedule.end_of(n) > size]
+        # A part S3 already holds reads the file no more: its checkpoint is let finish (the
+        # store may hold it already, an answer lost), so the kept object includes it.
+        doomed = [n for n in self._inflight
+                  if self.schedule.end_of(n) > size and n not in self._sent]
         tasks = [self._inflight.pop(n) for n in doomed]
         for task in tasks:
             task.cancel()
@@ -196,7 +200,11 @@ class Uploader:
         ctx.failpoints.hit("after_upload_part")
         part = PartRecord(number, offset, size, etag, digest[0].record, ctx.clock.time())
         stream_id = self.record.stream_id
-        await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(stream_id, part))
+        self._sent.add(number)
+        try:
+            await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(stream_id, part))
+        finally:
+            self._sent.discard(number)
         self.parts[number] = part
         ctx.metrics.chunks_uploaded.inc()
         ctx.metrics.bytes_uploaded.inc(size)

@@ -94,6 +94,7 @@ class FaultyObjectStore:
         self.bucket = inner.bucket
         self.slow: dict[tuple[str, int], float] = {}  # (key, part) -> seconds per block
         self.on_purge: Callable[[str], None] | None = None
+        self.on_done: Callable[[str], None] | None = None  # "s3:<op>": S3 carried it out
 
     async def _call(
         self,
@@ -117,6 +118,8 @@ class FaultyObjectStore:
             self.on_purge(upload_id or "")
         result = await fn()
         self.life.check()
+        if self.on_done is not None:
+            self.on_done(f"s3:{op}")
         if fault is Fault.LOST:
             raise TransientError(f"{op} failed: ConnectionClosedError after sending (simulated)")
         return result
@@ -214,6 +217,7 @@ class Shadow:
     streams: dict[str, StreamRecord] = field(default_factory=dict)
     parts: dict[str, dict[int, PartRecord]] = field(default_factory=dict)
     upload_ids: dict[str, set[str]] = field(default_factory=dict)  # every one a stream had
+    on_put: Callable[[StreamRecord], None] | None = None  # each stream record stored
 
     def unfinished_of(self, inode: int) -> list[tuple[StreamRecord, list[PartRecord]]]:
         return [
@@ -263,6 +267,8 @@ class FaultyCheckpointStore:
 
         def then() -> None:
             self.shadow.streams[record.stream_id] = snapshot
+            if self.shadow.on_put is not None:
+                self.shadow.on_put(snapshot)
             if snapshot.upload_id is not None:
                 self.shadow.upload_ids.setdefault(snapshot.stream_id, set()).add(
                     snapshot.upload_id

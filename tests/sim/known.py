@@ -22,7 +22,13 @@ REGRESSION_SEEDS: dict[int, str] = {
          "restart must confirm that object (reconcile), not fail the stream without metadata",
     449: "a Complete held back 20 s by a timeout while the file grew and was deleted: "
          "the retry must verify again, not complete a state the file left (finalize)",
-    481: "the same with a rewrite and a replace during the held-back Complete",
+    481: "the same with a rewrite and a replace during the held-back Complete; since the "
+         "digest fix of durable_prefix also: a part whose checkpoint answer was lost, "
+         "cancelled by a truncation, left out of the kept object (upload.cancel_beyond)",
+    941: "hole 1 of #10, found by a targeted crash 7 steps after stream_truncated: the "
+         "truncated stream's end must survive the restart, not be finalized as idle",
+    904: "hole 1 again (a targeted crash after stream_truncated, with faults)",
+    891: "hole 1 put back made its resumed finalize 'complete' an object of no file state",
     1627: "replaced while the completed stream's metadata waited on a slow store: the "
           "growth after Complete is a new stream's, not the held one's (invariant, §2.4)",
     2403: "truncated twice, the second stream again cut inside part 1: two 'truncated' "

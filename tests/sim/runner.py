@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,13 @@ from typing import Any
 
 import structlog
 
+from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.finalize import TRUNCATED
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim import invariants
 from tests.sim.adapter import ORPHAN_GRACE, PREFIX, Process, virtual_time
 from tests.sim.faults import FaultPlan, FaultyObjectStore, Life, Shadow
-from tests.sim.schedule import Crash, Schedule, make_schedule
+from tests.sim.schedule import Crash, Schedule, Target, make_schedule
 from tests.sim.vloop import VirtualLoop, serial
 from tests.sim.world import End, Files, Recording
 
@@ -68,14 +70,17 @@ class Result:
 
 @contextlib.contextmanager
 def captured_logs(
-    loop: VirtualLoop, keep: int = 60
+    loop: VirtualLoop, keep: int = 60, on_event: list[Callable[[str], None]] | None = None
 ) -> Iterator[tuple[deque[str], list[str]]]:
-    """structlog into memory: the last ``keep`` events, and the errors in full."""
+    """structlog into memory: the last ``keep`` events, and the errors in full; each
+    event's name is also handed to ``on_event``'s callbacks (the targeted crashes)."""
     tail: deque[str] = deque(maxlen=keep)
     errors: list[str] = []
 
     def capture(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         name = event.pop("event", "")
+        for callback in on_event or ():
+            callback(name)
         fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("exc_info",))
         line = f"{loop.time():9.3f} {method:7} {name} {fields}"[:300]
         if name != "rescan":  # the idle tail is all rescans otherwise
@@ -102,8 +107,10 @@ def run_seed(seed: int, keep: Path | None = None, log_lines: int = 60) -> Result
     random.seed(f"{seed}-jitter")
     started = time.perf_counter()
     try:
-        with virtual_time(loop, seed), captured_logs(loop, log_lines) as (tail, errors):
+        hooks: list[Callable[[str], None]] = []
+        with virtual_time(loop, seed), captured_logs(loop, log_lines, hooks) as (tail, errors):
             sim = Simulation(sched, root, loop)
+            hooks.append(sim.on_event)
             try:
                 failures = loop.run_until_complete(sim.run())
             except Exception as exc:  # the simulator's own failure: report it as one
@@ -146,7 +153,7 @@ class Simulation:
         self.plan = FaultPlan(
             random.Random(f"{sched.seed}-faults"), dict(sched.s3_rates), dict(sched.store_rates)
         )
-        self.shadow = Shadow()
+        self.shadow = Shadow(on_put=self._checkpointed)
         self.files = Files(self.watch, sched.seed, loop.wall)
         self.process: Process | None = None
         self.processes: list[Process] = []
@@ -155,6 +162,15 @@ class Simulation:
         self.last_write = 0.0
         self.stats: dict[str, Any] = {}
         self._crash_now = asyncio.Event()
+        # Crashes due at a loop step: slot -> (the step, set once the process is dead).
+        self._at_step: dict[str, tuple[int, asyncio.Event]] = {}
+        self._victims: dict[str, Process | None] = {}  # slot -> the process that step killed
+        self._killing = asyncio.Lock()
+        # Targeted crashes still waiting for their event (by index), and its count so far.
+        self._armed: dict[int, Target] = {}
+        self._seen: dict[int, int] = {}
+        self._target_hit = asyncio.Event()
+        self.targeted = 0  # targeted crashes that happened
         self.purged: dict[str, float] = {}  # upload id -> when S3 forgot it
 
     def expected(self, line: str) -> bool:
@@ -175,6 +191,7 @@ class Simulation:
         life = Life()
         objects = FaultyObjectStore(self.s3, self.plan, life)
         objects.on_purge = self._purged
+        objects.on_done = self.on_event
         process = Process(
             self.sched, watch=self.watch, state=self.state, objects=objects, plan=self.plan,
             shadow=self.shadow, loop=self.loop,
@@ -259,6 +276,7 @@ class Simulation:
         if kind == "truncated" and len(rec.content) >= end.required:
             # Every durable byte is still in the file: the stream may go on, and the file's
             # final bytes (checked for every live recording) must hold them.
+            rec.unseen.append(end)
             return
         rec.ends.append(end)
 
@@ -283,6 +301,33 @@ class Simulation:
                 len(rec.content) >= end.required
             ):
                 end.regrown_at = self.loop.time()
+
+    def _checkpointed(self, record: StreamRecord) -> None:
+        """A stream checkpointed as ended by a truncation: its worker saw the file shorter
+        than what it had uploaded, however soon a crash or a regrowth follows (the observer
+        below only credits a worker that held the short file for a while), and what it
+        checkpointed of the file before the cut must end as an object (SPEC §2.4) — also
+        parts whose checkpoint landed after the cut (the truncation then looked harmless)."""
+        if record.state is not StreamState.FINALIZING or record.status != TRUNCATED:
+            return
+        for rec in self.files.recordings:
+            ends = [e for e in rec.ends + rec.unseen
+                    if e.kind == "truncated" and record.stream_id in e.streams]
+            if not ends:
+                continue
+            end = max(ends, key=lambda e: e.at)
+            version = rec.final_versions()[end.version if end.version is not None else -1]
+            durable = invariants.durable_prefix(
+                self.shadow, frozenset({record.stream_id}), version
+            )
+            if durable == 0:
+                continue
+            end.required = max(end.required, durable)
+            end.observed = True
+            end.uploads |= {record.upload_id} if record.upload_id else set()
+            if end in rec.unseen:
+                rec.unseen.remove(end)
+                rec.ends.append(end)
 
     def observed(self, end: End) -> bool:
         """A worker followed the file while it was shorter than its durable bytes, or the
@@ -329,33 +374,85 @@ class Simulation:
 
     async def _crasher(self) -> None:
         for crash in self.sched.crashes:
-            await self._wait_for(crash)
-            if self.process is None:
-                continue
-            await self._crash()
-            await asyncio.sleep(crash.down_for)
-            self._start()
+            victim = await self._wait_for(crash)
+            await self._kill(victim, crash.down_for)
 
-    async def _wait_for(self, crash: Crash) -> None:
+    async def _kill(self, victim: Process | None, down_for: float) -> bool:
+        """Reap a crashed process, stay down, start a new one. ``victim`` is the process
+        the crash was meant for: one already reaped (by another crash) stays dead."""
+        async with self._killing:
+            if victim is None or self.process is not victim:
+                return False
+            await self._crash()
+            await asyncio.sleep(down_for)
+            self._start()
+            return True
+
+    async def _wait_for(self, crash: Crash) -> Process | None:
         if crash.at is not None:
             await asyncio.sleep(max(0.0, crash.at - self.loop.time()))
-            return
-        target = self.loop.steps + (crash.steps or 1)
+            return self.process
         self._crash_now.clear()
-
-        def on_step(step: int) -> None:
-            if step >= target:
-                self.loop.on_step = None
-                if self.process is not None:
-                    self.process.crash()  # dead at this exact step; tasks are reaped next
-                self._crash_now.set()
-
-        self.loop.on_step = on_step
+        self._crash_at_step("uniform", self.loop.steps + (crash.steps or 1), self._crash_now)
         # Steps happen only while something runs; an idle world crashes at the deadline.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.sched.heal_at + 10.0 - self.loop.time()):
                 await self._crash_now.wait()
-        self.loop.on_step = None
+        self._at_step.pop("uniform", None)
+        return self._victims.pop("uniform", self.process)
+
+    def _crash_at_step(self, slot: str, step: int, done: asyncio.Event) -> None:
+        self._at_step[slot] = (step, done)
+        self.loop.on_step = self._on_step
+
+    def _on_step(self, step: int) -> None:
+        for slot, (target, done) in list(self._at_step.items()):
+            if step >= target:
+                del self._at_step[slot]
+                self._victims[slot] = self.process
+                if self.process is not None:
+                    self.process.crash()  # dead at this exact step; tasks are reaped next
+                done.set()
+        if not self._at_step:
+            self.loop.on_step = None
+
+    # --- targeted crashes ----------------------------------------------------------------
+
+    def on_event(self, name: str) -> None:
+        """A pipeline phase event (a log event, or "s3:<op>" done): it may set off armed
+        targeted crashes, each ``steps`` loop steps later."""
+        for index, target in list(self._armed.items()):
+            if name != target.event:
+                continue
+            self._seen[index] = self._seen.get(index, 0) + 1
+            if self._seen[index] >= target.nth:
+                del self._armed[index]
+                self._crash_at_step(
+                    f"target{index}", self.loop.steps + target.steps, self._target_hit
+                )
+
+    async def _targeter(self) -> None:
+        """The schedule's targeted crashes, all armed at once; one whose event has not
+        come when the schedule heals is dropped."""
+        targets = self.sched.targets
+        self._armed = dict(enumerate(targets))
+        left = len(targets)
+        while left:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.sched.heal_at + 10.0 - self.loop.time()):
+                    await self._target_hit.wait()
+            self._target_hit.clear()
+            fired = sorted(slot for slot in self._victims if slot.startswith("target"))
+            if not fired:
+                break  # healed
+            for slot in fired:
+                left -= 1
+                down_for = targets[int(slot.removeprefix("target"))].down_for
+                if await self._kill(self._victims.pop(slot), down_for):
+                    self.targeted += 1
+        self._armed.clear()
+        for slot in [s for s in self._at_step if s.startswith("target")]:
+            del self._at_step[slot]
 
     async def run(self) -> list[str]:
         await self._seed_outside()
@@ -371,6 +468,8 @@ class Simulation:
                                ("purger", self._purger()),
                                ("observer", self._observer()))
         ]
+        if self.sched.targets:  # (no extra task otherwise: a seed's steps stay as they were)
+            drivers.append(asyncio.create_task(self._targeter(), name="targeter"))
         self.driver.update(drivers)
         await asyncio.gather(*drivers)
         await asyncio.sleep(max(0.0, self.sched.heal_at - self.loop.time()))
@@ -409,6 +508,7 @@ class Simulation:
             "recordings": len(self.files.recordings),
             "objects": len(videos),
             "crashes": self.crashes,
+            "targeted": self.targeted,
             "faults": len(self.plan.drawn),
         }
         return failures

@@ -2,6 +2,11 @@
 
 Pure and deterministic (``random.Random(seed)`` only), so a seed names a schedule forever
 — as long as this file does not change; ``describe()`` prints it for a failure report.
+
+Crashes drawn uniformly (a time, a loop step) almost never land inside a short phase such
+as a truncated stream's finalize, so a schedule may also arm *targeted* crashes, the way
+FoundationDB's BUGGIFY does: "crash a few steps after the pipeline logs event E". They come
+from a random stream of their own, so every seed draws the same base schedule as before.
 """
 
 from __future__ import annotations
@@ -33,6 +38,30 @@ class Crash:
     down_for: float = 0.0  # how long the process stays down
 
 
+# The pipeline's phase events a targeted crash may follow (cefmp4.logs names, and the
+# simulator's "s3:<op>" for a request S3 has carried out), with how often each is drawn.
+TARGET_EVENTS: dict[str, float] = {
+    "stream_truncated": 5,  # the truncated stream's finalize follows (4-30 steps)
+    "stream_idle": 2,  # an idle stream's finalize: drain, verify, Complete
+    "source_gone": 2,  # a deleted file's finalize
+    "s3:complete_multipart": 2,  # Complete done, the metadata not yet written
+    "metadata_written": 1,  # the metadata written, the stream not yet marked completed
+    "part_reuploaded": 1,
+    "upload_restarted": 1,
+    "stream_resumed": 1,  # a restart picked the stream up again
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Crash ``steps`` loop steps after the ``nth`` time ``event`` happens."""
+
+    event: str
+    nth: int
+    steps: int
+    down_for: float
+
+
 @dataclass(frozen=True)
 class Schedule:
     seed: int
@@ -51,6 +80,7 @@ class Schedule:
     purges: tuple[float, ...]
     debounce: float
     heal_at: float = field(default=0.0)
+    targets: tuple[Target, ...] = ()
 
     def describe(self) -> str:
         lines = [
@@ -59,6 +89,7 @@ class Schedule:
             f"slots {self.upload_slots} budget {self.budget} complete_again {self.complete_again}",
             "  s3 faults " + _rates(self.s3_rates) + "; store faults " + _rates(self.store_rates),
             f"  crashes {list(self.crashes)}",
+            f"  targeted crashes {list(self.targets)}",
             f"  purges at {[round(t, 2) for t in self.purges]}; heal at {self.heal_at:.1f}s",
         ]
         lines += [
@@ -115,7 +146,24 @@ def make_schedule(seed: int) -> Schedule:
         purges=purges,
         debounce=rng.choice([0.0, 0.05, 1.6]),
         heal_at=end + timeout,
+        targets=_targets(random.Random(f"{seed}-targets"), timeout),
     )
+
+
+def _targets(rng: random.Random, timeout: float) -> tuple[Target, ...]:
+    """None for a quarter of the seeds (their crashes stay uniform); else one to three."""
+    if rng.random() < 0.25:
+        return ()
+    events, weights = list(TARGET_EVENTS), list(TARGET_EVENTS.values())
+    out = []
+    for _ in range(rng.choice([1, 2, 2, 3])):
+        # Log-uniform steps, mostly within the phase the event starts (a few dozen steps),
+        # sometimes well after it.
+        steps = int(2 ** rng.uniform(0, 6 if rng.random() < 0.8 else 11))
+        down = rng.choice([0.0, rng.uniform(0, 2 * timeout), rng.uniform(0, 2 * timeout)])
+        event = rng.choices(events, weights)[0]
+        out.append(Target(event, rng.choice([1, 1, 1, 2]), steps, down))
+    return tuple(out)
 
 
 def _recorder(rng: random.Random, slot: int, timeout: float, part: int) -> list[Action]:

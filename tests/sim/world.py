@@ -50,6 +50,9 @@ class Recording:
     # Streams a truncation cut -> the end of their furthest checkpointed part, which the
     # file no longer reached: they end with what was uploaded (SPEC §2.4).
     cut: dict[str, int] = field(default_factory=dict)
+    # Truncations that left every durable byte in the file when they happened (not judged
+    # unless a stream's checkpoint later says it ended by one: see ``Simulation``).
+    unseen: list[End] = field(default_factory=list)
     live: bool = True  # still at a path under the watch directory
     writing: bool = True  # the recorder still writes to it (False once replaced)
 
