@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import crc32c
 import pytest
+import structlog
 
 from cefmp4.errors import ContentChanged, SourceError, TransientError
 from cefmp4.storage.s3 import S3ObjectStore, open_s3_store, probing
@@ -209,10 +210,13 @@ async def test_a_store_closed_while_its_probe_creates_an_upload_aborts_it_or_say
     # and aborts; a store too slow for the bound is cancelled (the next start aborts it).
     client = _SlowCreate()
     store = S3ObjectStore(client, "b", probe_prefix="streams/")  # type: ignore[arg-type]
-    async with probing(store, close_wait=close_wait):
-        await asyncio.sleep(0.05)  # the probe is inside Create now
+    with structlog.testing.capture_logs() as logs:
+        async with probing(store, close_wait=close_wait):
+            await asyncio.sleep(0.05)  # the probe is inside Create now
     assert client.calls[:2] == ["list", "create"]
     assert ("abort" in client.calls) is (close_wait > 0.2)
+    assert "part" not in client.calls  # closing: the probe only cleans up
+    assert not logs  # a process on its way out (e.g. refused at start-up) says nothing more
 
 
 class CachedBody(FailingBody):

@@ -89,6 +89,7 @@ class S3ObjectStore:
         self._probe_prefix = probe_prefix or ""
         self._probe_lock = asyncio.Lock()
         self._probes = 0
+        self.closing = False  # set by ``probing`` on close: a running probe just cleans up
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r})"
@@ -184,7 +185,8 @@ class S3ObjectStore:
                 if not definite and self._probes < _PROBE_TRIES:
                     return mode
                 self._checksum = mode
-                log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
+                if not self.closing:  # a process on its way out says nothing more
+                    log.info(CHECKSUM_CHOSEN, bucket=self.bucket, checksum=mode)
             return self._checksum
 
     async def _probe_checksum(self) -> tuple[PartCheck, bool]:
@@ -206,6 +208,8 @@ class S3ObjectStore:
             )
 
         try:
+            if self.closing:
+                return "md5", False  # only the abort below is still due
             try:
                 await send(crc32c_b64(body + b"!"))
                 return "md5", True  # a wrong CRC32C was taken: the store does not check it
@@ -489,6 +493,7 @@ async def probing(
         # Cancelled inside CreateMultipartUpload, the probe would leave that upload open
         # (a refused second instance did, in a test): let its few requests finish first,
         # within a bound, so a store that hangs cannot hold up the exit.
+        store.closing = True
         await asyncio.wait({probe}, timeout=close_wait)
         probe.cancel()
         await asyncio.gather(probe, return_exceptions=True)
