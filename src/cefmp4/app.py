@@ -170,8 +170,8 @@ class App:
                     )
                     supervisor.resume_unfinished(found.found)
                     paths = [Path(name) for name, _ in found.found]
-                    for path in paths:
-                        supervisor.on_path(path)
+                    for path, (_, st) in zip(paths, found.found, strict=True):
+                        supervisor.on_stat(path, st)  # the scan's stat: none taken again
                 else:
                     paths = [path.resolve() for path in files]
                     for path in paths:
