@@ -71,8 +71,9 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         await up.cancel_beyond(os.fstat(worker.fd).st_size)
     await up.drain(timeout=ctx.config.drain_timeout)
     resumed = worker.record.state is StreamState.FINALIZING
-    if resumed and truncated(os.fstat(worker.fd), up.uploaded_extent()):
+    if resumed and truncated(st := os.fstat(worker.fd), up.uploaded_extent()):
         truncated_now = True  # truncated while nobody watched: what was uploaded stands
+        log.warning(logs.STREAM_TRUNCATED, size=st.st_size, uploaded=up.uploaded_extent())
     if not resumed or truncated_now:
         status, reason = end_status(worker, truncated_now)
         worker.record = replace(
@@ -97,6 +98,8 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
             break
         except TruncatedNow:
             # Bytes S3 holds left the file while we verified: they make the object.
+            log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
+                        uploaded=up.uploaded_extent())
             worker.record = replace(worker.record, status=TRUNCATED)
             await ctx.retry("checkpoint", _put(ctx, worker.record))
             await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)

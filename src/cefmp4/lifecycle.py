@@ -15,7 +15,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
-from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.containers import DEFAULT_EXTENSIONS
 from cefmp4.discover import scan
 from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
@@ -25,6 +25,7 @@ from cefmp4.pipeline import Context
 from cefmp4.reconcile import reconcile
 from cefmp4.source import OpenedSource, open_source
 from cefmp4.stream import Outcome, StreamWorker
+from cefmp4.verify import holds_any
 
 log = structlog.get_logger("cefmp4.lifecycle")
 
@@ -50,6 +51,7 @@ class Ended(enum.Enum):
     FINISHED = "finished"  # completed (or failed for good): the file may start a new stream
     SUSPENDED = "suspended"  # shutdown or an error: resumable from its checkpoint
     RELINQUISHED = "relinquished"  # another instance owns it now
+    REUSED = "reused"  # finished: another file took its inode number, to start anew
 
 
 async def _open(path: Path, inode: int | None) -> OpenedSource | None:
@@ -123,6 +125,9 @@ async def resume(
     try:
         bind(rec.inode, rec.stream_id)
         parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
+        if await _inode_reused(ctx, rec, path, fd, parts):
+            os.close(fd)
+            return Ended.REUSED
         # The device number is this host's: on a shared volume another host's differs.
         local = replace(rec, path=str(path), device=st.st_dev)
         rec, parts = await reconcile(ctx, local, parts, fd)
@@ -134,6 +139,24 @@ async def resume(
     ctx.metrics.streams_resumed.inc()
     log.info(logs.STREAM_RESUMED, stream_id=rec.stream_id, path=str(path), parts=len(parts))
     return worker
+
+
+async def _inode_reused(
+    ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
+) -> bool:
+    """Found by inode elsewhere, holding none of its parts: file systems hand a deleted
+    file's inode number to the next new file at once, so the recording was deleted while
+    nobody watched. It ends with what S3 holds (like a file found gone); the file found
+    is a new stream. At its own path a file is trusted (verification judges rewrites)."""
+    if not parts or str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path)):
+        return False
+    if await asyncio.to_thread(holds_any, fd, parts):
+        return False
+    with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
+        log.warning(logs.SOURCE_GONE, found=str(path), reason="inode reused by another file")
+        rec, parts = await reconcile(ctx, rec, parts, None)
+        await finish_kept(ctx, rec, parts, None, None)
+    return True
 
 
 async def run_to_end(worker: StreamWorker, shutdown_grace: float) -> Ended:

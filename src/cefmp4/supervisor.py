@@ -228,6 +228,8 @@ class StreamSupervisor:
                 worker = await resume(self._spec, latest, path, self._bind(ident))
                 if worker is not None:
                     self.unfinished.pop(ident, None)
+                if worker is Ended.REUSED:
+                    return await start_new(self._spec, path, rel, self._bind(ident))
                 return worker if isinstance(worker, StreamWorker) else None
             return await start_new(self._spec, path, rel, self._bind(ident))
         except Deferred:

@@ -31,7 +31,7 @@ from cefmp4.errors import SourceError
 from cefmp4.hashing import is_md5_record, same_bytes
 from cefmp4.identity import Fingerprint, fingerprint
 from cefmp4.parts import PartSchedule, part_bounds
-from cefmp4.source import FileDigest, RangeDigest, digest_file
+from cefmp4.source import FileDigest, RangeDigest, digest_file, digest_range
 
 log = structlog.get_logger("cefmp4.verify")
 
@@ -87,6 +87,22 @@ def verified(digest: Digest, parts: Mapping[int, PartRecord]) -> list[PartRecord
         if part is None or not same_bytes(part.md5, d.digest) or part.size != d.size:
             return None
     return [p for p in chosen if p is not None]
+
+
+def holds_any(fd: int, parts: list[PartRecord]) -> bool:
+    """Blocking (a thread): the file still holds the bytes of one of the first two or the
+    last checkpointed parts. A recorder's own rewrites (the ``mdat`` size, a faststart
+    pass) leave some part as it was or are judged by verification anyway; a different file
+    that took the inode number of a deleted one holds none of them."""
+    md5 = needs_md5({p.part_number: p for p in parts})
+    for part in {p.part_number: p for p in (*parts[:2], parts[-1])}.values():
+        try:
+            now = digest_range(fd, part.offset, part.size, md5=md5)
+        except SourceError:
+            continue  # the file is shorter than this part
+        if same_bytes(part.md5, now):
+            return True
+    return False
 
 
 def unchanged_since(fd: int, digest: Digest) -> bool:

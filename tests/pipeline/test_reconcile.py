@@ -175,3 +175,50 @@ async def test_no_such_upload_for_one_part_restarts_and_completes(
         await burst(settings, store, prober)
     assert list(videos(store).values()) == [data]
     assert [e["event"] for e in logs].count("upload_restarted") == 1
+
+
+async def test_a_file_that_took_a_deleted_recordings_inode_number_is_a_new_stream(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """ext4 hands a deleted file's inode number to the next new file: a stream unfinished
+    at a crash whose recording was deleted while down must not resume on that stranger
+    (it re-sent every part from the new file's bytes: the recording lost, simulator seed
+    35582). It ends with what S3 holds; the stranger is a stream of its own."""
+    old = pattern(2 * PART + 10, seed=1)
+    (watch / "cam0.mp4").write_bytes(old)
+    key = await _active(settings, store, watch / "cam0.mp4", old, parts=2)
+    (watch / "cam0.mp4").unlink()
+    new = watch / "sub" / "cam1.mp4"
+    new.parent.mkdir()
+    new.write_bytes(fresh := pattern(3 * PART + 7, seed=2))  # past what went up
+    async with open_sqlite_store(settings.state_dir) as db:  # the number, reused
+        [record] = await db.list_streams(frozenset({StreamState.ACTIVE}))
+        record.inode, record.device = new.stat().st_ino, new.stat().st_dev
+        await db.put_stream(record)
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert store.objects[key].body == old[: 2 * PART]
+    assert metadata(store, key)["status"] == "source_deleted"
+    assert sorted(videos(store).values(), key=len) == [old[: 2 * PART], fresh]
+    assert [e["reason"] for e in logs if e["event"] == "source_gone"] == [
+        "inode reused by another file"
+    ]
+    assert await store.list_multipart_uploads("") == []
+
+
+async def test_a_file_renamed_and_patched_while_down_keeps_its_stream(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """The same look from outside, but the recording's own: moved, and its header patched
+    (the ``mdat`` size) while down. Part 2 still holds what went up: one object."""
+    data = bytearray(pattern(3 * PART + 10, seed=3))
+    (watch / "cam0.mp4").write_bytes(data)
+    key = await _active(settings, store, watch / "cam0.mp4", bytes(data), parts=2)
+    data[0:8] = b"\xff" * 8
+    (watch / "cam0.mp4").write_bytes(data)
+    (watch / "cam0.mp4").rename(watch / "done.mp4")
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert videos(store) == {key: bytes(data)}
+    assert metadata(store, key)["status"] == "complete"
+    assert not [e for e in logs if e["event"] == "source_gone"]

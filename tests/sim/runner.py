@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,17 +70,19 @@ class Result:
 
 @contextlib.contextmanager
 def captured_logs(
-    loop: VirtualLoop, keep: int = 60, on_event: list[Callable[[str], None]] | None = None
+    loop: VirtualLoop,
+    keep: int = 60,
+    on_event: list[Callable[[str, Mapping[str, Any]], None]] | None = None,
 ) -> Iterator[tuple[deque[str], list[str]]]:
     """structlog into memory: the last ``keep`` events, and the errors in full; each
-    event's name is also handed to ``on_event``'s callbacks (the targeted crashes)."""
+    event's name and fields are also handed to ``on_event``'s callbacks."""
     tail: deque[str] = deque(maxlen=keep)
     errors: list[str] = []
 
     def capture(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         name = event.pop("event", "")
         for callback in on_event or ():
-            callback(name)
+            callback(name, event)
         fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("exc_info",))
         line = f"{loop.time():9.3f} {method:7} {name} {fields}"[:300]
         if name != "rescan":  # the idle tail is all rescans otherwise
@@ -107,7 +109,7 @@ def run_seed(seed: int, keep: Path | None = None, log_lines: int = 60) -> Result
     random.seed(f"{seed}-jitter")
     started = time.perf_counter()
     try:
-        hooks: list[Callable[[str], None]] = []
+        hooks: list[Callable[[str, Mapping[str, Any]], None]] = []
         with virtual_time(loop, seed), captured_logs(loop, log_lines, hooks) as (tail, errors):
             sim = Simulation(sched, root, loop)
             hooks.append(sim.on_event)
@@ -154,6 +156,7 @@ class Simulation:
             random.Random(f"{sched.seed}-faults"), dict(sched.s3_rates), dict(sched.store_rates)
         )
         self.shadow = Shadow(on_put=self._checkpointed)
+        self.truncation_seen: set[str] = set()  # streams cefmp4 logged as truncated
         self.files = Files(self.watch, sched.seed, loop.wall)
         self.process: Process | None = None
         self.processes: list[Process] = []
@@ -271,7 +274,7 @@ class Simulation:
             r.final_size is not None or r.key in self.s3.objects
         )
         held = holder is not None and holder not in ended and not done
-        end = End(kind, version, self.loop.time(), held, streams)
+        end = End(kind, version, self.loop.time(), held, streams, size=len(rec.content))
         self._update_required(rec, end)
         if kind == "truncated" and len(rec.content) >= end.required:
             # Every durable byte is still in the file: the stream may go on, and the file's
@@ -303,13 +306,16 @@ class Simulation:
                 end.regrown_at = self.loop.time()
 
     def _checkpointed(self, record: StreamRecord) -> None:
-        """A stream checkpointed as ended by a truncation: its worker saw the file shorter
+        """A stream cefmp4 logged as truncated and checkpointed as ended by it (a replace
+        checkpoints the same status): its worker saw the file shorter
         than what it had uploaded, however soon a crash or a regrowth follows (the observer
         below only credits a worker that held the short file for a while), and what it
         checkpointed of the file before the cut must end as an object (SPEC §2.4) — also
         parts whose checkpoint landed after the cut (the truncation then looked harmless)."""
         if record.state is not StreamState.FINALIZING or record.status != TRUNCATED:
             return
+        if record.stream_id not in self.truncation_seen:
+            return  # "truncated" by a replace (its own End judges it), not by a shrink
         for rec in self.files.recordings:
             ends = [e for e in rec.ends + rec.unseen
                     if e.kind == "truncated" and record.stream_id in e.streams]
@@ -320,6 +326,10 @@ class Simulation:
             durable = invariants.durable_prefix(
                 self.shadow, frozenset({record.stream_id}), version
             )
+            if end in rec.unseen and durable <= end.size:
+                # The cut left every byte this stream holds in S3: the truncated status
+                # came from a later step (a replace, say), which its own End judges.
+                continue
             if durable == 0:
                 continue
             end.required = max(end.required, durable)
@@ -418,9 +428,11 @@ class Simulation:
 
     # --- targeted crashes ----------------------------------------------------------------
 
-    def on_event(self, name: str) -> None:
+    def on_event(self, name: str, fields: Mapping[str, Any] | None = None) -> None:
         """A pipeline phase event (a log event, or "s3:<op>" done): it may set off armed
         targeted crashes, each ``steps`` loop steps later."""
+        if name == "stream_truncated" and fields and (sid := fields.get("stream_id")):
+            self.truncation_seen.add(str(sid))
         for index, target in list(self._armed.items()):
             if name != target.event:
                 continue

@@ -34,6 +34,7 @@ class End:
     held_since: float | None = None  # (truncated) a worker has held the short file since
     observed: bool = False  # (truncated) ... long enough to notice the truncation
     crashed_after: bool = False
+    size: int = 0  # the file's size just after the step
 
 
 @dataclass
