@@ -40,4 +40,10 @@ REGRESSION_SEEDS: dict[int, str] = {
           "it ends with what was uploaded (invariant, §2.4)",
     4050: "truncated, then replaced while that stream finished, its upload purged by S3 "
           "(invariant, §2.4)",
+    30927: "a shrink that left every durable byte, a rewrite in part 1, then a replace: "
+           "the held file's final bytes are the object (invariant: not a truncation)",
+    35582: "deleted while down, its inode number taken by a new file elsewhere: the stream "
+           "ends with what S3 holds, the new file is a stream of its own (resume)",
+    35920: "truncated and regrown while down, then replaced: 'truncated' checkpointed by the "
+           "replace is not the shrink seen (invariant: stream_truncated logged)",
 }
