@@ -20,6 +20,7 @@ import structlog
 from cefmp4 import logs
 from cefmp4.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.budget import ByteBudget
+from cefmp4.burst import wait_idle
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.clock import Clock, SystemClock
 from cefmp4.discover import scan_stats
@@ -178,7 +179,7 @@ class App:
                         supervisor.on_path(path, upload_rel_path(path, ctx.config.watch_dir))
                 if on_start is not None:
                     on_start(self)
-                await supervisor.wait_idle()
+                await wait_idle(supervisor)
                 await self.features.deliver_pending()
                 return {path: await self._completed(ctx, path) for path in paths}
             finally:

@@ -67,13 +67,17 @@ def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | No
 
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
     ctx, up = worker.ctx, worker.up
+    resumed = worker.record.state is StreamState.FINALIZING
     if truncated_now:
         await up.cancel_beyond(os.fstat(worker.fd).st_size)
-    await up.drain(timeout=ctx.config.drain_timeout)
-    resumed = worker.record.state is StreamState.FINALIZING
-    if resumed and truncated(st := os.fstat(worker.fd), up.uploaded_extent()):
-        truncated_now = True  # truncated while nobody watched: what was uploaded stands
-        log.warning(logs.STREAM_TRUNCATED, size=st.st_size, uploaded=up.uploaded_extent())
+    elif await up.drain_watching(timeout=ctx.config.drain_timeout) or (
+        resumed and truncated(os.fstat(worker.fd), up.uploaded_extent())
+    ):
+        # While a part was held back (even if the file grew back since), or while nobody
+        # watched: what was uploaded stands.
+        truncated_now = True
+        log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
+                    uploaded=up.uploaded_extent())
     if not resumed or truncated_now:
         status, reason = end_status(worker, truncated_now)
         worker.record = replace(
@@ -89,7 +93,8 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
     # Only what S3 already holds makes the object when the file no longer has those bytes:
     # truncated now, or ended before a crash by something this descriptor cannot undo.
     keep = truncated_now or (resumed and status != COMPLETE)
-    if keep:
+    if keep:  # the end is checkpointed: now the parts in flight below the cut may finish
+        await up.drain(timeout=ctx.config.drain_timeout)
         await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)
         return
     while True:
@@ -102,6 +107,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
                         uploaded=up.uploaded_extent())
             worker.record = replace(worker.record, status=TRUNCATED)
             await ctx.retry("checkpoint", _put(ctx, worker.record))
+            await up.drain(timeout=ctx.config.drain_timeout)
             await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, up.running_sha)
             return
         except UploadNotFound as exc:

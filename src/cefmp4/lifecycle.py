@@ -20,6 +20,7 @@ from cefmp4.containers import DEFAULT_EXTENSIONS
 from cefmp4.discover import scan
 from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
 from cefmp4.finalize import finalize, finish_kept
+from cefmp4.identity import unchanged_since
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.pipeline import Context
 from cefmp4.reconcile import reconcile
@@ -69,10 +70,13 @@ async def _open(path: Path, inode: int | None) -> OpenedSource | None:
         raise Deferred(str(exc)) from exc
 
 
-async def start_new(spec: Spec, path: Path, rel: str | None, bind: Bind) -> StreamWorker | None:
+async def start_new(
+    spec: Spec, path: Path, rel: str | None, bind: Bind, *, held: int | None = None
+) -> StreamWorker | None:
+    """A new stream of the file at ``path``, or of the descriptor ``held`` (it takes it)."""
     ctx = spec.ctx
     try:
-        source = await _open(path, None)
+        source = await _open(path, None) if held is None else OpenedSource(held, os.fstat(held))
     except (SourceGone, SourceReplaced) as exc:
         log.info(logs.SOURCE_CHANGED, path=str(path), error=str(exc))
         return None
@@ -188,6 +192,27 @@ async def run_to_end(worker: StreamWorker, shutdown_grace: float) -> Ended:
         return Ended.SUSPENDED
     finally:
         await worker.stop()
+
+
+def held_fd(worker: StreamWorker) -> int | None:
+    """A copy of the finished stream's descriptor when the file holds bytes its object does
+    not and no path leads to it any more (deleted or replaced while a truncated stream
+    finalized, or grown after Complete): its writer may still write there, and no event
+    will ever name it again. The successor stream follows it from the copy (SPEC §2.4)."""
+    st = os.fstat(worker.fd)
+    rec = worker.record
+    if st.st_nlink > 0 or st.st_size == 0:
+        return None  # still linked: an event or rescan finds it at its path
+    if rec.state is StreamState.COMPLETED and unchanged_since(
+        rec.final_size, rec.final_mtime_ns, st
+    ):
+        return None
+    return os.dup(worker.fd)
+
+
+def close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def locate(watch_dir: Path, record: StreamRecord) -> Path | None:

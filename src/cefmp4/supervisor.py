@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from cefmp4 import logs
+from cefmp4 import lifecycle, logs
 from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
 from cefmp4.discover import Scanned, check_file
@@ -34,7 +34,6 @@ from cefmp4.source import stat_or_none
 from cefmp4.stream import StreamWorker, pending_total
 
 log = structlog.get_logger("cefmp4.supervisor")
-
 
 
 # Twelve attributes: the maps below are the supervisor's whole state, each with one job.
@@ -180,16 +179,19 @@ class StreamSupervisor:
 
     # --- claiming a file -------------------------------------------------------------------
 
-    async def _claim(self, path: Path, ident: Ident, rel: str | None) -> None:
+    async def _claim(
+        self, path: Path, ident: Ident, rel: str | None, held: int | None = None
+    ) -> None:
+        """``held``: a descriptor of the file, which no path reaches (``lifecycle.held_fd``)."""
         ctx = self.ctx
         if not await ctx.retry(
             "checkpoint", lambda: self.ownership.acquire(ident, lambda: self._lose(ident))
         ):
-            self._deferred[ident] = path
-            return
+            self._deferred[ident] = path  # held: a peer has it (its descriptor must do)
+            return lifecycle.close(held)
         try:
-            latest = self.unfinished.get(ident)
-            if self.ownership.shared:  # another instance may have moved it on
+            latest = self.unfinished.get(ident) if held is None else None
+            if self.ownership.shared and held is None:  # another instance may have moved it on
                 found = await ctx.retry(
                     "checkpoint", lambda: ctx.checkpoints.find_by_inode(ident[1])
                 )
@@ -206,7 +208,7 @@ class StreamSupervisor:
                 return
             if latest is not None and self.ownership.shared:
                 log.info(logs.STREAM_TAKEN_OVER, stream_id=latest.stream_id, path=str(path))
-            worker = await self._make_worker(path, ident, rel, latest)
+            worker = await self._make_worker(path, ident, rel, latest, held)
             if worker is not None:
                 self._run(worker)
         except LeaseLost as exc:
@@ -221,7 +223,8 @@ class StreamSupervisor:
         )
 
     async def _make_worker(
-        self, path: Path, ident: Ident, rel: str | None, latest: StreamRecord | None
+        self, path: Path, ident: Ident, rel: str | None, latest: StreamRecord | None,
+        held: int | None,
     ) -> StreamWorker | None:
         try:
             if latest is not None:
@@ -231,7 +234,7 @@ class StreamSupervisor:
                 if worker is Ended.REUSED:
                     return await start_new(self._spec, path, rel, self._bind(ident))
                 return worker if isinstance(worker, StreamWorker) else None
-            return await start_new(self._spec, path, rel, self._bind(ident))
+            return await start_new(self._spec, path, rel, self._bind(ident), held=held)
         except Deferred:
             self._deferred[ident] = path
             return None
@@ -274,6 +277,8 @@ class StreamSupervisor:
                     self.completed.remember(rec)
                 elif ended is Ended.SUSPENDED:
                     self.unfinished[ident] = rec
+                again = ended is Ended.FINISHED and not self.shutdown.is_set()
+                held = lifecycle.held_fd(worker) if again else None
                 with contextlib.suppress(OSError):
                     os.close(worker.fd)
                 self.workers.pop(ident, None)
@@ -282,32 +287,22 @@ class StreamSupervisor:
                     await self.ownership.release(rec.inode)
                 self.retry_deferred()
         # A truncated or regrown file starts a new stream of what it holds now.
-        if ended is Ended.FINISHED and not self.shutdown.is_set():
-            self.on_path(Path(worker.record.path))
+        if held is not None:
+            self._spawn(self._claim(Path(rec.path), ident, rec.rel_path, held), ident)
+        elif again:
+            self.on_path(Path(rec.path))
 
     # --- status and stopping ---------------------------------------------------------------
 
     def pending(self) -> tuple[int, float]:
         return pending_total(list(self.workers.values()), self.ctx.clock.time())
 
-    async def wait_idle(self, patience: int = 3) -> None:
-        """Until no stream is starting, running or able to start (burst mode, tests).
-        Files that failed to open for a passing reason (EMFILE, EIO) are retried with
-        backoff, and given up on after ``patience`` rounds without progress (a later run
-        takes them); files another instance owns are not waited for."""
-        rounds, waiting = 0, len(self._deferred) + 1
-        while True:
-            while self._tasks:
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            retry = [i for i in self._deferred if not self.ownership.busy(i)]
-            if not retry:
-                return
-            rounds = rounds + 1 if len(retry) >= waiting else 0
-            waiting = len(retry)
-            if rounds >= patience:
-                return
-            await self.ctx.clock.sleep(self.ctx.config.poll_interval * 2**rounds)
-            self.retry_deferred()
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._tasks)
+
+    def startable(self) -> list[Ident]:
+        """Files waiting that may start now (not another instance's)."""
+        return [i for i in self._deferred if not self.ownership.busy(i)]
 
     async def stop(self) -> None:
         """Stop intake, let workers drain within the grace period, then cancel the rest."""

@@ -19,6 +19,7 @@ from cefmp4.complete import existing_object
 from cefmp4.containers import content_type
 from cefmp4.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
 from cefmp4.hashing import PartDigest
+from cefmp4.identity import truncated
 from cefmp4.parts import PartSchedule, contiguous
 from cefmp4.pipeline import Context
 from cefmp4.source import FileRange, RunningSha256, digest_range
@@ -123,6 +124,27 @@ class Uploader:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.reap()
+
+    async def drain_watching(self, timeout: float | None = None) -> bool:
+        """``drain``, with a look at the file every poll interval meanwhile: an outage can
+        hold a part back for minutes, and a truncation in that time must be seen even when
+        the file grows back before the part goes through. True at once on a truncation
+        (the parts past it cancelled, the rest left running: the end is checkpointed
+        first, so that a crash meanwhile cannot forget it)."""
+        clock = self.ctx.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        while self._inflight:
+            step = self.ctx.config.poll_interval
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - clock.monotonic()))
+            pending = await wait_tasks(clock, list(self._inflight.values()), step)
+            if truncated(st := os.fstat(self.fd), self.uploaded_extent()):
+                await self.cancel_beyond(st.st_size)
+                return True
+            if not pending or (deadline is not None and clock.monotonic() >= deadline):
+                break
+        await self.drain(timeout=0 if deadline is not None else None)
+        return False
 
     async def cancel_beyond(self, size: int) -> None:
         """Cancel the parts in flight that reach past ``size`` (the file was truncated):

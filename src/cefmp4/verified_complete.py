@@ -24,6 +24,12 @@ def _check_not_truncated(worker: StreamWorker) -> None:
         raise TruncatedNow
 
 
+async def _drain(worker: StreamWorker) -> None:
+    if await worker.up.drain_watching():
+        raise TruncatedNow  # while a part was held back, even if the file grew back since
+    _check_not_truncated(worker)
+
+
 async def complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
     """Make the object of the verified file: (its parts, SHA-256, the mtime they hold)."""
     while True:
@@ -63,8 +69,7 @@ async def _upload_rest_verified(
         up.forget_parts_beyond(len(digest.result.parts))
         for d in stale:
             up.start_part(d.part_number, d.offset, d.size)
-        await up.drain()
-        _check_not_truncated(worker)
+        await _drain(worker)
         # Never without the fingerprint check: a write since the pass began means the
         # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
         # have been trusted (settled) to prove the bytes did not move while hashed.
@@ -88,8 +93,7 @@ async def _quiet_file_parts(
     for number, offset, size in bounds:
         if number not in up.parts and not up.is_inflight(number):
             up.start_part(number, offset, size)
-    await up.drain()
-    _check_not_truncated(worker)
+    await _drain(worker)
     after = os.fstat(worker.fd)
     sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
     parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]

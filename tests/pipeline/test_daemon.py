@@ -176,3 +176,62 @@ async def test_readiness_stays_failing_while_another_stream_still_retrying(
     assert all(record is not None for record in done.values()), done
     assert seen_by_a[0] == {"s3": "TransientError"}  # b's success left a's failure shown
     assert app.readiness.failures() == {}
+
+
+async def test_bytes_written_while_a_truncated_stream_finalizes_survive_a_replace(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """The next stream of a truncated file starts when the truncated one's finalize ends.
+    If meanwhile the file grew again and was replaced while its writer still held it, no
+    path leads to those bytes any more: the finishing stream hands its descriptor on
+    (simulator seed 20945 on 7fc0ecb, where they were lost)."""
+    path = watch / "cam.mp4"
+    old = pattern(2 * PART + 10, seed=1)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        async with daemon(settings, store, prober):
+            with capture() as logs:
+                os.pwrite(fd, old, 0)
+                await until(lambda: sum(e["event"] == "part_uploaded" for e in logs) >= 2)
+                store.fail_next("complete_multipart", TransientError("timeout"), times=4)
+                os.ftruncate(fd, 100)
+                await until(lambda: any(e["event"] == "retry" for e in logs), what="a retry")
+                os.pwrite(fd, more := pattern(PART // 2, seed=2), 100)
+                (watch / ".tmp").write_bytes(other := pattern(300, seed=3))
+                os.replace(watch / ".tmp", path)
+                os.pwrite(fd, tail := b"written after the replace", 100 + len(more))
+                await until(lambda: len(videos(store)) == 3, what="three objects")
+    finally:
+        os.close(fd)
+    held = old[:100] + more + tail
+    assert sorted(videos(store).values(), key=len) == [other, held, old[: 2 * PART]]
+    by_body = {body: key for key, body in videos(store).items()}
+    assert metadata(store, by_body[held])["status"] == "truncated"  # ended by the replace
+    assert metadata(store, by_body[old[: 2 * PART]])["status"] == "truncated"
+
+
+async def test_a_truncation_while_an_outage_holds_the_tail_back_is_seen(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Finalize waits on a part S3 keeps failing; meanwhile the file is cut and grows back
+    past what was uploaded. Looked at only after the part, it seemed unchanged in length
+    and its parts were all sent again from the new bytes: the uploaded recording was lost
+    (simulator seeds 41106, 41403). The file is looked at while waiting."""
+    path = watch / "cam.mp4"
+    old, new = pattern(2 * PART + 10, seed=1), pattern(3 * PART, seed=2)
+    async with daemon(settings, store, prober):
+        with capture() as logs:
+            path.write_bytes(old)
+            await until(lambda: sum(e["event"] == "part_uploaded" for e in logs) >= 2)
+            store.fail_next("upload_part", TransientError("timeout"), times=12)
+            await until(lambda: any(e["event"] == "retry" for e in logs), what="a retry")
+            os.truncate(path, 0)
+            await asyncio.sleep(5 * settings.poll_interval_seconds)  # short for 5 looks
+            with path.open("ab") as f:
+                f.write(new)
+            await until(lambda: len(videos(store)) == 2, what="two objects")
+    kept = old[: 2 * PART]
+    assert sorted(videos(store).values(), key=len) == [kept, new]
+    by_body = {body: key for key, body in videos(store).items()}
+    assert metadata(store, by_body[kept])["status"] == "truncated"
+    assert metadata(store, by_body[new])["status"] == "complete"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cefmp4.app import App
+from cefmp4.burst import wait_idle
 from cefmp4.checkpoint import (
     CheckpointStore,
     MalformedRecord,
@@ -137,7 +138,7 @@ async def test_a_stream_whose_parts_do_not_parse_is_skipped_with_one_warning(
             # A second look (the rescan, the takeover loop) does not try it again.
             assert app.ctx is not None
             assert "s1" not in {r.stream_id for r in await app.ctx.checkpoints.list_streams()}
-            await app.supervisor.wait_idle()
+            await wait_idle(app.supervisor)
     assert checkpoints.calls == 1
     assert pattern(700, seed=2) in videos(store).values()
     async with open_sqlite_store(settings.state_dir, read_only=True) as db:

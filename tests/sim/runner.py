@@ -230,12 +230,6 @@ class Simulation:
                 if os.readlink(f"/proc/self/fd/{name}") == lock:
                     os.close(int(name))
 
-    def _extent(self, stream_id: str) -> int:
-        """End of the furthest part the checkpoint holds for a stream (the bytes past which
-        a truncation cuts it, as cefmp4 judges it from the parts it has recorded)."""
-        parts = self.shadow.parts.get(stream_id, {}).values()
-        return max((p.offset + p.size for p in parts), default=0)
-
     def _update_required(self, recording: Recording, end: End) -> None:
         versions = recording.final_versions()
         version = versions[-1] if end.version is None else versions[end.version]
@@ -253,27 +247,11 @@ class Simulation:
         streams = frozenset(
             r.stream_id for r, _ in self.shadow.unfinished_of(rec.inode)
         )
-        if kind == "truncated":
-            rec.cut.update(
-                (sid, extent) for sid in streams
-                if (extent := self._extent(sid)) > len(rec.content)
-            )
-        # A worker still finishing a stream that a truncation ended holds only what was
-        # uploaded before it (SPEC §2.4: "ends the old stream with what was uploaded and
-        # starts a new one"); the bytes the file holds since belong to a stream not started
-        # yet, and a delete or replace before it starts leaves nobody holding them for it.
-        # (A cut the file has grown back over since may have gone unseen: not counted.)
-        ended = {sid for e in rec.ends if e.kind == "truncated" for sid in e.streams} | {
-            sid for sid, extent in rec.cut.items() if len(rec.content) < extent
-        }
-        # Likewise a worker whose object is already complete (writing its metadata): its
-        # object is the file as it was at Complete (§2.3), and growth since is a new stream
-        # of the whole file (§2.4) that has not started either. Complete is seen in S3 at
-        # once; the checkpointed final size may come much later (a slow store).
-        done = holder is not None and (r := self.shadow.streams.get(holder)) is not None and (
-            r.final_size is not None or r.key in self.s3.objects
-        )
-        held = holder is not None and holder not in ended and not done
+        # Whoever holds the file then owes its final bytes an object, even a worker still
+        # finishing a stream that a truncation ended, or one whose object is complete: the
+        # file's next stream starts from that worker's descriptor when no path leads to
+        # the file any more (SPEC §2.4; ``lifecycle.held_fd``).
+        held = holder is not None
         end = End(kind, version, self.loop.time(), held, streams, size=len(rec.content))
         self._update_required(rec, end)
         if kind == "truncated" and len(rec.content) >= end.required:

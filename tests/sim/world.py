@@ -48,9 +48,6 @@ class Recording:
     versions: list[bytes] = field(default_factory=list)
     history: list[tuple[int, int]] = field(default_factory=list)  # (version, size) seen
     ends: list[End] = field(default_factory=list)
-    # Streams a truncation cut -> the end of their furthest checkpointed part, which the
-    # file no longer reached: they end with what was uploaded (SPEC §2.4).
-    cut: dict[str, int] = field(default_factory=dict)
     # Truncations that left every durable byte in the file when they happened (not judged
     # unless a stream's checkpoint later says it ended by one: see ``Simulation``).
     unseen: list[End] = field(default_factory=list)
