@@ -46,4 +46,8 @@ REGRESSION_SEEDS: dict[int, str] = {
            "ends with what S3 holds, the new file is a stream of its own (resume)",
     35920: "truncated and regrown while down, then replaced: 'truncated' checkpointed by the "
            "replace is not the shrink seen (invariant: stream_truncated logged)",
+    41106: "truncated and grown back while an S3 timeout held finalize's tail part: seen "
+           "while waiting (upload.drain_watching), the uploaded parts kept",
+    41403: "the same, with a crash before that finalize went on: the truncated end is "
+           "checkpointed before the parts below the cut are waited for",
 }
