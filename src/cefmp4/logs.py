@@ -141,6 +141,20 @@ def redact_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
     return {key: _redact_value(value) for key, value in event_dict.items()}
 
 
+def _import_structlog_without_rich() -> None:
+    """structlog imports rich, when installed, for pretty tracebacks and reprs. cefmp4
+    renders plain ones (below), and rich's import is ~0.1 s of every command's start-up,
+    ahead of the first byte of ``upload``: hide it from structlog's import alone
+    (``status`` and the progress bar import rich themselves, when they draw)."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` now fails
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
 def _shared_processors() -> list[Processor]:
     import structlog
 
@@ -166,6 +180,7 @@ def configure_logging(
     ``fmt="auto"`` means console lines on a terminal, JSON lines otherwise. Logs go to
     ``stream`` (stderr by default: stdout is for command output such as ``status --json``).
     """
+    _import_structlog_without_rich()
     import structlog
 
     out = stream if stream is not None else sys.stderr

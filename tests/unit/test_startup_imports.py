@@ -45,3 +45,18 @@ def test_status_watch_reads_the_store_without_the_s3_stack(tmp_path: Path) -> No
     loaded = _loaded("status", "--watch", "--count", "1", "--interval", "0.01", env=env)
     # Logging is configured (structlog) and the table drawn (rich); S3 is never reached.
     assert loaded == {"structlog", "rich"}
+
+
+def test_logging_is_configured_without_importing_rich() -> None:
+    """structlog imports rich (~0.1 s) for tracebacks cefmp4 never renders: not any more."""
+    probe = (
+        "import sys\nfrom cefmp4 import logs\n"
+        "logs.configure_logging(level='info', fmt='console')\n"
+        "import structlog\nstructlog.get_logger().info('x')\n"
+        "print('RICH:' + ','.join(sorted(m for m in sys.modules if m.startswith('rich'))))\n"
+        "from rich.table import Table\nprint('TABLE:' + Table.__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert "RICH:\n" in proc.stdout  # nothing of rich imported by logging
+    assert "TABLE:Table" in proc.stdout  # rich itself still imports where it draws
