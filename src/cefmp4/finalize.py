@@ -156,9 +156,12 @@ async def finish_kept(
     parts = contiguous({p.part_number: p for p in parts})
     if not parts and status != COMPLETE:
         existing = await existing_object(ctx, record.key)
-    if not parts and existing is not None and existing.size == 0:
+    if existing is not None and existing.size == 0:
         # An empty recording whose object was written (only put_empty writes one at a
-        # stream's key) before a crash: its metadata is due, whatever ended it.
+        # stream's key) before a crash: its metadata is due, whatever ended it. Parts sent
+        # since are of the bytes the file got later: a new stream's (§2.4), not this one's.
+        if record.upload_id is not None:
+            await abort_quietly(ctx, record.key, record.upload_id)
         return await publish(
             ctx, record, [], sha256=hashlib.sha256(b"").hexdigest(),
             probe=await _kept_probe(ctx, fd, record.path, status), status=status,

@@ -185,6 +185,27 @@ async def test_hole1_an_empty_recordings_object_written_before_a_crash_gets_its_
     assert states[record.stream_id] is StreamState.COMPLETED
 
 
+async def test_hole1_an_empty_recordings_object_stands_when_the_file_grew_while_down(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Sim seed 54164: the same crash, but the file grew while down, and a part of the
+    resumed finalize met NoSuchUpload (the key already holds the empty object). That object
+    gets its metadata; the bytes since are a new stream's, and no upload is left open."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"")
+    record = await seed(settings, store, path, b"", parts=0, status="complete")
+    assert record.upload_id is not None
+    await store.abort_multipart(record.key, record.upload_id)
+    await store.put_object(record.key, b"", "video/mp4")
+    path.write_bytes(grown := pattern(PART + 5, seed=4))
+    store.fail_next("upload_part", UploadNotFound("NoSuchUpload"), times=1)
+    await burst(settings, store, prober)
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["total_size_bytes"]) == ("complete", 0)
+    assert sorted(videos(store).values(), key=len) == [b"", grown]
+    assert await store.list_multipart_uploads("") == []
+
+
 class TwoAtOnceLost(MemoryObjectStore):
     """UploadPart answers NoSuchUpload to the first two calls, both at the same moment
     (MinIO purging a stale upload while a catch-up has several parts in flight)."""

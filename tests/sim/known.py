@@ -50,4 +50,6 @@ REGRESSION_SEEDS: dict[int, str] = {
            "while waiting (upload.drain_watching), the uploaded parts kept",
     41403: "the same, with a crash before that finalize went on: the truncated end is "
            "checkpointed before the parts below the cut are waited for",
+    54164: "an empty recording's object written, a crash before its metadata, the file "
+           "grown while down: that object is published, the growth is a new stream",
 }
