@@ -16,10 +16,11 @@ from structlog.contextvars import bound_contextvars
 
 from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.completion import CompletedBy
 from cefmp4.containers import DEFAULT_EXTENSIONS
 from cefmp4.discover import scan
 from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
-from cefmp4.finalize import finalize, finish_kept
+from cefmp4.finalize import TRUNCATED, finalize, finish_kept
 from cefmp4.identity import unchanged_since
 from cefmp4.keys import new_stream_id, object_key
 from cefmp4.pipeline import Context
@@ -52,7 +53,7 @@ class Ended(enum.Enum):
     FINISHED = "finished"  # completed (or failed for good): the file may start a new stream
     SUSPENDED = "suspended"  # shutdown or an error: resumable from its checkpoint
     RELINQUISHED = "relinquished"  # another instance owns it now
-    REUSED = "reused"  # finished: another file took its inode number, to start anew
+    REUSED = "reused"  # finished: the file is not the recording any more, to start anew
 
 
 async def _open(path: Path, inode: int | None) -> OpenedSource | None:
@@ -148,17 +149,25 @@ async def resume(
 async def _inode_reused(
     ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
 ) -> bool:
-    """Found by inode elsewhere, holding none of its parts: file systems hand a deleted
-    file's inode number to the next new file at once, so the recording was deleted while
-    nobody watched. It ends with what S3 holds (like a file found gone); the file found
-    is a new stream. At its own path a file is trusted (verification judges rewrites)."""
-    if not parts or str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path)):
+    """The file found holds none of the stream's parts (the first two and the last): it is
+    not the recording any more, and the recording ends with what S3 holds; the file found
+    is a new stream. Either another file took a deleted one's inode number (file systems
+    hand it to the next new file at once) — found elsewhere; or, at its own path, the
+    recording was cut and written again past what was uploaded while nobody watched,
+    which its size cannot tell from a whole rewrite (a faststart pass, which then leaves
+    its old parts as an object of their own: nothing is lost either way). With one part,
+    a file at its own path is trusted: a recorder's patch of its header changes part 1."""
+    here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
+    if not parts or (here and len(parts) < 2):
         return False
     if await asyncio.to_thread(holds_any, fd, parts):
         return False
+    reason = "rewritten while nobody watched" if here else "inode reused by another file"
     with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
-        log.warning(logs.SOURCE_GONE, found=str(path), reason="inode reused by another file")
+        log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
         rec, parts = await reconcile(ctx, rec, parts, None)
+        if here:
+            rec = replace(rec, status=TRUNCATED, completed_by=CompletedBy.TRUNCATED.value)
         await finish_kept(ctx, rec, parts, None, None)
     return True
 

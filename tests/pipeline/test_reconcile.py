@@ -222,3 +222,24 @@ async def test_a_file_renamed_and_patched_while_down_keeps_its_stream(
     assert videos(store) == {key: bytes(data)}
     assert metadata(store, key)["status"] == "complete"
     assert not [e for e in logs if e["event"] == "source_gone"]
+
+
+async def test_a_file_overwritten_while_down_keeps_the_uploaded_parts(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Cut and written again past what went up while no process watched (simulator seed
+    56196: the truncation was seen, its checkpoint not yet written, then a crash): the size
+    shows nothing, none of the parts is in the file. Its parts end as their own object."""
+    old = pattern(2 * PART + 10, seed=1)
+    (watch / "cam0.mp4").write_bytes(old)
+    key = await _active(settings, store, watch / "cam0.mp4", old, parts=2)
+    (watch / "cam0.mp4").write_bytes(new := pattern(3 * PART, seed=2))  # O_TRUNC: same inode
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert store.objects[key].body == old[: 2 * PART]
+    assert metadata(store, key)["status"] == "truncated"
+    assert sorted(videos(store).values(), key=len) == [old[: 2 * PART], new]
+    assert [e["reason"] for e in logs if e["event"] == "source_gone"] == [
+        "rewritten while nobody watched"
+    ]
+    assert await store.list_multipart_uploads("") == []

@@ -52,4 +52,6 @@ REGRESSION_SEEDS: dict[int, str] = {
            "checkpointed before the parts below the cut are waited for",
     54164: "an empty recording's object written, a crash before its metadata, the file "
            "grown while down: that object is published, the growth is a new stream",
+    56196: "a truncation seen, its checkpoint held back by the store, a crash, the file "
+           "regrown while down: the resumed stream finds none of its parts, keeps them",
 }
