@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import media, s3util
-from bench.procs import proc_cpu_s
+from bench.procs import proc_cpu_s, run_measured
 from bench.report import pct
 from bench.scenarios import MIB, Bench, CpuSampler
+from bench.seaweed import tool
 
 RATE = 500_000  # B/s per recording: 4 Mbit/s
 PART_MIB = 5  # the S3 minimum: a part every ~10 s at 0.5 MB/s (RPO of one part)
@@ -180,6 +181,22 @@ def _target_mb_s(count: int, w: Written, end: float) -> float:
     return sum(max(0.0, window - i * stagger) for i in range(count)) * RATE / 1e6 / window
 
 
+def caps(count: int) -> dict[str, str]:
+    """The settings an operator with ``count`` cameras raises (README, MAX_STREAMS).
+
+    At MAX_STREAMS' default (64) the recordings beyond it wait for room, so the ladder
+    measured the cap; at UPLOAD_CONCURRENCY's (4) 100 cameras' parts queued (lag +1.3 s over
+    40 s), at 16 the same 100 ran flat (p95 0.43 s). MAX_INFLIGHT_MB must hold a part per
+    upload slot plus the ones hashed ahead: at its default (64 MiB = 12 parts of 5 MiB) it,
+    not the 16 slots, capped the parts in flight (at 200 cameras, with SeaweedFS taking ~1 s
+    a part, 12 in flight move ~60 MB/s of the 100 written; lag p95 14.2 s vs 8.6 s at 128).
+    More slots did not clearly help (200 at 32: p95 4.4 s, parts 1.8 s each; 150 at 19:
+    4.4 s): SeaweedFS, not the slots, was then the limit.
+    """
+    return {"MAX_STREAMS": str(max(64, count)), "UPLOAD_CONCURRENCY": str(UPLOAD_CONCURRENCY),
+            "MAX_INFLIGHT_MB": str((UPLOAD_CONCURRENCY + 2) * PART_MIB)}
+
+
 def one_count(b: Bench, run: int, count: int) -> dict[str, float]:
     bucket = b.bucket("capacity")
     name = f"capacity-{run}-{count}"
@@ -187,11 +204,7 @@ def one_count(b: Bench, run: int, count: int) -> dict[str, float]:
         bucket, name, CHUNK_SIZE_MB=str(PART_MIB),
         # Never idle during the window: a recorder writes every TICK.
         STREAM_TIMEOUT_SECONDS="30", LOG_LEVEL="INFO",
-        # An operator with this many cameras raises both caps. At MAX_STREAMS' default (64)
-        # the recordings beyond it wait for room, so the ladder measured the cap; at
-        # UPLOAD_CONCURRENCY's (4) 100 cameras' parts queued (lag +1.3 s over 40 s, 17 % CPU),
-        # at 16 the same 100 ran flat (p95 0.43 s).
-        MAX_STREAMS=str(max(64, count)), UPLOAD_CONCURRENCY=str(UPLOAD_CONCURRENCY),
+        **caps(count),
     )
     daemon = b.daemon(env, name)
     watch_dir = b.work / f"watch-{name}"
@@ -246,16 +259,59 @@ def one_count(b: Bench, run: int, count: int) -> dict[str, float]:
     return res
 
 
+_CEILING_FILES = 16  # one per s5cmd worker
+_CEILING_FILE_MIB = 40  # 8 parts each: 640 MiB in all, several seconds of full load
+
+
+def server_ceiling(b: Bench) -> dict[str, float]:
+    """What SeaweedFS alone ingests here as 5 MiB parts from the fastest client we have.
+
+    s5cmd, 16 workers (the ladder's upload slots at 100 cameras), one part in flight per
+    file: the MB/s, SeaweedFS's CPU-s per 100 MB, and the cameras at RATE that rate is. On a
+    small box the S3 server beside cefmp4 sets the ladder's top, and this says where.
+    """
+    src = b.work / "ceiling"
+    src.mkdir(exist_ok=True)
+    block = os.urandom(MIB)
+    for i in range(_CEILING_FILES):
+        with (src / f"f{i:02d}.bin").open("wb") as fh:
+            for k in range(_CEILING_FILE_MIB):
+                fh.write(bytes([i, k]) + block[2:])  # no two parts alike
+    bucket = b.bucket("ceiling")
+    size = _CEILING_FILES * _CEILING_FILE_MIB * MIB
+    try:
+        weed0 = proc_cpu_s(b.seaweed.pid)
+        res = run_measured([
+            tool("s5cmd"), "--endpoint-url", b.seaweed.endpoint_url,
+            "--numworkers", str(_CEILING_FILES), "cp", "--part-size", str(PART_MIB),
+            "--concurrency", "1", f"{src}/*", f"s3://{bucket}/",
+        ], b.peer_env(), b.cwd())
+        weed = proc_cpu_s(b.seaweed.pid) - weed0
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+        s3util.delete_prefix(b.s3, bucket)
+    if res.code != 0:
+        raise RuntimeError(f"s5cmd cp failed ({res.code}): {res.output.strip()[-300:]}")
+    mb_s = size / 1e6 / res.wall_s
+    print(f"  SeaweedFS alone (s5cmd, 16 x 5 MiB parts in flight): {mb_s:.0f} MB/s = "
+          f"{mb_s * 1e6 / RATE:.0f} cameras' worth; SeaweedFS {weed / (size / 1e8):.2f} CPU-s "
+          f"per 100 MB, s5cmd {res.cpu_s / (size / 1e8):.2f}")
+    return {"mb_s": mb_s, "cameras": mb_s * 1e6 / RATE, "weed_cpu_s_per_100mb": weed / (size / 1e8),
+            "client_cpu_s_per_100mb": res.cpu_s / (size / 1e8)}
+
+
 def capacity(b: Bench, run: int) -> dict[str, dict[str, float]]:
     """The largest passing count of the ladder and the figures at that count."""
+    ceiling = server_ceiling(b)
     best: dict[str, float] | None = None
-    first_fail = math.nan
+    failed: dict[str, float] = {}
     for count in b.capacity_counts:
         res = one_count(b, run, count)
         if not res["ok"]:
-            first_fail = float(count)
+            failed = res
             break
         best = res
     out = dict(best) if best else {"count": 0.0}
-    out["first_failing_count"] = first_fail
-    return {"cefmp4": out}
+    out["first_failing_count"] = failed.get("count", math.nan)
+    # The failing count's figures too: how far it missed, and who had the cores.
+    return {"cefmp4": out, "first failing": failed, "seaweed+s5cmd": ceiling}
