@@ -226,11 +226,19 @@ def capacity_rows(r: Runs) -> list[Row]:
     limits = {"count": ("≥ 200", 200.0)}
     rows = []
     for metric in ("count", "first_failing_count", "lag_p50_s", "lag_p95_s", "lag_max_s",
-                   "lag_growth_s", "parts", "cpu_pct", "cpu_pct_per_stream", "rss_mib"):
+                   "lag_growth_s", "parts", "cpu_pct", "cpu_pct_per_stream", "rss_mib",
+                   "weed_cpu_pct", "host_busy_pct", "writer_mb_s",
+                   "writer_target_mb_s"):
         values = _v(r, "cefmp4", metric)
         target, limit = limits.get(metric, ("", math.nan))
         rows.append(Row(metric, "cefmp4", values, None, target,
                         _check(values, limit, at_least=True) if target else None))
+    for metric in ("count", "lag_p95_s", "lag_growth_s", "cpu_pct", "weed_cpu_pct",
+                   "host_busy_pct", "writer_mb_s", "writer_target_mb_s"):
+        if _v(r, "first failing", metric):
+            rows.append(Row(metric, "1st fail", _v(r, "first failing", metric)))
+    for metric in ("mb_s", "cameras", "weed_cpu_s_per_100mb", "client_cpu_s_per_100mb"):
+        rows.append(Row(metric, "weed+s5cmd", _v(r, "seaweed+s5cmd", metric)))
     return rows
 
 

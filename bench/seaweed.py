@@ -50,5 +50,9 @@ class Seaweed:
         if not self._server.wait_ready(lambda: http_answers(self.endpoint_url + "/"), timeout):
             raise self._server.exited()
 
+    @property
+    def pid(self) -> int:
+        return self._server.pid
+
     def stop(self) -> None:
         self._server.stop(15)

@@ -38,6 +38,11 @@ def test_capacity_and_large_tree_run_in_a_tiny_configuration(tmp_path: Path) -> 
     assert cap["count"] == [2.0], cap  # two 0.5 MB/s recordings are kept up with
     assert cap["parts_missing"] == [0.0]
     assert cap["parts"][0] >= 1
+    assert cap["writer_mb_s"][0] > 0
+    assert cap["host_busy_pct"][0] > 0
+    ceiling = data["capacity"]["seaweed+s5cmd"]  # the S3 server's own ceiling beside it
+    assert ceiling["mb_s"][0] > 0
+    assert ceiling["weed_cpu_s_per_100mb"][0] > 0
     for kind in ("sqlite", "redis"):
         tree = data["large-tree"][kind]
         assert not math.isnan(tree["ready_s"][0])
