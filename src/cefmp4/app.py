@@ -37,6 +37,7 @@ from cefmp4.probe import FfprobeProber, Prober
 from cefmp4.readiness import Readiness
 from cefmp4.reconcile import abort_superseded, rebuild_from_s3
 from cefmp4.settings import Settings
+from cefmp4.settings_checks import inflight_advice
 from cefmp4.storage import ObjectStore
 from cefmp4.supervisor import StreamSupervisor
 from cefmp4.takeover import takeover_forever
@@ -253,6 +254,8 @@ class App:
             **self.features.context_fields(),
         )
         self.ctx = ctx
+        if advice := inflight_advice(settings):
+            log.warning(logs.SETTINGS_ADVICE, advice=advice)
         if daemon and settings.prom_port:
             # Imported here: aiohttp.web costs tens of ms that `upload` does not need.
             from cefmp4.health import serve_health

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # structlog is imported where it is configured: `--help` neve
 
 # --- event names ----------------------------------------------------------------------------
 # process lifecycle
+SETTINGS_ADVICE: Final = "settings_advice"  # a valid setting that works against another
 READY: Final = "ready"  # started: watching, serving, resumed what was unfinished
 SIGNAL_RECEIVED: Final = "signal_received"
 SHUTDOWN: Final = "shutdown"  # draining: no new work, in-flight parts finishing

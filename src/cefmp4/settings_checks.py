@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 MAX_KEY_PREFIX_BYTES = 512  # half of S3's key limit, the rest is for stream id and path
@@ -83,3 +84,26 @@ def redis_url_problem(url: str) -> str | None:
     if not isinstance(options.get("db", 0), int):
         return "the database number must be an integer"
     return None
+
+
+class _Sizes(Protocol):  # the three settings, read-only (Settings is frozen)
+    @property
+    def max_inflight_mb(self) -> int: ...
+    @property
+    def chunk_size_mb(self) -> int: ...
+    @property
+    def upload_concurrency(self) -> int: ...
+
+
+def inflight_advice(s: _Sizes) -> str | None:
+    """A byte budget that holds fewer parts than there are upload slots: the slots never
+    fill (the capacity bench's 200 cameras fell 14 s behind with 16 slots and 64 MiB)."""
+    parts = s.max_inflight_mb // s.chunk_size_mb
+    if parts >= s.upload_concurrency:
+        return None
+    return (
+        f"MAX_INFLIGHT_MB={s.max_inflight_mb} holds {parts} parts of CHUNK_SIZE_MB="
+        f"{s.chunk_size_mb}, fewer than UPLOAD_CONCURRENCY={s.upload_concurrency}: the "
+        "budget, not the upload slots, caps the parts in flight; set MAX_INFLIGHT_MB to at "
+        f"least {(s.upload_concurrency + 2) * s.chunk_size_mb}"
+    )

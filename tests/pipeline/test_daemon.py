@@ -235,3 +235,22 @@ async def test_a_truncation_while_an_outage_holds_the_tail_back_is_seen(
     by_body = {body: key for key, body in videos(store).items()}
     assert metadata(store, by_body[kept])["status"] == "truncated"
     assert metadata(store, by_body[new])["status"] == "complete"
+
+
+async def test_a_budget_smaller_than_the_upload_slots_is_named_at_start(
+    settings: Settings, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Valid, but the slots never fill (the capacity bench fell 14 s behind so): one line
+    names the settings and the value that would fit; the defaults say nothing."""
+    with capture() as logs:
+        async with daemon(settings, store, prober):
+            pass
+    assert not [e for e in logs if e["event"] == "settings_advice"]
+    tight = settings.model_copy(
+        update={"upload_concurrency": 16, "max_inflight_mb": 64, "chunk_size_mb": 5}
+    )
+    with capture() as logs:
+        async with daemon(tight, store, prober):
+            pass
+    [line] = [e["advice"] for e in logs if e["event"] == "settings_advice"]
+    assert "MAX_INFLIGHT_MB=64 holds 12 parts" in line and "at least 90" in line
