@@ -27,7 +27,7 @@ from cefmp4.pipeline import Context
 from cefmp4.reconcile import reconcile
 from cefmp4.source import OpenedSource, open_source
 from cefmp4.stream import Outcome, StreamWorker
-from cefmp4.verify import holds_any
+from cefmp4.verify import holds
 
 log = structlog.get_logger("cefmp4.lifecycle")
 
@@ -149,24 +149,26 @@ async def resume(
 async def _inode_reused(
     ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
 ) -> bool:
-    """The file found holds none of the stream's parts (the first two and the last): it is
-    not the recording any more, and the recording ends with what S3 holds; the file found
-    is a new stream. Either another file took a deleted one's inode number (file systems
-    hand it to the next new file at once) — found elsewhere; or, at its own path, the
-    recording was cut and written again past what was uploaded while nobody watched,
-    which its size cannot tell from a whole rewrite (a faststart pass, which then leaves
-    its old parts as an object of their own: nothing is lost either way). With one part,
-    a file at its own path is trusted: a recorder's patch of its header changes part 1."""
+    """The file found no longer holds the stream's last part: it is not the recording any
+    more, which ends with what S3 holds; the file found is a new stream. Appends and a
+    recorder's header patch (the ``mdat`` size, in part 1) keep the last part. Otherwise
+    either another file took a deleted one's inode number (file systems hand it to the
+    next new file at once: found elsewhere, holding neither of the first parts either), or
+    the recording was cut and written again past what was uploaded while nobody watched,
+    which its size cannot tell from a whole rewrite (a faststart pass then leaves its old
+    parts as an object of their own): nothing is lost either way. A one-part stream at its
+    own path is trusted: its only part is the one a header patch changes."""
     here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
     if not parts or (here and len(parts) < 2):
         return False
-    if await asyncio.to_thread(holds_any, fd, parts):
+    if await asyncio.to_thread(holds, fd, parts[-1]):
         return False
-    reason = "rewritten while nobody watched" if here else "inode reused by another file"
+    reused = not here and not any([await asyncio.to_thread(holds, fd, p) for p in parts[:2]])
+    reason = "inode reused by another file" if reused else "rewritten while nobody watched"
     with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
         log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
         rec, parts = await reconcile(ctx, rec, parts, None)
-        if here:
+        if not reused:
             rec = replace(rec, status=TRUNCATED, completed_by=CompletedBy.TRUNCATED.value)
         await finish_kept(ctx, rec, parts, None, None)
     return True

@@ -89,20 +89,13 @@ def verified(digest: Digest, parts: Mapping[int, PartRecord]) -> list[PartRecord
     return [p for p in chosen if p is not None]
 
 
-def holds_any(fd: int, parts: list[PartRecord]) -> bool:
-    """Blocking (a thread): the file still holds the bytes of one of the first two or the
-    last checkpointed parts. A recorder's own rewrites (the ``mdat`` size, a faststart
-    pass) leave some part as it was or are judged by verification anyway; a different file
-    that took the inode number of a deleted one holds none of them."""
-    md5 = needs_md5({p.part_number: p for p in parts})
-    for part in {p.part_number: p for p in (*parts[:2], parts[-1])}.values():
-        try:
-            now = digest_range(fd, part.offset, part.size, md5=md5)
-        except SourceError:
-            continue  # the file is shorter than this part
-        if same_bytes(part.md5, now):
-            return True
-    return False
+def holds(fd: int, part: PartRecord) -> bool:
+    """Blocking (a thread): the file still holds the bytes of ``part`` where it was."""
+    try:
+        now = digest_range(fd, part.offset, part.size, md5=is_md5_record(part.md5))
+    except SourceError:
+        return False  # the file is shorter than this part
+    return same_bytes(part.md5, now)
 
 
 def unchanged_since(fd: int, digest: Digest) -> bool:

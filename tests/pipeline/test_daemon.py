@@ -253,4 +253,5 @@ async def test_a_budget_smaller_than_the_upload_slots_is_named_at_start(
         async with daemon(tight, store, prober):
             pass
     [line] = [e["advice"] for e in logs if e["event"] == "settings_advice"]
-    assert "MAX_INFLIGHT_MB=64 holds 12 parts" in line and "at least 90" in line
+    assert "MAX_INFLIGHT_MB=64 holds 12 parts" in line
+    assert "at least 90" in line

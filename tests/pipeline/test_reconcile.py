@@ -243,3 +243,25 @@ async def test_a_file_overwritten_while_down_keeps_the_uploaded_parts(
         "rewritten while nobody watched"
     ]
     assert await store.list_multipart_uploads("") == []
+
+
+async def test_a_file_cut_and_regrown_while_down_keeps_the_uploaded_parts(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Simulator seed 80950: cut inside the last uploaded part (the truncation seen, a crash
+    before its checkpoint) and grown back past it while down. The first parts still match;
+    the last does not: its bytes in S3 are kept, not replaced by the new ones."""
+    old = pattern(3 * PART + 10, seed=1)
+    (watch / "cam0.mp4").write_bytes(old)
+    key = await _active(settings, store, watch / "cam0.mp4", old, parts=3)
+    cut = 2 * PART + 100
+    with (watch / "cam0.mp4").open("r+b") as f:
+        f.truncate(cut)
+        f.seek(cut)
+        f.write(pattern(2 * PART, seed=2))
+    now = (watch / "cam0.mp4").read_bytes()
+    await burst(settings, store, prober)
+    assert store.objects[key].body == old[: 3 * PART]
+    assert metadata(store, key)["status"] == "truncated"
+    assert sorted(videos(store).values(), key=len) == [old[: 3 * PART], now]
+    assert await store.list_multipart_uploads("") == []
