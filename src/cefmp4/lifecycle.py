@@ -49,11 +49,19 @@ class Spec:
     stream_timeout: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Reused:
+    """The stream ended: the file found is not its recording any more (``_inode_reused``).
+    ``fd`` is that file, open: its new stream starts from it, never from its path again
+    (which may lead to yet another file by now)."""
+
+    fd: int
+
+
 class Ended(enum.Enum):
     FINISHED = "finished"  # completed (or failed for good): the file may start a new stream
     SUSPENDED = "suspended"  # shutdown or an error: resumable from its checkpoint
     RELINQUISHED = "relinquished"  # another instance owns it now
-    REUSED = "reused"  # finished: the file is not the recording any more, to start anew
 
 
 async def _open(path: Path, inode: int | None) -> OpenedSource | None:
@@ -72,12 +80,14 @@ async def _open(path: Path, inode: int | None) -> OpenedSource | None:
 
 
 async def start_new(
-    spec: Spec, path: Path, rel: str | None, bind: Bind, *, held: int | None = None
+    spec: Spec, path: Path, rel: str | None, bind: Bind, *,
+    inode: int | None = None, held: int | None = None,
 ) -> StreamWorker | None:
-    """A new stream of the file at ``path``, or of the descriptor ``held`` (it takes it)."""
+    """A new stream of the file at ``path`` (the one with ``inode``: the one claimed, not
+    a file that took its place since), or of the descriptor ``held`` (it takes it)."""
     ctx = spec.ctx
     try:
-        source = await _open(path, None) if held is None else OpenedSource(held, os.fstat(held))
+        source = await _open(path, inode) if held is None else OpenedSource(held, os.fstat(held))
     except (SourceGone, SourceReplaced) as exc:
         log.info(logs.SOURCE_CHANGED, path=str(path), error=str(exc))
         return None
@@ -109,7 +119,7 @@ async def start_new(
 
 async def resume(
     spec: Spec, rec: StreamRecord, path: Path, bind: Bind
-) -> StreamWorker | Ended | None:
+) -> StreamWorker | Ended | Reused | None:
     """A worker for an unfinished stream; ``Ended.FINISHED`` when it ended here (its file
     is gone); None when it cannot be read now (it stays unfinished: nothing is lost)."""
     ctx = spec.ctx
@@ -131,8 +141,7 @@ async def resume(
         bind(rec.inode, rec.stream_id)
         parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
         if await _inode_reused(ctx, rec, path, fd, parts):
-            os.close(fd)
-            return Ended.REUSED
+            return Reused(fd)
         # The device number is this host's: on a shared volume another host's differs.
         local = replace(rec, path=str(path), device=st.st_dev)
         rec, parts = await reconcile(ctx, local, parts, fd)

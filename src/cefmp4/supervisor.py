@@ -231,10 +231,11 @@ class StreamSupervisor:
                 worker = await resume(self._spec, latest, path, self._bind(ident))
                 if worker is not None:
                     self.unfinished.pop(ident, None)
-                if worker is Ended.REUSED:
-                    return await start_new(self._spec, path, rel, self._bind(ident))
-                return worker if isinstance(worker, StreamWorker) else None
-            return await start_new(self._spec, path, rel, self._bind(ident), held=held)
+                if not isinstance(worker, lifecycle.Reused):
+                    return worker if isinstance(worker, StreamWorker) else None
+                held = worker.fd  # the file found is a new stream (never reopened by path)
+            bind = self._bind(ident)
+            return await start_new(self._spec, path, rel, bind, inode=ident[1], held=held)
         except Deferred:
             self._deferred[ident] = path
             return None

@@ -255,3 +255,26 @@ async def test_a_budget_smaller_than_the_upload_slots_is_named_at_start(
     [line] = [e["advice"] for e in logs if e["event"] == "settings_advice"]
     assert "MAX_INFLIGHT_MB=64 holds 12 parts" in line
     assert "at least 90" in line
+
+
+async def test_a_file_replaced_before_its_claim_is_not_streamed_twice(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """A stat names one file; by the time it is claimed and opened, another file has taken
+    its path. Opening by path alone started a second stream of the newcomer (simulator
+    seed 104371: two complete objects of one recording). The claimed inode is opened, or
+    nothing (``source_changed``): the newcomer has its own event."""
+    path = watch / "cam.mp4"
+    path.write_bytes(b"first")
+    with path.open("ab") as first:  # held: the newcomer cannot take its inode number
+        with capture() as logs:
+            async with daemon(settings, store, prober) as app:
+                await until(lambda: b"first" in videos(store).values(), what="its object")
+                (watch / ".new").write_bytes(newcomer := pattern(PART + 1, seed=5))
+                os.replace(watch / ".new", path)
+                await until(lambda: newcomer in videos(store).values(), what="the newcomer")
+                first.write(b" grown")  # unlinked now: no event names it
+                first.flush()
+                app.supervisor.on_stat(path, os.fstat(first.fileno()))  # a late event
+                await until(lambda: any(e["event"] == "source_changed" for e in logs))
+    assert sorted(videos(store).values(), key=len) == [b"first", newcomer]
