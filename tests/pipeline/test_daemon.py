@@ -266,15 +266,15 @@ async def test_a_file_replaced_before_its_claim_is_not_streamed_twice(
     nothing (``source_changed``): the newcomer has its own event."""
     path = watch / "cam.mp4"
     path.write_bytes(b"first")
-    with path.open("ab") as first:  # held: the newcomer cannot take its inode number
-        with capture() as logs:
-            async with daemon(settings, store, prober) as app:
-                await until(lambda: b"first" in videos(store).values(), what="its object")
-                (watch / ".new").write_bytes(newcomer := pattern(PART + 1, seed=5))
-                os.replace(watch / ".new", path)
-                await until(lambda: newcomer in videos(store).values(), what="the newcomer")
-                first.write(b" grown")  # unlinked now: no event names it
-                first.flush()
-                app.supervisor.on_stat(path, os.fstat(first.fileno()))  # a late event
-                await until(lambda: any(e["event"] == "source_changed" for e in logs))
+    # ``first`` stays open: the newcomer cannot take its inode number.
+    with path.open("ab") as first, capture() as logs:
+        async with daemon(settings, store, prober) as app:
+            await until(lambda: b"first" in videos(store).values(), what="its object")
+            (watch / ".new").write_bytes(newcomer := pattern(PART + 1, seed=5))
+            os.replace(watch / ".new", path)
+            await until(lambda: newcomer in videos(store).values(), what="the newcomer")
+            first.write(b" grown")  # unlinked now: no event names it
+            first.flush()
+            app.supervisor.on_stat(path, os.fstat(first.fileno()))  # a late event
+            await until(lambda: any(e["event"] == "source_changed" for e in logs))
     assert sorted(videos(store).values(), key=len) == [b"first", newcomer]
