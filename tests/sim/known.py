@@ -65,4 +65,5 @@ REGRESSION_SEEDS: dict[int, str] = {
     104371: "a stream ended as rewritten while down, its file replaced before the new "
             "stream opened it: the new stream is of the descriptor held, and a claim opens "
             "the inode it claimed (two complete objects of one recording before)",
+    111933: "the same class on 04dd82b (two complete objects of one recording)",
 }
