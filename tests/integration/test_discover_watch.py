@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 import tempfile
@@ -533,10 +532,34 @@ def _python_for_nobody() -> list[str]:
     pytest.fail("no interpreter of this Python version is executable by nobody")
 
 
-def _import_paths() -> list[str]:
-    import cefmp4
+_IMPORTS_PROBE = """
+import sys, sysconfig
+from cefmp4 import discover, logs, watcher
+logs.configure_logging(level="INFO", fmt="json")
+stdlib = sysconfig.get_paths()["stdlib"]
+for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if "." not in name and path and not path.startswith(stdlib):
+        print(path)
+"""
 
-    return [str(Path(cefmp4.__file__).parents[1]), *site.getsitepackages()]
+
+def _import_paths(into: Path) -> list[str]:
+    """A copy of what the watcher imports beyond the standard library, under ``into``
+    (which nobody may read): the checkout and its venv need not be (``mktemp -d`` makes
+    a clone's directory 0700)."""
+    probe = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE], capture_output=True,
+                           text=True, check=True, timeout=60)
+    into.mkdir()
+    for line in sorted(set(probe.stdout.split())):
+        source = Path(line)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, into / source.parent.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, into / source.name)
+    for path in [into, *into.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return [str(into)]
 
 
 class NobodyWatcher:
@@ -573,7 +596,7 @@ async def test_an_unreadable_subdirectory_does_not_blind_its_siblings() -> None:
         write(locked / "hidden-away.mp4")
         proc = await asyncio.create_subprocess_exec(
             *_python_for_nobody(), "-c", _AS_NOBODY, str(watch_dir), user="nobody",
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_paths())},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_paths(top / "lib"))},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         w = NobodyWatcher(proc)
