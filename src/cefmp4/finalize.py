@@ -76,8 +76,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         # While a part was held back (even if the file grew back since), or while nobody
         # watched: what was uploaded stands.
         truncated_now = True
-        log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
-                    uploaded=up.uploaded_extent())
+        _log_truncated(worker)
     if not resumed or truncated_now:
         status, reason = end_status(worker, truncated_now)
         worker.record = replace(
@@ -103,8 +102,7 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
             break
         except TruncatedNow:
             # Bytes S3 holds left the file while we verified: they make the object.
-            log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
-                        uploaded=up.uploaded_extent())
+            _log_truncated(worker)
             worker.record = replace(worker.record, status=TRUNCATED)
             await ctx.retry("checkpoint", _put(ctx, worker.record))
             await up.drain(timeout=ctx.config.drain_timeout)
@@ -126,6 +124,11 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
         ctx, worker.record, parts, sha256=sha256, probe=probe, status=status,
         mtime_ns=mtime_ns, extra={"end_reason": reason, "parts_reuploaded": up.reuploaded},
     )
+
+
+def _log_truncated(worker: StreamWorker) -> None:
+    log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
+                uploaded=worker.up.uploaded_extent())
 
 
 async def finish_kept(

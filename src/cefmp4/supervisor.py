@@ -187,8 +187,10 @@ class StreamSupervisor:
         if not await ctx.retry(
             "checkpoint", lambda: self.ownership.acquire(ident, lambda: self._lose(ident))
         ):
-            self._deferred[ident] = path  # held: a peer has it (its descriptor must do)
-            return lifecycle.close(held)
+            self._deferred[ident] = path
+            if held is not None:
+                os.close(held)  # a peer owns the file now
+            return
         try:
             latest = self.unfinished.get(ident) if held is None else None
             if self.ownership.shared and held is None:  # another instance may have moved it on
