@@ -170,9 +170,15 @@ async def _inode_reused(
     here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
     if not parts or (here and len(parts) < 2):
         return False
-    if await asyncio.to_thread(holds, fd, parts[-1]):
-        return False
-    reused = not here and not any([await asyncio.to_thread(holds, fd, p) for p in parts[:2]])
+    first = parts[:2]
+    try:
+        if await asyncio.to_thread(holds, fd, parts[-1]):
+            return False
+        reused = not here and not await asyncio.to_thread(
+            lambda: any(holds(fd, p) for p in first))
+    except SourceError as exc:  # an I/O error says nothing of the bytes: look again later
+        log.warning(logs.STREAM_DEFERRED, path=str(path), error=str(exc))
+        raise Deferred(str(exc)) from exc
     reason = "inode reused by another file" if reused else "rewritten while nobody watched"
     with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
         log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
@@ -228,11 +234,6 @@ def held_fd(worker: StreamWorker) -> int | None:
     ):
         return None
     return os.dup(worker.fd)
-
-
-def close(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
 
 
 def locate(watch_dir: Path, record: StreamRecord) -> Path | None:

@@ -90,12 +90,12 @@ def verified(digest: Digest, parts: Mapping[int, PartRecord]) -> list[PartRecord
 
 
 def holds(fd: int, part: PartRecord) -> bool:
-    """Blocking (a thread): the file still holds the bytes of ``part`` where it was."""
-    try:
-        now = digest_range(fd, part.offset, part.size, md5=is_md5_record(part.md5))
-    except SourceError:
-        return False  # the file is shorter than this part
-    return same_bytes(part.md5, now)
+    """Blocking (a thread): the file still holds the bytes of ``part`` where it was.
+    ``SourceError`` when it cannot be read (never taken for "not the same bytes")."""
+    if os.fstat(fd).st_size < part.offset + part.size:
+        return False
+    return same_bytes(part.md5, digest_range(fd, part.offset, part.size,
+                                             md5=is_md5_record(part.md5)))
 
 
 def unchanged_since(fd: int, digest: Digest) -> bool:

@@ -265,3 +265,32 @@ async def test_a_file_cut_and_regrown_while_down_keeps_the_uploaded_parts(
     assert metadata(store, key)["status"] == "truncated"
     assert sorted(videos(store).values(), key=len) == [old[: 3 * PART], now]
     assert await store.list_multipart_uploads("") == []
+
+
+async def test_a_read_error_while_checking_a_resumed_file_defers_it(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EIO while the resumed file is compared with its parts says nothing of its bytes: not
+    taken for a rewrite (which would end the stream and start another), but one
+    ``stream_deferred`` line per look and the stream left unfinished; the next run completes it."""
+    import cefmp4.lifecycle
+
+    data = pattern(2 * PART + 10, seed=1)
+    (watch / "cam0.mp4").write_bytes(data)
+    key = await _active(settings, store, watch / "cam0.mp4", data, parts=2)
+
+    def eio(fd: int, part: object) -> bool:
+        raise SourcePermission("read at byte 0: [Errno 5] Input/output error")
+
+    with monkeypatch.context() as patch, capture() as logs:
+        patch.setattr(cefmp4.lifecycle, "holds", eio)
+        await burst(settings, store, prober)
+    deferred = [e for e in logs if e["event"] == "stream_deferred"]  # retried, then left
+    assert deferred
+    assert all("Input/output error" in e["error"] for e in deferred)
+    assert videos(store) == {}
+    [rec] = await records(settings)
+    assert rec.state is StreamState.ACTIVE
+    await burst(settings, store, prober)
+    assert videos(store) == {key: data}
