@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import json
 import math
 import os
@@ -377,8 +379,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+def precompile() -> None:
+    """Byte-compile cefmp4 as ``pip install`` does. This machine sets
+    PYTHONDONTWRITEBYTECODE=1, so an editable checkout compiles its ~90 modules again in
+    every timed run (~70 ms and as many CPU-ms), which the peers, installed by pip, never pay."""
+    spec = importlib.util.find_spec("cefmp4")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        compileall.compile_dir(where, quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    precompile()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
     aws = find_aws() if {"catchup", "startup"} & set(args.scenarios) else "aws"
