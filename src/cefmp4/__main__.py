@@ -1,3 +1,3 @@
-from cefmp4.cli import main
+from cefmp4.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -141,6 +141,32 @@ def _secrets(settings: Settings) -> list[str]:
     return [s for s in secrets if s]
 
 
+def entry() -> None:
+    """The ``cefmp4`` script and ``python -m cefmp4``: :func:`main`, then leave at once.
+
+    The interpreter's own exit ends with a garbage collection over every object still alive,
+    botocore's service models above all: 0.12-0.21 s after an ``upload`` here (median 0.18 s
+    of 20 runs; 6 ms without it), a tenth of a one-shot command's CPU spent on memory that the
+    process is about to hand back anyway. By the time ``main`` returns, every store, client
+    and task it opened is closed (their context managers); what is left is the flushing the
+    normal exit would do, done here. Should a thread still be running, the normal exit joins it.
+    """
+    import logging
+    import os
+    import threading
+
+    code = main()
+    if threading.active_count() > 1:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            code = code or EXIT_FAILED
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -25,15 +25,14 @@ from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.errors import CefmpError, ConfigError
 from cefmp4.settings import Settings
-from cefmp4.status import redacted, status_command
 
-if TYPE_CHECKING:  # rich and the App are imported by the functions that use them
+if TYPE_CHECKING:  # rich (status) and the App are imported by the functions that use them
     from rich.console import Console
     from rich.table import Table
 
     from cefmp4.app import App
 
-__all__ = ["status_command", "status_watch_command", "upload_command", "upload_files"]
+__all__ = ["status_watch_command", "upload_command", "upload_files"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -146,6 +145,8 @@ def _mib(n: int | None) -> str:
 def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
     """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind."""
     from rich.table import Table
+
+    from cefmp4.status import redacted  # status imports rich: not on `upload`'s path
 
     table = Table(
         title=f"cefmp4 active streams ({len(rows)})",

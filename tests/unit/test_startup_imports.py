@@ -60,3 +60,14 @@ def test_logging_is_configured_without_importing_rich() -> None:
                           timeout=60, check=True)
     assert "RICH:\n" in proc.stdout  # nothing of rich imported by logging
     assert "TABLE:Table" in proc.stdout  # rich itself still imports where it draws
+
+
+def test_upload_does_not_import_the_status_table(tmp_path: Path) -> None:
+    """`upload` prints lines, not rich tables: `status` (and rich with it) stays unloaded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
+    env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
+                "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",
+                "WATCH_DIR": str(tmp_path), "LOG_FORMAT": "json"})
+    loaded = _loaded("upload", str(tmp_path / "no-such-file.mp4"), env=env)
+    assert "structlog" in loaded  # the command ran as far as its logging
+    assert "rich" not in loaded
