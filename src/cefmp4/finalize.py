@@ -8,6 +8,7 @@ never overwritten, and the metadata is written only after the object exists.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from cefmp4.complete import (
 )
 from cefmp4.completion import CompletedBy
 from cefmp4.errors import ObjectExists, UploadNotFound
-from cefmp4.identity import Change, end_of_source, truncated
+from cefmp4.identity import Change, Fingerprint, end_of_source, fingerprint, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
 from cefmp4.parts import contiguous
@@ -66,6 +67,16 @@ def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | No
 
 
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
+    # A truncation seen already ends with what S3 holds: no probe to win time for.
+    early = None if truncated_now else EarlyProbe(worker.ctx, worker.fd, worker.record.path)
+    try:
+        await _finalize(worker, truncated_now, early)
+    finally:
+        if early is not None:
+            await early.close()
+
+
+async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe | None) -> None:
     ctx, up = worker.ctx, worker.up
     resumed = worker.record.state is StreamState.FINALIZING
     if truncated_now:
@@ -119,7 +130,10 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
             await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
             return
     ctx.failpoints.hit("after_complete")
-    probe = await _probe(ctx, worker.fd, worker.record.path)
+    if early is not None:
+        probe = await early.result()
+    else:
+        probe = await _probe(ctx, worker.fd, worker.record.path)
     worker.record = await publish(
         ctx, worker.record, parts, sha256=sha256, probe=probe, status=status,
         mtime_ns=mtime_ns, extra={"end_reason": reason, "parts_reuploaded": up.reuploaded},
@@ -272,12 +286,47 @@ async def _mark_completed(
 
 
 async def _probe(ctx: Context, fd: int, path: str) -> ProbeResult:
+    return _counted(ctx, await ctx.prober.probe(_probe_target(fd, path)))
+
+
+def _probe_target(fd: int, path: str) -> Path:
     # /proc/<pid>/fd/<n> reaches the bytes even when the file was deleted or renamed.
     target = Path(f"/proc/{os.getpid()}/fd/{fd}")
-    if not os.path.exists(target):  # noqa: ASYNC240  (a /proc lookup, never blocks)
-        target = Path(path)
-    result = await ctx.prober.probe(target)
+    return target if os.path.exists(target) else Path(path)
+
+
+def _counted(ctx: Context, result: ProbeResult) -> ProbeResult:
     if result.duration_seconds is None:
         ctx.metrics.failed_operations.labels(operation="probe").inc()
         log.warning(logs.PROBE_FAILED, error=result.error)
     return result
+
+
+class EarlyProbe:
+    """ffprobe of the file from the moment finalize begins, beside the last parts and the
+    Complete; after them, its ~0.08 s (a subprocess) was the tail of every stream, and all
+    of `upload`'s wait once the bytes were sent. Its answer stands only if the file did not
+    change from before it began until the object was made; otherwise the file is probed
+    again, so the metadata always describes the object's bytes."""
+
+    def __init__(self, ctx: Context, fd: int, path: str) -> None:
+        self._ctx, self._fd, self._path = ctx, fd, path
+        self._before = fingerprint(os.fstat(fd))
+        self._task = asyncio.create_task(self._run(), name="early-probe")
+
+    async def _run(self) -> tuple[ProbeResult, Fingerprint]:
+        result = await self._ctx.prober.probe(_probe_target(self._fd, self._path))
+        return result, fingerprint(os.fstat(self._fd))
+
+    async def result(self) -> ProbeResult:
+        """The probe of the file as it is now, which is the object's bytes."""
+        result, after = await self._task
+        if after == self._before == fingerprint(os.fstat(self._fd)):
+            return _counted(self._ctx, result)
+        log.debug(logs.PROBE_REPEATED)
+        return await _probe(self._ctx, self._fd, self._path)
+
+    async def close(self) -> None:
+        """Stop a probe no path used (a kept object is probed after its own checks)."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

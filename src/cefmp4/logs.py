@@ -60,6 +60,7 @@ PREDIGEST_STALE: Final = "predigest_stale"
 ORPHAN_ABORTED: Final = "orphan_upload_aborted"
 COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
 PROBE_FAILED: Final = "probe_failed"
+PROBE_REPEATED: Final = "probe_repeated"  # debug: the file changed under the early probe
 METADATA_WRITTEN: Final = "metadata_written"
 # discovery (§2.1): each is logged once per path, not per event or scan
 FILE_SKIPPED: Final = "file_skipped"  # a name that is not UTF-8, a fifo/socket/device

@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 from cefmp4.checkpoint import StreamState
+from cefmp4.probe import ProbeResult
 from cefmp4.settings import Settings
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.pipeline.conftest import (
     PART,
     FakeProber,
     burst,
+    capture,
     metadata,
     pattern,
     records,
@@ -189,3 +191,51 @@ async def test_the_byte_budget_bounds_part_bytes_in_flight_across_streams(
     await burst(settings, store, prober)
     assert len(videos(store)) == 3
     assert PART <= store.peak <= 10 * 1024 * 1024
+
+
+class _WatchingProber(FakeProber):
+    """Notes, at each probe, whether the object was complete yet; the first probe can also
+    change the file (a write the early probe must not describe)."""
+
+    def __init__(self, store: MemoryObjectStore, append_to: Path | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.append_to = append_to
+        self.object_existed: list[bool] = []
+
+    async def probe(self, path: Path) -> ProbeResult:
+        self.object_existed.append(bool(videos(self.store)))
+        if self.append_to is not None and len(self.probed) == 0:
+            with self.append_to.open("ab") as f:
+                f.write(b"written under the probe")
+        self.probed.append(path)
+        return ProbeResult(float(len(self.probed)), None, "mov,mp4", "h264", 320, 240)
+
+
+async def test_the_probe_runs_beside_the_upload_and_its_answer_is_used(
+    settings: Settings, watch: Path, store: MemoryObjectStore
+) -> None:
+    data = pattern(3 * PART + 7, seed=5)
+    (watch / "cam.mp4").write_bytes(data)
+    prober = _WatchingProber(store)
+    results = await burst(settings, store, prober)
+    [record] = [r for r in results.values() if r is not None]
+    assert prober.object_existed == [False]  # probed once, before Complete
+    assert videos(store) == {record.key: data}
+    assert metadata(store, record.key)["duration_seconds"] == 1.0
+
+
+async def test_a_file_changed_under_the_early_probe_is_probed_again(
+    settings: Settings, watch: Path, store: MemoryObjectStore
+) -> None:
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 11, seed=6)
+    path.write_bytes(data)
+    prober = _WatchingProber(store, append_to=path)
+    with capture() as logs:
+        await burst(settings, store, prober, [path])
+    [(key, body)] = videos(store).items()
+    assert body == data + b"written under the probe"  # the object is the file as it ended
+    assert prober.object_existed == [False, True]  # probed again, after Complete
+    assert metadata(store, key)["duration_seconds"] == 2.0  # the second probe's answer
+    assert "probe_repeated" in [e["event"] for e in logs]
