@@ -18,6 +18,7 @@ from cefmp4.settings import SECRET_FILES, Settings, check_watch_dir, load_settin
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_UNFLUSHED = 120  # Python's own exit status when stdout cannot be flushed at exit
 
 
 class _RefusedSecret(argparse.Action):
@@ -160,10 +161,12 @@ def entry() -> None:
         sys.exit(code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
-            code = code or EXIT_FAILED
+        except (OSError, ValueError):  # a closed pipe: what the interpreter's exit answers
+            code = EXIT_UNFLUSHED
     os._exit(code)
 
 

@@ -36,6 +36,7 @@ from cefmp4.probe import ProbeResult
 from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
 from cefmp4.verified_complete import TruncatedNow, complete_verified
+from cefmp4.verify import settled
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -67,8 +68,12 @@ def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | No
 
 
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
-    # A truncation seen already ends with what S3 holds: no probe to win time for.
-    early = None if truncated_now else EarlyProbe(worker.ctx, worker.fd, worker.record.path)
+    # Early only for a settled file, whose fingerprint proves later that the probe's bytes
+    # did not move (a write within the mtime granularity of a fresher one could go unseen);
+    # a truncation seen already ends with what S3 holds: no probe to win time for.
+    early = None
+    if not truncated_now and settled(os.fstat(worker.fd), worker.ctx.clock.time()):
+        early = EarlyProbe(worker.ctx, worker.fd, worker.record.path)
     try:
         await _finalize(worker, truncated_now, early)
     finally:
@@ -305,9 +310,9 @@ def _counted(ctx: Context, result: ProbeResult) -> ProbeResult:
 class EarlyProbe:
     """ffprobe of the file from the moment finalize begins, beside the last parts and the
     Complete; after them, its ~0.08 s (a subprocess) was the tail of every stream, and all
-    of `upload`'s wait once the bytes were sent. Its answer stands only if the file did not
-    change from before it began until the object was made; otherwise the file is probed
-    again, so the metadata always describes the object's bytes."""
+    of `upload`'s wait once the bytes were sent. Its answer stands only if the (settled)
+    file did not change from before it began until the object was made; otherwise the file
+    is probed again, so the metadata always describes the object's bytes."""
 
     def __init__(self, ctx: Context, fd: int, path: str) -> None:
         self._ctx, self._fd, self._path = ctx, fd, path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from cefmp4.checkpoint import StreamState
@@ -212,11 +213,18 @@ class _WatchingProber(FakeProber):
         return ProbeResult(float(len(self.probed)), None, "mov,mp4", "h264", 320, 240)
 
 
+def _finished_long_ago(path: Path) -> None:
+    """A recording whose last write is minutes old: settled, so probed early."""
+    old = time.time() - 600
+    os.utime(path, (old, old))
+
+
 async def test_the_probe_runs_beside_the_upload_and_its_answer_is_used(
     settings: Settings, watch: Path, store: MemoryObjectStore
 ) -> None:
     data = pattern(3 * PART + 7, seed=5)
     (watch / "cam.mp4").write_bytes(data)
+    _finished_long_ago(watch / "cam.mp4")
     prober = _WatchingProber(store)
     results = await burst(settings, store, prober)
     [record] = [r for r in results.values() if r is not None]
@@ -231,6 +239,7 @@ async def test_a_file_changed_under_the_early_probe_is_probed_again(
     path = watch / "cam.mp4"
     data = pattern(2 * PART + 11, seed=6)
     path.write_bytes(data)
+    _finished_long_ago(path)
     prober = _WatchingProber(store, append_to=path)
     with capture() as logs:
         await burst(settings, store, prober, [path])
@@ -239,3 +248,14 @@ async def test_a_file_changed_under_the_early_probe_is_probed_again(
     assert prober.object_existed == [False, True]  # probed again, after Complete
     assert metadata(store, key)["duration_seconds"] == 2.0  # the second probe's answer
     assert "probe_repeated" in [e["event"] for e in logs]
+
+
+async def test_a_file_written_just_now_is_probed_after_complete(
+    settings: Settings, watch: Path, store: MemoryObjectStore
+) -> None:
+    """Its fingerprint could miss a write within the mtime granularity (verify.settled): no
+    early probe, so the one probe sees the bytes as they were completed."""
+    (watch / "cam.mp4").write_bytes(pattern(PART + 3, seed=7))
+    prober = _WatchingProber(store)
+    await burst(settings, store, prober)
+    assert prober.object_existed == [True]

@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _entry(body: str) -> subprocess.CompletedProcess[str]:
     """Run ``entry()`` with ``main`` replaced by ``body`` (a function named fake_main)."""
     code = f"from cefmp4 import cli\n{body}\ncli.main = fake_main\ncli.entry()\n"
+    # Block-buffered output, as a service's stdout normally is: the flush is entry()'s.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+                          timeout=60, check=False, env=env)
 
 
 def test_the_exit_status_and_all_buffered_output_survive() -> None:
@@ -35,6 +37,27 @@ def test_the_exit_status_and_all_buffered_output_survive() -> None:
     assert proc.returncode == 3
     assert proc.stdout == "x" * 200_000 + "\n"
     assert proc.stderr == "to stderrlogged\n"
+
+
+def test_a_closed_stdout_at_start_is_no_failure() -> None:
+    # Started with fd 1 closed, Python has sys.stdout None: nothing to flush, status kept.
+    code = ("import sys\nfrom cefmp4 import cli\ncli.main = lambda: 0\n"
+            "print('x', file=sys.stderr)\ncli.entry()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=False, text=True,
+                          stdout=None, stderr=subprocess.PIPE, timeout=60, check=False,
+                          preexec_fn=lambda: os.close(1))
+    assert (proc.returncode, proc.stderr) == (0, "x\n")
+
+
+def test_output_that_cannot_be_flushed_exits_as_python_would() -> None:
+    proc = _entry(
+        "import os\n"
+        "def fake_main():\n"
+        "    print('buffered, never delivered')\n"
+        "    os.close(1)\n"
+        "    return 0\n"
+    )
+    assert proc.returncode == 120  # the interpreter's own status for an unflushable stdout
 
 
 def test_a_thread_still_running_is_joined_by_the_normal_exit(tmp_path: Path) -> None:
