@@ -8,7 +8,6 @@ never overwritten, and the metadata is written only after the object exists.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -27,12 +26,13 @@ from cefmp4.complete import (
 )
 from cefmp4.completion import CompletedBy
 from cefmp4.errors import ObjectExists, UploadNotFound
-from cefmp4.identity import Change, Fingerprint, end_of_source, fingerprint, truncated
+from cefmp4.identity import Change, end_of_source, truncated
 from cefmp4.keys import metadata_key
 from cefmp4.metadata import build_metadata, to_json_bytes
 from cefmp4.parts import contiguous
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
+from cefmp4.probing import EarlyProbe, probe_file
 from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
 from cefmp4.verified_complete import TruncatedNow, complete_verified
@@ -138,7 +138,7 @@ async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe
     if early is not None:
         probe = await early.result()
     else:
-        probe = await _probe(ctx, worker.fd, worker.record.path)
+        probe = await probe_file(ctx, worker.fd, worker.record.path)
     worker.record = await publish(
         ctx, worker.record, parts, sha256=sha256, probe=probe, status=status,
         mtime_ns=mtime_ns, extra={"end_reason": reason, "parts_reuploaded": up.reuploaded},
@@ -214,7 +214,7 @@ async def finish_kept(
 async def _kept_probe(ctx: Context, fd: int | None, path: str, status: str) -> ProbeResult:
     if fd is None or status == SOURCE_DELETED:
         return ProbeResult(None, "source file gone before completion; not probed")
-    return await _probe(ctx, fd, path)
+    return await probe_file(ctx, fd, path)
 
 
 async def _fail(ctx: Context, record: StreamRecord, why: str) -> StreamRecord:
@@ -288,50 +288,3 @@ async def _mark_completed(
     await ctx.retry("checkpoint", lambda: outbox.put_stream_with_outbox(record, items, created))
     ctx.failpoints.hit("after_outbox")
     ctx.outbox_poke()
-
-
-async def _probe(ctx: Context, fd: int, path: str) -> ProbeResult:
-    return _counted(ctx, await ctx.prober.probe(_probe_target(fd, path)))
-
-
-def _probe_target(fd: int, path: str) -> Path:
-    # /proc/<pid>/fd/<n> reaches the bytes even when the file was deleted or renamed.
-    target = Path(f"/proc/{os.getpid()}/fd/{fd}")
-    return target if os.path.exists(target) else Path(path)
-
-
-def _counted(ctx: Context, result: ProbeResult) -> ProbeResult:
-    if result.duration_seconds is None:
-        ctx.metrics.failed_operations.labels(operation="probe").inc()
-        log.warning(logs.PROBE_FAILED, error=result.error)
-    return result
-
-
-class EarlyProbe:
-    """ffprobe of the file from the moment finalize begins, beside the last parts and the
-    Complete; after them, its ~0.08 s (a subprocess) was the tail of every stream, and all
-    of `upload`'s wait once the bytes were sent. Its answer stands only if the (settled)
-    file did not change from before it began until the object was made; otherwise the file
-    is probed again, so the metadata always describes the object's bytes."""
-
-    def __init__(self, ctx: Context, fd: int, path: str) -> None:
-        self._ctx, self._fd, self._path = ctx, fd, path
-        self._before = fingerprint(os.fstat(fd))
-        self._task = asyncio.create_task(self._run(), name="early-probe")
-
-    async def _run(self) -> tuple[ProbeResult, Fingerprint]:
-        result = await self._ctx.prober.probe(_probe_target(self._fd, self._path))
-        return result, fingerprint(os.fstat(self._fd))
-
-    async def result(self) -> ProbeResult:
-        """The probe of the file as it is now, which is the object's bytes."""
-        result, after = await self._task
-        if after == self._before == fingerprint(os.fstat(self._fd)):
-            return _counted(self._ctx, result)
-        log.debug(logs.PROBE_REPEATED)
-        return await _probe(self._ctx, self._fd, self._path)
-
-    async def close(self) -> None:
-        """Stop a probe no path used (a kept object is probed after its own checks)."""
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
