@@ -36,7 +36,6 @@ from cefmp4.probing import EarlyProbe, probe_file
 from cefmp4.source import RunningSha256, stat_or_none
 from cefmp4.stream import StreamWorker
 from cefmp4.verified_complete import TruncatedNow, complete_verified
-from cefmp4.verify import settled
 
 log = structlog.get_logger("cefmp4.finalize")
 
@@ -68,12 +67,8 @@ def end_status(worker: StreamWorker, truncated_now: bool) -> tuple[str, str | No
 
 
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
-    # Early only for a settled file, whose fingerprint proves later that the probe's bytes
-    # did not move (a write within the mtime granularity of a fresher one could go unseen);
-    # a truncation seen already ends with what S3 holds: no probe to win time for.
-    early = None
-    if not truncated_now and settled(os.fstat(worker.fd), worker.ctx.clock.time()):
-        early = EarlyProbe(worker.ctx, worker.fd, worker.record.path)
+    # A truncation seen already ends with what S3 holds: no probe to win time for.
+    early = None if truncated_now else EarlyProbe.start(worker.ctx, worker.fd, worker.record.path)
     try:
         await _finalize(worker, truncated_now, early)
     finally:

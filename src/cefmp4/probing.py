@@ -17,6 +17,7 @@ from cefmp4 import logs
 from cefmp4.identity import Fingerprint, fingerprint
 from cefmp4.pipeline import Context
 from cefmp4.probe import ProbeResult
+from cefmp4.verify import settled
 
 log = structlog.get_logger("cefmp4.finalize")  # part of finalize; its lines keep that logger
 
@@ -46,10 +47,17 @@ class EarlyProbe:
     file did not change from before it began until the object was made; otherwise the file
     is probed again, so the metadata always describes the object's bytes."""
 
-    def __init__(self, ctx: Context, fd: int, path: str) -> None:
+    def __init__(self, ctx: Context, fd: int, path: str, before: os.stat_result) -> None:
         self._ctx, self._fd, self._path = ctx, fd, path
-        self._before = fingerprint(os.fstat(fd))
+        self._before = fingerprint(before)
         self._task = asyncio.create_task(self._run(), name="early-probe")
+
+    @classmethod
+    def start(cls, ctx: Context, fd: int, path: str) -> EarlyProbe | None:
+        """Probing now, or None for a file not settled: its fingerprint could then miss a
+        write within the mtime granularity (``verify.settled``, the predigest's rule too)."""
+        st = os.fstat(fd)
+        return cls(ctx, fd, path, st) if settled(st, ctx.clock.time()) else None
 
     async def _run(self) -> tuple[ProbeResult, Fingerprint]:
         result = await self._ctx.prober.probe(_probe_target(self._fd, self._path))

@@ -31,17 +31,23 @@ def _loaded(*argv: str, env: dict[str, str] | None = None) -> set[str]:
     return set(filter(None, marks[-1].removeprefix("LOADED:").split(",")))
 
 
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    """Settings that load without any server. Static keys: without them the AWS credential
+    chain (botocore) is asked for secrets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
+    env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
+                "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",
+                "WATCH_DIR": str(tmp_path), "LOG_FORMAT": "json"})
+    return env
+
+
 def test_help_loads_neither_the_logging_nor_the_s3_stack() -> None:
     assert _loaded("--help") == set()
     assert _loaded("upload", "--help") == set()
 
 
 def test_status_watch_reads_the_store_without_the_s3_stack(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
-    # Static keys: without them the AWS credential chain (botocore) is asked for secrets.
-    env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
-                "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",
-                "WATCH_DIR": str(tmp_path), "LOG_FORMAT": "json"})
+    env = _offline_env(tmp_path)
     loaded = _loaded("status", "--watch", "--count", "1", "--interval", "0.01", env=env)
     # Logging is configured (structlog) and the table drawn (rich); S3 is never reached.
     assert loaded == {"structlog", "rich"}
@@ -64,10 +70,7 @@ def test_logging_is_configured_without_importing_rich() -> None:
 
 def test_upload_does_not_import_the_status_table(tmp_path: Path) -> None:
     """`upload` prints lines, not rich tables: `status` (and rich with it) stays unloaded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
-    env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
-                "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",
-                "WATCH_DIR": str(tmp_path), "LOG_FORMAT": "json"})
+    env = _offline_env(tmp_path)
     loaded = _loaded("upload", str(tmp_path / "no-such-file.mp4"), env=env)
     assert "structlog" in loaded  # the command ran as far as its logging
     assert "rich" not in loaded
