@@ -7,7 +7,6 @@ stream starts and stored with it, so a rename or a changed prefix never moves an
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -15,6 +14,16 @@ from pathlib import PurePath, PurePosixPath
 
 METADATA_SUFFIX = ".metadata.json"
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
+
+NOT_UTF8 = "its name is not valid UTF-8: S3 keys are UTF-8; rename it to upload it"
+
+
+class UnkeyablePath(ValueError):
+    """The file's path cannot become an object key (a name that is not UTF-8, a key longer
+    than S3 allows): the file's own property, so it is skipped, never retried. The message
+    names no path (the caller logs it, printable); the others ``ValueError`` of
+    ``object_key`` are a caller's mistake."""
+
 
 # Stream ids are generated here, but ids from elsewhere (tests, older versions) only need
 # to be one safe path segment.
@@ -41,8 +50,9 @@ def is_stream_id(value: str) -> bool:
 def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
     """The video's key. ``rel_path`` is relative to WATCH_DIR; it is written POSIX-style.
 
-    Raises ``ValueError`` for an unsafe stream id, an absolute or escaping path, or a key
-    longer than S3 allows.
+    Raises ``ValueError`` for an unsafe stream id or an absolute or escaping path, and
+    ``UnkeyablePath`` (a ``ValueError``) for a name that is not UTF-8 or a key longer than
+    S3 allows.
     """
     if not is_stream_id(stream_id):
         raise ValueError(f"invalid stream id: {stream_id!r}")
@@ -55,10 +65,12 @@ def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError:
         # A file name that was not UTF-8 arrives surrogate-escaped; S3 keys are UTF-8.
-        shown = os.fsencode(key).decode("utf-8", "backslashreplace")
-        raise ValueError(f"not valid UTF-8: {shown}") from None
+        raise UnkeyablePath(NOT_UTF8) from None
     if len(encoded) > MAX_KEY_BYTES:
-        raise ValueError(f"object key is longer than {MAX_KEY_BYTES} bytes: {key[:80]!r}...")
+        raise UnkeyablePath(
+            f"its object key would be {len(encoded)} bytes, over S3's limit of "
+            f"{MAX_KEY_BYTES}: shorten its path below WATCH_DIR to upload it"
+        )
     return key
 
 

@@ -84,8 +84,19 @@ async def start_new(
     inode: int | None = None, held: int | None = None,
 ) -> StreamWorker | None:
     """A new stream of the file at ``path`` (the one with ``inode``: the one claimed, not
-    a file that took its place since), or of the descriptor ``held`` (it takes it)."""
+    a file that took its place since), or of the descriptor ``held`` (it takes it).
+
+    ``UnkeyablePath`` when the path cannot become an object key: raised before the file is
+    opened or anything is written (``held`` is closed), for the caller to skip the file."""
     ctx = spec.ctx
+    try:
+        stream_id = new_stream_id()
+        rel = rel if rel is not None else path.relative_to(ctx.config.watch_dir).as_posix()
+        key = object_key(ctx.config.key_prefix, stream_id, rel)
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
     try:
         source = await _open(path, inode) if held is None else OpenedSource(held, os.fstat(held))
     except (SourceGone, SourceReplaced) as exc:
@@ -95,14 +106,11 @@ async def start_new(
         return None
     fd, st = source.fd, source.st
     try:
-        stream_id = new_stream_id()
-        rel = rel if rel is not None else path.relative_to(ctx.config.watch_dir).as_posix()
         bind(st.st_ino, stream_id)
         now = ctx.clock.time()
         record = StreamRecord(
             stream_id=stream_id, path=str(path), rel_path=rel,
-            device=st.st_dev, inode=st.st_ino, bucket=ctx.objects.bucket,
-            key=object_key(ctx.config.key_prefix, stream_id, rel),
+            device=st.st_dev, inode=st.st_ino, bucket=ctx.objects.bucket, key=key,
             part_size=ctx.config.part_size, max_parts=ctx.config.max_parts,
             state=StreamState.ACTIVE, started_at=now, last_activity_at=now,
         )

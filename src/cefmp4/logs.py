@@ -63,7 +63,7 @@ PROBE_FAILED: Final = "probe_failed"
 PROBE_REPEATED: Final = "probe_repeated"  # debug: the file changed under the early probe
 METADATA_WRITTEN: Final = "metadata_written"
 # discovery (§2.1): each is logged once per path, not per event or scan
-FILE_SKIPPED: Final = "file_skipped"  # a name that is not UTF-8, a fifo/socket/device
+FILE_SKIPPED: Final = "file_skipped"  # not UTF-8, fifo/socket/device, key over 1,024 bytes
 DIRECTORY_UNREADABLE: Final = "directory_unreadable"
 DIRECTORY_READABLE: Final = "directory_readable"  # readable again: its files are found now
 WATCHER_RESTARTED: Final = "watcher_restarted"

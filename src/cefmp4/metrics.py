@@ -90,7 +90,11 @@ class Metrics:
             "streams_completed_total",
             "Streams completed with their metadata written.",
         )
-        self.streams_failed = counter("streams_failed_total", "Streams that ended with an error.")
+        self.streams_failed = counter(
+            "streams_failed_total",
+            "Streams that ended with an error, and files skipped because their path cannot"
+            " be an object key (over 1,024 bytes, not UTF-8): footage not going to S3.",
+        )
         self.metadata_written = counter("metadata_written_total", "Metadata JSON objects written.")
         self.orphan_uploads_aborted = counter(
             "orphan_uploads_aborted_total",

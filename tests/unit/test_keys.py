@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from cefmp4.keys import (
+    UnkeyablePath,
     is_stream_id,
     metadata_key,
     new_stream_id,
@@ -97,8 +98,24 @@ def test_object_key_refuses_unsafe_stream_ids(stream_id: str) -> None:
 
 
 def test_object_key_refuses_keys_s3_cannot_store() -> None:
-    with pytest.raises(ValueError, match="1024 bytes"):
+    with pytest.raises(UnkeyablePath, match="1215 bytes, over S3's limit of 1024") as err:
         object_key(PREFIX, "s1", "é" * 600 + ".mp4")
+    assert isinstance(err.value, ValueError)
+    assert "é" not in str(err.value)  # the path is the caller's to log (printable)
+
+
+def test_a_key_of_exactly_1024_bytes_is_accepted() -> None:
+    rel = "a" * (1024 - len("streams/s1/") - 4) + ".mp4"
+    assert len(object_key(PREFIX, "s1", rel).encode()) == 1024
+    with pytest.raises(UnkeyablePath):
+        object_key(PREFIX, "s1", "a" + rel)
+
+
+@pytest.mark.parametrize("rel_path", ["", "/abs.mp4", "../up.mp4"])
+def test_a_callers_mistake_is_not_taken_for_an_unkeyable_file(rel_path: str) -> None:
+    with pytest.raises(ValueError, match="relative path") as err:
+        object_key(PREFIX, "s1", rel_path)
+    assert not isinstance(err.value, UnkeyablePath)
 
 
 # --- the prefix is a path segment (§2.13); names that are not UTF-8 (#9.1) -----------------
@@ -134,8 +151,7 @@ def test_object_key_and_parse_key_treat_the_prefix_as_a_segment() -> None:
 
 def test_a_name_that_is_not_utf8_is_a_value_error_not_unicode_error() -> None:
     rel = os.fsdecode(b"cam/\xff\xfe.mp4")  # as os.scandir spells it: surrogate-escaped
-    with pytest.raises(ValueError, match="not valid UTF-8") as err:
+    with pytest.raises(UnkeyablePath, match="not valid UTF-8") as err:
         object_key("streams/", "20261124T104500Z-3f9a0c12be", rel)
     assert not isinstance(err.value, UnicodeError)
-    assert "\\xff\\xfe.mp4" in str(err.value)  # the message shows the bytes
-    str(err.value).encode("utf-8")
+    str(err.value).encode("utf-8")  # loggable; the path is the caller's to log (printable)
