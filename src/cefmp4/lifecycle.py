@@ -8,7 +8,7 @@ import asyncio
 import enum
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -18,11 +18,11 @@ from cefmp4 import logs
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.completion import CompletedBy
 from cefmp4.containers import DEFAULT_EXTENSIONS
-from cefmp4.discover import scan
+from cefmp4.discover import printable, scan
 from cefmp4.errors import LeaseLost, SourceError, SourceGone, SourcePermission, SourceReplaced
 from cefmp4.finalize import TRUNCATED, finalize, finish_kept
 from cefmp4.identity import unchanged_since
-from cefmp4.keys import new_stream_id, object_key
+from cefmp4.keys import UnkeyablePath, new_stream_id, object_key
 from cefmp4.pipeline import Context
 from cefmp4.reconcile import reconcile
 from cefmp4.source import OpenedSource, open_source
@@ -40,13 +40,33 @@ class Deferred(Exception):
     """The file cannot be opened right now (out of descriptors, an I/O error): try later."""
 
 
+class Unkeyable:
+    """Files ``start_new`` refused because their path cannot become an object key (over
+    S3's 1,024 bytes, a name that is not UTF-8). Each is warned about (``file_skipped``)
+    and counted (``streams_failed_total``) once, then passed by (``seen``) until it is
+    renamed (a new path: looked at again) or another file takes its path."""
+
+    def __init__(self) -> None:
+        self._skipped: dict[str, int | None] = {}  # path -> inode of the file refused there
+
+    def seen(self, path: Path, inode: int) -> bool:
+        return self._skipped.get(str(path), -1) == inode
+
+    def skip(self, ctx: Context, path: Path, inode: int | None, reason: str) -> None:
+        self._skipped[str(path)] = inode
+        ctx.metrics.streams_failed.inc()
+        log.warning(logs.FILE_SKIPPED, path=printable(path), reason=reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """How workers are made: what every new ``StreamWorker`` gets besides its file."""
+    """How workers are made: what every new ``StreamWorker`` gets besides its file, and
+    which files none can be made of."""
 
     ctx: Context
     shutdown: asyncio.Event
     stream_timeout: float | None
+    unkeyable: Unkeyable = field(default_factory=Unkeyable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +105,18 @@ async def start_new(
 ) -> StreamWorker | None:
     """A new stream of the file at ``path`` (the one with ``inode``: the one claimed, not
     a file that took its place since), or of the descriptor ``held`` (it takes it).
-
-    ``UnkeyablePath`` when the path cannot become an object key: raised before the file is
-    opened or anything is written (``held`` is closed), for the caller to skip the file."""
+    None for a path that cannot become an object key: skipped before the file is opened
+    or anything is written (``spec.unkeyable``)."""
     ctx = spec.ctx
     try:
         stream_id = new_stream_id()
         rel = rel if rel is not None else path.relative_to(ctx.config.watch_dir).as_posix()
         key = object_key(ctx.config.key_prefix, stream_id, rel)
+    except UnkeyablePath as exc:
+        if held is not None:
+            os.close(held)
+        spec.unkeyable.skip(ctx, path, inode, str(exc))
+        return None
     except BaseException:
         if held is not None:
             os.close(held)

@@ -22,11 +22,10 @@ from structlog.contextvars import bound_contextvars
 from cefmp4 import lifecycle, logs
 from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.clock import wait_tasks
-from cefmp4.discover import Scanned, check_file, printable
+from cefmp4.discover import Scanned, check_file
 from cefmp4.errors import LeaseLost
 from cefmp4.history import History
 from cefmp4.identity import Ident, ident_of, unchanged_since
-from cefmp4.keys import UnkeyablePath
 from cefmp4.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
 from cefmp4.ownership import Ownership
 from cefmp4.pipeline import Context
@@ -37,7 +36,7 @@ from cefmp4.stream import StreamWorker, pending_total
 log = structlog.get_logger("cefmp4.supervisor")
 
 
-# Thirteen attributes: the maps below are the supervisor's whole state, each with one job.
+# Twelve attributes: the maps below are the supervisor's whole state, each with one job.
 class StreamSupervisor:
     def __init__(
         self,
@@ -60,9 +59,6 @@ class StreamSupervisor:
         self._starting: set[Ident] = set()
         self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
         self._tasks: dict[asyncio.Task[None], StreamWorker | None] = {}
-        # Files skipped because their path cannot be an object key: path -> the file's
-        # identity. Passed by until renamed or replaced, so warned once, not every scan.
-        self._unkeyable: dict[str, Ident] = {}
         self.failures = 0
 
     # --- start-up --------------------------------------------------------------------------
@@ -107,7 +103,6 @@ class StreamSupervisor:
         if self.shutdown.is_set():
             return
         if st is None:
-            self._unkeyable.pop(str(path), None)
             # Deleted or moved away: the worker holding it open notices through fstat.
             for other in self.workers.values():
                 if other.record.path == str(path):
@@ -120,7 +115,7 @@ class StreamSupervisor:
             return
         if ident in self._starting:
             return
-        if self.known_unchanged(st) or self._unkeyable.get(str(path)) == ident:
+        if self.known_unchanged(st) or self._spec.unkeyable.seen(path, st.st_ino):
             return
         self.consider(ident, path, rel)
 
@@ -249,17 +244,6 @@ class StreamSupervisor:
         except MalformedRecord:  # quarantined (warned once by the store): never acted on
             self.unfinished.pop(ident, None)
             return None
-        except UnkeyablePath as exc:
-            self._skip_unkeyable(ident, path, str(exc))
-            return None
-
-    def _skip_unkeyable(self, ident: Ident, path: Path, reason: str) -> None:
-        """A file S3 cannot take under its path (over 1,024 bytes of key, a name that is
-        not UTF-8): never opened, one warning and one count per file and path. A rename
-        to a shorter name is a new path: it is looked at again then."""
-        self._unkeyable[str(path)] = ident
-        self.ctx.metrics.streams_failed.inc()
-        log.warning(logs.FILE_SKIPPED, path=printable(path), reason=reason)
 
     def _run(self, worker: StreamWorker) -> None:
         ident = worker.ident
