@@ -2,7 +2,9 @@
 
 HTTP status policy of the webhook (``classify_status``):
 
-* 2xx — delivered.
+* 2xx — delivered as soon as the status line says so. The body is never read (a huge one
+  would fill the memory, a slow one would hold the queue): the connection is closed rather
+  than waited on.
 * 400, 413, 415, 422 — the receiver rejects *this document*: permanent. The item is marked
   failed in the outbox (kept for inspection, never retried) and the queue moves on.
 * everything else — 3xx (redirects are not followed: a POST must not silently turn into a
@@ -90,8 +92,11 @@ class WebhookSink:
             async with self._session.post(
                 self._url, data=item.payload, headers=headers, allow_redirects=False
             ) as resp:
+                # The status line decides; the body is never read. A huge one would fill
+                # the memory, a slow one would hold the queue (and a 2xx is delivered
+                # whatever the body does next). Leaving the block releases the connection:
+                # pooled when the body already came whole, closed otherwise.
                 status = resp.status
-                await resp.read()  # drain, so the connection can be reused
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # The exception text may contain the URL: name only its class.
             raise TransientError(f"webhook unreachable ({type(exc).__name__})") from None

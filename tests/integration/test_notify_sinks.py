@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.errors import PermanentError, TransientError
 from cefmp4.notify import RedisStreamSink, WebhookSink
-from cefmp4.outbox import OutboxItem
+from cefmp4.outbox import NOTIFY_SINKS, Dispatcher, OutboxItem
+from cefmp4.retry import Backoff
+from tests.contract.test_checkpoint_store import make_stream
 from tests.support.proc import free_port
 from tests.support.webhook import WebhookReceiver
 
@@ -86,6 +91,38 @@ async def test_a_hanging_receiver_times_out() -> None:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_huge_answer_body_is_never_read() -> None:
+    # 128 MiB offered; the client may only hold what the socket buffers take before it hangs
+    # up (the review saw 300 MiB of body take RSS from 78 to 680 MiB).
+    async with WebhookReceiver(body="flood") as rx, WebhookSink(rx.url, timeout=5) as sink:
+        await sink.deliver(ITEM)
+        await rx.wait_for(lambda _: rx.streamed == 1, timeout=10)
+    assert rx.body_sent < 32 * 1024 * 1024
+    assert rx.hung_up == 1  # the client closed the connection rather than read on
+
+
+async def _dispatch(tmp_path: Path, sink: WebhookSink, stream_ids: list[str]) -> Dispatcher:
+    """A real SQLite outbox holding one webhook item per stream id, delivered by ``drain``."""
+    async with open_sqlite_store(tmp_path / "state") as store:
+        for sid in stream_ids:
+            await store.put_stream_with_outbox(make_stream(sid), [("webhook", BODY)], 1.0)
+        dispatcher = Dispatcher(store, [sink], backoff=Backoff(initial=0.01, maximum=0.05))
+        await dispatcher.drain()
+        assert await store.outbox_count(NOTIFY_SINKS) == 0
+    return dispatcher
+
+
+async def test_a_2xx_with_a_slow_body_is_delivered_once_and_promptly(tmp_path: Path) -> None:
+    timeout = 4.0
+    async with WebhookReceiver(body="trickle") as rx, \
+            WebhookSink(rx.url, timeout=timeout) as sink:
+        async with asyncio.timeout(timeout / 4):  # well before the timeout could fire
+            dispatcher = await _dispatch(tmp_path, sink, ["s1", "s2"])
+            await rx.wait_for(lambda _: rx.hung_up == 2)  # the client closed both
+    assert [r.headers["Idempotency-Key"] for r in rx.received] == ["s1", "s2"]  # once each
+    assert dispatcher.delivered == 2
 
 
 async def test_redis_stream_xadd(redis_url: str) -> None:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiohttp import web
 
 from tests.support.proc import free_port
 
 __all__ = ["Received", "WebhookReceiver"]
+
+# How the answer's body comes: "ok" (two bytes), "flood" (``flood_bytes`` as fast as the
+# client takes them) or "trickle" (a byte every TRICKLE_S, without end).
+Body = Literal["ok", "flood", "trickle"]
+TRICKLE_S = 0.05
+FLOOD_CHUNK = b"x" * (256 * 1024)
 
 
 @dataclass(frozen=True)
@@ -21,16 +28,27 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """Records every POST; ``statuses`` are answered in turn (then 200)."""
+    """Records every POST; ``statuses`` are answered in turn (then 200), with ``body``.
+
+    A streamed body ("flood", "trickle") counts in ``body_sent`` the bytes the transport
+    took, in ``streamed`` the answers that ended, and in ``hung_up`` those the client cut
+    short by closing the connection.
+    """
 
     port: int = field(default_factory=free_port)
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     redirect_to: str | None = None
+    body: Body = "ok"
+    flood_bytes: int = 128 * 1024 * 1024
+    body_sent: int = 0
+    streamed: int = 0
+    hung_up: int = 0
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self._arrived = asyncio.Condition()
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -44,9 +62,36 @@ class WebhookReceiver:
         if self.redirect_to:
             raise web.HTTPTemporaryRedirect(self.redirect_to)
         status = self.statuses.pop(0) if self.statuses else 200
-        return web.Response(status=status, text="ok")
+        if self.body == "ok":
+            return web.Response(status=status, text="ok")
+        resp = web.StreamResponse(status=status)
+        await resp.prepare(request)  # the status line and headers go out now
+        try:
+            await self._stream(resp)
+        except ConnectionError:  # the client closed the connection (reset, or lost mid-drain)
+            self.hung_up += 1
+        self.streamed += 1
+        async with self._arrived:
+            self._arrived.notify_all()
+        return resp
+
+    async def _stream(self, resp: web.StreamResponse) -> None:
+        if self.body == "flood":
+            while self.body_sent < self.flood_bytes and not self._stopping.is_set():
+                await resp.write(FLOOD_CHUNK)
+                self.body_sent += len(FLOOD_CHUNK)
+            return
+        while not self._stopping.is_set():
+            await resp.write(b"x")
+            self.body_sent += 1
+            try:
+                async with asyncio.timeout(TRICKLE_S):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
 
     async def start(self) -> WebhookReceiver:
+        self._stopping.clear()
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -55,12 +100,14 @@ class WebhookReceiver:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()  # streamed answers end, so cleanup need not wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def wait_for(self, predicate: object, timeout: float = 30) -> None:
-        """Until ``predicate(received)`` is true (a callable), or TimeoutError."""
+        """Until ``predicate(received)`` is true (a callable), or TimeoutError; checked on
+        each POST and at the end of each streamed answer."""
         assert callable(predicate)
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: predicate(self.received))
