@@ -7,6 +7,7 @@ is in ``Settings`` beside the settings it reads.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from cefmp4.containers import parse_extensions
 AfterUpload = Literal["keep", "delete", "move"]
 # Never repeated in a configuration error: the URL may carry a token.
 FEATURE_SECRETS = frozenset({"NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"})
+MAX_HOST_NAME = 253  # DNS: the longest name, without the root's trailing dot
 
 
 class FeatureSettings(BaseSettings):
@@ -99,16 +101,43 @@ class FeatureSettings(BaseSettings):
 
 
 def check_webhook_url(url: str) -> None:
-    """Raise ValueError unless ``url`` is an absolute http(s) URL with a host."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("must be an http:// or https:// URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
+    """Raise ValueError unless aiohttp can POST to ``url``: http(s), a port in 1-65535 and a
+    host it can resolve. A host the resolver cannot even encode (``ex..ample``) would fail
+    every delivery for ever. The messages never repeat the URL: it may carry credentials."""
     if any(c.isspace() for c in url):
         raise ValueError("must not contain white space")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError unless a number in 0-65535
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL with a valid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    problem = host_name_problem(parts.hostname)
+    if problem:
+        raise ValueError(f"host {problem}")
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why the resolver would refuse ``host`` (an IP address or a DNS name), or None."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])  # an IPv6 literal may carry a zone
+        return None
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")  # one trailing dot: the root, allowed
+    if not all(labels):
+        return "has an empty label (two dots in a row, or a leading dot)"
+    try:
+        # What getaddrinfo does to the name (yarl first tries IDNA 2008, then this).
+        encoded = host.encode("idna")
+    except UnicodeError:
+        return "is not a valid DNS name (labels of 1-63 characters once IDNA-encoded)"
+    if len(encoded.removesuffix(b".")) > MAX_HOST_NAME:
+        return f"is longer than {MAX_HOST_NAME} characters"
+    return None
 
 
 def move_target_problem(target: Path, watch_dir: Path) -> str | None:

@@ -8,6 +8,7 @@ import pytest
 
 from cefmp4.errors import ConfigError
 from cefmp4.settings import load_settings
+from tests.unit.test_settings_errors import _assert_one_line, _env, _run
 
 
 def test_defaults_keep_todays_behaviour() -> None:
@@ -48,6 +49,14 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ({"notify_webhook_url": "ftp://host/x"}, "NOTIFY_WEBHOOK_URL"),
         ({"notify_webhook_url": "http://"}, "NOTIFY_WEBHOOK_URL"),
         ({"notify_webhook_url": "http://host:99999/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://host:0/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://host:port/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://ex..ample/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "https://.example/hook"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://a..b./"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": "http://exämple..de/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": f"http://{'a' * 64}.example/"}, "NOTIFY_WEBHOOK_URL"),
+        ({"notify_webhook_url": f"http://{'a.' * 127}ab/"}, "NOTIFY_WEBHOOK_URL"),
         ({"notify_redis_stream": "done"}, "NOTIFY_REDIS_STREAM"),
     ],
 )
@@ -73,7 +82,27 @@ def test_move_target_inside_watch_dir_is_refused_unless_hidden(tmp_path: Path) -
         load_settings(watch_dir=watch, after_upload="move", after_upload_dir=link)
 
 
-def test_webhook_url_and_secret_never_appear_in_errors() -> None:
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/hook", "http://[::1]:8080/x", "https://hooks.example./x",
+     "https://exämple.de/hook", "https://user:pw@hooks.example/x?token=t", "http://localhost/"],
+)
+def test_good_webhook_urls(url: str) -> None:
+    assert load_settings(notify_webhook_url=url).notify_webhook_url.get_secret_value() == url
+
+
+@pytest.mark.parametrize(
+    "url", ["gopher://user:hunter2@host/", "http://user:hunter2@ex..ample/?token=hunter2"]
+)
+def test_webhook_url_and_secret_never_appear_in_errors(url: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_settings(notify_webhook_url="gopher://user:hunter2@host/")
+        load_settings(notify_webhook_url=url)
     assert "hunter2" not in str(err.value)
+    assert "ex..ample" not in str(err.value)
+
+
+def test_a_malformed_webhook_host_is_one_line_exit_2(tmp_path: Path) -> None:
+    # The review's case: it passed the checks, then failed every delivery for ever.
+    env = _env(tmp_path, NOTIFY_WEBHOOK_URL="http://user:CONFIGTEST@ex..ample/")
+    line = _assert_one_line(_run(tmp_path, env), "NOTIFY_WEBHOOK_URL")
+    assert "CONFIGTEST" not in line
