@@ -85,6 +85,23 @@ MASK: Final = "***"
 _URL_PASSWORD = re.compile(
     r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^/\s]+)@"
 )
+# ?token=…, &api_key=…, &X-Amz-Signature=…: a query parameter whose name says it carries
+# a credential. Names like uploadId or partNumber are left alone.
+_QUERY_TOKEN = re.compile(
+    r"(?P<head>[?&][^=&#\s]*(?:token|secret|passw|pwd|key|sig|auth|credential)[^=&#\s]*=)"
+    r"(?P<value>[^&#\s]+)",
+    re.IGNORECASE,
+)
+
+# A secret this short cannot be told from an ordinary word ("k", "local", "cefmp4"):
+# searched for in text it would garble every line that holds that word, and the mask
+# would tell the reader the secret ("***cale_out"). It is masked only where it is a whole
+# value (a log field, a line); a URL's password and query tokens are masked by their place
+# whatever their length. 8 is the shortest secret MinIO accepts; AWS secret keys have 40.
+MIN_TEXT_SECRET: Final = 8
+# From this length a secret cannot occur by chance: it is masked even glued to other text
+# (a secret inside a longer string is still the secret). Shorter ones only as whole tokens.
+ANYWHERE_SECRET: Final = 16
 
 # Libraries that log through stdlib logging; chatty below WARNING.
 _LIBRARY_LOGGERS: Final = (
@@ -93,23 +110,44 @@ _LIBRARY_LOGGERS: Final = (
 
 _OURS: Final = "_cefmp4_handler"
 
-_secrets: tuple[str, ...] = ()
+_whole_values: frozenset[str] = frozenset()
+_in_text: re.Pattern[str] | None = None
+
+
+def _token_pattern(secret: str) -> str:
+    """``secret`` as a regex that matches it only as a whole token: not preceded or followed
+    by a word character where it begins or ends with one (a word boundary that also holds
+    for secrets starting or ending with punctuation). Long ones match anywhere."""
+    escaped = re.escape(secret)
+    if len(secret) >= ANYWHERE_SECRET:
+        return escaped
+    head = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    tail = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return f"{head}{escaped}{tail}"
 
 
 def set_secrets(secrets: Iterable[str]) -> None:
-    """Replace the strings ``redact`` masks (empty ones are ignored)."""
-    global _secrets  # noqa: PLW0603  (one process-wide list, like the logging config itself)
+    """Replace the secrets ``redact`` masks (empty and blank ones are ignored). Pass only
+    secrets: an access key id is an identifier, and masking it garbles what it occurs in."""
+    global _whole_values, _in_text  # noqa: PLW0603  (process-wide, like the logging config)
+    values = {s for s in secrets if s and s.strip()}
+    _whole_values = frozenset(values)
     # Longest first, so a secret that contains another is masked whole.
-    _secrets = tuple(sorted({s for s in secrets if s and s.strip()}, key=len, reverse=True))
+    searched = sorted((s for s in values if len(s) >= MIN_TEXT_SECRET), key=len, reverse=True)
+    _in_text = re.compile("|".join(map(_token_pattern, searched))) if searched else None
 
 
 def redact(text: str) -> str:
-    """``text`` with every configured secret and every URL password replaced by ``***``."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
+    """``text`` with every configured secret (whole, see ``MIN_TEXT_SECRET``), every URL
+    password and every credential-named query value replaced by ``***``."""
+    if text in _whole_values:
+        return MASK
+    if _in_text is not None:
+        text = _in_text.sub(MASK, text)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+    if "=" in text:
+        text = _QUERY_TOKEN.sub(lambda m: f"{m['head']}{MASK}", text)
     return text
 
 

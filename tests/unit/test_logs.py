@@ -178,3 +178,65 @@ def test_event_name_constants() -> None:
     assert names <= set(events)
     assert len(set(events)) == len(events), "two event constants share a name"
     assert all(n.isidentifier() and n.islower() for n in names)
+
+
+# --- whole secrets only (review #9): no garbled words, no secret handed out by a mask ------
+
+
+def test_a_short_secret_never_garbles_text() -> None:
+    """A one-letter key used to turn ``scale_out`` into ``***cale_out`` (and told the
+    reader the key was ``s``). Below 8 characters a secret cannot be told from an ordinary
+    word: it is masked only where it is a whole value."""
+    logs.set_secrets(["k", "local", "cefmp4"])
+    for text in ("scale_out", "k8s", "http://localhost:9999", "sqlite in ./.local/state",
+                 "cefmp4 check", "/var/lib/cefmp4/state", "key k is not masked in text"):
+        assert redact(text) == text
+    assert redact("k") == "***"
+    assert redact("local") == "***"
+    event = redact_event(None, "info", {"event": "scale_out", "access": "cefmp4", "n": 1})
+    assert event == {"event": "scale_out", "access": "***", "n": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("password rot13-pass!", "password ***!"),
+        ("'rot13-pass'", "'***'"),
+        ("key=rot13-pass&x=1", "key=***&x=1"),
+        ("rot13-pass", "***"),
+        ("xrot13-pass", "xrot13-pass"),  # inside a longer word: not this secret
+        ("rot13-passage", "rot13-passage"),
+        ("rot13_pass", "rot13_pass"),
+    ],
+)
+def test_a_secret_is_masked_as_a_whole_token_only(text: str, expected: str) -> None:
+    logs.set_secrets(["rot13-pass"])
+    assert redact(text) == expected
+
+
+def test_a_long_secret_is_masked_wherever_it_appears() -> None:
+    """16 characters and more cannot occur by chance: glued to other text it is still it."""
+    logs.set_secrets([SECRET])
+    assert redact(f"x{SECRET}y") == "x***y"
+    assert redact(f"Signature={SECRET}{SECRET}") == "Signature=******"
+
+
+def test_a_secret_containing_another_is_masked_whole() -> None:
+    logs.set_secrets(["rot13-pass", "rot13-pass-longer"])
+    assert redact("a rot13-pass-longer b rot13-pass") == "a *** b ***"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://hooks.example/in?token=abc123&channel=ops",
+         "https://hooks.example/in?token=***&channel=ops"),
+        ("https://h/x?api_key=k1&Signature=s2&X-Amz-Security-Token=t3",
+         "https://h/x?api_key=***&Signature=***&X-Amz-Security-Token=***"),
+        ("https://h/x?access_token=abc#frag", "https://h/x?access_token=***#frag"),
+        ("https://h/x?page=2&sort=asc", "https://h/x?page=2&sort=asc"),
+        ("https://h/x?uploadId=abc&partNumber=3", "https://h/x?uploadId=abc&partNumber=3"),
+    ],
+)
+def test_url_query_tokens_masked(text: str, expected: str) -> None:
+    assert redact(text) == expected

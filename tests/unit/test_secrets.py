@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cefmp4 import cli, logs
-from cefmp4.credentials import chain_secrets
+from cefmp4.credentials import chain_secrets, secrets_of
 from cefmp4.errors import ConfigError
 from cefmp4.settings import SECRET_FILES, load_settings
 
@@ -131,16 +131,15 @@ def test_aws_chain_credentials_with_session_token_are_redacted(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIACHAINTESTKEY0001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret-0a1b2c3d4e5f")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEChainSessionToken+/=")
-    expected = {"ASIACHAINTESTKEY0001", "chain-secret-0a1b2c3d4e5f",
-                "FwoGZXIvYXdzEChainSessionToken+/="}
-    assert set(chain_secrets()) == expected
+    expected = {"chain-secret-0a1b2c3d4e5f", "FwoGZXIvYXdzEChainSessionToken+/="}
+    assert set(chain_secrets()) == expected  # the key id is an identifier: not masked
 
-    secrets = cli._secrets(load_settings())
-    assert set(secrets) >= expected
+    secrets = secrets_of(load_settings())
+    assert set(secrets) == expected
     logs.set_secrets(secrets)
     try:
         line = logs.redact("token FwoGZXIvYXdzEChainSessionToken+/= key ASIACHAINTESTKEY0001")
-        assert line == "token *** key ***"
+        assert line == "token *** key ASIACHAINTESTKEY0001"
     finally:
         logs.set_secrets(())
 
@@ -150,7 +149,54 @@ def test_explicit_keys_do_not_consult_the_chain(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "chain-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
     settings = load_settings(s3_access_key_id="explicit-id", s3_secret_access_key="explicit-s")
-    assert sorted(cli._secrets(settings)) == ["explicit-id", "explicit-s"]
+    assert secrets_of(settings) == ["explicit-s"]
+
+
+def test_an_access_key_id_is_no_secret() -> None:
+    """The compose default key id ``cefmp4`` masked the product's own name everywhere."""
+    settings = load_settings(s3_access_key_id="cefmp4", s3_secret_access_key="s3cr3t-0123456789")
+    assert secrets_of(settings) == ["s3cr3t-0123456789"]
+
+
+def test_the_webhook_and_redis_credentials_are_secrets() -> None:
+    url = "https://hook-user:hook%2Fpw@hooks.example/in/T0/B1?channel=ops&token=tok-123%2B4"
+    settings = load_settings(
+        s3_access_key_id="id", s3_secret_access_key="s3-secret-value",
+        redis_url="redis://default:redis-pw-0001@127.0.0.1:6379/0",
+        notify_webhook_url=url, notify_webhook_secret="hmac-key-42",
+    )
+    secrets = secrets_of(settings)
+    assert set(secrets) == {
+        "s3-secret-value", "redis-pw-0001", "hmac-key-42", url,
+        "hook%2Fpw", "hook/pw", "tok-123%2B4", "tok-123+4",
+    }
+    assert "hook-user" not in secrets  # a user followed by a password is a name
+    assert "ops" not in secrets  # only credential-named query values
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [("https://tok-as-user-77@hooks.example/x", "tok-as-user-77"),
+     ("https://tok-as-user-77:@hooks.example/x", "tok-as-user-77")],
+)
+def test_a_webhook_user_without_a_password_is_its_token(url: str, token: str) -> None:
+    settings = load_settings(s3_access_key_id="id", s3_secret_access_key="s3-secret-value",
+                             notify_webhook_url=url)
+    assert token in secrets_of(settings)
+
+
+def test_webhook_credentials_never_reach_the_log() -> None:
+    url = "https://u:hook-pw-8812@hooks.example/in?sig=sig-value-31"
+    settings = load_settings(s3_access_key_id="id", s3_secret_access_key="s3-secret-value",
+                             notify_webhook_url=url, notify_webhook_secret="hmac-key-42abc")
+    logs.set_secrets(secrets_of(settings))
+    try:
+        text = logs.redact(f"posting to {url} with hmac-key-42abc; pw hook-pw-8812, sig-value-31")
+    finally:
+        logs.set_secrets(())
+    for secret in ("hook-pw-8812", "sig-value-31", "hmac-key-42abc"):
+        assert secret not in text
+    assert "hooks.example" not in text  # the whole URL is a secret (a path may be its token)
 
 
 def test_no_chain_credentials_is_an_empty_list() -> None:
