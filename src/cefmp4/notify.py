@@ -11,6 +11,8 @@ HTTP status policy of the webhook (``classify_status``):
   GET elsewhere; fix the URL), 401/403/404 (wrong URL or secret: nothing is dropped while
   the operator fixes it), 408, 409 (same Idempotency-Key still being processed), 425, 429,
   5xx, timeouts and connection errors — retried without limit.
+* a URL the HTTP client refuses (a malformed host; the settings reject these at start-up)
+  — permanent: each item fails once, logged once, instead of being retried for ever.
 """
 
 from __future__ import annotations
@@ -97,14 +99,27 @@ class WebhookSink:
                 # whatever the body does next). Leaving the block releases the connection:
                 # pooled when the body already came whole, closed otherwise.
                 status = resp.status
+        # The exception text may contain the URL: name only its class.
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            raise _unusable_url(exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            # The exception text may contain the URL: name only its class.
             raise TransientError(f"webhook unreachable ({type(exc).__name__})") from None
+        except ValueError as exc:
+            # What the client refuses to send (UnicodeError: a host that cannot be
+            # IDNA-encoded) fails the same way every time. Caught after ClientError, since a
+            # certificate error is a ValueError too and clears once the receiver fixes it.
+            raise _unusable_url(exc) from None
         verdict = classify_status(status)
         if verdict == "permanent":
             raise PermanentError(f"webhook rejected the document with HTTP {status}")
         if verdict == "retry":
             raise TransientError(f"webhook answered HTTP {status}")
+
+
+def _unusable_url(exc: Exception) -> PermanentError:
+    return PermanentError(
+        f"webhook URL cannot be used ({type(exc).__name__}); check NOTIFY_WEBHOOK_URL"
+    )
 
 
 # --- Redis stream -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from structlog.testing import capture_logs
 
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.errors import PermanentError, TransientError
@@ -123,6 +124,72 @@ async def test_a_2xx_with_a_slow_body_is_delivered_once_and_promptly(tmp_path: P
             await rx.wait_for(lambda _: rx.hung_up == 2)  # the client closed both
     assert [r.headers["Idempotency-Key"] for r in rx.received] == ["s1", "s2"]  # once each
     assert dispatcher.delivered == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://user:hunter2@ex..ample/hook?token=tok3n",  # UnicodeError from the resolver
+     "http://user:hunter2@exämple..de/hook?token=tok3n",  # yarl's, as InvalidUrlClientError
+     "http://user:hunter2@host:99999/hook?token=tok3n",  # InvalidUrlClientError
+     "ftp://user:hunter2@host/hook?token=tok3n"],  # NonHttpUrlClientError
+)
+async def test_an_unusable_url_fails_for_good_once_and_names_no_secret(
+    tmp_path: Path, url: str
+) -> None:
+    # Settings refuse these; one that slips through must not be retried for ever. (aiohttp's
+    # own text of these errors is the whole URL, password included.)
+    async with WebhookSink(url) as sink:
+        with pytest.raises(PermanentError) as err:
+            await sink.deliver(ITEM)
+        for secret in ("hunter2", "tok3n", "ample", "host"):
+            assert secret not in str(err.value)
+        with capture_logs() as events:
+            async with asyncio.timeout(5):
+                await _dispatch(tmp_path, sink, ["s1"])
+    assert [e["event"] for e in events if e["log_level"] != "debug"] == ["delivery_failed"]
+    assert "hunter2" not in repr(events)
+
+
+async def test_an_untrusted_certificate_stays_transient(tmp_path: Path) -> None:
+    # aiohttp's certificate error is a ValueError too; the receiver can fix it, so nothing
+    # may be dropped meanwhile (unlike a URL the client refuses).
+    import datetime
+    import ipaddress
+    import ssl
+
+    from aiohttp import web
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # self-signed: no trusted CA vouches for it
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    runner = web.AppRunner(web.Application(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
+    try:
+        async with WebhookSink(f"https://127.0.0.1:{port}/hook", timeout=5) as sink:
+            with pytest.raises(TransientError, match="Certificate"):
+                await sink.deliver(ITEM)
+    finally:
+        await runner.cleanup()
 
 
 async def test_redis_stream_xadd(redis_url: str) -> None:
