@@ -35,6 +35,28 @@ _CONTENT_TYPES = {
 }
 FALLBACK_CONTENT_TYPE = "application/octet-stream"
 
+# The ffprobe demuxers each container may be read with (names as `ffprobe -formats` lists
+# them). A file is probed only as what its name says: ffprobe detects a format from the
+# content, and left free it reads a text file named x.mp4 as an HLS playlist and opens the
+# files it names, wherever they are (review #10).
+_MOV = "mov,mp4,m4a,3gp,3g2,mj2"
+_MATROSKA = "matroska,webm"
+_MPEGTS = "mpegts"
+_DEMUXERS = {
+    ".mp4": _MOV, ".m4v": _MOV, ".mov": _MOV, ".qt": _MOV, ".3gp": _MOV, ".3g2": _MOV,
+    ".m4a": _MOV,
+    ".mkv": _MATROSKA, ".mka": _MATROSKA, ".webm": _MATROSKA,
+    ".ts": _MPEGTS, ".m2ts": _MPEGTS, ".mts": _MPEGTS,
+    ".flv": "flv", ".avi": "avi", ".mxf": "mxf", ".ogv": "ogg",
+    ".mpg": "mpeg,mpegvideo", ".mpeg": "mpeg,mpegvideo",
+}  # fmt: skip
+# An extension not in the table (WATCH_EXTENSIONS takes any): any of the containers above,
+# each one self-contained. Never a playlist or a list of other files (hls, dash, concat,
+# image2 patterns), whose demuxers open what the file names.
+SELF_CONTAINED_DEMUXERS = ",".join(
+    dict.fromkeys(name for names in _DEMUXERS.values() for name in names.split(","))
+)
+
 
 def parse_extensions(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``".mp4, .MKV"`` → ``(".mp4", ".mkv")``: lower-cased, de-duplicated, in given order.
@@ -77,3 +99,13 @@ def has_extension(name: str, extensions: tuple[str, ...]) -> bool:
     """Whether ``name`` ends with one of ``extensions`` (lower-case, from parse_extensions)."""
     lowered = name.lower()
     return any(lowered.endswith(ext) and len(lowered) > len(ext) for ext in extensions)
+
+
+def probe_formats(name: str) -> str:
+    """The ffprobe demuxers (``-format_whitelist``) a file called ``name`` may be read
+    with: its container's (``.mp4`` → the MOV family, ``.mkv`` → Matroska/WebM, ``.ts`` →
+    MPEG-TS), or every self-contained one for an extension not in the table."""
+    dot = name.rfind(".")
+    if dot < 0 or "/" in name[dot:]:
+        return SELF_CONTAINED_DEMUXERS
+    return _DEMUXERS.get(name[dot:].lower(), SELF_CONTAINED_DEMUXERS)

@@ -1,15 +1,29 @@
-"""Probing a finished recording with ffprobe."""
+"""Probing a finished recording with ffprobe.
+
+ffprobe reads what it is given the way the content asks, not the name: a text file named
+``x.mp4`` that is an HLS playlist was read as one, and ffprobe opened the segment files it
+named, outside WATCH_DIR too (a ``http://`` one just as well), and the metadata reported
+their duration. So the probe reads one local file (``-protocol_whitelist file``) as its
+container only (``-format_whitelist``, from ``containers.probe_formats``); anything else is
+a file that cannot be probed: no duration, the reason recorded, the video still uploaded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Protocol
 
+from cefmp4.containers import probe_formats
 from cefmp4.errors import ConfigError
+
+# What ffprobe says when the content is a format the whitelist refuses.
+_NOT_ON_WHITELIST = re.compile(r"^\[(?P<found>[\w,]+) @ 0x[0-9a-f]+\] Format not on whitelist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +84,13 @@ class FfprobeProber:
             )
 
     async def probe(self, path: Path) -> ProbeResult:
-        args = ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+        formats = probe_formats(container_name(path))
+        args = [
+            "-v", "error", "-protocol_whitelist", "file", "-format_whitelist", formats,
+            "-print_format", "json", "-show_format", "-show_streams",
+            # "file:" so that a name with a colon is never taken for another protocol.
+            f"file:{path}",
+        ]  # fmt: skip
         try:
             code, stdout, stderr = await self._run(args)
         except TimeoutError:  # before OSError, of which it is a subclass
@@ -79,6 +99,8 @@ class FfprobeProber:
             return ProbeResult(None, error=f"cannot run {self.ffprobe_path!r}: {exc}")
         if code != 0:
             reason = _first_line(stderr) or f"ffprobe exited with {code}"
+            if found := _NOT_ON_WHITELIST.match(reason):
+                reason = f"not probed: its content is {found['found']}, not its name's {formats}"
             return ProbeResult(None, error=reason)
         try:
             info = json.loads(stdout)
@@ -108,6 +130,19 @@ class FfprobeProber:
             raise
         assert process.returncode is not None  # communicate() waits for exit
         return process.returncode, stdout, stderr
+
+
+def container_name(path: PurePath) -> str:
+    """The name that says which container ``path`` holds: its own, or for a descriptor's
+    path (``/proc/<pid>/fd/<n>``, how ``probing`` reaches a held file, deleted or renamed)
+    the name of the file it leads to."""
+    parts = path.parts
+    if len(parts) == 5 and parts[:2] == ("/", "proc") and parts[3] == "fd":
+        try:
+            return os.readlink(path).removesuffix(" (deleted)")
+        except OSError:
+            pass
+    return path.name
 
 
 def _first_line(stderr: bytes) -> str:

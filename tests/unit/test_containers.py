@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from cefmp4.containers import content_type, has_extension, parse_extensions
+from cefmp4.containers import (
+    SELF_CONTAINED_DEMUXERS,
+    content_type,
+    has_extension,
+    parse_extensions,
+    probe_formats,
+)
 
 
 def test_parse_lowercases_dedupes_and_keeps_order() -> None:
@@ -57,3 +63,33 @@ def test_has_extension_any_case() -> None:
     assert has_extension("x.mp4", exts)
     assert not has_extension("x.mov", exts)
     assert not has_extension("x.mp4.part", exts)
+
+
+# --- what ffprobe may read each container as (review #10) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "formats"),
+    [
+        ("a.mp4", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("dir.x/A.MOV", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("a.m4v", "mov,mp4,m4a,3gp,3g2,mj2"),
+        ("a.mkv", "matroska,webm"),
+        ("a.webm", "matroska,webm"),
+        ("a.ts", "mpegts"),
+        ("a.M2TS", "mpegts"),
+    ],
+)
+def test_a_container_is_probed_as_itself_only(name: str, formats: str) -> None:
+    assert probe_formats(name) == formats
+
+
+@pytest.mark.parametrize("name", ["a.dv", "noext", "a.m3u8", "x.mp4/", "a.txt"])
+def test_an_unknown_extension_is_probed_as_any_self_contained_container(name: str) -> None:
+    assert probe_formats(name) == SELF_CONTAINED_DEMUXERS
+
+
+def test_no_demuxer_that_opens_other_files_is_ever_allowed() -> None:
+    names = set(SELF_CONTAINED_DEMUXERS.split(","))
+    assert {"mov", "matroska", "mpegts"} <= names
+    assert not names & {"hls", "applehttp", "dash", "concat", "image2", "tee", "data"}
