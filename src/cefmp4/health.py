@@ -14,6 +14,10 @@ never a message: messages carry endpoints, paths and sometimes credentials, and 
 is open to whoever can reach it. The pings run concurrently, each under a timeout, and
 their result is cached for ``ping_cache_seconds`` with concurrent probes sharing one round,
 so a flood of probes is at most one ping per dependency per second.
+
+Whoever reaches the port may also hold connections open without a byte: at most
+``max_connections`` are open (see :class:`ConnectionCap`), each closed after ``idle_timeout``
+seconds without a whole request, and a failing accept() is logged once a minute, counted.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import asyncio
 import contextlib
 import errno
 import json
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 import structlog
 from aiohttp import web
@@ -44,6 +50,15 @@ OK = "ok"
 JSON_TYPE = "application/json"
 # A request line plus headers from Prometheus, curl or a kubelet fits well within this.
 MAX_LINE_BYTES = 8 * 1024
+# Prometheus, a kubelet and curl need a handful, a burst of probes more; a descriptor each
+# (an eighth of the 1024 soft default). Idle: Prometheus, scraping each 15 s, reconnects.
+MAX_CONNECTIONS, IDLE_TIMEOUT_SECONDS = 128, 5.0
+# After a failed accept() (no descriptor left): the pause, and the least time between lines.
+ACCEPT_RETRY_SECONDS, LOG_INTERVAL_SECONDS = 0.5, 60.0
+# Events of this module, each with `count`: how many since its last line.
+ACCEPT_FAILED: Final = "health_accept_failed"
+ACCEPT_RECOVERED: Final = "health_accept_recovered"  # accepting again
+CONNECTIONS_SHED: Final = "health_connections_shed"  # closed at the cap
 
 
 class CachedPings:
@@ -93,6 +108,56 @@ class CachedPings:
                 await self._round
 
 
+class Throttled:
+    """Counts an event so that it is logged at most once per ``interval``, with the count since
+    its last line: ``note()`` counts one, ``due()`` does not; each answers what to log now (0:
+    nothing). The first occurrence is logged at once."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval, self._clock = interval, clock
+        self._pending, self._logged_at = 0, -math.inf
+
+    def note(self) -> int:
+        self._pending += 1
+        return self.due()
+
+    def due(self) -> int:
+        now = self._clock()
+        if not self._pending or now - self._logged_at < self._interval:
+            return 0
+        count, self._pending, self._logged_at = self._pending, 0, now
+        return count
+
+
+class ConnectionCap:
+    """The open connections, oldest first. At the cap, a new one takes the place of the oldest
+    not inside a request (``busy``): a silent client is older than a probe, which sends its
+    request at once and is answered in milliseconds, so a flood of silent connections sheds
+    itself, not /healthz. If all are inside a request, the new one is closed instead."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[asyncio.BaseTransport, None] = {}  # a dict keeps the order
+        self.busy: set[asyncio.BaseTransport] = set()  # kept up by the `busy` middleware
+        self.shed = Throttled(LOG_INTERVAL_SECONDS)
+
+    def __len__(self) -> int:
+        for transport in [t for t in self.open if t.is_closing()]:
+            del self.open[transport]
+        return len(self.open)
+
+    def make_room(self) -> bool:
+        """Room for one more, the oldest idle one closed if needed; False: refuse it."""
+        full = len(self) >= self.limit
+        if count := self.shed.note() if full else self.shed.due():
+            log.warning(CONNECTIONS_SHED, count=count, max_connections=self.limit)
+        victim = next((t for t in self.open if t not in self.busy), None) if full else None
+        if victim is not None:
+            del self.open[victim]
+            victim.close()
+        return not full or victim is not None
+
+
 @dataclass(slots=True)
 class HealthServer:
     """The running server: ``port`` is the bound port (useful when 0 was asked for)."""
@@ -102,6 +167,7 @@ class HealthServer:
     pings: CachedPings
     readiness: Readiness | None
     readiness_grace: float = 0.0
+    connections: ConnectionCap = field(default_factory=lambda: ConnectionCap(MAX_CONNECTIONS))
 
     @property
     def url(self) -> str:
@@ -132,6 +198,18 @@ def _json(status: int, doc: object) -> web.Response:
 
 def _app(server_ref: list[HealthServer], metrics: Metrics) -> web.Application:
     @web.middleware
+    async def busy(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        transport, inside = request.transport, server_ref[0].connections.busy
+        if transport is not None:
+            inside.add(transport)
+        try:
+            return await handler(request)
+        finally:
+            inside.discard(transport)
+
+    @web.middleware
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
@@ -159,7 +237,8 @@ def _app(server_ref: list[HealthServer], metrics: Metrics) -> web.Application:
             return _json(200, {"status": "ready", "checks": report})
         return _json(503, {"status": "unavailable", "checks": report})
 
-    app = web.Application(middlewares=[errors], handler_args={"max_line_size": MAX_LINE_BYTES})
+    handler_args = {"max_line_size": MAX_LINE_BYTES}
+    app = web.Application(middlewares=[busy, errors], handler_args=handler_args)
     app.router.add_get("/metrics", metrics_view, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
@@ -189,6 +268,46 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
+async def _accept_forever(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol], cap: ConnectionCap
+) -> None:
+    """The accept loop, written here as neither library bounds it: aiohttp leaves connection
+    limits to the application (aio-libs/aiohttp#675), and asyncio's (``create_server``), when
+    accept() fails for want of a descriptor, calls it again up to ``backlog`` times in the
+    same tick, each failure logged with its traceback and scheduling a retry of its own
+    (python/cpython#151615, fixed in 2026, not in the 3.11 of the tests nor the 3.12 of the
+    image): thousands of lines a second. Here one accept at a time, a pause after a failure."""
+    loop = asyncio.get_running_loop()
+    failures = Throttled(LOG_INTERVAL_SECONDS)
+    while True:
+        try:
+            conn, _ = await loop.sock_accept(sock)
+        except ConnectionAbortedError:  # the client left before it was accepted
+            continue
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM, or any other
+            if count := failures.note():
+                error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                log.error(ACCEPT_FAILED, count=count, error=error, open_connections=len(cap))
+            await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+            continue
+        if count := failures.due():
+            log.info(ACCEPT_RECOVERED, count=count)
+        if not cap.make_room():
+            conn.close()
+            continue
+        try:
+            transport, _ = await loop.connect_accepted_socket(factory, conn)
+        except OSError:  # reset before it could be served
+            conn.close()
+            continue
+        cap.open[transport] = None
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error(ERROR, operation="health_accept", error=type(exc).__name__, exc_info=exc)
+
+
 @asynccontextmanager
 async def serve_health(
     *,
@@ -201,6 +320,8 @@ async def serve_health(
     check_timeout: float = 2.0,
     ping_cache_seconds: float = 1.0,
     shutdown_timeout: float = 1.0,
+    max_connections: int = MAX_CONNECTIONS,
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS,
 ) -> AsyncIterator[HealthServer]:
     """Serve until the block exits; ``port=0`` binds a free port (see ``HealthServer.port``).
 
@@ -208,24 +329,37 @@ async def serve_health(
     for ``readiness_grace`` seconds. A port that cannot be bound (in use, privileged, an
     address not of this host) is a ``ConfigError`` naming PROM_PORT and PROM_HOST. The CLI
     never calls this with ``PROM_PORT=0``, which means "no server" there.
+
+    ``max_connections``: see :class:`ConnectionCap`; ``idle_timeout``: see the module.
     """
     pings = CachedPings(checks, timeout=check_timeout, ttl=ping_cache_seconds)
     sock = await asyncio.to_thread(_listen, host, port)
-    state = HealthServer(host, sock.getsockname()[1], pings, readiness, readiness_grace)
+    sock.setblocking(False)
+    cap = ConnectionCap(max_connections)
+    state = HealthServer(host, sock.getsockname()[1], pings, readiness, readiness_grace, cap)
+    # aiohttp's keep-alive timer runs from connection_made, not moved by part of a request:
+    # the idle and the header-read timeout in one (the aiohttp of requirements.lock does,
+    # aio-libs/aiohttp#13681; with an older one, the cap alone bounds silent connections).
     runner = web.AppRunner(
         _app([state], metrics), handle_signals=False, access_log=None,
-        shutdown_timeout=shutdown_timeout,
+        shutdown_timeout=shutdown_timeout, keepalive_timeout=idle_timeout,
     )  # fmt: skip
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
     except BaseException:
         sock.close()
         await runner.cleanup()
         raise
+    assert runner.server is not None
+    accepting = asyncio.create_task(_accept_forever(sock, runner.server, cap), name="health-accept")
+    accepting.add_done_callback(_report_crash)
     try:
         yield state
     finally:
+        accepting.cancel()
+        await asyncio.gather(accepting, return_exceptions=True)
         await pings.aclose()
         await runner.cleanup()
+        for transport in cap.open:
+            transport.close()
         sock.close()

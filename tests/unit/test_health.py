@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import time
@@ -11,8 +12,9 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from cefmp4 import health
 from cefmp4.errors import ConfigError, TransientError
-from cefmp4.health import serve_health
+from cefmp4.health import Throttled, serve_health
 from cefmp4.metrics import Metrics
 from cefmp4.readiness import Readiness
 
@@ -259,3 +261,125 @@ async def test_ipv6_any_address() -> None:
         assert (await get(f"http://[::1]:{server.port}", "/healthz"))[0] == 200
         if socket.has_dualstack_ipv6():
             assert (await get(f"http://127.0.0.1:{server.port}", "/healthz"))[0] == 200
+
+
+# --- a bounded port: idle timeout, connection cap, accept errors ----------------------------
+
+
+async def test_silent_and_incomplete_connections_are_closed_after_the_idle_timeout() -> None:
+    async with serve_health(
+        host=HOST, port=0, metrics=Metrics(), checks={}, idle_timeout=0.3
+    ) as server:
+        started = time.monotonic()
+        silent, silent_writer = await asyncio.open_connection(HOST, server.port)
+        # A request head that never ends, sent a line at a time: the bytes do not keep it open.
+        trickling, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+
+        async def trickle() -> None:
+            while not trickling.at_eof():
+                writer.write(b"X-Slow: 1\r\n")
+                await asyncio.sleep(0.05)
+
+        trickler = asyncio.create_task(trickle())
+        assert await asyncio.wait_for(silent.read(), 3) == b""
+        assert await asyncio.wait_for(trickling.read(), 3) == b""
+        elapsed = time.monotonic() - started
+        await asyncio.gather(trickler, return_exceptions=True)
+        assert 0.25 < elapsed < 1.5
+        assert (await get(server.url, "/healthz"))[0] == 200
+        for w in (silent_writer, writer):
+            w.close()
+
+
+async def test_a_keep_alive_connection_is_closed_after_the_idle_timeout() -> None:
+    async with serve_health(
+        host=HOST, port=0, metrics=Metrics(), checks={}, idle_timeout=0.3
+    ) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert answered.startswith(b"HTTP/1.1 200")
+        answered_at = time.monotonic()
+        await asyncio.wait_for(reader.read(), 3)  # the body, then the end: closed
+        assert 0.25 < time.monotonic() - answered_at < 1.5
+        writer.close()
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room_at_once() -> None:
+    with capture_logs() as cap:
+        async with serve_health(
+            host=HOST, port=0, metrics=Metrics(), checks={}, max_connections=4
+        ) as server:
+            clients = [await asyncio.open_connection(HOST, server.port) for _ in range(10)]
+            silent = [reader for reader, _ in clients]
+            for reader in silent[:6]:  # closed for the four newer ones, oldest first
+                assert await asyncio.wait_for(reader.read(), 2) == b""
+            started = time.monotonic()
+            assert (await get(server.url, "/healthz"))[0] == 200
+            assert time.monotonic() - started < 0.5
+            assert await asyncio.wait_for(silent[6].read(), 2) == b""  # made room for it
+            assert not any(reader.at_eof() for reader in silent[7:])
+            assert len(server.connections) <= 4
+            for _, writer in clients:
+                writer.close()
+    shed = [e for e in cap if e["event"] == health.CONNECTIONS_SHED]
+    assert [(e["count"], e["log_level"]) for e in shed] == [(1, "warning")]  # not 7 lines
+
+
+async def test_at_the_cap_connections_inside_a_request_stay_and_the_new_one_is_closed() -> None:
+    answer = asyncio.Event()
+
+    async def s3() -> None:
+        await answer.wait()
+
+    async with serve_health(
+        host=HOST, port=0, metrics=Metrics(), checks={"s3": s3}, max_connections=2,
+        check_timeout=30,
+    ) as server:  # fmt: skip
+        probes = [asyncio.create_task(get(server.url, "/readyz")) for _ in range(2)]
+        while len(server.connections.busy) < 2:  # noqa: ASYNC110  (a count, no event to wait on)
+            await asyncio.sleep(0.01)
+        refused, writer = await asyncio.open_connection(HOST, server.port)
+        assert await asyncio.wait_for(refused.read(), 2) == b""
+        writer.close()
+        answer.set()
+        assert [status for status, _, _ in await asyncio.gather(*probes)] == [200, 200]
+
+
+async def test_out_of_descriptors_accept_pauses_and_logs_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    real_accept = loop.sock_accept
+    failures = {"left": 300}
+
+    async def exhausted(sock: socket.socket) -> tuple[socket.socket, object]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real_accept(sock)
+
+    monkeypatch.setattr(health, "ACCEPT_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(loop, "sock_accept", exhausted)
+    with capture_logs() as cap:
+        async with serve_health(host=HOST, port=0, metrics=Metrics(), checks={}) as server:
+            assert (await get(server.url, "/healthz"))[0] == 200
+    assert failures["left"] == 0
+    failed = [e for e in cap if e["event"] == health.ACCEPT_FAILED]
+    assert [(e["count"], e["error"], e["log_level"]) for e in failed] == [(1, "EMFILE", "error")]
+
+
+def test_throttled_reports_the_first_at_once_then_a_count_per_interval() -> None:
+    now = [0.0]
+    throttled = Throttled(60, clock=lambda: now[0])
+    assert throttled.due() == 0
+    assert throttled.note() == 1
+    assert [throttled.note() for _ in range(500)] == [0] * 500
+    now[0] = 59.9
+    assert throttled.due() == 0
+    now[0] = 60.0
+    assert throttled.due() == 500
+    assert throttled.due() == 0
+    now[0] = 200.0
+    assert throttled.note() == 1
