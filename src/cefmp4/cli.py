@@ -20,6 +20,8 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_UNFLUSHED = 120  # Python's own exit status when stdout cannot be flushed at exit
 
+NOFILE_LIMIT = "nofile_limit"  # log event: the descriptor limits `run` starts with
+
 
 class _RefusedSecret(argparse.Action):
     """A secret given as a flag: refused in one line, since every user of the host can read
@@ -206,6 +208,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def raise_nofile_limit() -> None:
+    """The soft limit on open descriptors raised to the hard one, once, at the start of ``run``.
+
+    systemd and Docker start services at a soft limit of 1024 (kept low for programs still
+    using select()); the hard limit is what the administrator allows, and every recording,
+    S3 connection and health-port client takes a descriptor. Not raising it is no failure.
+    """
+    import resource
+
+    import structlog
+
+    log = structlog.get_logger("cefmp4.cli")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.debug(NOFILE_LIMIT, soft=soft, hard=hard)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # e.g. a hard limit of "unlimited" the kernel refuses
+        log.warning(NOFILE_LIMIT, soft=soft, hard=hard, error=type(exc).__name__)
+        return
+    log.info(NOFILE_LIMIT, soft_was=soft, soft=hard, hard=hard)
+
+
 def _run(settings: Settings) -> int:
     # Imported by the command that uses them: `--help` starts without these.
     import asyncio
@@ -217,6 +243,7 @@ def _run(settings: Settings) -> int:
     from cefmp4.app import App
 
     log = structlog.get_logger("cefmp4.cli")
+    raise_nofile_limit()
 
     async def daemon() -> None:
         loop = asyncio.get_running_loop()
