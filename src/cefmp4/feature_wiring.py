@@ -34,7 +34,7 @@ from cefmp4.outbox import (
 from cefmp4.settings import Settings
 from cefmp4.storage import ObjectStore
 from cefmp4.tasks import TaskSupervisor
-from cefmp4.writers import CloseWatcher, WriterScanner
+from cefmp4.writers import CloseWatcher, WriterScanner, visibility_problems
 
 log = structlog.get_logger("cefmp4.features")
 
@@ -51,6 +51,7 @@ class Features:
     dispatcher: Dispatcher | None = None
     plan: CompletionOutbox = field(default_factory=CompletionOutbox)
     upload_command: bool = False
+    after_upload_wait: float = 0.0  # the quiet time an after-upload action waits for
 
     def context_fields(self) -> dict[str, Any]:
         """The ``Context`` fields of these features."""
@@ -77,7 +78,11 @@ class Features:
         if self.dispatcher is None:
             return
         try:
-            async with asyncio.timeout(BURST_DELIVERY_TIMEOUT_S):
+            if self.after_upload_wait:
+                log.info("after_upload_waiting", seconds=self.after_upload_wait,
+                         reason="a source is deleted or moved only after it stayed unchanged "
+                                "for STREAM_TIMEOUT_SECONDS after its upload")
+            async with asyncio.timeout(BURST_DELIVERY_TIMEOUT_S + self.after_upload_wait):
                 await self.dispatcher.drain()
         except TimeoutError:
             log.warning(logs.ERROR, operation="outbox",
@@ -93,12 +98,13 @@ async def open_features(
     no writer signals: its streams end because the command says so."""
     dispatcher, plan = await open_outbox(
         settings, objects, checkpoints, failpoints=failpoints, metrics=metrics, owner=owner,
-        stack=stack,
+        stack=stack, clock=clock,
     )
     writers = writer_policy(settings, clock) if daemon else None
     if writers is not None and writers.closes is not None:
         stack.callback(writers.closes.close)
-    return Features(writers, dispatcher, plan, upload_command=not daemon)
+    wait = settings.stream_timeout_seconds if plan.action != "keep" else 0.0
+    return Features(writers, dispatcher, plan, upload_command=not daemon, after_upload_wait=wait)
 
 
 def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
@@ -123,6 +129,7 @@ def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
 async def open_outbox(
     settings: Settings, objects: ObjectStore, checkpoints: CheckpointStore, *,
     failpoints: Failpoints, metrics: Metrics, owner: str, stack: AsyncExitStack,
+    clock: Clock,
 ) -> tuple[Dispatcher | None, CompletionOutbox]:
     """The dispatcher of the post-completion work the settings ask for (None: nothing to
     do), and what a completion records for it."""
@@ -140,7 +147,13 @@ async def open_outbox(
         sinks.append(RedisStreamSink(checkpoints.client, settings.notify_redis_stream))
         notify.append(SINK_REDIS)
     if settings.after_upload != "keep":
-        sinks.append(AfterUploadSink(objects.head_object, hit=failpoints.hit))
+        sinks.append(AfterUploadSink(
+            objects.head_object, hit=failpoints.hit, quiet_s=settings.stream_timeout_seconds,
+            clock=clock.time, sleep=clock.sleep))
+        for problem in visibility_problems(settings.watch_dir):
+            log.warning(logs.SETTINGS_ADVICE, advice=(
+                f"AFTER_UPLOAD={settings.after_upload} keeps every file whose writers it "
+                f"cannot prove gone: {problem}"))
     target = settings.after_upload_dir
     plan = CompletionOutbox(
         tuple(notify), settings.after_upload, str(target.resolve()) if target else None

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import os
+import re
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -260,6 +264,167 @@ class CloseWatcher:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+
+
+# --- proof that nobody writes: for destructive actions (§2.25) ----------------------------
+#
+# "No writer seen" is not evidence: a recorder in another PID namespace (a container), of
+# another user, or on another host is invisible to /proc. The kernel itself knows: it grants
+# a read lease (F_SETLEASE F_RDLCK) only while no descriptor anywhere on this kernel (any
+# namespace, any user) holds the file open for writing, and while the lease is held an open
+# for writing must break it first (the opener waits until we let go). So a held lease is the
+# proof, and holding it across the destructive step closes the check-then-act race. It is
+# proof only where this kernel sees every writer: a local file system, not NFS/SMB/FUSE.
+
+_PROC_PID_INIT_INO = 0xEFFFFFFC  # the kernel's fixed inode of the initial PID namespace
+_CAP_LEASE = 28
+# File systems whose files only this kernel can write (no peer host): a lease here is final.
+LOCAL_FILE_SYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "zfs", "f2fs", "overlay",
+    "bcachefs", "jfs", "reiserfs", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2",
+})
+
+
+class WriterOpen(Exception):
+    """A process holds the file open for writing."""
+
+
+class WritersUnseen(Exception):
+    """Nobody can prove that no process holds the file open for writing."""
+
+
+def _unescape_mount(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def file_system_type(path: str | os.PathLike[str], proc: Path = Path("/proc")) -> str | None:
+    """The type of the file system holding ``path`` (from mountinfo), or None if unknown."""
+    try:
+        real = os.path.realpath(path)
+        lines = (proc / "self" / "mountinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        point = _unescape_mount(fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):  # later mounts hide earlier
+            best = (len(point), tail.split()[0])
+    return None if best is None else best[1]
+
+
+def _in_initial_pid_namespace(proc: Path) -> bool:
+    try:
+        return os.stat(proc / "self" / "ns" / "pid").st_ino == _PROC_PID_INIT_INO
+    except OSError:
+        return False
+
+
+def _has_cap_lease(proc: Path) -> bool:
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_LEASE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _leases_enabled(proc: Path) -> bool:
+    try:
+        return (proc / "sys" / "fs" / "leases-enable").read_text().strip() != "0"
+    except OSError:
+        return True  # the lease call itself will tell
+
+
+def _proc_fallback(ident: Ident, proc: Path) -> str | None:
+    """No lease: a complete /proc walk from the host's PID namespace still proves it (None),
+    with no hold against a later open; else why not."""
+    if not _in_initial_pid_namespace(proc):
+        return ("no lease, and cefmp4 runs in its own PID namespace: writers in other "
+                "namespaces are invisible")
+    result = scan_writers([ident], proc)
+    if result.writers.get(ident):
+        raise WriterOpen("a process holds the file open for writing")
+    if not result.complete:
+        return (f"no lease, and {result.unreadable} of {result.processes} processes cannot "
+                "be inspected in /proc")
+    return None
+
+
+class NoWriterProof:
+    """``with NoWriterProof(fd, path):`` — inside, no process holds the file open for
+    writing, or the ``with`` raised :class:`WriterOpen` / :class:`WritersUnseen`.
+    ``holds()`` tells whether that is still so (an open for writing breaks the lease)."""
+
+    def __init__(self, fd: int, path: str, proc: Path = Path("/proc")) -> None:
+        self.fd = fd
+        self.path = path
+        self.proc = proc
+        self._leased = False
+
+    def __enter__(self) -> NoWriterProof:
+        fs = file_system_type(self.path, self.proc)
+        if fs not in LOCAL_FILE_SYSTEMS:
+            raise WritersUnseen(
+                f"the file system is {fs or 'unknown'}: writers on other hosts cannot be seen")
+        try:
+            # A lease break is signalled to the holder, SIGIO by default, whose default action
+            # ends the process: SIGURG's default is to ignore it, and holds() reads the state.
+            fcntl.fcntl(self.fd, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EBUSY):
+                raise WriterOpen("a process holds the file open for writing") from None
+            st = os.fstat(self.fd)
+            if (why := _proc_fallback((st.st_dev, st.st_ino), self.proc)) is not None:
+                raise WritersUnseen(f"{why}; the kernel refused a lease ({exc.strerror}: "
+                                    "run as the file's owner or grant CAP_LEASE)") from None
+            return self
+        self._leased = True
+        return self
+
+    def holds(self) -> bool:
+        if not self._leased:
+            return True
+        try:
+            return fcntl.fcntl(self.fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
+        except OSError:
+            return False
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._leased:
+            self._leased = False
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
+def visibility_problems(watch_dir: Path, proc: Path = Path("/proc")) -> list[str]:
+    """Why cefmp4 may be unable to prove a file in ``watch_dir`` writer-free (empty: it can,
+    for every file). For start-up advice and ``check``."""
+    fs = file_system_type(watch_dir, proc)
+    if fs not in LOCAL_FILE_SYSTEMS:
+        return [f"WATCH_DIR is on a {fs or 'unknown'} file system: writers on other hosts "
+                "cannot be seen"]
+    if _leases_enabled(proc) and _has_cap_lease(proc):
+        return []  # the kernel answers for every file
+    if _in_initial_pid_namespace(proc):
+        walk = scan_writers((), proc)
+        if walk.complete:
+            return []  # /proc shows every process of the host
+        seen = f"{walk.unreadable} of {walk.processes} processes cannot be inspected in /proc"
+    else:
+        seen = "cefmp4 runs in its own PID namespace (writers in others are invisible)"
+    if not _leases_enabled(proc):
+        return [f"file leases are disabled (fs.leases-enable=0) and {seen}: no file can be "
+                "proven writer-free; enable leases or run cefmp4 in the host's PID namespace"]
+    return [f"cefmp4 (uid {os.geteuid()}) has no CAP_LEASE and {seen}: only files owned by "
+            f"uid {os.geteuid()} can be proven writer-free; run cefmp4 as the recorders' "
+            "user, or grant CAP_LEASE"]
 
 
 # --- `cefmp4 check` -----------------------------------------------------------------------

@@ -66,8 +66,10 @@ def run_cli(
 class Daemon:
     """``cefmp4 run`` in a subprocess, logging JSON lines to ``log_path``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, prom_port: int | None = None):
+    def __init__(self, env: dict[str, str], log_path: Path, *, prom_port: int | None = None,
+                 wrapper: list[str] | None = None):
         self.prom_port = prom_port or free_port()
+        self.wrapper = wrapper or []  # e.g. unshare: the daemon in a PID namespace of its own
         self.env = {**env, "PROM_PORT": str(self.prom_port)}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,7 +83,7 @@ class Daemon:
         self.starts += 1
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [cefmp4_bin(), "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [*self.wrapper, cefmp4_bin(), "run"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         if wait_ready:

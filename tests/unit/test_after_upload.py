@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -140,16 +142,30 @@ async def test_delete_crash_at_each_step_converges(tmp_path: Path, point: str) -
     assert not staged_name(path, intent.stream_id).exists()
 
 
-async def test_delete_puts_back_a_file_changed_while_staged(tmp_path: Path) -> None:
+def _late_writer(target: Path, data: bytes) -> subprocess.Popen[bytes]:
+    """Another process opens ``target`` to append ``data`` while the proof holds its lease:
+    returns once the open waits on the lease (the kernel shows the lease BREAKING)."""
+    writer = subprocess.Popen(["sh", "-c", f'printf %s "$1" >> "{target}"', "sh",
+                               data.decode()])
+    deadline = time.monotonic() + 10
+    while "BREAKING" not in Path("/proc/locks").read_text():
+        assert time.monotonic() < deadline, "the writer never reached the lease"
+        assert writer.poll() is None, "the writer was not held back by the lease"
+        time.sleep(0.01)
+    return writer
+
+
+async def test_delete_puts_back_a_file_opened_for_writing_while_staged(tmp_path: Path) -> None:
     path, intent, head = _setup(tmp_path)
+    writers: list[subprocess.Popen[bytes]] = []
 
     def grow(name: str) -> None:
         if name == "after_upload_staged":
-            with open(staged_name(path, intent.stream_id), "ab") as f:
-                f.write(b"late bytes")
+            writers.append(_late_writer(staged_name(path, intent.stream_id), b"late bytes"))
 
-    with pytest.raises(PermanentError):
+    with pytest.raises(PermanentError, match="opened the source for writing"):
         await AfterUploadSink(head, hit=grow).deliver(_item(intent))
+    assert writers[0].wait(10) == 0  # it went on once the lease was let go
     assert path.read_bytes().endswith(b"late bytes")
 
 
@@ -226,7 +242,7 @@ async def test_move_refuses_a_copy_with_other_bytes(
         raise OSError(errno.EXDEV, "cross-device link")
 
     monkeypatch.setattr(os, "link", no_link)  # force the copy path
-    with pytest.raises(PermanentError, match="SHA-256"):
+    with pytest.raises(PermanentError, match="bytes differ"):
         await AfterUploadSink(head).deliver(_item(intent))
     assert path.exists()
     assert not list((tmp_path / "done").rglob("*.mp4*"))
@@ -312,3 +328,221 @@ async def test_free_bytes_tracker(tmp_path: Path) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert seen[0] != seen[0]  # NaN: unknown, not 0
+
+
+# --- §2.25: act only on proof -------------------------------------------------------------
+
+
+def _fake_proc(tmp_path: Path, fs_type: str, *, host_ns: bool = True) -> Path:
+    """A /proc whose mountinfo puts everything on ``fs_type``; the rest is the real one's."""
+    proc = tmp_path / "proc"
+    (proc / "self" / "ns").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(
+        f"22 1 0:21 / / rw,relatime shared:1 - {fs_type} server:/export rw\n")
+    real_ns = Path("/proc/self/ns/pid")
+    (proc / "self" / "ns" / "pid").symlink_to(real_ns if host_ns else proc / "self")
+    (proc / "self" / "status").write_text(Path("/proc/self/status").read_text())
+    return proc
+
+
+@pytest.mark.parametrize("fs_type", ["nfs4", "cifs", "fuse.sshfs", "9p"])
+async def test_writers_on_other_hosts_cannot_be_ruled_out(tmp_path: Path, fs_type: str) -> None:
+    path, intent, head = _setup(tmp_path)
+    sink = AfterUploadSink(head, proc=_fake_proc(tmp_path, fs_type))
+    with pytest.raises(PermanentError, match=rf"file system is {fs_type}.*kept"):
+        await sink.deliver(_item(intent))
+    assert path.exists()
+    assert sorted(os.listdir(path.parent)) == ["rec.mp4"]  # put back, nothing staged
+
+
+def test_a_writer_in_another_pid_namespace_keeps_the_file(tmp_path: Path) -> None:
+    """cefmp4 in its own PID namespace (a container) with the recorder outside it: /proc
+    shows nothing of the recorder, the kernel's lease does. The action runs in a child
+    under ``unshare --pid --mount-proc``; this test process is the recorder."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed for this test")
+    path, intent, _head = _setup(tmp_path)
+    script = (
+        "import sys\n"
+        "from cefmp4.after_upload import AfterUploadSink, Intent\n"
+        "from cefmp4.errors import PermanentError\n"
+        "intent = Intent.from_json(sys.stdin.buffer.read())\n"
+        "try:\n"
+        "    print(AfterUploadSink(None).apply(intent))\n"
+        "except PermanentError as exc:\n"
+        "    print('kept:', exc)\n"
+    )
+    with open(path, "ab"):  # the recorder, paused with its file open
+        for action, target in (("delete", None), ("move", tmp_path / "done")):
+            act = replace(intent, action=action, target_dir=str(target) if target else None)
+            out = subprocess.run(
+                ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+                input=act.to_json(), capture_output=True, timeout=60, check=True)
+            assert out.stdout.decode().startswith("kept: a process holds the file open"), (
+                out.stdout, out.stderr)
+            assert sorted(os.listdir(path.parent)) == ["rec.mp4"]
+    assert not (tmp_path / "done").exists()
+    # The recorder closed: the same child now acts.
+    out = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script],
+        input=intent.to_json(), capture_output=True, timeout=60, check=True)
+    assert out.stdout.decode().strip() == "deleted", (out.stdout, out.stderr)
+    assert not path.exists()
+
+
+async def test_without_a_lease_only_the_hosts_whole_proc_is_proof(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel refuses the lease (another user's file, no CAP_LEASE): in its own PID
+    namespace cefmp4 cannot see the recorder, so it keeps the file and says why."""
+    import fcntl
+
+    path, intent, head = _setup(tmp_path)
+    real_fcntl = fcntl.fcntl
+
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETLEASE and arg == fcntl.F_RDLCK:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", refuse)
+    sink = AfterUploadSink(head, proc=_fake_proc(tmp_path, "ext4", host_ns=False))
+    with pytest.raises(PermanentError, match=r"own PID namespace.*CAP_LEASE"):
+        await sink.deliver(_item(intent))
+    assert sorted(os.listdir(path.parent)) == ["rec.mp4"]
+    # From the host's namespace, a complete /proc walk that finds no writer is proof.
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert not path.exists()
+
+
+def test_a_lease_break_is_seen_and_survived(tmp_path: Path) -> None:
+    """An open for writing while the proof is held breaks it: holds() turns False (and the
+    break's signal does not end the process); the opener proceeds once we let go."""
+    import subprocess
+    import time
+
+    from cefmp4.writers import NoWriterProof
+
+    path = tmp_path / "f.mp4"
+    path.write_bytes(b"x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with NoWriterProof(fd, str(path)) as proof:
+            assert proof.holds()
+            opener = subprocess.Popen(["sh", "-c", f'echo y >> "{path}"'])
+            deadline = time.monotonic() + 10
+            while proof.holds() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not proof.holds()
+            assert opener.poll() is None  # waits for the lease to be let go
+        assert opener.wait(10) == 0
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"xy\n"
+
+
+async def test_move_is_never_of_a_file_renamed_onto_the_path_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new recording renamed onto the path while the old one is being proven is neither
+    moved nor unlinked (before, it was unlinked by name after the check)."""
+    import cefmp4.after_upload as au
+
+    done = tmp_path / "done"
+    path, intent, head = _setup(tmp_path, "move", done)
+    newcomer = tmp_path / "new.mp4"
+    newcomer.write_bytes(b"a new recording")
+    real = au.NoWriterProof
+
+    class Racing(real):  # type: ignore[misc,valid-type]
+        def __enter__(self) -> object:
+            os.rename(newcomer, path)  # the slow part of the check is where it lands
+            return super().__enter__()
+
+    monkeypatch.setattr(au, "NoWriterProof", Racing)
+    with pytest.raises(PermanentError, match="another file took the source's path"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.read_bytes() == b"a new recording"
+    assert sorted(os.listdir(path.parent)) == ["rec.mp4"]
+    assert not list(done.rglob("*")) if done.exists() else True
+
+
+async def test_move_does_not_take_a_same_size_same_mtime_file_for_its_copy(
+    tmp_path: Path,
+) -> None:
+    """Two recordings named alike with the same size and mtime (a camera without a clock,
+    rsync -t): the one in AFTER_UPLOAD_DIR is not this one's copy."""
+    done = tmp_path / "done"
+    path, intent, head = _setup(tmp_path, "move", done)
+    data = path.read_bytes()
+    (done / "cam").mkdir(parents=True)
+    twin = done / "cam" / "rec.mp4"
+    twin.write_bytes(os.urandom(len(data)))
+    os.utime(twin, ns=(intent.mtime_ns, intent.mtime_ns))
+    twin_bytes = twin.read_bytes()
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert not path.exists()
+    assert twin.read_bytes() == twin_bytes
+    assert move_targets(intent)[1].read_bytes() == data
+
+
+async def test_delete_refuses_same_size_same_mtime_other_bytes(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    other = os.urandom(intent.size)
+    with open(path, "r+b") as f:
+        f.write(other)
+    os.utime(path, ns=(intent.mtime_ns, intent.mtime_ns))
+    with pytest.raises(PermanentError, match="bytes differ"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.read_bytes() == other
+
+
+async def test_acts_only_after_the_quiet_time_since_completion(tmp_path: Path) -> None:
+    """Completed on close at t=100; with STREAM_TIMEOUT_SECONDS=30 the action waits until
+    t=130, and a writer that came back meanwhile keeps its file."""
+    path, intent, head = _setup(tmp_path)
+    now = [110.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+        with open(path, "ab") as f:  # the writer reopened and appended
+            f.write(b"more")
+
+    sink = AfterUploadSink(head, quiet_s=30.0, clock=lambda: now[0], sleep=sleep)
+    item = OutboxItem(1, "after_upload", intent.stream_id, intent.to_json(), 100.0)
+    with pytest.raises(PermanentError, match="changed since"):
+        await sink.deliver(item)
+    assert slept == [pytest.approx(20.0)]
+    assert path.exists()
+    # Past its time, no wait at all.
+    path2, intent2, head2 = _setup(tmp_path / "b")
+    sink2 = AfterUploadSink(head2, quiet_s=30.0, clock=lambda: 500.0, sleep=sleep)
+    slept.clear()
+    await sink2.deliver(OutboxItem(2, "after_upload", intent2.stream_id, intent2.to_json(),
+                                   100.0))
+    assert slept == []
+    assert not path2.exists()
+
+
+async def test_put_back_never_overwrites_a_file_that_took_the_path(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    writers: list[subprocess.Popen[bytes]] = []
+
+    def race(name: str) -> None:
+        if name == "after_upload_staged":
+            # The staged file is opened for writing (it goes back) ...
+            writers.append(_late_writer(staged_name(path, intent.stream_id), b"late"))
+            path.write_bytes(b"but a new file took its path")  # ... beside this one
+
+    with pytest.raises(PermanentError):
+        await AfterUploadSink(head, hit=race).deliver(_item(intent))
+    assert writers[0].wait(10) == 0
+    assert path.read_bytes() == b"but a new file took its path"
+    kept = path.with_name(f"rec.kept-{intent.stream_id}.mp4")
+    assert kept.read_bytes().endswith(b"late")
