@@ -29,7 +29,7 @@ from cefmp4.reconcile import UNFINISHED
 from cefmp4.settings import Settings, check_watch_dir
 from cefmp4.storage.s3 import S3ObjectStore
 from cefmp4.trust import TrustedCheckpoints
-from cefmp4.writers import probe_signals
+from cefmp4.writers import probe_signals, visibility_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,19 +202,38 @@ def _check_writer_signals(settings: Settings) -> CheckResult:
     return CheckResult("writer signals", True, detail)
 
 
-def _check_after_upload(settings: Settings) -> CheckResult | None:
+def _check_after_upload(settings: Settings) -> list[CheckResult]:
+    if settings.after_upload == "keep":
+        return []
+    results = []
+    problems = visibility_problems(settings.watch_dir)
+    if problems:
+        results.append(CheckResult(
+            "after-upload proof", False,
+            f"AFTER_UPLOAD={settings.after_upload} keeps files it cannot prove writer-free: "
+            + "; ".join(problems),
+            "see README, recorder profile: run cefmp4 where it sees every writer (the host's "
+            "PID namespace, the recorders' user or CAP_LEASE, a local file system), or "
+            "AFTER_UPLOAD=keep",
+        ))
+    else:
+        results.append(CheckResult(
+            "after-upload proof", True,
+            "the kernel can prove a file writer-free before it is deleted or moved"))
     if settings.after_upload != "move" or settings.after_upload_dir is None:
-        return None
+        return results
     target = settings.after_upload_dir.absolute()
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        return CheckResult(
+        results.append(CheckResult(
             "after-upload dir", False, f"AFTER_UPLOAD_DIR: {existing} is not a writable directory",
             "point AFTER_UPLOAD_DIR at a directory cefmp4 may create and write",
-        )
-    return CheckResult("after-upload dir", True, f"move to {target}")
+        ))
+    else:
+        results.append(CheckResult("after-upload dir", True, f"move to {target}"))
+    return results
 
 
 def _fix_state_dir(settings: Settings) -> None:
@@ -235,9 +254,7 @@ async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResu
     ]
     results = [_check_watch_dir(settings, fix=fix)]
     results.append(await asyncio.to_thread(_check_writer_signals, settings))
-    after = _check_after_upload(settings)
-    if after is not None:
-        results.append(after)
+    results.extend(await asyncio.to_thread(_check_after_upload, settings))
     for outcome in await asyncio.gather(*(probe() for probe in probes)):
         results.extend(outcome if isinstance(outcome, list) else [outcome])
     return results
