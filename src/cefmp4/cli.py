@@ -126,22 +126,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    from urllib.parse import urlsplit
+    from cefmp4.credentials import secrets_of
 
-    secrets = [
-        settings.s3_access_key_id.get_secret_value(),
-        settings.s3_secret_access_key.get_secret_value(),
-    ]
-    url = settings.redis_url.get_secret_value()
-    if url:
-        password = urlsplit(url).password
-        if password:
-            secrets.append(password)
-    if not secrets[0]:
-        from cefmp4.credentials import chain_secrets
-
-        secrets += chain_secrets()  # keys from the AWS chain: session tokens too
-    return [s for s in secrets if s]
+    return secrets_of(settings)
 
 
 def entry() -> None:
