@@ -84,7 +84,7 @@ def _make_files(watch: Path, count: int) -> list[Path]:
 async def _populate(store: Any, paths: list[Path], watch: Path, bucket: str) -> None:
     """A COMPLETED stream per file, as `cefmp4 run` would have left it."""
     from cefmp4.checkpoint import StreamRecord, StreamState
-    from cefmp4.keys import new_stream_id, object_key
+    from cefmp4.core.keys import new_stream_id, object_key
 
     now = time.time()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 from tests.support.app import checkpoint_kind  # noqa: F401  (fixture)
 from tests.support.media import *  # noqa: F403  (fixtures)
 from tests.support.redis import *  # noqa: F403  (fixtures)

@@ -1,3 +1,3 @@
-from cefmp4.cli import entry
+from cefmp4.cli.main import entry
 
 entry()

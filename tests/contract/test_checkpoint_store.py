@@ -18,7 +18,6 @@ import pytest
 import redis.asyncio
 from structlog.testing import capture_logs
 
-from cefmp4 import logs
 from cefmp4.checkpoint import (
     CheckpointStore,
     CompletedFile,
@@ -29,8 +28,9 @@ from cefmp4.checkpoint import (
 from cefmp4.checkpoint.records import QuarantinedRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.redis import open_redis_store
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
-from cefmp4.lease import lease_namespace
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import ConfigError, LeaseLost, PermanentError, TransientError
+from cefmp4.streams.lease import lease_namespace
 from tests.support.redis import RedisServer
 
 
@@ -364,7 +364,7 @@ _OPEN_IN_CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from cefmp4.checkpoint.sqlite import open_sqlite_store
-    from cefmp4.errors import ConfigError
+    from cefmp4.runtime.errors import ConfigError
 
     async def main() -> int:
         try:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.errors import (
+from cefmp4.runtime.errors import (
     ContentChanged,
     PermanentError,
     SourceError,
     UploadNotFound,
 )
-from cefmp4.source import FileRange, hash_range
 from cefmp4.storage.memory import BODY_BLOCK, MIN_PART_SIZE, MemoryObjectStore, multipart_etag
+from cefmp4.streams.source import FileRange, hash_range
 
 KEY = "streams/s/a.mp4"
 

@@ -31,17 +31,17 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     ReadTimeoutError,
 )
 
-from cefmp4.errors import (
+from cefmp4.runtime.errors import (
     ConfigError,
     ContentChanged,
     PermanentError,
     TransientError,
     UploadNotFound,
 )
-from cefmp4.source import FileRange, hash_range
 from cefmp4.storage import ObjectStore
 from cefmp4.storage.memory import MemoryObjectStore, multipart_etag
 from cefmp4.storage.s3 import S3ObjectStore, _map_error, open_s3_store
+from cefmp4.streams.source import FileRange, hash_range
 from tests.support.moto import MotoS3, moto_s3, moto_store_for
 from tests.support.seaweed import DEFAULT_PORTS, SeaweedS3, s3_store_for, write_s3_identities
 

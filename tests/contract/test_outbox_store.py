@@ -1,4 +1,4 @@
-"""The outbox half of both checkpoint stores (cefmp4.notify.Outbox): same behaviour."""
+"""The outbox half of both checkpoint stores (cefmp4.after.notify.Outbox): same behaviour."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME, SCHEMA_VERSION, open_sqlite_store
-from cefmp4.errors import LeaseLost
+from cefmp4.runtime.errors import LeaseLost
 from tests.contract.test_checkpoint_store import Backend, backend, make_stream
 
 __all__ = ["backend"]  # the parametrised fixture, shared with the store contract

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from cefmp4 import logs
-from cefmp4.discover import (
+from cefmp4.intake.discover import (
     NOT_REGULAR,
     Notices,
     check_file,
@@ -29,8 +28,9 @@ from cefmp4.discover import (
     scan,
     scan_paths,
 )
-from cefmp4.readiness import Readiness
-from cefmp4.watcher import watch
+from cefmp4.intake.watcher import watch
+from cefmp4.runtime import logs
+from cefmp4.runtime.readiness import Readiness
 
 # The watch must hand over a change well within this; the spec wants ~0.1 s.
 DEADLINE = 1.0
@@ -487,7 +487,8 @@ async def watching_with(watch_dir: Path, notices: Notices) -> AsyncIterator[Watc
 _AS_NOBODY = r"""
 import asyncio, json, sys
 from pathlib import Path
-from cefmp4 import discover, logs, watcher
+from cefmp4.intake import discover, watcher
+from cefmp4.runtime import logs
 
 logs.configure_logging(level="INFO", fmt="json")
 
@@ -534,7 +535,8 @@ def _python_for_nobody() -> list[str]:
 
 _IMPORTS_PROBE = """
 import sys, sysconfig
-from cefmp4 import discover, logs, watcher
+from cefmp4.intake import discover, watcher
+from cefmp4.runtime import logs
 logs.configure_logging(level="INFO", fmt="json")
 stdlib = sysconfig.get_paths()["stdlib"]
 for name, module in list(sys.modules.items()):

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cefmp4.parts import MIB
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.core.parts import MIB
 from tests.support.app import (
     make_settings,
     recording_uploads,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from cefmp4.keys import metadata_key
+from cefmp4.core.keys import metadata_key
 from tests.support.app import PROBE_MARK, make_settings, running_app, sha256_file, wait_metadata
 from tests.support.moto import MotoS3, moto_s3
 from tests.support.proc import run_cli, settings_env

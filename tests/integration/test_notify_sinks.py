@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio
 from structlog.testing import capture_logs
 
+from cefmp4.after.notify import RedisStreamSink, WebhookSink
+from cefmp4.after.outbox import NOTIFY_SINKS, Dispatcher, OutboxItem
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import PermanentError, TransientError
-from cefmp4.notify import RedisStreamSink, WebhookSink
-from cefmp4.outbox import NOTIFY_SINKS, Dispatcher, OutboxItem
-from cefmp4.retry import Backoff
+from cefmp4.runtime.errors import PermanentError, TransientError
+from cefmp4.runtime.retry import Backoff
 from tests.contract.test_checkpoint_store import make_stream
 from tests.support.proc import free_port
 from tests.support.webhook import WebhookReceiver

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from cefmp4.parts import MIB
+from cefmp4.core.parts import MIB
 from tests.support.app import (
     make_settings,
     recording_uploads,
@@ -242,10 +242,10 @@ async def test_upload_honours_a_lease_a_running_daemon_holds(
     tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, redis_server: RedisServer
 ) -> None:
     """``cefmp4 upload`` in Redis mode never works on a file another instance owns."""
-    from cefmp4.app import App
     from cefmp4.checkpoint.redis import open_redis_store
-    from cefmp4.lease import LeaseKeeper, lease_namespace
+    from cefmp4.runtime.app import App
     from cefmp4.storage.memory import MemoryObjectStore
+    from cefmp4.streams.lease import LeaseKeeper, lease_namespace
     from tests.pipeline.conftest import FakeProber
 
     settings = _settings(tmp_path, s3_server, s3_bucket, redis_server)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.errors import ConfigError
-from cefmp4.probe import FfprobeProber, Prober
+from cefmp4.runtime.errors import ConfigError
+from cefmp4.streams.probe import FfprobeProber, Prober
 from tests.support.media import make_mp4
 
 

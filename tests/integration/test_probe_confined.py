@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.app import App
-from cefmp4.keys import metadata_key
-from cefmp4.probe import FfprobeProber, ProbeResult
-from cefmp4.settings import load_settings
+from cefmp4.config.settings import load_settings
+from cefmp4.core.keys import metadata_key
+from cefmp4.runtime.app import App
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.probe import FfprobeProber, ProbeResult
 from tests.support.media import ffprobe_duration, make_mp4
 
 SEGMENT_SECONDS = 3.0

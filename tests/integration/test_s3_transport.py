@@ -13,7 +13,7 @@ import crc32c
 import pytest
 import structlog
 
-from cefmp4.errors import ContentChanged, SourceError, TransientError
+from cefmp4.runtime.errors import ContentChanged, SourceError, TransientError
 from cefmp4.storage.s3 import S3ObjectStore, open_s3_store, probing
 from tests.support.seaweed import SeaweedS3, s3_store_for
 

@@ -20,18 +20,18 @@ from typing import Any
 import pytest
 import structlog.testing
 
-import cefmp4.app
-import cefmp4.intake
-from cefmp4.app import App
+import cefmp4.intake.feed
+import cefmp4.runtime.app
 from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.discover import scan_paths
-from cefmp4.keys import metadata_key
-from cefmp4.parts import MIB
-from cefmp4.probe import ProbeResult
-from cefmp4.settings import Settings, load_settings
+from cefmp4.config.settings import Settings, load_settings
+from cefmp4.core.keys import metadata_key
+from cefmp4.core.parts import MIB
+from cefmp4.intake.discover import scan_paths
+from cefmp4.runtime.app import App
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.supervisor import StreamSupervisor
+from cefmp4.streams.probe import ProbeResult
+from cefmp4.streams.supervisor import StreamSupervisor
 from tests.support.vloop import LoopClock, VirtualLoop
 
 PART = 5 * MIB
@@ -55,8 +55,8 @@ def real_time() -> None:
 def _virtual_time(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if REAL_TIME in request.fixturenames:
         return
-    monkeypatch.setattr(cefmp4.app, "SystemClock", LoopClock)
-    monkeypatch.setattr(cefmp4.intake, "watch_forever", scanning_watcher)
+    monkeypatch.setattr(cefmp4.runtime.app, "SystemClock", LoopClock)
+    monkeypatch.setattr(cefmp4.intake.feed, "watch_forever", scanning_watcher)
 
 
 async def scanning_watcher(

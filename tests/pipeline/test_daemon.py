@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cefmp4.app import App
 from cefmp4.checkpoint import StreamState
-from cefmp4.errors import TransientError
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.runtime.app import App
+from cefmp4.runtime.errors import TransientError
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.pipeline.conftest import (
     PART,

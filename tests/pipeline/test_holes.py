@@ -17,9 +17,9 @@ import pytest
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import TransientError, UploadNotFound
-from cefmp4.keys import new_stream_id, object_key
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.core.keys import new_stream_id, object_key
+from cefmp4.runtime.errors import TransientError, UploadNotFound
 from cefmp4.storage import PartBody
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.pipeline.conftest import (

@@ -10,10 +10,10 @@ import pytest
 
 from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import ContentChanged, SourceBusy, SourcePermission, UploadNotFound
-from cefmp4.settings import Settings
-from cefmp4.source import OpenedSource
+from cefmp4.config.settings import Settings
+from cefmp4.runtime.errors import ContentChanged, SourceBusy, SourcePermission, UploadNotFound
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.source import OpenedSource
 from tests.pipeline.conftest import (
     PART,
     FakeProber,
@@ -106,7 +106,7 @@ async def test_a_file_that_cannot_be_opened_now_is_not_taken_for_deleted(
     async def refuse(path: Path, *, inode: int | None = None) -> OpenedSource:
         raise error
 
-    monkeypatch.setattr("cefmp4.lifecycle.open_source", refuse)
+    monkeypatch.setattr("cefmp4.streams.lifecycle.open_source", refuse)
     await burst(settings, store, prober)
     assert videos(store) == {}
     [rec] = await records(settings)
@@ -123,7 +123,7 @@ async def test_emfile_on_a_new_file_is_retried_not_dropped(
 ) -> None:
     for i in range(3):
         (watch / f"cam{i}.mp4").write_bytes(pattern(100 + i, i))
-    from cefmp4.source import open_source as real
+    from cefmp4.streams.source import open_source as real
     refused = 0
 
     async def flaky(path: Path, *, inode: int | None = None) -> OpenedSource:
@@ -133,7 +133,7 @@ async def test_emfile_on_a_new_file_is_retried_not_dropped(
             raise SourceBusy("EMFILE: Too many open files")
         return await real(path, inode=inode)
 
-    monkeypatch.setattr("cefmp4.lifecycle.open_source", flaky)
+    monkeypatch.setattr("cefmp4.streams.lifecycle.open_source", flaky)
     app = make_app(settings, store, prober)
     await app.run_burst()
     assert refused == 2
@@ -274,7 +274,7 @@ async def test_a_read_error_while_checking_a_resumed_file_defers_it(
     """EIO while the resumed file is compared with its parts says nothing of its bytes: not
     taken for a rewrite (which would end the stream and start another), but one
     ``stream_deferred`` line per look and the stream left unfinished; the next run completes it."""
-    import cefmp4.lifecycle
+    import cefmp4.streams.lifecycle
 
     data = pattern(2 * PART + 10, seed=1)
     (watch / "cam0.mp4").write_bytes(data)
@@ -284,7 +284,7 @@ async def test_a_read_error_while_checking_a_resumed_file_defers_it(
         raise SourcePermission("read at byte 0: [Errno 5] Input/output error")
 
     with monkeypatch.context() as patch, capture() as logs:
-        patch.setattr(cefmp4.lifecycle, "holds", eio)
+        patch.setattr(cefmp4.streams.lifecycle, "holds", eio)
         await burst(settings, store, prober)
     deferred = [e for e in logs if e["event"] == "stream_deferred"]  # retried, then left
     assert deferred

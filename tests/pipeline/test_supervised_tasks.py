@@ -15,17 +15,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cefmp4 import housekeeping, intake
-from cefmp4.app import App
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.intake import feed as intake
+from cefmp4.runtime import housekeeping
+from cefmp4.runtime.app import App
+from cefmp4.runtime.tasks import TaskSupervisor
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.tasks import TaskSupervisor
 from tests.pipeline.conftest import FakeProber, capture, make_settings, until
 from tests.support.proc import free_port
 
 TASKS: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
-    "rescan": ("cefmp4.intake.rescan_forever", intake.rescan_forever),
-    "sweeper": ("cefmp4.app.sweep_forever", housekeeping.sweep_forever),
+    "rescan": ("cefmp4.intake.feed.rescan_forever", intake.rescan_forever),
+    "sweeper": ("cefmp4.runtime.app.sweep_forever", housekeeping.sweep_forever),
 }
 
 

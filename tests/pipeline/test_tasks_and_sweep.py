@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.app import App
-from cefmp4.clock import SystemClock
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.runtime.app import App
+from cefmp4.runtime.clock import SystemClock
+from cefmp4.runtime.tasks import TaskSupervisor
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.tasks import TaskSupervisor
 from tests.pipeline.conftest import (
     FakeProber,
     capture,
@@ -57,7 +57,7 @@ async def test_a_failing_watcher_is_restarted_reported_and_recovers(
     monkeypatch: pytest.MonkeyPatch, real_time: None,
 ) -> None:
     """The real watcher (real time: watchfiles is a thread), re-registered after a crash."""
-    from cefmp4.intake import watch_forever as real
+    from cefmp4.intake.feed import watch_forever as real
 
     calls = 0
 
@@ -68,7 +68,7 @@ async def test_a_failing_watcher_is_restarted_reported_and_recovers(
             raise RuntimeError("inotify went away")
         await real(*args, **kwargs)
 
-    monkeypatch.setattr("cefmp4.intake.watch_forever", flaky)
+    monkeypatch.setattr("cefmp4.intake.feed.watch_forever", flaky)
     app = App(settings, objects=store, prober=prober)
     app.tasks = TaskSupervisor(app.readiness, app.clock, healthy_after=0.2)
     stop = asyncio.Event()
@@ -95,7 +95,7 @@ async def test_the_rescan_finds_what_the_watcher_missed(
     async def deaf(*_args: object) -> None:  # a watcher that sees nothing (NFS, watch limits)
         await asyncio.Event().wait()
 
-    monkeypatch.setattr("cefmp4.intake.watch_forever", deaf)
+    monkeypatch.setattr("cefmp4.intake.feed.watch_forever", deaf)
     settings = make_settings(tmp_path, watch, rescan_interval_seconds=1)
     app = App(settings, objects=store, prober=prober)
     stop = asyncio.Event()

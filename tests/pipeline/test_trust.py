@@ -8,8 +8,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from cefmp4.app import App
-from cefmp4.burst import wait_idle
 from cefmp4.checkpoint import (
     CheckpointStore,
     MalformedRecord,
@@ -18,10 +16,12 @@ from cefmp4.checkpoint import (
     StreamState,
 )
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.housekeeping import sweep
-from cefmp4.keys import new_stream_id, object_key
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
+from cefmp4.core.keys import new_stream_id, object_key
+from cefmp4.runtime.app import App
+from cefmp4.runtime.housekeeping import sweep
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.burst import wait_idle
 from tests.pipeline.conftest import (
     FakeProber,
     capture,

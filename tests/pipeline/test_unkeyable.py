@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.pipeline.conftest import (
     PART,

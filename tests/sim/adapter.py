@@ -3,7 +3,7 @@ mode) with injected adapters — the faulty object store, the faulty SQLite stor
 prober and a virtual ``Clock``. Porting the simulator to a new pipeline API means
 changing this file only.
 
-Seams the App lacks, worked around here by replacing a name in ``cefmp4.app``:
+Seams the App lacks, worked around here by replacing a name in ``cefmp4.runtime.app``:
 * the part size and byte budget come only from ``Settings``, which (rightly) refuse
   < 5 MiB: ``pipeline_config`` and ``ByteBudget`` are swapped for S3 scaled down to
   64 KiB parts (same rules, a thousand times fewer bytes to hash);
@@ -22,20 +22,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cefmp4.app
-import cefmp4.intake
-import cefmp4.lifecycle
-from cefmp4.app import App
-from cefmp4.budget import ByteBudget
+import cefmp4.intake.feed
+import cefmp4.runtime.app
+import cefmp4.streams.lifecycle
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.clock import SystemClock
-from cefmp4.keys import new_stream_id
-from cefmp4.metrics import Metrics
-from cefmp4.pipeline import PipelineConfig
-from cefmp4.probe import ProbeResult
-from cefmp4.retry import Backoff
-from cefmp4.settings import Settings, load_settings
-from cefmp4.supervisor import StreamSupervisor
+from cefmp4.config.settings import Settings, load_settings
+from cefmp4.core.keys import new_stream_id
+from cefmp4.runtime.app import App
+from cefmp4.runtime.clock import SystemClock
+from cefmp4.runtime.metrics import Metrics
+from cefmp4.runtime.retry import Backoff
+from cefmp4.streams.budget import ByteBudget
+from cefmp4.streams.context import PipelineConfig
+from cefmp4.streams.probe import ProbeResult
+from cefmp4.streams.supervisor import StreamSupervisor
 from tests.sim.faults import FaultPlan, FaultyCheckpointStore, FaultyObjectStore, Shadow
 from tests.sim.schedule import Schedule
 from tests.sim.vloop import VirtualLoop
@@ -96,8 +96,8 @@ def virtual_time(loop: VirtualLoop, seed: int) -> Iterator[None]:
         moment = datetime.fromtimestamp(loop.wall(), UTC) if now is None else now
         return new_stream_id(moment)[:-10] + f"{ids.getrandbits(40):010x}"
 
-    with _patched(cefmp4.lifecycle, "new_stream_id", seeded_stream_id), \
-         _patched(cefmp4.intake, "watch_forever", _no_watcher):
+    with _patched(cefmp4.streams.lifecycle, "new_stream_id", seeded_stream_id), \
+         _patched(cefmp4.intake.feed, "watch_forever", _no_watcher):
         yield
 
 
@@ -170,8 +170,8 @@ class Process:
                 self.settings, objects=self.objects, checkpoints=checkpoints,
                 prober=NoProber(), clock=VirtualClock(self.loop), metrics=Metrics(),
             )
-            with _patched(cefmp4.app, "pipeline_config", lambda _s: self.config), \
-                 _patched(cefmp4.app, "ByteBudget", lambda _limit: self.budget):
+            with _patched(cefmp4.runtime.app, "pipeline_config", lambda _s: self.config), \
+                 _patched(cefmp4.runtime.app, "ByteBudget", lambda _limit: self.budget):
                 try:
                     await self.app.run(self.stopping)
                 except Exception as exc:  # a supervised task failed for good: report it

@@ -23,7 +23,7 @@ from cefmp4.checkpoint import (
     StreamRecord,
     StreamState,
 )
-from cefmp4.errors import ContentChanged, TransientError
+from cefmp4.runtime.errors import ContentChanged, TransientError
 from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
 from cefmp4.storage.memory import MemoryObjectStore
 

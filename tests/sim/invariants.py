@@ -14,7 +14,7 @@ from typing import Any
 import crc32c
 
 from cefmp4.checkpoint import StreamState
-from cefmp4.hashing import PartDigest, same_bytes
+from cefmp4.core.hashing import PartDigest, same_bytes
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim.faults import Shadow
 from tests.sim.world import End, Recording

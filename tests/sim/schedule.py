@@ -38,7 +38,7 @@ class Crash:
     down_for: float = 0.0  # how long the process stays down
 
 
-# The pipeline's phase events a targeted crash may follow (cefmp4.logs names, and the
+# The pipeline's phase events a targeted crash may follow (cefmp4.runtime.logs names, and the
 # simulator's "s3:<op>" for a request S3 has carried out), with how often each is drawn.
 TARGET_EVENTS: dict[str, float] = {
     "stream_truncated": 5,  # the truncated stream's finalize follows (4-30 steps)

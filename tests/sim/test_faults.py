@@ -12,7 +12,7 @@ import pytest
 
 from cefmp4.checkpoint import PartRecord
 from cefmp4.checkpoint.sqlite import open_sqlite_store
-from cefmp4.errors import ContentChanged, TransientError, UploadNotFound
+from cefmp4.runtime.errors import ContentChanged, TransientError, UploadNotFound
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim.faults import (
     Fault,

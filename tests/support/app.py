@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cefmp4.app import App
-from cefmp4.keys import metadata_key
-from cefmp4.settings import Settings, load_settings
+from cefmp4.config.settings import Settings, load_settings
+from cefmp4.core.keys import metadata_key
+from cefmp4.runtime.app import App
 from cefmp4.storage import MultipartUpload, ObjectStore
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3, s3_store_for

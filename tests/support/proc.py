@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 
 __all__ = ["Daemon", "cefmp4_bin", "free_port", "run_cli", "settings_env"]
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-from cefmp4.clock import SystemClock
+from cefmp4.runtime.clock import SystemClock
 
 T = TypeVar("T")
 

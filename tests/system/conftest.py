@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 from tests.support.app import make_settings
 from tests.support.media import make_mp4
 from tests.support.proc import Daemon, settings_env

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.failpoints import CRASH_EXIT_STATUS
+from cefmp4.runtime.failpoints import CRASH_EXIT_STATUS
 from tests.support.app import make_settings
 from tests.support.proc import Daemon, settings_env
 from tests.support.redis import RedisServer

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 from tests.support.app import make_settings, sha256_file
 from tests.support.proc import Daemon, cefmp4_bin, free_port, run_cli, settings_env
 from tests.support.redis import RedisServer

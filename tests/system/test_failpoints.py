@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.failpoints import CRASH_EXIT_STATUS
+from cefmp4.runtime.failpoints import CRASH_EXIT_STATUS
 from tests.support.app import PROBE_MARK, make_settings
 from tests.support.media import GrowingWriter, make_mp4
 from tests.support.proc import Daemon, settings_env

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from cefmp4.cli import EXIT_FAILED
+from cefmp4.cli.main import EXIT_FAILED
 from tests.support.media import GrowingWriter
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3

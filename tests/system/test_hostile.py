@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4 import logs
-from cefmp4.discover import printable
+from cefmp4.intake.discover import printable
+from cefmp4.runtime import logs
 from tests.support.app import make_settings, sha256_file, wait_metadata
 from tests.support.proc import Daemon, settings_env
 from tests.support.seaweed import SeaweedS3

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.keys import metadata_key
+from cefmp4.core.keys import metadata_key
 from tests.support.app import make_settings
 from tests.support.proc import Daemon, cefmp4_bin, free_port, settings_env
 from tests.support.seaweed import SeaweedS3

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.parts import MIB
+from cefmp4.core.parts import MIB
 from tests.support.media import GrowingWriter
 from tests.support.proc import Daemon
 from tests.system.conftest import Rig, describe_difference, sha256_bytes

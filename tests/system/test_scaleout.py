@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 from tests.support.media import GrowingWriter
 from tests.support.proc import Daemon, free_port, run_cli
 from tests.support.redis import RedisServer

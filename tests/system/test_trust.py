@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4 import logs
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.checkpoint.redis import open_redis_store
-from cefmp4.keys import new_stream_id
-from cefmp4.lease import lease_namespace
+from cefmp4.core.keys import new_stream_id
+from cefmp4.runtime import logs
+from cefmp4.streams.lease import lease_namespace
 from tests.support.app import make_settings, sha256_file, wait_metadata
 from tests.support.proc import Daemon, run_cli, settings_env
 from tests.support.redis import RedisServer

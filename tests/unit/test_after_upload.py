@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.after_upload import AfterUploadSink, Intent, move_targets, staged_name
-from cefmp4.errors import PermanentError, TransientError
-from cefmp4.outbox import OutboxItem
+from cefmp4.after.after_upload import AfterUploadSink, Intent, move_targets, staged_name
+from cefmp4.after.outbox import OutboxItem
+from cefmp4.runtime.errors import PermanentError, TransientError
 
 ETAG = "0123456789abcdef0123456789abcdef-2"
 
@@ -276,9 +276,9 @@ def _record(**kw: object):  # type: ignore[no-untyped-def]
 
 
 def test_completion_outbox_items() -> None:
-    from cefmp4.after_upload import CompletionOutbox
+    from cefmp4.after.after_upload import CompletionOutbox
     from cefmp4.checkpoint import PartRecord
-    from cefmp4.hashing import multipart_etag
+    from cefmp4.core.hashing import multipart_etag
 
     # The object's ETag is built from the parts' ETags (S3's MD5s), whatever digest cefmp4
     # recorded for its own verification.
@@ -304,7 +304,7 @@ def test_completion_outbox_items() -> None:
 async def test_free_bytes_tracker(tmp_path: Path) -> None:
     import asyncio
 
-    from cefmp4.feature_wiring import track_free_bytes
+    from cefmp4.runtime.feature_wiring import track_free_bytes
 
     seen: list[float] = []
     got = asyncio.Event()
@@ -368,8 +368,8 @@ def test_a_writer_in_another_pid_namespace_keeps_the_file(tmp_path: Path) -> Non
     path, intent, _head = _setup(tmp_path)
     script = (
         "import sys\n"
-        "from cefmp4.after_upload import AfterUploadSink, Intent\n"
-        "from cefmp4.errors import PermanentError\n"
+        "from cefmp4.after.after_upload import AfterUploadSink, Intent\n"
+        "from cefmp4.runtime.errors import PermanentError\n"
         "intent = Intent.from_json(sys.stdin.buffer.read())\n"
         "try:\n"
         "    print(AfterUploadSink(None).apply(intent))\n"
@@ -425,7 +425,7 @@ def test_a_lease_break_is_seen_and_survived(tmp_path: Path) -> None:
     import subprocess
     import time
 
-    from cefmp4.writers import NoWriterProof
+    from cefmp4.intake.writers import NoWriterProof
 
     path = tmp_path / "f.mp4"
     path.write_bytes(b"x")
@@ -450,7 +450,7 @@ async def test_move_is_never_of_a_file_renamed_onto_the_path_meanwhile(
 ) -> None:
     """A new recording renamed onto the path while the old one is being proven is neither
     moved nor unlinked (before, it was unlinked by name after the check)."""
-    import cefmp4.after_upload as au
+    import cefmp4.after.after_upload as au
 
     done = tmp_path / "done"
     path, intent, head = _setup(tmp_path, "move", done)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _entry(body: str) -> subprocess.CompletedProcess[str]:
     """Run ``entry()`` with ``main`` replaced by ``body`` (a function named fake_main)."""
-    code = f"from cefmp4 import cli\n{body}\ncli.main = fake_main\ncli.entry()\n"
+    code = f"from cefmp4.cli import main as cli\n{body}\ncli.main = fake_main\ncli.entry()\n"
     # Block-buffered output, as a service's stdout normally is: the flush is entry()'s.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -41,7 +41,7 @@ def test_the_exit_status_and_all_buffered_output_survive() -> None:
 
 def test_a_closed_stdout_at_start_is_no_failure() -> None:
     # Started with fd 1 closed, Python has sys.stdout None: nothing to flush, status kept.
-    code = ("import sys\nfrom cefmp4 import cli\ncli.main = lambda: 0\n"
+    code = ("import sys\nfrom cefmp4.cli import main as cli\ncli.main = lambda: 0\n"
             "print('x', file=sys.stderr)\ncli.entry()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=False, text=True,
                           stdout=None, stderr=subprocess.PIPE, timeout=60, check=False,
@@ -77,7 +77,7 @@ def test_a_thread_still_running_is_joined_by_the_normal_exit(tmp_path: Path) -> 
 
 def test_the_script_and_python_m_go_through_entry(tmp_path: Path) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["cefmp4"] == "cefmp4.cli:entry"
+    assert scripts["cefmp4"] == "cefmp4.cli.main:entry"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "REDIS_"))}
     env.update({"S3_BUCKET_NAME": "bucket", "STATE_DIR": str(tmp_path / "state"),
                 "S3_ACCESS_KEY_ID": "key", "S3_SECRET_ACCESS_KEY": "secret",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cefmp4.checkpoint import PartRecord
-from cefmp4.complete import made_of
-from cefmp4.hashing import multipart_etag
+from cefmp4.core.hashing import multipart_etag
 from cefmp4.storage import ObjectInfo
+from cefmp4.streams.complete import made_of
 
 PARTS = [PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 3, 5)]
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cefmp4.containers import (
+from cefmp4.core.containers import (
     SELF_CONTAINED_DEMUXERS,
     content_type,
     has_extension,

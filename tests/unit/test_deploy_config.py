@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cefmp4.settings import Settings
+from cefmp4.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
@@ -333,7 +333,7 @@ def test_dockerfile_runs_as_non_root_under_dumb_init_with_healthcheck() -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    from cefmp4.settings import Settings
+    from cefmp4.config.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in readme]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import watchfiles
 
-from cefmp4.containers import parse_extensions
-from cefmp4.discover import is_candidate, scan
-from cefmp4.watcher import _wanted
+from cefmp4.core.containers import parse_extensions
+from cefmp4.intake.discover import is_candidate, scan
+from cefmp4.intake.watcher import _wanted
 
 EXTS = parse_extensions(".mp4,.MKV,.ts")
 W = Path("/w")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.discover import is_candidate
+from cefmp4.intake.discover import is_candidate
 
 ROOT = Path("/data/in")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cefmp4.discover import Notices, scan_paths
+from cefmp4.intake.discover import Notices, scan_paths
 
 
 def test_every_kind_of_name_and_file_takes_the_right_path(tmp_path: Path) -> None:

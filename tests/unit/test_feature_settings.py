@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.errors import ConfigError
-from cefmp4.settings import load_settings
+from cefmp4.config.settings import load_settings
+from cefmp4.runtime.errors import ConfigError
 from tests.unit.test_settings_errors import _assert_one_line, _env, _run
 
 

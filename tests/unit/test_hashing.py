@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from cefmp4.hashing import multipart_etag, normalize_etag
+from cefmp4.core.hashing import multipart_etag, normalize_etag
 
 
 def test_multipart_etag_is_md5_of_md5s_with_count() -> None:

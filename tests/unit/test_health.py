@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from cefmp4 import health
-from cefmp4.errors import ConfigError, TransientError
-from cefmp4.health import Throttled, serve_health
-from cefmp4.metrics import Metrics
-from cefmp4.readiness import Readiness
+from cefmp4.runtime import health
+from cefmp4.runtime.errors import ConfigError, TransientError
+from cefmp4.runtime.health import Throttled, serve_health
+from cefmp4.runtime.metrics import Metrics
+from cefmp4.runtime.readiness import Readiness
 
 HOST = "127.0.0.1"
 

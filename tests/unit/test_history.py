@@ -1,4 +1,4 @@
-"""The completed-stream fingerprints (cefmp4.history): exact, compact, thread-side test."""
+"""The completed-stream fingerprints (cefmp4.streams.history): exact, compact, thread-side test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cefmp4.checkpoint import StreamRecord, StreamState, fingerprint_key
-from cefmp4.history import History
+from cefmp4.streams.history import History
 
 
 def record_of(path: Path, **changes: object) -> StreamRecord:

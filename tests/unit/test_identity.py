@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.identity import Change, FileIdentity, classify
+from cefmp4.core.identity import Change, FileIdentity, classify
 
 OLD = FileIdentity(device=1, inode=100, size=1000, mtime_ns=5_000)
 

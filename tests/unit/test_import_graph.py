@@ -1,5 +1,5 @@
-"""The modules of cefmp4 import each other without a cycle (type-only imports included),
-and none has grown past the size where it stops having one job."""
+"""The modules of cefmp4 import each other without a cycle (type-only imports included), and
+core/ stays pure."""
 
 from __future__ import annotations
 
@@ -69,6 +69,23 @@ def test_find_cycle_finds_one() -> None:
 
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
-    assert "cefmp4.supervisor" in graph
-    assert "cefmp4.supervisor" in graph["cefmp4.app"]
+    assert "cefmp4.streams.supervisor" in graph
+    assert "cefmp4.streams.supervisor" in graph["cefmp4.runtime.app"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+# What core/ may use: values and pure functions. No event loop, no I/O client, no store.
+_CORE_MAY_IMPORT = ("cefmp4.core", "cefmp4.checkpoint", "cefmp4.streams.probe")
+_IO_LIBRARIES = ("asyncio", "aiohttp", "aiobotocore", "botocore", "redis", "sqlite3",
+                 "subprocess", "socket", "structlog", "watchfiles", "asyncinotify")
+
+
+def test_core_is_pure() -> None:
+    modules = set(import_graph())
+    for path in (PACKAGE / "core").rglob("*.py"):
+        mine = _imports(path, modules)
+        assert all(m == "cefmp4" or m.startswith(_CORE_MAY_IMPORT) for m in mine), (path, mine)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in _IO_LIBRARIES], (path, names)

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from cefmp4.keys import (
+from cefmp4.core.keys import (
     UnkeyablePath,
     is_stream_id,
     metadata_key,

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cefmp4.settings import SECRET_FILES, Settings
+from cefmp4.config.settings import SECRET_FILES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from cefmp4.errors import LeaseLost, PermanentError, TransientError
-from cefmp4.lease import LeaseKeeper, dead_predecessor, default_owner
+from cefmp4.runtime.errors import LeaseLost, PermanentError, TransientError
+from cefmp4.streams.lease import LeaseKeeper, dead_predecessor, default_owner
 
 
 def _pid_of_finished_process() -> int:

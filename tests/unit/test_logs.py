@@ -11,8 +11,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from cefmp4 import logs
-from cefmp4.logs import configure_logging, redact, redact_event
+from cefmp4.runtime import logs
+from cefmp4.runtime.logs import configure_logging, redact, redact_event
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 REDIS_PASSWORD = "hunter2-redis"

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from cefmp4.metrics import OPERATIONS, Metrics
+from cefmp4.runtime.metrics import OPERATIONS, Metrics
 
 SPEC_NAMES = {
     "video_chunks_uploaded_total",

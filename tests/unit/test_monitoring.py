@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.metrics import Metrics
+from cefmp4.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -11,11 +11,11 @@ import sys
 import pytest
 from structlog.testing import capture_logs
 
-from cefmp4 import cli
+from cefmp4.cli import main as cli
 
 RAISE_AND_PRINT = (
     "import resource\n"
-    "from cefmp4.cli import raise_nofile_limit\n"
+    "from cefmp4.cli.main import raise_nofile_limit\n"
     "raise_nofile_limit()\n"
     "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
 )

@@ -8,10 +8,10 @@ import hmac
 
 import pytest
 
-from cefmp4.errors import PermanentError, TransientError
-from cefmp4.notify import classify_status, signature, webhook_headers
-from cefmp4.outbox import Dispatcher, DispatchHooks, OutboxItem
-from cefmp4.retry import Backoff
+from cefmp4.after.notify import classify_status, signature, webhook_headers
+from cefmp4.after.outbox import Dispatcher, DispatchHooks, OutboxItem
+from cefmp4.runtime.errors import PermanentError, TransientError
+from cefmp4.runtime.retry import Backoff
 
 
 class MemoryOutbox:

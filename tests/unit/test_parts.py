@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cefmp4.parts import (
+from cefmp4.core.parts import (
     GIB,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,

@@ -1,4 +1,4 @@
-from cefmp4.readiness import Readiness
+from cefmp4.runtime.readiness import Readiness
 
 
 def test_failure_is_reported_by_class_until_ok() -> None:

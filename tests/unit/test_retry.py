@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from cefmp4.errors import PermanentError, TransientError
-from cefmp4.retry import Backoff, retry_transient
+from cefmp4.runtime.errors import PermanentError, TransientError
+from cefmp4.runtime.retry import Backoff, retry_transient
 
 FAST = Backoff(initial=0.01, maximum=0.04)
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4 import cli, logs
-from cefmp4.credentials import chain_secrets, secrets_of
-from cefmp4.errors import ConfigError
-from cefmp4.settings import SECRET_FILES, load_settings
+from cefmp4.cli import main as cli
+from cefmp4.config.credentials import chain_secrets, secrets_of
+from cefmp4.config.settings import SECRET_FILES, load_settings
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import ConfigError
 
 
 def _write(path: Path, text: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.errors import ConfigError
-from cefmp4.settings import bucket_name_problem, load_settings, normalize_key_prefix
+from cefmp4.config.settings import bucket_name_problem, load_settings, normalize_key_prefix
+from cefmp4.runtime.errors import ConfigError
 
 CEFMP4 = str(Path(sys.executable).with_name("cefmp4"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.errors import (
+from cefmp4.runtime.errors import (
     SourceBusy,
     SourceError,
     SourceGone,
@@ -17,7 +17,7 @@ from cefmp4.errors import (
     SourceReplaced,
     SourceTransient,
 )
-from cefmp4.source import FileRange, classify_os_error, hash_range, open_source
+from cefmp4.streams.source import FileRange, classify_os_error, hash_range, open_source
 
 
 def _open_fds() -> int:

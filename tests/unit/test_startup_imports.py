@@ -10,14 +10,14 @@ from pathlib import Path
 
 _PROBE = """
 import sys
-from cefmp4.cli import main
+from cefmp4.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit:
     pass
 print("LOADED:" + ",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
-HEAVY = ("structlog", "rich", "aiobotocore", "aiohttp", "botocore", "cefmp4.app",
+HEAVY = ("structlog", "rich", "aiobotocore", "aiohttp", "botocore", "cefmp4.runtime.app",
          "cefmp4.storage.s3")
 
 
@@ -56,7 +56,7 @@ def test_status_watch_reads_the_store_without_the_s3_stack(tmp_path: Path) -> No
 def test_logging_is_configured_without_importing_rich() -> None:
     """structlog imports rich (~0.1 s) for tracebacks cefmp4 never renders: not any more."""
     probe = (
-        "import sys\nfrom cefmp4 import logs\n"
+        "import sys\nfrom cefmp4.runtime import logs\n"
         "logs.configure_logging(level='info', fmt='console')\n"
         "import structlog\nstructlog.get_logger().info('x')\n"
         "print('RICH:' + ','.join(sorted(m for m in sys.modules if m.startswith('rich'))))\n"

@@ -7,10 +7,10 @@ import asyncio
 
 import structlog.testing
 
-from cefmp4.clock import SystemClock
-from cefmp4.readiness import Readiness
-from cefmp4.retry import Backoff
-from cefmp4.tasks import TaskSupervisor
+from cefmp4.runtime.clock import SystemClock
+from cefmp4.runtime.readiness import Readiness
+from cefmp4.runtime.retry import Backoff
+from cefmp4.runtime.tasks import TaskSupervisor
 
 
 def _supervisor(readiness: Readiness, healthy_after: float = 0.05) -> TaskSupervisor:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.completion import CompletedBy, CompletionPolicy
-from cefmp4.writers import (
+from cefmp4.intake.writers import (
     CloseWatcher,
     Ident,
     WriterScanner,
     probe_signals,
     scan_writers,
 )
+from cefmp4.streams.completion import CompletedBy, CompletionPolicy
 
 
 def _ident(path: Path) -> Ident:

@@ -29,7 +29,7 @@ from cefmp4.checkpoint.records import (
     fingerprint_key,
     quarantined,
 )
-from cefmp4.keys import within_prefix
+from cefmp4.core.keys import within_prefix
 
 __all__ = [
     "MAX_PARTS_LIMIT", "CheckpointStore", "CompletedFile", "Leases", "MalformedRecord",

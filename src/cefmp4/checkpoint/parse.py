@@ -15,7 +15,7 @@ from cefmp4.checkpoint.records import (
     StreamRecord,
     StreamState,
 )
-from cefmp4.keys import is_stream_id
+from cefmp4.core.keys import is_stream_id
 
 # The StreamRecord fields, their type, and whether they may be absent (None).
 _KINDS: dict[str, tuple[type, bool]] = {

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cefmp4.errors import PermanentError
+from cefmp4.runtime.errors import PermanentError
 
 
 class StreamState(enum.StrEnum):
@@ -34,7 +34,7 @@ class StreamRecord:
     """Everything needed to resume or finalize a stream after a restart.
 
     ``part_size`` and ``max_parts`` fix the part-size schedule for the life of the stream
-    (see ``cefmp4.parts``): a changed CHUNK_SIZE_MB never moves an in-flight stream's
+    (see ``cefmp4.core.parts``): a changed CHUNK_SIZE_MB never moves an in-flight stream's
     boundaries. Timestamps are UNIX seconds (float).
     """
 

@@ -19,7 +19,7 @@ from ``{p}streams`` once, the first time a version with them meets older data
 
 Scale-out (SPEC §2.11): a file's streams are owned through ``{p}lease:{ns}:{ino}`` (the
 owner's instance id, with a TTL) and fenced by ``{p}fence:{ns}:{ino}``, a counter bumped for
-every new owner. ``{ns}`` is the lease namespace (``cefmp4.lease.lease_namespace``): two
+every new owner. ``{ns}`` is the lease namespace (``cefmp4.streams.lease.lease_namespace``): two
 file systems or deployments sharing a key prefix do not collide on an inode number. Once a
 stream is ``fence``d, each of its writes first compares the caller's token with the counter
 and fails with ``LeaseLost`` when a newer owner has taken over, so a paused or partitioned
@@ -47,7 +47,7 @@ from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
 from redis.typing import EncodableT
 
-from cefmp4 import logs
+from cefmp4.after.outbox import OutboxItem
 from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.parse import build_completed, build_part, build_record
 from cefmp4.checkpoint.records import (
@@ -58,8 +58,8 @@ from cefmp4.checkpoint.records import (
     StreamRecord,
     quarantined,
 )
-from cefmp4.errors import ConfigError, LeaseLost, PermanentError, TransientError
-from cefmp4.outbox import OutboxItem
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import ConfigError, LeaseLost, PermanentError, TransientError
 
 __all__ = ["RedisCheckpointStore", "UnfencedWrites", "open_redis_store"]
 
@@ -139,7 +139,7 @@ redis.call('SADD', KEYS[4], ARGV[5])
 return 1
 """
 
-# put_stream plus outbox items (cefmp4.outbox), atomically: _PUT_STREAM_LUA's writes, then
+# put_stream plus outbox items (cefmp4.after.outbox), atomically: _PUT_STREAM_LUA's writes, then
 # per item (sink, payload) its sink's sorted set and item hash, unless the item exists (a
 # redone completion keeps its place). KEYS stream hash, all-streams set, inode set, new
 # state's set, state-index marker, the NS state sets, the outbox sequence, per item its
@@ -779,7 +779,7 @@ class RedisCheckpointStore:
                 args=[*check, stream_id, f"{self._prefix}inode:"],
             )  # fmt: skip
 
-    # --- the outbox (cefmp4.notify.Outbox) -----------------------------------------------
+    # --- the outbox (cefmp4.after.notify.Outbox) -----------------------------------------------
     #   {p}outbox-seq              counter: completion order across sinks
     #   {p}outbox:{sink}           sorted set: stream id -> seq, the pending items
     #   {p}outbox-item:{sink}:{id} hash: sink, payload, created_at, seq (failed: error)

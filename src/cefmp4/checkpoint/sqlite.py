@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cefmp4 import logs
+from cefmp4.after.outbox import OutboxItem
 from cefmp4.checkpoint import StreamState, quarantined
 from cefmp4.checkpoint.parse import build_completed, build_part, build_record
 from cefmp4.checkpoint.records import (
@@ -35,8 +35,8 @@ from cefmp4.checkpoint.records import (
     QuarantinedRecord,
     StreamRecord,
 )
-from cefmp4.errors import ConfigError, PermanentError, TransientError
-from cefmp4.outbox import OutboxItem
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import ConfigError, PermanentError, TransientError
 
 __all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
 
@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS parts (
 
 _V2_COLUMNS = "ALTER TABLE streams ADD COLUMN completed_by TEXT;"
 
-# Post-completion work (cefmp4.notify): one row per (sink, stream), written in the same
+# Post-completion work (cefmp4.after.notify): one row per (sink, stream), written in the same
 # transaction that marks the stream completed; ``seq`` is the completion order.
 _OUTBOX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -396,7 +396,7 @@ class SqliteCheckpointStore:
             if with_stream:
                 conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream_id,))
 
-    # -- the outbox (cefmp4.notify.Outbox) --------------------------------------------------
+    # -- the outbox (cefmp4.after.notify.Outbox) --------------------------------------------------
 
     async def put_stream_with_outbox(
         self, record: StreamRecord, items: Sequence[tuple[str, bytes]], created_at: float

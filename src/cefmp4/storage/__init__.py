@@ -20,7 +20,7 @@ class BinaryIOLike(Protocol):
 
 
 # A part body: the bytes, or a readable, seekable, sized file-like object that the store
-# streams from (``cefmp4.source.FileRange``), so a part never has to sit in memory whole.
+# streams from (``cefmp4.streams.source.FileRange``), so a part never has to sit in memory whole.
 # Such a body may also offer ``read_cached(size) -> bytes-like | None``: bytes the page
 # cache holds, read without blocking (None: not cached), so the store needs no thread.
 PartBody = bytes | BinaryIOLike

@@ -3,7 +3,7 @@
 Faithful on purpose, so code that passes against it is not relying on leniency a real
 server lacks:
 
-* a part body that is a file-like object (``cefmp4.upload.FileRange``) is read in 64 KiB
+* a part body that is a file-like object (``cefmp4.streams.upload.FileRange``) is read in 64 KiB
   blocks *during* the request, each block on the executor, as aiohttp's payload writer
   does: a read error surfaces mid-call (as the transport error the aiohttp stack turns it
   into), and bytes that change between hashing and sending are the bytes that arrive;
@@ -32,14 +32,14 @@ from typing import Literal
 
 import crc32c
 
-from cefmp4.errors import (
+from cefmp4.core.hashing import multipart_etag
+from cefmp4.core.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from cefmp4.runtime.errors import (
     CefmpError,
     ContentChanged,
     PermanentError,
     UploadNotFound,
 )
-from cefmp4.hashing import multipart_etag
-from cefmp4.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from cefmp4.storage import (
     MultipartUpload,
     ObjectInfo,

@@ -1,7 +1,7 @@
 """ObjectStore over aiobotocore: one client per process, errors mapped at this boundary.
 
 botocore is configured on purpose (see ``_client_config``): its own retries are off because
-``cefmp4.retry`` retries without limit and stacked retry layers multiply the waits; its
+``cefmp4.runtime.retry`` retries without limit and stacked retry layers multiply the waits; its
 default CRC checksum headers and trailers are off because many S3-compatible stores reject
 them. Every UploadPart carries an integrity check the server verifies instead: a CRC32C
 (``x-amz-checksum-crc32c``, ~15x cheaper to compute than MD5) where a probe showed the store
@@ -25,7 +25,7 @@ import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
-from cefmp4.errors import ConfigError, PermanentError, TransientError
+from cefmp4.runtime.errors import ConfigError, PermanentError, TransientError
 from cefmp4.storage import (
     MultipartUpload,
     ObjectInfo,
@@ -401,7 +401,7 @@ def _client_config(
     *, path_style: bool, max_pool_connections: int, connect_timeout: float, read_timeout: float
 ) -> Any:
     options: dict[str, Any] = {
-        # cefmp4.retry retries transient errors without limit; botocore retrying underneath
+        # cefmp4.runtime.retry retries transient errors without limit; botocore retrying underneath
         # would multiply the waits and hide failures from metrics.
         "retries": {"total_max_attempts": 1},
         # botocore >= 1.36 adds CRC32 checksum headers to every upload by default; many

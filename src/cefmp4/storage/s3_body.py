@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp.payload
 import crc32c
 
-from cefmp4.errors import SourceError
+from cefmp4.runtime.errors import SourceError
 from cefmp4.storage import PartBody
 
 _Bytes = bytes | bytearray | memoryview

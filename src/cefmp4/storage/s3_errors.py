@@ -8,7 +8,13 @@ from typing import Any, NoReturn
 import aiohttp
 import botocore.exceptions as boto_errors  # type: ignore[import-untyped]
 
-from cefmp4.errors import CefmpError, ContentChanged, PermanentError, TransientError, UploadNotFound
+from cefmp4.runtime.errors import (
+    CefmpError,
+    ContentChanged,
+    PermanentError,
+    TransientError,
+    UploadNotFound,
+)
 
 # Error codes whose meaning does not depend on the HTTP status they arrive with.
 _TRANSIENT_CODES = frozenset(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from cefmp4.errors import SourceError, TransientError
+from cefmp4.runtime.errors import SourceError, TransientError
 from cefmp4.storage import BinaryIOLike
 
 BODY_BLOCK = 64 * 1024

@@ -1,0 +1,2 @@
+"""Work after completion: the outbox, notifications, after-upload actions.
+"""

@@ -1,0 +1,401 @@
+"""AFTER_UPLOAD=keep|delete|move: free the disk once a recording is safely in S3 (§2.15).
+
+The intent is an outbox item (``cefmp4.after.notify``) recorded in the same checkpoint write that
+marks the stream completed, and only for ``status: complete`` streams: never for
+``truncated`` or ``source_deleted`` ones. Carrying it out is idempotent, so a crash at any
+step is redone from the start after a restart and converges:
+
+1. Wait until the stream was completed ``STREAM_TIMEOUT_SECONDS`` ago (§2.25), even when
+   it was completed on close: a writer that closes and reopens must not lose its file.
+2. HeadObject of the video (size and multipart ETag as completed) and of its metadata.
+3. Rename the source to a hidden name in its directory (discovery ignores it), so a new
+   recording that takes the path can never be the file acted on. Through that name it must
+   be the very file uploaded: the same (device, inode), size, mtime and SHA-256 as at
+   verification; and the kernel must prove that no process anywhere holds it open for
+   writing (``writers.NoWriterProof``: a read lease, held until the unlink; where it cannot
+   be proven, a recorder in another PID namespace for instance, the file is kept). Any
+   doubt puts the file back, never over another file.
+4. delete: unlink the hidden name, fsync the directory. move: hard-link into
+   AFTER_UPLOAD_DIR (never overwriting), or across file systems copy to a hidden temporary
+   there while hashing, compare the SHA-256 with the object's, fsync, link into place; then
+   unlink the hidden name. Every step checks what a previous, interrupted attempt left
+   behind (a copy counts as done only if its bytes are the object's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from cefmp4.after.outbox import SINK_AFTER_UPLOAD, OutboxItem
+from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.core.hashing import multipart_etag, normalize_etag
+from cefmp4.intake.writers import NoWriterProof, WriterOpen, WritersUnseen
+from cefmp4.runtime.errors import PermanentError
+
+log = structlog.get_logger("cefmp4.after.after_upload")
+
+KEEP, DELETE, MOVE = "keep", "delete", "move"
+COPY_BLOCK = 4 * 1024 * 1024
+
+
+class _HeadInfo(Protocol):
+    size: int
+    etag: str
+
+
+class HeadObject(Protocol):
+    async def __call__(self, key: str) -> _HeadInfo | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What to do with one source file, and what it must still be to do it."""
+
+    action: str  # delete | move
+    stream_id: str
+    status: str
+    path: str
+    rel_path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    key: str
+    etag: str | None  # multipart ETag the object must have (None: a single PUT)
+    metadata_key: str
+    target_dir: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Intent:
+        try:
+            data = json.loads(raw)
+            intent = cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise PermanentError(f"after-upload intent does not parse: {exc}") from None
+        if intent.action not in (DELETE, MOVE) or (intent.action == MOVE and not intent.target_dir):
+            raise PermanentError(f"after-upload intent has a bad action {intent.action!r}")
+        return intent
+
+
+def staged_name(path: Path, stream_id: str) -> Path:
+    """The hidden name a source is renamed to just before it is deleted."""
+    return path.with_name(f".{path.name}.cefmp4-{stream_id}.delete")
+
+
+def move_targets(intent: Intent) -> tuple[Path, Path]:
+    """(preferred target, fallback when a different file already has that name)."""
+    assert intent.target_dir is not None
+    rel = Path(intent.rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        rel = Path(rel.name)  # never write outside AFTER_UPLOAD_DIR
+    first = Path(intent.target_dir) / rel
+    return first, first.with_name(f"{first.stem}.{intent.stream_id}{first.suffix}")
+
+
+class AfterUploadSink:
+    """The ``after_upload`` outbox sink."""
+
+    name = SINK_AFTER_UPLOAD
+
+    def __init__(
+        self,
+        head_object: Callable[[str], Any],
+        *,
+        hit: Callable[[str], None] = lambda _name: None,
+        proc: Path = Path("/proc"),
+        quiet_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._head = head_object
+        self._hit = hit
+        self._proc = proc
+        self._quiet_s = quiet_s
+        self._clock = clock
+        self._sleep = sleep
+
+    async def deliver(self, item: OutboxItem) -> None:
+        intent = Intent.from_json(item.payload)
+        with structlog.contextvars.bound_contextvars(path=intent.path, action=intent.action):
+            if intent.status != "complete":
+                raise PermanentError(f"never acts on a {intent.status} stream; file kept")
+            # A writer that closes and reopens (FTP APPE, rotating recorders) can outlast a
+            # fast completion: act only once the file stayed as verified for the idle
+            # timeout after its object was completed (§2.25). Items come in completion
+            # order, so waiting for this one holds back none that is due earlier.
+            wait = item.created_at + self._quiet_s - self._clock()
+            if wait > 0:
+                log.debug("after_upload_waiting", seconds=round(wait, 2))
+                await self._sleep(wait)
+            await self._confirm_object(intent)
+            outcome = await asyncio.to_thread(self.apply, intent)
+            log.info("after_upload_done", outcome=outcome)
+
+    async def _confirm_object(self, intent: Intent) -> None:
+        info = await self._head(intent.key)
+        if info is None:
+            raise PermanentError("video object not found; source kept")
+        etag = normalize_etag(str(info.etag))
+        # A store that does not compute multipart ETags (no "-n" suffix) is held to the size,
+        # as finalize's HeadObject confirmation is; the file itself is checked by SHA-256.
+        etag_differs = intent.etag is not None and "-" in etag and etag != intent.etag
+        if info.size != intent.size or etag_differs:
+            raise PermanentError(
+                f"video object is {info.size} bytes with ETag {etag}, expected {intent.size} "
+                f"and {intent.etag}; source kept"
+            )
+        if await self._head(intent.metadata_key) is None:
+            raise PermanentError("metadata object not found; source kept")
+
+    # --- blocking part (runs in a thread) --------------------------------------------------
+    #
+    # Both actions open the source and take the proof that no process holds it open for
+    # writing (a lease, held until the unlink), then rename it to a hidden name in its
+    # directory (discovery ignores it, and no recorder opens it) and confirm that the name
+    # still leads to the descriptor proven: nothing that takes the source's path meanwhile
+    # can be the file acted on. Then the bytes: the very file uploaded (identity, size, mtime
+    # and SHA-256). Only then the act. Any doubt puts the file back.
+
+    def apply(self, intent: Intent) -> str:
+        path = Path(intent.path)
+        staged = staged_name(path, intent.stream_id)
+        if intent.action == MOVE:
+            return self._move(intent, path, staged)
+        return self._delete(intent, path, staged)
+
+    @contextlib.contextmanager
+    def _proven(self, intent: Intent, path: Path, staged: Path) -> Iterator[None]:
+        """Inside: the source is at ``staged``, is the uploaded file, and nobody holds it open
+        for writing. Raises PermanentError (the file put back at ``path``) when any of that
+        is not proven, FileNotFoundError when there is no source."""
+        source = staged if os.path.lexists(staged) else path  # staged: an interrupted attempt
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            _put_back(staged, path, intent.stream_id)
+            raise PermanentError(f"source cannot be opened ({exc.strerror}); kept") from None
+        try:
+            try:
+                st = os.fstat(fd)
+                _check_stat(intent, st)
+                with NoWriterProof(fd, str(source), self._proc) as proof:
+                    if source == path:
+                        os.rename(path, staged)
+                        _fsync_dir(path.parent)
+                        self._hit("after_upload_staged")
+                        now = os.lstat(staged)
+                        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                            raise PermanentError("another file took the source's path; kept")
+                    if _sha256_of(fd) != intent.sha256:
+                        raise PermanentError(
+                            "source bytes differ from the uploaded object's; kept")
+                    _check_stat(intent, os.fstat(fd))
+                    if not proof.holds():
+                        raise PermanentError("a process opened the source for writing; kept")
+                    yield
+            except (WriterOpen, WritersUnseen) as exc:
+                _put_back(staged, path, intent.stream_id)
+                raise PermanentError(f"{exc}; kept") from None
+            except PermanentError:
+                _put_back(staged, path, intent.stream_id)
+                raise
+        finally:
+            os.close(fd)
+
+    def _delete(self, intent: Intent, path: Path, staged: Path) -> str:
+        try:
+            with self._proven(intent, path, staged):
+                os.unlink(staged)
+        except FileNotFoundError:
+            return "already gone"
+        _fsync_dir(path.parent)
+        self._hit("after_upload_done")
+        return "deleted"
+
+    def _move(self, intent: Intent, path: Path, staged: Path) -> str:
+        first, fallback = move_targets(intent)
+        done = [t for t in (first, fallback) if _is_our_copy(t, intent)]
+        try:
+            with self._proven(intent, path, staged):
+                if not done:
+                    target = fallback if os.path.lexists(first) else first
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._place(intent, staged, target)
+                self._hit("after_upload_copied")
+                # The target holds the uploaded bytes durably: now the source may go.
+                os.unlink(staged)
+        except FileNotFoundError:
+            return "already moved" if done else "already gone"
+        _fsync_dir(path.parent)
+        self._hit("after_upload_done")
+        return "moved"
+
+    def _place(self, intent: Intent, source: Path, target: Path) -> None:
+        try:
+            os.link(source, target)  # same file system: atomic, never overwrites
+            _fsync_dir(target.parent)
+            return
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise PermanentError(f"{target} appeared meanwhile; source kept") from None
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+        tmp = target.with_name(f".{target.name}.cefmp4-{intent.stream_id}.partial")
+        digest = hashlib.sha256()
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while block := src.read(COPY_BLOCK):
+                digest.update(block)
+                dst.write(block)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if digest.hexdigest() != intent.sha256:
+            os.unlink(tmp)
+            raise PermanentError("the copy's SHA-256 differs from the object's; source kept")
+        os.utime(tmp, ns=(intent.mtime_ns, intent.mtime_ns))
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            os.unlink(tmp)
+            raise PermanentError(f"{target} appeared meanwhile; source kept") from None
+        except OSError:
+            if os.path.lexists(target):
+                os.unlink(tmp)
+                raise PermanentError(f"{target} appeared meanwhile; source kept") from None
+            os.rename(tmp, target)  # no hard links on the target: plain rename
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        _fsync_dir(target.parent)
+
+
+def _check_stat(intent: Intent, st: os.stat_result) -> None:
+    """PermanentError unless ``st`` is the file as verified at completion."""
+    if not stat.S_ISREG(st.st_mode):
+        raise PermanentError("source is no longer a regular file; kept")
+    # By inode first: on a shared volume the device number is each host's own.
+    same = (st.st_ino, st.st_size, st.st_mtime_ns) == (intent.inode, intent.size,
+                                                       intent.mtime_ns)
+    if not same or st.st_dev != intent.device:
+        raise PermanentError(
+            "source changed since it was verified (identity, size or mtime); kept"
+        )
+
+
+def _sha256_of(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, COPY_BLOCK, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def _put_back(staged: Path, path: Path, stream_id: str) -> None:
+    """Return a staged file to view, never over another: at its path if free, else beside it
+    (discovery then finds it; a rename keeps its stream)."""
+    if not os.path.lexists(staged):
+        return
+    beside = path.with_name(f"{path.stem}.kept-{stream_id}{path.suffix}")
+    for name in (path, beside):
+        try:
+            os.link(staged, name)  # never overwrites
+        except FileExistsError:
+            continue
+        except OSError:
+            if os.path.lexists(name):
+                continue
+            os.rename(staged, name)  # no hard links here
+            break
+        os.unlink(staged)
+        break
+    else:
+        log.error("after_upload_not_restored", staged=str(staged),
+                  error="both its path and the name beside it are taken; left hidden")
+        return
+    _fsync_dir(path.parent)
+
+
+def _is_our_copy(target: Path, intent: Intent) -> bool:
+    """A previous attempt already placed this stream's bytes at ``target``: the source
+    itself (a hard link), or a file with exactly its bytes."""
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != intent.size:
+            return False
+        if st.st_ino == intent.inode and st.st_dev == intent.device:
+            return True
+        # Size and mtime are not identity (a camera without a clock, rsync -t): the bytes are.
+        return _sha256_of(fd) == intent.sha256
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionOutbox:
+    """What marking a stream completed records in the outbox (from the settings)."""
+
+    notify_sinks: tuple[str, ...] = ()
+    action: str = KEEP
+    target_dir: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.notify_sinks) or self.action != KEEP
+
+    def items(
+        self,
+        record: StreamRecord,
+        parts: Sequence[PartRecord],
+        metadata_body: bytes,
+        *,
+        status: str,
+        metadata_key: str,
+    ) -> list[tuple[str, bytes]]:
+        """One notification per sink (the metadata document as written to S3), and the
+        after-upload intent for a ``complete`` stream whose final file state is known."""
+        items = [(sink, metadata_body) for sink in self.notify_sinks]
+        known = (record.final_size, record.final_mtime_ns, record.sha256)
+        if self.action == KEEP or status != "complete" or None in known:
+            return items
+        assert record.final_size is not None
+        assert record.final_mtime_ns is not None
+        assert record.sha256 is not None
+        intent = Intent(
+            action=self.action, stream_id=record.stream_id, status=status, path=record.path,
+            rel_path=record.rel_path, device=record.device, inode=record.inode,
+            size=record.final_size, mtime_ns=record.final_mtime_ns, sha256=record.sha256,
+            key=record.key, etag=multipart_etag([p.etag for p in parts]) if parts else None,
+            metadata_key=metadata_key, target_dir=self.target_dir,
+        )
+        items.append((SINK_AFTER_UPLOAD, intent.to_json()))
+        return items

@@ -1,0 +1,2 @@
+"""The commands: run, upload, status, check.
+"""

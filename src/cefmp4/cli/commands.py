@@ -1,0 +1,226 @@
+"""``cefmp4 upload`` and ``cefmp4 status --watch``: one-shot commands on the same
+pipeline (``cefmp4 status`` itself is :mod:`cefmp4.cli.status`).
+
+Everything ``status`` prints goes through ``logs.redact``: paths and errors in checkpoint
+records are input, and may carry a URL with a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
+from cefmp4.checkpoint.sqlite import DB_NAME
+from cefmp4.config.adapters import open_checkpoints
+from cefmp4.config.settings import Settings
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import CefmpError, ConfigError
+
+if TYPE_CHECKING:  # rich (status) and the App are imported by the functions that use them
+    from rich.console import Console
+    from rich.table import Table
+
+    from cefmp4.runtime.app import App
+
+__all__ = ["status_watch_command", "upload_command", "upload_files"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def upload_command(settings: Settings, files: list[Path]) -> int:
+    missing = [f for f in files if not f.is_file()]
+    for path in missing:
+        print(f"cefmp4: error: {path}: not a readable file", file=sys.stderr)
+    todo = [f for f in files if f.is_file()]
+    if not todo:
+        return EXIT_FAILED
+    total = sum(f.stat().st_size for f in todo)
+    tty = sys.stdout.isatty()
+    began = time.time()
+    results = asyncio.run(_upload_with_progress(settings, todo, total, tty))
+    failed = bool(missing)
+    for path, record in results.items():
+        if record is None:
+            failed = True
+            print(f"FAILED  {path}", file=sys.stderr)
+        else:
+            # Completed before this command started: the unchanged file was not sent again.
+            earlier = record.completed_at is not None and record.completed_at < began
+            print(
+                f"{'same' if earlier else 'ok':<8}{path} -> s3://{record.bucket}/{record.key} "
+                f"({record.final_size} bytes, sha256 {record.sha256}"
+                f"{', already uploaded' if earlier else ''})"
+            )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _upload_with_progress(
+    settings: Settings, files: list[Path], total: int, tty: bool
+) -> dict[Path, StreamRecord | None]:
+    if not tty:
+        return await upload_files(settings, files)
+    # rich only where it draws: its import is start-up time that a pipe does not need.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    apps: list[App] = []
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), transient=True,
+    )
+
+    async def refresh(task_id: Any) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if apps:
+                uploaded = apps[0].metrics.bytes_uploaded_value()
+                progress.update(task_id, completed=min(uploaded, total))
+
+    with progress:
+        task_id = progress.add_task(f"uploading {len(files)} file(s)", total=total)
+        ticker = asyncio.create_task(refresh(task_id))
+        try:
+            return await upload_files(settings, files, apps.append)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+
+async def upload_files(
+    settings: Settings, files: list[Path], on_start: Callable[[App], None] | None = None
+) -> dict[Path, StreamRecord | None]:
+    """``cefmp4 upload``: the burst path with no idle wait."""
+    from cefmp4.runtime.app import App
+
+    return await App(settings).run_burst(files, on_start=on_start)
+
+
+# --- status --watch -------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+_LIVE_STATES = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRow:
+    stream_id: str
+    path: str
+    state: str
+    on_disk: int | None  # None: the file is gone (or unreadable)
+    in_s3: int
+    parts: int
+    last_part_at: float | None
+
+
+async def _watch_rows(store: CheckpointStore) -> list[WatchRow]:
+    rows = []
+    records = await store.list_streams(_LIVE_STATES)
+    for rec in sorted(records, key=lambda r: r.started_at):
+        parts = await store.get_parts(rec.stream_id)
+        try:
+            on_disk: int | None = os.stat(rec.path).st_size
+        except (OSError, ValueError):
+            on_disk = None
+        rows.append(WatchRow(
+            rec.stream_id, rec.path, rec.state.value, on_disk, sum(p.size for p in parts),
+            len(parts), max((p.uploaded_at for p in parts), default=None),
+        ))
+    return rows
+
+
+def _mib(n: int | None) -> str:
+    return "gone" if n is None else f"{n / MIB:,.1f} MiB"
+
+
+def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
+    """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind."""
+    from rich.table import Table
+
+    from cefmp4.cli.status import redacted  # status imports rich: not on `upload`'s path
+
+    table = Table(
+        title=f"cefmp4 active streams ({len(rows)})",
+        caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S} · Ctrl-C to stop",
+        show_footer=bool(rows),
+    )
+    behind = [max(0, (r.on_disk or 0) - r.in_s3) for r in rows]
+    id_width = max((len(r.stream_id) for r in rows), default=len("stream_id"))
+    table.add_column("stream_id", "total", no_wrap=True, min_width=id_width)
+    table.add_column("state", no_wrap=True)
+    table.add_column("path", overflow="fold", min_width=16)
+    table.add_column("on disk", _mib(sum(r.on_disk or 0 for r in rows)), justify="right",
+                     no_wrap=True)
+    table.add_column("in S3", _mib(sum(r.in_s3 for r in rows)), justify="right",
+                     no_wrap=True)
+    table.add_column("lag", _mib(sum(behind)), justify="right", no_wrap=True)
+    table.add_column("parts", str(sum(r.parts for r in rows)), justify="right", no_wrap=True)
+    table.add_column("last part", justify="right", no_wrap=True)
+    for row, lag in zip(rows, behind, strict=True):
+        last = "-" if row.last_part_at is None else f"{max(0.0, now - row.last_part_at):.0f}s ago"
+        table.add_row(*redacted([
+            row.stream_id, row.state, row.path, _mib(row.on_disk), _mib(row.in_s3),
+            _mib(lag), str(row.parts), last,
+        ]))
+    return table
+
+
+async def _watch(settings: Settings, console: Console, interval: float, count: int) -> None:
+    from rich.live import Live
+
+    redis_mode = bool(settings.redis_url.get_secret_value())
+    db = settings.state_dir / DB_NAME
+    # On a terminal one table redrawn in place; piped, one table per refresh (logs, tests).
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    async with AsyncExitStack() as stack:
+        if live is not None:
+            stack.enter_context(live)
+        store: CheckpointStore | None = None
+        shown = 0
+        while True:
+            note = ""
+            rows: list[WatchRow] = []
+            try:
+                if store is None and (redis_mode or db.exists()):
+                    store = await stack.enter_async_context(
+                        open_checkpoints(settings, read_only=True)
+                    )
+                if store is None:
+                    note = f"no checkpoint store yet in STATE_DIR {settings.state_dir}"
+                else:
+                    rows = await asyncio.wait_for(_watch_rows(store), timeout=max(5, interval))
+            except (CefmpError, TimeoutError) as exc:
+                note = f"checkpoint store did not answer: {exc or 'timeout'}"
+            table = watch_table(rows, time.time(), note)
+            if live is not None:
+                live.update(table, refresh=True)
+            else:
+                console.print(table)
+            shown += 1
+            if count and shown >= count:
+                return
+            await asyncio.sleep(interval)
+
+
+def status_watch_command(settings: Settings, *, interval: float, count: int) -> int:
+    if not interval > 0:
+        raise ConfigError("--interval", "must be greater than 0")
+    if count < 0:
+        raise ConfigError("--count", "must not be negative")
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+        asyncio.run(_watch(settings, console, interval, count))
+    return EXIT_OK

@@ -1,0 +1,2 @@
+"""Settings, their checks, credentials, and the adapters built from them.
+"""

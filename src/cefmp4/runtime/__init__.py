@@ -1,0 +1,3 @@
+"""The process: composition root, supervised tasks, health, metrics, logs, clock, retry,
+errors.
+"""

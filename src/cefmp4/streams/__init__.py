@@ -1,0 +1,3 @@
+"""The shell around each recording: supervisor, stream worker, upload and finalize, S3
+operations, recovery, source and probe, ownership.
+"""

@@ -1,0 +1,319 @@
+"""Which file is which stream: start, resume and supervise one worker per stream.
+
+Files are identified by (device, inode), never by name, so a rename keeps its stream and a
+completed, unchanged file is recognised without asking S3. At most ``max_streams`` streams
+are open at once (in both store modes); files beyond wait in ``_deferred`` and are looked
+at again when a stream ends and on every rescan, so none is dropped. Whether a file may be
+worked on at all is the ``Ownership``'s call (local, or leased in scale-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
+from cefmp4.core.identity import Ident, ident_of, unchanged_since
+from cefmp4.intake.discover import Scanned, check_file
+from cefmp4.runtime import logs
+from cefmp4.runtime.clock import wait_tasks
+from cefmp4.runtime.errors import LeaseLost
+from cefmp4.streams import lifecycle
+from cefmp4.streams.context import Context
+from cefmp4.streams.history import History
+from cefmp4.streams.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
+from cefmp4.streams.ownership import Ownership
+from cefmp4.streams.reconcile import UNFINISHED
+from cefmp4.streams.source import stat_or_none
+from cefmp4.streams.stream import StreamWorker, pending_total
+
+log = structlog.get_logger("cefmp4.streams.supervisor")
+
+
+# Twelve attributes: the maps below are the supervisor's whole state, each with one job.
+class StreamSupervisor:
+    def __init__(
+        self,
+        ctx: Context,
+        ownership: Ownership,
+        *,
+        max_streams: int,
+        shutdown_grace: float = 20.0,
+        stream_timeout: float | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.ownership = ownership
+        self.max_streams = max_streams
+        self.shutdown_grace = shutdown_grace
+        self.shutdown = asyncio.Event()
+        self._spec = Spec(ctx, self.shutdown, stream_timeout)
+        self.workers: dict[Ident, StreamWorker] = {}
+        self.completed = History()
+        self.unfinished: dict[Ident, StreamRecord] = {}
+        self._starting: set[Ident] = set()
+        self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
+        self._tasks: dict[asyncio.Task[None], StreamWorker | None] = {}
+        self.failures = 0
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the unfinished streams (through the store's state index) and the completed
+        ones' fingerprints: no S3 request per completed file, no record of one held."""
+        checkpoints = self.ctx.checkpoints
+        records = await self.ctx.retry("checkpoint", lambda: checkpoints.list_streams(UNFINISHED))
+        for rec in sorted(records, key=lambda r: r.started_at):
+            self.unfinished[(rec.device, rec.inode)] = rec
+        await self.completed.load(self.ctx)
+
+    def resume_unfinished(self, scanned: Iterable[Scanned]) -> None:
+        """Resume unfinished streams; a file renamed while we were down is found by inode
+        (among the scan's stats: nothing is looked at again when none is unfinished)."""
+        if not self.unfinished:
+            return
+        by_ident: dict[Ident, Path] = {}
+        for name, st in scanned:
+            if st is not None and ident_of(st) in self.unfinished:
+                by_ident[ident_of(st)] = Path(name)
+        for ident, rec in list(self.unfinished.items()):
+            self.consider(ident, by_ident.get(ident, Path(rec.path)))
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_path(self, path: Path, rel: str | None = None) -> None:
+        """A file-system event, scan result or command-line file; cheap, never blocks
+        (one stat). ``rel``: the key path, for files outside WATCH_DIR (``upload``)."""
+        if self.shutdown.is_set():
+            return
+        st = check_file(path, self.ctx.config.watch_dir) if rel is None else stat_or_none(path)
+        self.on_stat(path, st, rel)
+
+    def known_unchanged(self, st: os.stat_result) -> bool:
+        """A completed stream's file, still as it was uploaded: nothing to do."""
+        return self.completed.unchanged(st) and ident_of(st) not in self.unfinished
+
+    def on_stat(self, path: Path, st: os.stat_result | None, rel: str | None = None) -> None:
+        """``on_path`` with the stat already taken (the rescan stats off the event loop)."""
+        if self.shutdown.is_set():
+            return
+        if st is None:
+            # Deleted or moved away: the worker holding it open notices through fstat.
+            for other in self.workers.values():
+                if other.record.path == str(path):
+                    other.wake.set()
+            return
+        ident = ident_of(st)
+        worker = self.workers.get(ident)
+        if worker is not None:
+            worker.notice_path(str(path))
+            return
+        if ident in self._starting:
+            return
+        if self.known_unchanged(st) or self._spec.unkeyable.seen(path, st.st_ino):
+            return
+        self.consider(ident, path, rel)
+
+    def retry_deferred(self) -> int:
+        """Look again at files that had to wait; how many were started."""
+        started = 0
+        for ident, path in list(self._deferred.items()):
+            if self.at_capacity() or self.shutdown.is_set():
+                break
+            if self.ownership.busy(ident):
+                continue
+            del self._deferred[ident]
+            before = len(self._starting)
+            if ident in self.unfinished:
+                self.consider(ident, path)  # its file may be gone: no stat first
+            else:
+                self.on_path(path)
+            started += len(self._starting) - before
+        return started
+
+    def open_streams(self) -> int:
+        """Streams running or being started now."""
+        return len(self.workers) + len(self._starting)
+
+    def at_capacity(self) -> bool:
+        return self.open_streams() >= self.max_streams
+
+    def is_claimed(self, ident: Ident) -> bool:
+        return ident in self._starting or ident in self.workers
+
+    def consider(self, ident: Ident, path: Path, rel: str | None = None) -> None:
+        if self.at_capacity() or self.ownership.busy(ident):
+            if self.at_capacity() and ident not in self._deferred:  # once per waiting file
+                log.warning(logs.STREAM_DEFERRED, path=str(path), max_streams=self.max_streams)
+            self._deferred[ident] = path
+            return
+        self._deferred.pop(ident, None)
+        self._spawn(self._claim(path, ident, rel), ident)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], ident: Ident) -> None:
+        self._starting.add(ident)
+
+        async def starter() -> None:
+            try:
+                await coro
+            finally:
+                self._starting.discard(ident)
+
+        self._track(asyncio.create_task(starter(), name=f"start-{ident}"), None)
+
+    def _track(self, task: asyncio.Task[None], worker: StreamWorker | None) -> None:
+        self._tasks[task] = worker
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Streams handle their own errors; reaching here is a bug worth shouting about.
+            self.failures += 1
+            log.error(logs.ERROR, task=task.get_name(), error=repr(exc), exc_info=exc)
+
+    # --- claiming a file -------------------------------------------------------------------
+
+    async def _claim(
+        self, path: Path, ident: Ident, rel: str | None, held: int | None = None
+    ) -> None:
+        """``held``: a descriptor of the file, which no path reaches (``lifecycle.held_fd``)."""
+        ctx = self.ctx
+        if not await ctx.retry(
+            "checkpoint", lambda: self.ownership.acquire(ident, lambda: self._lose(ident))
+        ):
+            self._deferred[ident] = path
+            if held is not None:
+                os.close(held)  # a peer owns the file now
+            return
+        try:
+            latest = self.unfinished.get(ident) if held is None else None
+            if self.ownership.shared and held is None:  # another instance may have moved it on
+                found = await ctx.retry(
+                    "checkpoint", lambda: ctx.checkpoints.find_by_inode(ident[1])
+                )
+                latest = found[-1] if found else None
+            running = {w.stream_id for w in self.workers.values()}
+            if latest is not None and latest.state is StreamState.COMPLETED:
+                self.completed.remember(latest)
+                st = stat_or_none(path)
+                if st is not None and unchanged_since(latest.final_size, latest.final_mtime_ns, st):
+                    return
+            if latest is not None and latest.state not in UNFINISHED:
+                latest = None
+            if latest is not None and latest.stream_id in running:
+                return
+            if latest is not None and self.ownership.shared:
+                log.info(logs.STREAM_TAKEN_OVER, stream_id=latest.stream_id, path=str(path))
+            worker = await self._make_worker(path, ident, rel, latest, held)
+            if worker is not None:
+                self._run(worker)
+        except LeaseLost as exc:
+            log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
+        finally:
+            if not any(w.ident == ident for w in self.workers.values()):
+                await self.ownership.release(ident[1])
+
+    def _bind(self, ident: Ident) -> Bind:
+        return lambda inode, stream_id: self.ownership.bind(
+            inode, stream_id, lambda: self._lose(ident)
+        )
+
+    async def _make_worker(
+        self, path: Path, ident: Ident, rel: str | None, latest: StreamRecord | None,
+        held: int | None,
+    ) -> StreamWorker | None:
+        try:
+            if latest is not None:
+                worker = await resume(self._spec, latest, path, self._bind(ident))
+                if worker is not None:
+                    self.unfinished.pop(ident, None)
+                if not isinstance(worker, lifecycle.Reused):
+                    return worker if isinstance(worker, StreamWorker) else None
+                held = worker.fd  # the file found is a new stream (never reopened by path)
+            bind = self._bind(ident)
+            return await start_new(self._spec, path, rel, bind, inode=ident[1], held=held)
+        except Deferred:
+            self._deferred[ident] = path
+            return None
+        except MalformedRecord:  # quarantined (warned once by the store): never acted on
+            self.unfinished.pop(ident, None)
+            return None
+
+    def _run(self, worker: StreamWorker) -> None:
+        ident = worker.ident
+        try:
+            self.ownership.bind(worker.record.inode, worker.stream_id, lambda: self._lose(ident))
+        except LeaseLost:
+            # Lost while claiming (a stall longer than the lease): the new owner has it.
+            log.warning(logs.STREAM_RELINQUISHED, stream_id=worker.stream_id)
+            os.close(worker.fd)
+            return
+        self.workers[ident] = worker
+        self.ctx.metrics.active_streams.set(len(self.workers))
+        task = asyncio.create_task(self._supervise(worker), name=f"stream-{worker.stream_id}")
+        self._track(task, worker)
+
+    def _lose(self, ident: Ident) -> None:
+        """Another instance owns this file now: stop its worker at once, touch nothing."""
+        for task, worker in self._tasks.items():
+            if worker is not None and worker.ident == ident:
+                worker.lease_lost = True
+                task.cancel()
+
+    # --- one stream, from follow to completed ----------------------------------------------
+
+    async def _supervise(self, worker: StreamWorker) -> None:
+        ident = worker.ident
+        ended = Ended.SUSPENDED
+        with bound_contextvars(stream_id=worker.stream_id, path=worker.record.path):
+            try:
+                ended = await run_to_end(worker, self.shutdown_grace)
+            finally:
+                rec = worker.record
+                if rec.state is StreamState.COMPLETED:
+                    self.completed.remember(rec)
+                elif ended is Ended.SUSPENDED:
+                    self.unfinished[ident] = rec
+                again = ended is Ended.FINISHED and not self.shutdown.is_set()
+                held = lifecycle.held_fd(worker) if again else None
+                with contextlib.suppress(OSError):
+                    os.close(worker.fd)
+                self.workers.pop(ident, None)
+                self.ctx.metrics.active_streams.set(len(self.workers))
+                if ended is not Ended.RELINQUISHED:
+                    await self.ownership.release(rec.inode)
+                self.retry_deferred()
+        # A truncated or regrown file starts a new stream of what it holds now.
+        if held is not None:
+            self._spawn(self._claim(Path(rec.path), ident, rec.rel_path, held), ident)
+        elif again:
+            self.on_path(Path(rec.path))
+
+    # --- status and stopping ---------------------------------------------------------------
+
+    def pending(self) -> tuple[int, float]:
+        return pending_total(list(self.workers.values()), self.ctx.clock.time())
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._tasks)
+
+    def startable(self) -> list[Ident]:
+        """Files waiting that may start now (not another instance's)."""
+        return [i for i in self._deferred if not self.ownership.busy(i)]
+
+    async def stop(self) -> None:
+        """Stop intake, let workers drain within the grace period, then cancel the rest."""
+        self.shutdown.set()
+        for worker in self.workers.values():
+            worker.wake.set()
+        pending = await wait_tasks(self.ctx.clock, list(self._tasks), self.shutdown_grace + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
