@@ -1,4 +1,4 @@
-"""argv → Settings → run | upload | status | check.
+"""argv → Settings → run | upload | status | check | salvage.
 
 Bad configuration ends here as one line naming the setting and exit status 2.
 """
@@ -115,7 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="create what is missing (the bucket, WATCH_DIR, STATE_DIR)",
     )
     _add_setting_flags(check)
+
+    salvage = sub.add_parser(
+        "salvage", help="turn abandoned multipart uploads into readable objects",
+        description="From any host with the S3 settings: complete every multipart upload "
+        "under S3_KEY_PREFIX that nobody adds to (no part for --older-than seconds; known to "
+        "a checkpoint store only when its owner is gone) from its parts 1..n, with metadata "
+        "status 'salvaged'; abort only uploads that hold nothing. Never replaces an object.",
+    )
+    salvage.add_argument("--dry-run", action="store_true",
+                         help="change nothing; print what would be done")
+    salvage.add_argument("--json", action="store_true", help="print a JSON list")
+    salvage.add_argument(
+        "--older-than", type=_seconds, default=900.0, metavar="SECONDS",
+        help="leave uploads that got a part within this long (default 900)",
+    )
+    _add_setting_flags(salvage)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return status_watch_command(settings, interval=args.interval, count=args.count)
             return status_command(settings, as_json=args.json)
+        if args.command == "salvage":
+            from cefmp4.cli.salvage import salvage_command
+
+            return salvage_command(settings, dry_run=args.dry_run, as_json=args.json,
+                                   older_than=args.older_than)
         from cefmp4.cli.check import check_command
 
         return check_command(settings, fix=args.fix)

@@ -98,7 +98,12 @@ class Metrics:
         self.metadata_written = counter("metadata_written_total", "Metadata JSON objects written.")
         self.orphan_uploads_aborted = counter(
             "orphan_uploads_aborted_total",
-            "Multipart uploads under the prefix that no checkpoint knew, aborted.",
+            "Multipart uploads under the prefix that no checkpoint knew and that held no "
+            "part, aborted.",
+        )
+        self.streams_salvaged = counter(
+            "streams_salvaged_total",
+            "Abandoned multipart uploads turned into readable objects with metadata.",
         )
         self.failed_operations = counter(
             "video_failed_operations_total",

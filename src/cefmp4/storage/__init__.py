@@ -38,6 +38,7 @@ class UploadedPart:
     part_number: int
     size: int
     etag: str  # without quotes
+    modified: datetime | None = None  # when S3 got it (ListParts' LastModified), if known
 
 
 @dataclass(frozen=True, slots=True)

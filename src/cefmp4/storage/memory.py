@@ -75,6 +75,7 @@ class _Upload:
     content_type: str
     initiated: datetime
     parts: dict[int, tuple[bytes, str]] = field(default_factory=dict)  # number -> body, md5
+    added: dict[int, datetime] = field(default_factory=dict)  # number -> LastModified
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,13 +227,14 @@ class MemoryObjectStore:
             raise ContentChanged("UploadPart failed: BadDigest")  # as s3._map_error maps it
         etag = digest.hex()
         upload.parts[part_number] = (data, etag)
+        upload.added[part_number] = self.clock()
         return etag
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         await self._enter("list_parts")
         upload = self._upload("ListParts", key, upload_id)
         return [
-            UploadedPart(number, len(body), etag)
+            UploadedPart(number, len(body), etag, upload.added.get(number))
             for number, (body, etag) in sorted(upload.parts.items())
         ]
 
@@ -303,6 +305,13 @@ class MemoryObjectStore:
         if stored is None:
             raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
         return stored.body
+
+    async def delete_object(self, key: str) -> None:
+        await self._enter("delete_object")
+        self.objects.pop(key, None)
+
+    async def presign_get(self, key: str, expires_s: int) -> str | None:
+        return None  # nothing outside this process can read it
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` (a ranged GetObject, as ``S3ObjectStore.get_range``)."""

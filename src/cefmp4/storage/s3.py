@@ -287,7 +287,7 @@ class S3ObjectStore:
                 for raw in page.get("Parts", []):
                     number = raw["PartNumber"]
                     modified = raw.get("LastModified")
-                    part = UploadedPart(number, raw["Size"], _strip(raw["ETag"]))
+                    part = UploadedPart(number, raw["Size"], _strip(raw["ETag"]), modified)
                     seen = newest.get(number)
                     if seen is None or (
                         modified is not None and seen[0] is not None and modified > seen[0]
@@ -383,6 +383,19 @@ class S3ObjectStore:
             _raise(exc, "GetObject")
         return data
 
+
+    async def delete_object(self, key: str) -> None:
+        """Delete one object (salvage's own bookkeeping under ``.cefmp4/``; never a video)."""
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except _MAPPED as exc:
+            _raise(exc, "DeleteObject")
+
+    async def presign_get(self, key: str, expires_s: int) -> str | None:
+        """A GET URL of ``key`` valid for ``expires_s`` seconds (for ffprobe of an object)."""
+        url: str = await self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s)
+        return url
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of an object: hashing a large object in bounded chunks."""

@@ -84,12 +84,19 @@ class FfprobeProber:
             )
 
     async def probe(self, path: Path) -> ProbeResult:
-        formats = probe_formats(container_name(path))
+        # "file:" so that a name with a colon is never taken for another protocol.
+        return await self._probe(f"file:{path}", container_name(path), "file")
+
+    async def probe_url(self, url: str, name: str) -> ProbeResult:
+        """Probe an object through a (presigned) HTTP(S) URL, as the container ``name``'s
+        extension says: salvage probes the object itself, never a local file."""
+        return await self._probe(url, container_name(PurePath(name)), "https,http,tls,tcp")
+
+    async def _probe(self, target: str, container: str, protocols: str) -> ProbeResult:
+        formats = probe_formats(container)
         args = [
-            "-v", "error", "-protocol_whitelist", "file", "-format_whitelist", formats,
-            "-print_format", "json", "-show_format", "-show_streams",
-            # "file:" so that a name with a colon is never taken for another protocol.
-            f"file:{path}",
+            "-v", "error", "-protocol_whitelist", protocols, "-format_whitelist", formats,
+            "-print_format", "json", "-show_format", "-show_streams", target,
         ]  # fmt: skip
         try:
             code, stdout, stderr = await self._run(args)

@@ -1,0 +1,118 @@
+"""Salvage (SPEC §2.19): what to do with a multipart upload nobody is finishing. Pure.
+
+An upload's parts are footage. Whoever finds an upload that no live process adds to — the
+daemon's orphan sweeper, a live instance taking over a dead one's stream, the
+``cefmp4 salvage`` command on any host — turns it into a readable object with its parts
+contiguous from part 1 (a gap ends it), and aborts only an upload that holds nothing. The
+decision is made here, from what the shell observed; the shell carries it out.
+
+Abandoned means "no live process is adding to it": for an upload no checkpoint store
+knows, its last activity (its newest part, else its initiation) is older than the age
+limit; several instances with separate stores share a prefix safely so, as long as each
+of them adds a part more often than that. An upload a store knows belongs to that store's
+owner, which resumes it; it is abandoned only when its owner is provably gone (the shell
+says so: an expired lease and a file nobody here can open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+# S3's smallest part, for every part but the last one of an object.
+MIN_PART_BYTES = 5 * 1024 * 1024
+
+
+class Action(StrEnum):
+    """What happens to one upload."""
+
+    COMPLETE = "complete"  # its contiguous parts become the object, then metadata
+    ABORT_EMPTY = "abort_empty"  # no parts: nothing to keep
+    SKIP_LIVE = "skip_live"  # a part was added within the age limit: someone is at it
+    SKIP_OWNED = "skip_owned"  # a checkpoint store knows it and its owner may be alive
+    BLOCKED = "blocked"  # another object stands at its key: left open, reported
+    UNUSABLE = "unusable"  # parts that S3 cannot complete (a short part before the last)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+    added_at: float | None  # when S3 got it (LastModified), None when not listed
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One multipart upload as listed, with what the checkpoint store says of it."""
+
+    key: str
+    upload_id: str
+    initiated_at: float
+    parts: tuple[Part, ...]
+    known: bool = False  # a checkpoint record names this upload
+    owner_gone: bool = False  # known, and its owner is provably gone (lease expired, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    action: Action
+    upload: Upload
+    used: tuple[Part, ...] = ()  # the parts of the object, 1..n
+    ignored: tuple[Part, ...] = ()  # parts after the first gap
+    reason: str = ""
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.size for p in self.used)
+
+    @property
+    def gap_after(self) -> int | None:
+        """The last part used when parts after a gap are left out (None: no gap)."""
+        return self.used[-1].number if self.ignored and self.used else None
+
+
+def last_activity(upload: Upload) -> float:
+    """When something was last added to the upload: its newest part, else its initiation."""
+    times = [p.added_at for p in upload.parts if p.added_at is not None]
+    return max([upload.initiated_at, *times])
+
+
+def contiguous(parts: tuple[Part, ...]) -> tuple[tuple[Part, ...], tuple[Part, ...]]:
+    """(parts 1..n without a gap, the parts after the first gap), by part number."""
+    ordered = sorted(parts, key=lambda p: p.number)
+    used: list[Part] = []
+    for part in ordered:
+        if part.number != len(used) + 1:
+            break
+        used.append(part)
+    return tuple(used), tuple(ordered[len(used):])
+
+
+def plan(upload: Upload, *, now: float, older_than: float, object_exists: bool) -> Plan:
+    """The action for ``upload``. ``object_exists``: HeadObject found an object at its key
+    (S3 can complete an upload only at its own key, and an object there is never replaced)."""
+    if upload.known and not upload.owner_gone:
+        return Plan(Action.SKIP_OWNED, upload, reason="a checkpoint store knows it: its owner "
+                    "resumes it")
+    idle = now - last_activity(upload)
+    if idle < older_than:
+        return Plan(Action.SKIP_LIVE, upload, reason=f"a part was added {idle:.0f} s ago, "
+                    f"less than the age limit of {older_than:.0f} s")
+    used, ignored = contiguous(upload.parts)
+    if not upload.parts:
+        return Plan(Action.ABORT_EMPTY, upload, reason="it holds no part")
+    if not used:
+        return Plan(Action.UNUSABLE, upload, ignored=ignored,
+                    reason=f"it has no part 1 (first part {ignored[0].number}); left open")
+    short = [p for p in used[:-1] if p.size < MIN_PART_BYTES]
+    if short:
+        # Only the last part may be short: stop before the first short one that is not.
+        cut = used.index(short[0]) + 1
+        used, ignored = used[:cut], used[cut:] + ignored
+    if object_exists:
+        return Plan(Action.BLOCKED, upload, used, ignored,
+                    reason="an object already stands at its key; S3 completes an upload only "
+                           "at its own key, so it is left open")
+    gap = f"; parts after {used[-1].number} left out (a gap)" if ignored else ""
+    return Plan(Action.COMPLETE, upload, used, ignored, reason=f"{len(used)} parts{gap}")

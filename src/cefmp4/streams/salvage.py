@@ -1,0 +1,392 @@
+"""Salvage (SPEC §2.19), the shell: observe the uploads under the prefix, let
+``core.salvage`` decide, carry it out. Used by the orphan sweeper, by ``cefmp4 salvage``
+and by a live instance for a dead one's stream.
+
+Carrying out a completion never reads a local file and survives a crash at every step:
+
+1. A marker ``{prefix}.cefmp4/salvage/<id>.json`` records the plan (key, upload id, the
+   parts used and the ETag the object will have) before anything changes.
+2. CompleteMultipartUpload with the contiguous parts (S3 drops the rest).
+3. HeadObject confirms size and ETag.
+4. The object is read back in bounded ranges: its SHA-256 and each part's CRC32C.
+5. ffprobe reads the object through a presigned URL (a regular MP4 whose ``moov`` was still
+   to be written does not play; a fragmented MP4, ``.ts`` or ``.mkv`` does: ``playable``).
+6. The metadata (``status: salvaged``, ``completed_by: salvage``) beside the object.
+7. The marker is deleted.
+
+A run first finishes what the markers of interrupted runs name: an upload completed before
+a crash is no longer listed, and only its marker says that its metadata is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+
+import crc32c
+import structlog
+
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.core import salvage as decide
+from cefmp4.core.containers import content_type
+from cefmp4.core.hashing import CRC32C_PREFIX, multipart_etag, normalize_etag
+from cefmp4.core.keys import (
+    metadata_key,
+    new_stream_id,
+    parse_key,
+    segment_prefix,
+    within_prefix,
+)
+from cefmp4.core.metadata import build_metadata, to_json_bytes
+from cefmp4.runtime import logs
+from cefmp4.runtime.errors import PermanentError, UploadNotFound
+from cefmp4.storage import MultipartUpload, ObjectInfo, UploadedPart
+from cefmp4.streams.probe import ProbeResult
+
+log = structlog.get_logger("cefmp4.streams.salvage")
+
+READ_BLOCK = 8 * 1024 * 1024  # bytes per ranged GET: memory stays bounded at any part size
+PRESIGN_S = 3600
+
+
+class SalvageStore(Protocol):
+    """What salvage needs of the object store (``S3ObjectStore``, ``MemoryObjectStore``)."""
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]: ...
+    async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]: ...
+    async def head_object(self, key: str) -> ObjectInfo | None: ...
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str: ...
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    async def put_object(self, key: str, body: bytes, content_type: str) -> None: ...
+    async def get_object(self, key: str) -> bytes: ...
+    async def get_range(self, key: str, start: int, end: int) -> bytes: ...
+    async def list_keys(self, prefix: str) -> list[str]: ...
+    async def delete_object(self, key: str) -> None: ...
+    async def presign_get(self, key: str, expires_s: int) -> str | None: ...
+
+
+class UrlProber(Protocol):
+    async def probe_url(self, url: str, name: str) -> ProbeResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What a checkpoint store says of an upload it names."""
+
+    stream_id: str
+    path: str | None
+    rel_path: str | None
+    started_at: float | None
+    owner_gone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One upload considered: one line of ``cefmp4 salvage``, one item of ``--json``."""
+
+    key: str
+    upload_id: str
+    parts: int
+    bytes: int
+    action: str  # what was done, or would be (dry run): core.salvage.Action or "resumed"
+    detail: str
+    done: bool  # carried out (False: a dry run, or nothing to do)
+    playable: bool | None = None
+    ok: bool = True  # False: left open for the operator (BLOCKED, UNUSABLE, an error)
+
+    def line(self) -> str:
+        size = f"{self.bytes / 2**20:.1f} MiB"
+        verb = self.action if self.done or self.action.startswith("skip") else (
+            f"would {self.action}")
+        play = "" if self.playable is None else (
+            "; plays" if self.playable else "; does not play (no index: a regular MP4 cut off)")
+        return f"{self.key}  upload {self.upload_id[:16]}  {self.parts} parts  {size}  " \
+               f"{verb}: {self.detail}{play}"
+
+
+Retry = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+async def _once(_operation: str, op: Callable[[], Awaitable[Any]]) -> Any:
+    return await op()
+
+
+class Salvager:
+    """Salvage under one prefix. ``retry`` wraps each store call (the daemon's retries
+    transient errors without limit; the command's tries once and reports)."""
+
+    def __init__(
+        self,
+        objects: SalvageStore,
+        prefix: str,
+        *,
+        prober: UrlProber | None,
+        clock: Callable[[], float],
+        retry: Retry = _once,
+        salvaged: Callable[[], None] = lambda: None,
+        instance: str = "",
+    ) -> None:
+        self.objects = objects
+        self.prefix = prefix
+        self.prober = prober
+        self.clock = clock
+        self.retry = retry
+        self.salvaged = salvaged
+        self.instance = instance
+
+    @property
+    def marker_prefix(self) -> str:
+        return f"{segment_prefix(self.prefix)}.cefmp4/salvage/"
+
+    def marker_key(self, upload_id: str) -> str:
+        return self.marker_prefix + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"
+
+    # --- observe and decide --------------------------------------------------------------
+
+    async def survey(
+        self, uploads: Sequence[MultipartUpload], known: dict[str, Known], *,
+        older_than: float,
+    ) -> list[decide.Plan]:
+        """A plan for each upload (the store calls: ListParts and HeadObject each)."""
+        plans = []
+        now = self.clock()
+        for up in uploads:
+            info = known.get(up.upload_id)
+            upload = decide.Upload(up.key, up.upload_id, up.initiated.timestamp(), (),
+                                   known=info is not None,
+                                   owner_gone=info is not None and info.owner_gone)
+            if (upload.known and not upload.owner_gone) or (
+                    now - upload.initiated_at < older_than):
+                # Owned, or begun within the age limit: nothing else can change the answer.
+                plans.append(decide.plan(upload, now=now, older_than=older_than,
+                                         object_exists=False))
+                continue
+            try:
+                listed = await self.retry("list_parts", functools.partial(
+                    self.objects.list_parts, up.key, up.upload_id))
+            except UploadNotFound:
+                continue  # completed or aborted since it was listed
+            upload = replace(upload, parts=tuple(
+                decide.Part(p.part_number, p.size, p.etag,
+                            p.modified.timestamp() if p.modified else None) for p in listed))
+            first = decide.plan(upload, now=now, older_than=older_than, object_exists=False)
+            if first.action is decide.Action.COMPLETE:
+                head = await self.retry("head", functools.partial(
+                    self.objects.head_object, up.key))
+                first = decide.plan(upload, now=now, older_than=older_than,
+                                    object_exists=head is not None)
+            plans.append(first)
+        return plans
+
+    # --- carry out -----------------------------------------------------------------------
+
+    async def carry_out(self, plan: decide.Plan, known: Known | None, *,
+                        dry_run: bool = False) -> Outcome:
+        up = plan.upload
+        base = Outcome(up.key, up.upload_id, len(plan.used), plan.bytes, str(plan.action),
+                       plan.reason, done=False,
+                       ok=plan.action not in (decide.Action.BLOCKED, decide.Action.UNUSABLE))
+        if dry_run or plan.action not in (decide.Action.COMPLETE, decide.Action.ABORT_EMPTY):
+            if plan.action in (decide.Action.BLOCKED, decide.Action.UNUSABLE):
+                log.warning("salvage_blocked", key=up.key, upload_id=up.upload_id,
+                            reason=plan.reason)
+            return base
+        if plan.action is decide.Action.ABORT_EMPTY:
+            with contextlib.suppress(UploadNotFound):
+                await self.retry("abort", lambda: self.objects.abort_multipart(
+                    up.key, up.upload_id))
+            log.info(logs.ORPHAN_ABORTED, key=up.key, upload_id=up.upload_id, reason=plan.reason)
+            return replace(base, done=True)
+        marker = _Marker.of(plan, known, started_at=self.clock(), instance=self.instance)
+        await self.retry("put_object", lambda: self.objects.put_object(
+            self.marker_key(up.upload_id), marker.to_json(), "application/json"))
+        # UploadNotFound: completed by an earlier attempt, or taken by someone: HEAD tells.
+        with contextlib.suppress(UploadNotFound):
+            await self.retry("complete", lambda: self.objects.complete_multipart(
+                up.key, up.upload_id, [(p.number, p.etag) for p in plan.used]))
+        return await self._publish(marker, base)
+
+    async def resume_interrupted(self, *, dry_run: bool = False) -> list[Outcome]:
+        """Finish the salvages a crash interrupted (their markers remain)."""
+        outcomes = []
+        keys = await self.retry("list_keys", lambda: self.objects.list_keys(self.marker_prefix))
+        for key in keys:
+            try:
+                raw = await self.retry("get_object", functools.partial(
+                    self.objects.get_object, key))
+                marker = _Marker.from_json(raw)
+                if not within_prefix(self.prefix, marker.key) or not marker.parts:
+                    raise ValueError("it names no upload under the prefix")
+            except (PermanentError, ValueError, TypeError, KeyError) as exc:
+                # Input, not truth (§2.18): never acted on, kept for the operator.
+                log.warning("salvage_marker_unreadable", marker=key, error=str(exc))
+                continue
+            base = Outcome(marker.key, marker.upload_id, len(marker.parts),
+                           sum(p[1] for p in marker.parts), "resumed",
+                           "an interrupted salvage: metadata written now", done=False)
+            if dry_run:
+                outcomes.append(base)
+                continue
+            outcomes.append(await self._publish(marker, base))
+        return outcomes
+
+    async def _publish(self, marker: _Marker, base: Outcome) -> Outcome:
+        """Steps 3-7 for a completed upload (or one whose completion cannot be proven: then
+        the marker stays, and the next run looks again)."""
+        key = marker.key
+        info = await self.retry("head", lambda: self.objects.head_object(key))
+        size = sum(p[1] for p in marker.parts)
+        etag = None if info is None else normalize_etag(info.etag)
+        if info is None or info.size != size or ("-" in (etag or "") and etag != marker.etag):
+            if await self._still_open(marker):
+                return replace(base, action="retry", ok=False,
+                               detail="the upload is still open: Complete did not take")
+            # Not ours: someone else completed or aborted it. Nothing of ours to publish.
+            await self.retry("delete", lambda: self.objects.delete_object(
+                self.marker_key(marker.upload_id)))
+            return replace(base, action="gone", ok=False,
+                           detail="the upload was finished or aborted by someone else")
+        sha, crcs = await self._read_back(key, marker.parts)
+        probe = await self._probe(key)
+        doc = self._metadata(marker, sha, crcs, probe)
+        await self.retry("put_object", lambda: self.objects.put_object(
+            metadata_key(key), to_json_bytes(doc), "application/json"))
+        await self.retry("delete", lambda: self.objects.delete_object(
+            self.marker_key(marker.upload_id)))
+        self.salvaged()
+        playable = probe.duration_seconds is not None
+        log.warning("stream_salvaged", key=key, upload_id=marker.upload_id,
+                    parts=len(marker.parts), bytes=size, playable=playable,
+                    duration_s=probe.duration_seconds)
+        return replace(base, done=True, playable=playable)
+
+    async def _still_open(self, marker: _Marker) -> bool:
+        try:
+            await self.retry("list_parts", lambda: self.objects.list_parts(
+                marker.key, marker.upload_id))
+        except UploadNotFound:
+            return False
+        return True
+
+    async def _read_back(
+        self, key: str, parts: Sequence[tuple[int, int, str, float | None]]
+    ) -> tuple[str, list[str]]:
+        """SHA-256 of the object and the CRC32C of each part, in bounded ranged reads."""
+        sha = hashlib.sha256()
+        crcs: list[str] = []
+        offset = 0
+        for _number, size, _etag, _at in parts:
+            crc = 0
+            end = offset + size
+            while offset < end:
+                stop = min(end, offset + READ_BLOCK)
+                block = await self.retry("get_range", functools.partial(
+                    self.objects.get_range, key, offset, stop))
+                if len(block) != stop - offset:
+                    raise PermanentError(f"GetObject of {key} returned {len(block)} bytes, "
+                                         f"expected {stop - offset}")
+                sha.update(block)
+                crc = crc32c.crc32c(block, crc)
+                offset = stop
+            crcs.append(f"{CRC32C_PREFIX}{crc:08x}")
+        return sha.hexdigest(), crcs
+
+    async def _probe(self, key: str) -> ProbeResult:
+        if self.prober is None:
+            return ProbeResult(None, error="not probed: no ffprobe here")
+        url = await self.retry("presign", lambda: self.objects.presign_get(key, PRESIGN_S))
+        if url is None:
+            return ProbeResult(None, error="not probed: the store gives no URL")
+        return await self.prober.probe_url(url, key)
+
+    def _metadata(self, marker: _Marker, sha: str, crcs: list[str],
+                  probe: ProbeResult) -> dict[str, object]:
+        now = self.clock()
+        parsed = parse_key(self.prefix, marker.key)
+        stream_id = marker.stream_id or (parsed[0] if parsed else new_stream_id())
+        rel = marker.rel_path or (parsed[1] if parsed else _below(self.prefix, marker.key))
+        size = sum(p[1] for p in marker.parts)
+        record = StreamRecord(
+            stream_id=stream_id, path=marker.path or "", rel_path=rel, device=0, inode=0,
+            bucket=getattr(self.objects, "bucket", ""), key=marker.key,
+            part_size=marker.parts[0][1] if marker.parts else 0, max_parts=10_000,
+            state=StreamState.COMPLETED, started_at=marker.started_stream_at,
+            last_activity_at=now, upload_id=marker.upload_id, status="salvaged",
+            completed_at=marker.started_at, final_size=size, sha256=sha,
+            completed_by="salvage",
+        )
+        records, offset = [], 0
+        for (number, part_size, etag, at), crc in zip(marker.parts, crcs, strict=True):
+            records.append(PartRecord(number, offset, part_size, etag, crc,
+                                      at if at is not None else marker.initiated_at))
+            offset += part_size
+        doc = build_metadata(
+            record=record, parts=records, probe=probe, status="salvaged", processed_at=now,
+            extra={
+                "completed_by": "salvage",
+                "salvage": {
+                    "upload_id": marker.upload_id,
+                    "parts_used": len(marker.parts),
+                    "parts_left_out": marker.left_out,
+                    "gap_after_part": marker.parts[-1][0] if marker.left_out else None,
+                    "playable": probe.duration_seconds is not None,
+                    "by": marker.instance or None,
+                },
+            },
+        )
+        doc["original_file_path"] = marker.path  # null when nothing recorded it
+        doc["content_type"] = content_type(rel)
+        return doc
+
+
+def _below(prefix: str, key: str) -> str:
+    head = segment_prefix(prefix)
+    return key[len(head):] if key.startswith(head) else PurePosixPath(key).name
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    key: str
+    upload_id: str
+    etag: str
+    parts: list[tuple[int, int, str, float | None]]
+    left_out: list[int]
+    initiated_at: float
+    started_at: float  # when salvage began: the metadata's completion time
+    started_stream_at: float
+    stream_id: str | None
+    path: str | None
+    rel_path: str | None
+    instance: str
+
+    @classmethod
+    def of(cls, plan: decide.Plan, known: Known | None, *, started_at: float,
+           instance: str) -> _Marker:
+        up = plan.upload
+        return cls(
+            key=up.key, upload_id=up.upload_id,
+            etag=multipart_etag([p.etag for p in plan.used]),
+            parts=[(p.number, p.size, p.etag, p.added_at) for p in plan.used],
+            left_out=[p.number for p in plan.ignored], initiated_at=up.initiated_at,
+            started_at=started_at,
+            started_stream_at=(known.started_at if known and known.started_at
+                               else up.initiated_at),
+            stream_id=known.stream_id if known else None, path=known.path if known else None,
+            rel_path=known.rel_path if known else None, instance=instance,
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _Marker:
+        data = json.loads(raw)
+        data["parts"] = [tuple(p) for p in data["parts"]]
+        return cls(**data)

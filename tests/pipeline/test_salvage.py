@@ -1,0 +1,218 @@
+"""Salvage on the in-memory store (SPEC §2.19): abandoned uploads become readable objects
+with metadata, a crash at any step converges, and nothing live or foreign is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cefmp4.core.keys import metadata_key, new_stream_id, object_key
+from cefmp4.core.parts import MIB
+from cefmp4.runtime.app import App
+from cefmp4.runtime.errors import PermanentError
+from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.probe import ProbeResult
+from cefmp4.streams.salvage import Salvager
+from tests.pipeline.conftest import FakeProber, make_settings, until
+
+PREFIX = "streams/"
+PART = 5 * MIB
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def dt(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
+
+
+class UrlProber:
+    def __init__(self) -> None:
+        self.urls: list[tuple[str, str]] = []
+
+    async def probe_url(self, url: str, name: str) -> ProbeResult:
+        self.urls.append((url, name))
+        return ProbeResult(12.5, format_name="mov,mp4,m4a,3gp,3g2,mj2")
+
+
+class Presigning(MemoryObjectStore):
+    """The memory store with URLs, and a metadata write that can fail (a crash there)."""
+
+    fail_metadata = False
+
+    async def presign_get(self, key: str, expires_s: int) -> str | None:
+        return f"https://s3.invalid/{key}?sig=x"
+
+    async def put_object(self, key: str, body: bytes, content_type: str) -> None:
+        if self.fail_metadata and key.endswith(".metadata.json"):
+            raise PermanentError("the host died here")
+        await super().put_object(key, body, content_type)
+
+
+async def _orphan(store: MemoryObjectStore, rel: str, parts: list[bytes]) -> tuple[str, str]:
+    key = object_key(PREFIX, new_stream_id(), rel)
+    upload_id = await store.create_multipart(key, "video/mp4")
+    for number, body in enumerate(parts, start=1):
+        await store.upload_part(key, upload_id, number, body,
+                                crc32c_b64=_crc_b64(body))
+    return key, upload_id
+
+
+def _crc_b64(body: bytes) -> str:
+    import base64
+
+    import crc32c
+
+    return base64.b64encode(crc32c.crc32c(body).to_bytes(4, "big")).decode()
+
+
+def _salvager(store: MemoryObjectStore, clock: Clock, prober: UrlProber | None = None,
+              count: list[int] | None = None) -> Salvager:
+    done = count if count is not None else []
+    return Salvager(store, PREFIX, prober=prober, clock=clock,
+                    salvaged=lambda: done.append(1), instance="host-b")
+
+
+async def _run(s: Salvager, store: MemoryObjectStore, older_than: float = 900.0) -> list:  # type: ignore[type-arg]
+    outcomes = await s.resume_interrupted()
+    for plan in await s.survey(await store.list_multipart_uploads(PREFIX), {},
+                               older_than=older_than):
+        outcomes.append(await s.carry_out(plan, None))
+    return outcomes
+
+
+async def test_an_abandoned_upload_becomes_a_readable_object_with_metadata() -> None:
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    parts = [os.urandom(PART), os.urandom(PART)]
+    key, upload_id = await _orphan(store, "cam/rec.mp4", parts)
+    clock.now += 3600  # the host died an hour ago
+    prober, count = UrlProber(), []
+    [outcome] = await _run(_salvager(store, clock, prober, count), store)
+    assert (outcome.action, outcome.done, outcome.ok, outcome.playable) == (
+        "complete", True, True, True)
+    body = parts[0] + parts[1]
+    assert await store.get_object(key) == body
+    doc = json.loads(await store.get_object(metadata_key(key)))
+    assert doc["status"] == "salvaged"
+    assert doc["completed_by"] == "salvage"
+    assert doc["total_size_bytes"] == len(body)
+    assert doc["sha256"] == hashlib.sha256(body).hexdigest()
+    assert doc["original_file_path"] is None  # nothing recorded it
+    assert doc["relative_path"] == "cam/rec.mp4"
+    assert doc["duration_seconds"] == 12.5
+    assert [c["part_number"] for c in doc["chunks"]] == [1, 2]
+    assert doc["salvage"]["upload_id"] == upload_id
+    assert doc["salvage"]["playable"] is True
+    assert prober.urls == [(f"https://s3.invalid/{key}?sig=x", key)]
+    assert count == [1]
+    assert await store.list_multipart_uploads(PREFIX) == []
+    assert await store.list_keys(f"{PREFIX}.cefmp4/") == []  # the marker is gone
+
+
+async def test_a_crash_between_complete_and_metadata_converges() -> None:
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    parts = [os.urandom(PART)]
+    key, _ = await _orphan(store, "a.mp4", parts)
+    clock.now += 3600
+    store.fail_metadata = True
+    with pytest.raises(PermanentError):
+        await _run(_salvager(store, clock), store)
+    # Completed, no metadata, no longer listed as an upload: only the marker remembers it.
+    assert await store.get_object(key) == parts[0]
+    assert await store.list_multipart_uploads(PREFIX) == []
+    assert len(await store.list_keys(f"{PREFIX}.cefmp4/salvage/")) == 1
+    store.fail_metadata = False
+    [outcome] = await _run(_salvager(store, clock), store)
+    assert (outcome.action, outcome.done) == ("resumed", True)
+    doc = json.loads(await store.get_object(metadata_key(key)))
+    assert doc["status"] == "salvaged"
+    assert doc["duration_seconds"] is None  # no prober here: said so
+    assert doc["duration_error"] == "not probed: no ffprobe here"
+    assert await store.list_keys(f"{PREFIX}.cefmp4/") == []
+    # Idempotent: a third run finds nothing to do.
+    assert await _run(_salvager(store, clock), store) == []
+
+
+async def test_live_empty_gapped_and_blocked_uploads() -> None:
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    live_key, live_id = await _orphan(store, "live.mp4", [os.urandom(PART)])
+    empty_key, _ = await _orphan(store, "empty.mp4", [])
+    gap_key, gap_id = await _orphan(store, "gap.mp4", [os.urandom(PART)] * 3)
+    await store.abort_multipart(gap_key, gap_id)  # rebuild it with part 2 missing
+    gap_id = await store.create_multipart(gap_key, "video/mp4")
+    one, three = os.urandom(PART), os.urandom(PART)
+    await store.upload_part(gap_key, gap_id, 1, one, crc32c_b64=_crc_b64(one))
+    await store.upload_part(gap_key, gap_id, 3, three, crc32c_b64=_crc_b64(three))
+    blocked_key, blocked_id = await _orphan(store, "blocked.mp4", [os.urandom(PART)])
+    await store.put_object(blocked_key, b"someone else's object", "video/mp4")
+    clock.now += 3600
+    # A sibling instance is still recording live.mp4: it just added a part.
+    more = os.urandom(PART)
+    await store.upload_part(live_key, live_id, 2, more, crc32c_b64=_crc_b64(more))
+    outcomes = {o.key: o for o in await _run(_salvager(store, clock), store)}
+    assert outcomes[live_key].action == "skip_live"
+    assert outcomes[empty_key].action == "abort_empty"
+    assert outcomes[empty_key].done
+    assert outcomes[gap_key].action == "complete"
+    assert outcomes[gap_key].parts == 1
+    assert outcomes[blocked_key].action == "blocked"
+    assert not outcomes[blocked_key].ok
+    assert await store.get_object(gap_key) == one
+    gap_doc = json.loads(await store.get_object(metadata_key(gap_key)))
+    assert gap_doc["salvage"]["parts_left_out"] == [3]
+    assert gap_doc["salvage"]["gap_after_part"] == 1
+    assert await store.get_object(blocked_key) == b"someone else's object"
+    left = {u.upload_id for u in await store.list_multipart_uploads(PREFIX)}
+    assert left == {live_id, blocked_id}
+
+
+async def test_a_hostile_marker_is_never_acted_on() -> None:
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    marker = {"key": "elsewhere/x.mp4", "upload_id": "u", "etag": "e", "parts": [[1, 5, "e", 0]],
+              "left_out": [], "initiated_at": 0, "started_at": 0, "started_stream_at": 0,
+              "stream_id": None, "path": None, "rel_path": None, "instance": ""}
+    await store.put_object(f"{PREFIX}.cefmp4/salvage/bad.json", json.dumps(marker).encode(),
+                           "application/json")
+    await store.put_object(f"{PREFIX}.cefmp4/salvage/junk.json", b"\xff not json",
+                           "application/json")
+    assert await _run(_salvager(store, clock), store) == []
+    assert await store.list_keys("elsewhere/") == []
+
+
+async def test_the_daemons_sweeper_salvages_and_never_aborts_footage(
+    tmp_path: Path, watch: Path, prober: FakeProber
+) -> None:
+    """A recording whose host (and embedded store) is gone: the next instance's sweeper
+    makes it an object instead of aborting it (it used to: the only copy, destroyed)."""
+    store = Presigning()
+    settings = make_settings(tmp_path, watch, abort_orphan_uploads_after_hours=1)
+    key, _ = await _orphan(store, "gone/cam.mp4", [os.urandom(PART), os.urandom(PART)])
+    from tests.pipeline.test_tasks_and_sweep import LaterClock
+
+    app = App(settings, objects=store, prober=prober, clock=LaterClock(2 * 3600))
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        await until(lambda: app.metrics.streams_salvaged._value.get() >= 1,
+                    what="the orphan salvaged")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert len(await store.get_object(key)) == 2 * PART
+    doc = json.loads(await store.get_object(metadata_key(key)))
+    assert doc["status"] == "salvaged"
+    assert app.metrics.orphan_uploads_aborted._value.get() == 0

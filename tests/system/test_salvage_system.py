@@ -1,0 +1,111 @@
+"""The recording survives the recorder (SPEC §2.19), with the installed script against real
+SeaweedFS and real ffprobe: the host dies mid-recording with its file and its embedded
+store, and `cefmp4 salvage` on another host makes the uploaded parts a playable object."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.app import make_settings
+from tests.support.media import GrowingWriter
+from tests.support.proc import Daemon, run_cli, settings_env
+from tests.support.seaweed import SeaweedS3
+from tests.system.conftest import sha256_bytes, wait_until_impl
+
+pytestmark = pytest.mark.timeout(180)
+
+MIB = 1 << 20
+
+
+def test_host_loss_then_salvage_from_a_fresh_host(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, bucket_view: Callable[..., Any],
+    daemons: list[Daemon], source_12mb_fragmented: Path,
+) -> None:
+    host_a = tmp_path / "host-a"
+    host_a.mkdir()
+    settings = make_settings(tmp_path=host_a, s3=s3_server, bucket=s3_bucket,
+                             stream_timeout_seconds=30)
+    daemon = Daemon(settings_env(settings), host_a / "run.log")
+    daemons.append(daemon)
+    daemon.start()
+    view = bucket_view(s3_server, s3_bucket)
+    source = source_12mb_fragmented.read_bytes()
+    target = settings.watch_dir / "cam1" / "rec.mp4"
+    target.parent.mkdir()
+    writer = GrowingWriter(source_12mb_fragmented, target, rate=4 * MIB)
+    writer.start()
+    try:
+        wait_until_impl(lambda: view.parts_listed() >= 2, timeout=60,
+                        what="two parts uploaded", alive=(daemon,))
+    finally:
+        writer.stop()
+    daemon.kill()  # the host is gone: its process, its file and its embedded store
+    shutil.rmtree(host_a)
+    [upload] = view.uploads()
+
+    host_b = tmp_path / "host-b"
+    host_b.mkdir()
+    fresh = make_settings(tmp_path=host_b, s3=s3_server, bucket=s3_bucket)
+    env = settings_env(fresh)
+    # Just after the crash it is indistinguishable from a live upload: left alone.
+    young = run_cli(["salvage", "--json"], env)
+    assert young.returncode == 0, young.stdout + young.stderr
+    [row] = json.loads(young.stdout)
+    assert row["action"] == "skip_live"
+    assert row["upload_id"] == upload["UploadId"]
+    dry = run_cli(["salvage", "--dry-run", "--older-than", "0"], env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would complete" in dry.stdout
+    assert "cam1/rec.mp4" in dry.stdout
+    assert [u["UploadId"] for u in view.uploads()] == [upload["UploadId"]]  # nothing changed
+
+    done = run_cli(["salvage", "--older-than", "0"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "complete:" in done.stdout
+    assert "plays" in done.stdout
+    assert view.uploads() == []
+    [video] = view.video_keys("cam1/rec.mp4")
+    remote = view.get(video)
+    assert len(remote) >= 2 * 5 * MIB
+    assert remote == source[: len(remote)]  # the uploaded prefix, byte for byte
+    [doc] = view.metadata("cam1/rec.mp4")
+    assert doc["status"] == "salvaged"
+    assert doc["completed_by"] == "salvage"
+    assert doc["total_size_bytes"] == len(remote)
+    assert doc["sha256"] == sha256_bytes(remote)
+    assert doc["original_file_path"] is None
+    assert doc["duration_seconds"] and doc["duration_seconds"] > 0  # fragmented: it plays
+    assert doc["salvage"]["playable"] is True
+    assert sum(c["size_bytes"] for c in doc["chunks"]) == len(remote)
+    # Idempotent: nothing left to do.
+    again = run_cli(["salvage", "--json", "--older-than", "0"], env)
+    assert again.returncode == 0
+    assert json.loads(again.stdout) == []
+
+
+def test_salvage_leaves_an_upload_whose_key_holds_an_object_open_and_fails(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str,
+) -> None:
+    settings = make_settings(tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket)
+    env = settings_env(settings)
+    client = s3_server.boto_client()
+    key = "streams/20260101T000000Z-0123456789/x.mp4"
+    upload_id = client.create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=s3_bucket, Key=key, UploadId=upload_id, PartNumber=1,
+                       Body=b"x" * (5 * MIB))
+    client.put_object(Bucket=s3_bucket, Key=key, Body=b"an object already here")
+    result = run_cli(["salvage", "--older-than", "0"], env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "blocked" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == (
+        b"an object already here")
+    listed = client.list_multipart_uploads(Bucket=s3_bucket, Prefix="streams/")
+    assert [u["UploadId"] for u in listed.get("Uploads", [])] == [upload_id]
+    client.abort_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=upload_id)
