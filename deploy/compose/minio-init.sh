@@ -41,6 +41,12 @@ cat > "$policy_file" <<JSON
         "s3:ListMultipartUploadParts"
       ],
       "Resource": ["arn:aws:s3:::$S3_BUCKET_NAME/$S3_KEY_PREFIX*"]
+    },
+    {
+      "Sid": "OwnBookkeepingOnly",
+      "Effect": "Allow",
+      "Action": ["s3:DeleteObject"],
+      "Resource": ["arn:aws:s3:::$S3_BUCKET_NAME/$S3_KEY_PREFIX.cefmp4/*"]
     }
   ]
 }

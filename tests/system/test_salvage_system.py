@@ -80,7 +80,7 @@ def test_host_loss_then_salvage_from_a_fresh_host(
     assert doc["total_size_bytes"] == len(remote)
     assert doc["sha256"] == sha256_bytes(remote)
     assert doc["original_file_path"] is None
-    assert doc["duration_seconds"] and doc["duration_seconds"] > 0  # fragmented: it plays
+    assert (doc["duration_seconds"] or 0) > 0  # fragmented: it plays
     assert doc["salvage"]["playable"] is True
     assert sum(c["size_bytes"] for c in doc["chunks"]) == len(remote)
     # Idempotent: nothing left to do.

@@ -250,13 +250,17 @@ def test_minio_init_creates_a_user_limited_to_the_bucket_and_prefix(tmp_path: Pa
     statements = policy["Statement"]
     assert all(s["Effect"] == "Allow" for s in statements)
     resources = {r for s in statements for r in s["Resource"]}
-    assert resources == {"arn:aws:s3:::cams", "arn:aws:s3:::cams/site-a/*"}
+    assert resources == {"arn:aws:s3:::cams", "arn:aws:s3:::cams/site-a/*",
+                         "arn:aws:s3:::cams/site-a/.cefmp4/*"}
     for statement in statements:
         actions = set(statement["Action"])
-        assert not any("*" in a or "Delete" in a or "Create" in a for a in actions), actions
+        assert not any("*" in a or "Create" in a for a in actions), actions
         if statement["Resource"] == ["arn:aws:s3:::cams"]:
             assert actions <= {"s3:GetBucketLocation", "s3:ListBucket",
                                "s3:ListBucketMultipartUploads"}
+        elif statement["Resource"] == ["arn:aws:s3:::cams/site-a/.cefmp4/*"]:
+            # Salvage's own markers (SPEC §2.19): the only deletion, and never of footage.
+            assert actions == {"s3:DeleteObject"}
         else:
             assert actions == {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
                                "s3:ListMultipartUploadParts"}

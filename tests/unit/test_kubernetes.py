@@ -144,7 +144,11 @@ def test_every_variable_is_a_setting() -> None:
     configmap = _kind("ConfigMap", "cefmp4-config")
     unknown = set(configmap["data"]) - SETTINGS_VARS
     for workload in _cefmp4_workloads():
-        unknown |= set(_env(_container(workload))) - SETTINGS_VARS
+        env = _env(_container(workload))
+        # A variable only there to be expanded into a setting ($(NODE_NAME)) is fine.
+        expanded = {name for name in env
+                    if any(f"$({name})" in str(e.get("value", "")) for e in env.values())}
+        unknown |= set(env) - SETTINGS_VARS - expanded
     assert not unknown, f"not Settings: {sorted(unknown)}"
 
 
@@ -183,6 +187,20 @@ def test_daemonset_watches_a_host_path_with_its_own_store() -> None:
     assert mounts["recordings"] == env["WATCH_DIR"]["value"]
     assert "hostPath" in volumes["state"]  # checkpoints survive the pod
     assert mounts["state"] == env["STATE_DIR"]["value"]
+
+
+def test_daemonset_nodes_never_share_key_space() -> None:
+    """SPEC §2.19: siblings with separate stores must not take each other's uploads for
+    orphans; a key segment per node keeps them apart (the age rule is the second guard)."""
+    names = [e["name"] for e in _container(_kind("DaemonSet", "cefmp4-node"))["env"]]
+    env = _env(_container(_kind("DaemonSet", "cefmp4-node")))
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    prefix = env["S3_KEY_PREFIX"]["value"]
+    assert prefix.startswith("streams/")
+    assert "$(NODE_NAME)" in prefix
+    assert prefix.endswith("/")
+    # Kubernetes expands $(VAR) only from variables defined before it.
+    assert names.index("NODE_NAME") < names.index("S3_KEY_PREFIX")
 
 
 def test_redis_password_is_on_no_command_line() -> None:
