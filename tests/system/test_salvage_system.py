@@ -15,6 +15,7 @@ import pytest
 from tests.support.app import make_settings
 from tests.support.media import GrowingWriter
 from tests.support.proc import Daemon, run_cli, settings_env
+from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
 from tests.system.conftest import sha256_bytes, wait_until_impl
 
@@ -109,3 +110,55 @@ def test_salvage_leaves_an_upload_whose_key_holds_an_object_open_and_fails(
     listed = client.list_multipart_uploads(Bucket=s3_bucket, Prefix="streams/")
     assert [u["UploadId"] for u in listed.get("Uploads", [])] == [upload_id]
     client.abort_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=upload_id)
+
+
+def test_a_live_instance_salvages_a_dead_hosts_stream_within_the_lease_ttl(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, bucket_view: Callable[..., Any],
+    daemons: list[Daemon], source_12mb_fragmented: Path, redis_server: RedisServer,
+) -> None:
+    """Redis, two hosts: A records and dies with its disk; B watches another directory, so
+    takeover has no file to resume from. B salvages A's upload within LEASE_TTL + 60 s
+    (it used to stay open for ever: the record quarantined, never completed)."""
+    import time
+
+    ttl = 4.0
+    host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
+    host_a.mkdir()
+    host_b.mkdir()
+    common = {"lease_ttl_seconds": ttl, "stream_timeout_seconds": 30,
+              "redis_key_prefix": "salvage-test:"}
+    a = make_settings(tmp_path=host_a, s3=s3_server, bucket=s3_bucket, redis=redis_server,
+                      instance_id="host-a", **common)
+    b = make_settings(tmp_path=host_b, s3=s3_server, bucket=s3_bucket, redis=redis_server,
+                      instance_id="host-b", **common)
+    first = Daemon(settings_env(a), host_a / "run.log")
+    second = Daemon(settings_env(b), host_b / "run.log")
+    daemons.extend([first, second])
+    first.start()
+    second.start()
+    view = bucket_view(s3_server, s3_bucket)
+    target = a.watch_dir / "rec.mp4"
+    writer = GrowingWriter(source_12mb_fragmented, target, rate=4 * MIB)
+    writer.start()
+    try:
+        wait_until_impl(lambda: view.parts_listed() >= 2, timeout=60,
+                        what="two parts uploaded", alive=(first,))
+    finally:
+        writer.stop()
+    first.kill()
+    died = time.monotonic()
+    shutil.rmtree(a.watch_dir)
+    wait_until_impl(lambda: len(view.metadata_keys("rec.mp4")) == 1, timeout=ttl + 60,
+                    what="the dead host's stream salvaged", alive=(second,))
+    took = time.monotonic() - died
+    assert took <= ttl + 60
+    [doc] = view.metadata("rec.mp4")
+    assert doc["status"] == "salvaged"
+    assert doc["original_file_path"] == str(target)  # the store remembered it
+    [video] = view.video_keys("rec.mp4")
+    remote = view.get(video)
+    assert remote == source_12mb_fragmented.read_bytes()[: len(remote)]
+    assert view.uploads() == []
+    events = [e for e in second.events() if e.get("event") == "abandoned_stream_salvaged"]
+    assert len(events) == 1
+    assert second.stop() == 0

@@ -34,6 +34,7 @@ can touch a leased stream) or ``"refuse"`` (every write needs a token).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import fields
@@ -656,6 +657,19 @@ class RedisCheckpointStore:
             return None
         self._held[inode] = str(token)
         return int(token)
+
+    async def leased_anywhere(self, inode: int) -> bool:
+        """Whether a lease on a file with this inode number is held in any deployment that
+        shares this Redis (any lease namespace): salvage's evidence that an owner lives,
+        wherever it watches. An inode number that two deployments share answers "held":
+        the safe way round, since then nothing is salvaged."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self._prefix}lease:") + "*"
+        wanted = str(inode)
+        with _mapped_errors("lease_scan"):
+            async for key in self._client.scan_iter(match=pattern, count=1000):
+                if _text(key).rsplit(":", 1)[-1] == wanted:
+                    return True
+        return False
 
     async def holder(self, inode: int) -> str | None:
         with _mapped_errors("lease_holder"):

@@ -29,11 +29,12 @@ from cefmp4.runtime.clock import Clock, SystemClock
 from cefmp4.runtime.errors import CefmpError
 from cefmp4.runtime.failpoints import Failpoints
 from cefmp4.runtime.feature_wiring import Features, open_features
-from cefmp4.runtime.housekeeping import sweep_forever
+from cefmp4.runtime.housekeeping import salvager, sweep_forever
 from cefmp4.runtime.metrics import Metrics
 from cefmp4.runtime.readiness import Readiness
 from cefmp4.runtime.tasks import TaskSupervisor
 from cefmp4.storage import ObjectStore
+from cefmp4.streams.abandoned import AbandonedStreams
 from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.burst import wait_idle
 from cefmp4.streams.context import Context
@@ -290,6 +291,9 @@ class App:
                 supervisor = self.supervisor
                 interval = settings.lease_ttl_seconds / 2
                 self.tasks.start("takeover", lambda: takeover_forever(supervisor, interval))
+                abandoned = AbandonedStreams(supervisor, salvager(ctx, ownership.keeper.owner),
+                                             interval)
+                self.tasks.start("salvage-abandoned", abandoned.forever)
         return ctx
 
     def _ownership(self, checkpoints: CheckpointStore) -> Ownership:
