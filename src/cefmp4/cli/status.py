@@ -139,13 +139,15 @@ def _print_unknown_uploads(console: Console, settings: Settings, known: set[str]
         return
     grace_h = settings.abort_orphan_uploads_after_hours
     table = Table(title=f"multipart uploads no checkpoint knows ({len(orphans)})")
-    for column in ("key", "upload_id", "age", "aborted by the sweeper"):
+    for column in ("key", "upload_id", "age", "the sweeper (salvages; aborts if empty)"):
         table.add_column(column, overflow="fold")
     now = time.time()
     for upload in sorted(orphans, key=lambda u: u.initiated):
         age_h = (now - upload.initiated.timestamp()) / 3600
+        # By its newest part: this is the earliest; each part added pushes it back.
         when = "never (ABORT_ORPHAN_UPLOADS_AFTER_HOURS=0)" if grace_h <= 0 else (
-            "next sweep" if age_h >= grace_h else f"in {grace_h - age_h:.1f} h"
+            "next sweep, if no part came since" if age_h >= grace_h
+            else f"not before {grace_h - age_h:.1f} h"
         )
         table.add_row(*redacted([upload.key, upload.upload_id, f"{age_h:.1f} h", when]))
     console.print(table)
