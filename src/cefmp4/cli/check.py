@@ -53,8 +53,8 @@ async def _check_s3(settings: Settings, *, fix: bool) -> list[CheckResult]:
                 return results
             key = f"{settings.s3_key_prefix}.cefmp4-check/{new_stream_id()}"
             upload_id = await store.create_multipart(key, "application/octet-stream")
-            await store.abort_multipart(key, upload_id)
-            results.append(CheckResult("s3 multipart", True, "create and abort allowed"))
+            results.append(await _abort_check_upload(store, key, upload_id))
+            results.extend(await _check_evidence(store, settings))
     except PermanentError as exc:
         results.append(CheckResult("s3", False, str(exc), creds_fix))
     except (CefmpError, TimeoutError) as exc:
@@ -62,6 +62,56 @@ async def _check_s3(settings: Settings, *, fix: bool) -> list[CheckResult]:
             "s3", False, f"{where} unreachable: {exc or 'timed out'}",
             "is the S3 server running and S3_ENDPOINT_URL right?",
         ))
+    return results
+
+
+async def _abort_check_upload(store: S3ObjectStore, key: str, upload_id: str) -> CheckResult:
+    try:
+        await store.abort_multipart(key, upload_id)
+    except PermanentError as exc:
+        if "AccessDenied" not in str(exc) and "denied" not in str(exc).lower():
+            raise
+        # The evidence policy (deploy/iam-policy-evidence.json) grants no abort, on purpose.
+        return CheckResult(
+            "s3 multipart", True,
+            f"create allowed; abort denied (least-privilege policy): {key} stays open",
+        )
+    return CheckResult("s3 multipart", True, "create and abort allowed")
+
+
+async def _check_evidence(store: S3ObjectStore, settings: Settings) -> list[CheckResult]:
+    """Object Lock on the bucket when asked for (§2.22), SSE and the signing key as set."""
+    results: list[CheckResult] = []
+    protection = store.protection
+    if protection.locks:
+        try:
+            await store.check_object_lock()
+            what = ", ".join(filter(None, [
+                protection.lock_mode and f"{protection.lock_mode} "
+                f"{protection.retain_days} days after completion",
+                "legal hold" if protection.legal_hold else "",
+            ]))
+            results.append(CheckResult("s3 object lock", True, f"bucket has it; {what}"))
+        except ConfigError as exc:
+            results.append(CheckResult(
+                "s3 object lock", False, str(exc),
+                "create the bucket with Object Lock (aws s3api create-bucket "
+                "--object-lock-enabled-for-bucket), or unset the Object Lock settings",
+            ))
+    if protection.sse is not None:
+        described = protection.describe()
+        key = f" key {described['kms_key_id']}" if described["kms_key_id"] else ""
+        results.append(CheckResult("s3 encryption", True, f"{protection.sse}{key}"))
+    if settings.s3_full_object_checksum != "off":
+        mode = await store.part_checksum()
+        results.append(CheckResult(
+            "s3 full-object checksum", True,
+            "CRC64NVME, verified by the store" if mode == "crc64nvme"
+            else f"not verified by this store; parts carry {mode}",
+        ))
+    signer = settings.signer()
+    if signer is not None:
+        results.append(CheckResult("signing key", True, f"ed25519 key_id {signer.key_id}"))
     return results
 
 

@@ -14,6 +14,7 @@ from cefmp4.config.settings import Settings
 from cefmp4.streams.context import PipelineConfig
 
 if TYPE_CHECKING:
+    from cefmp4.storage.protection import ObjectProtection
     from cefmp4.storage.s3 import S3ObjectStore
 
 
@@ -55,7 +56,23 @@ def open_objects(settings: Settings, **options: Any) -> AbstractAsyncContextMana
         secret_access_key=settings.s3_secret_access_key.get_secret_value(),
         region=settings.s3_region_name,
         probe_prefix=settings.s3_key_prefix,  # where "which checksum?" may be asked, once
+        protection=protection_of(settings),
+        full_object=settings.s3_full_object_checksum,
         **options,
+    )
+
+
+def protection_of(settings: Settings) -> ObjectProtection:
+    """Object Lock and SSE of every object written, from the settings (§2.22). Salvage
+    and any other writer take the same value, so every object gets the same protection."""
+    from cefmp4.storage.protection import ObjectProtection
+
+    return ObjectProtection(
+        lock_mode=settings.s3_object_lock_mode,
+        retain_days=settings.s3_object_lock_retain_days,
+        legal_hold=settings.s3_object_lock_legal_hold,
+        sse=settings.s3_sse,
+        kms_key_id=settings.s3_sse_kms_key_id,
     )
 
 

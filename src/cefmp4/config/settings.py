@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from cefmp4.config.evidence_settings import EvidenceSettings
 from cefmp4.config.feature_settings import (  # features block
     FEATURE_SECRETS,
     FeatureSettings,
@@ -92,7 +93,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
 
 
-class Settings(FeatureSettings):  # features block: was BaseSettings
+class Settings(FeatureSettings, EvidenceSettings):  # features, evidence: was BaseSettings
     """Every setting of cefmp4. Field names upper-cased are the environment variables."""
 
     model_config = SettingsConfigDict(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from cefmp4 import __version__
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
-from cefmp4.core.hashing import CRC32C_PREFIX, is_md5_record
+from cefmp4.core.hashing import is_md5_record, record_crc32c, record_crc64nvme
 from cefmp4.streams.probe import ProbeResult
 
 CONTENT_TYPE = "application/json"
@@ -108,15 +108,20 @@ def _check_parts(parts: Sequence[PartRecord]) -> list[dict[str, object]]:
             )
         if part.size <= 0:
             raise ValueError(f"part {part.part_number} is empty")
-        chunks.append({
+        chunk: dict[str, object] = {
             "part_number": part.part_number,
             "offset_bytes": part.offset,
             "size_bytes": part.size,
             "etag": part.etag,
-            # The recorded digest under its own name: "md5", or "crc32c" (8 hex digits).
+            # The recorded digest under its own name: "md5", or "crc32c" (8 hex digits)
+            # and "crc64nvme" (16 hex digits) where recorded.
             ("md5" if is_md5_record(part.md5) else "crc32c"):
-                part.md5.removeprefix(CRC32C_PREFIX),
-            "uploaded_at_utc": iso_utc(part.uploaded_at),
-        })
+                part.md5 if is_md5_record(part.md5) else record_crc32c(part.md5),
+        }
+        crc64 = record_crc64nvme(part.md5)
+        if crc64 is not None:
+            chunk["crc64nvme"] = f"{crc64:016x}"
+        chunk["uploaded_at_utc"] = iso_utc(part.uploaded_at)
+        chunks.append(chunk)
         expected_offset += part.size
     return chunks

@@ -19,7 +19,12 @@ import structlog
 
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.trust import TrustedCheckpoints
-from cefmp4.config.adapters import open_checkpoints, open_objects, pipeline_config
+from cefmp4.config.adapters import (
+    open_checkpoints,
+    open_objects,
+    pipeline_config,
+    protection_of,
+)
 from cefmp4.config.settings import Settings
 from cefmp4.config.settings_checks import inflight_advice
 from cefmp4.core.keys import upload_rel_path
@@ -38,6 +43,7 @@ from cefmp4.streams.abandoned import AbandonedStreams
 from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.burst import wait_idle
 from cefmp4.streams.context import Context
+from cefmp4.streams.evidence import Evidence
 from cefmp4.streams.lease import LeaseKeeper, default_owner
 from cefmp4.streams.ownership import LeasedOwnership, LocalOwnership, Ownership
 from cefmp4.streams.probe import FfprobeProber, Prober
@@ -253,6 +259,7 @@ class App:
             failpoints=failpoints,
             guard=ownership.guard(),
             **self.features.context_fields(),
+            evidence=self._evidence(),
         )
         self.ctx = ctx
         if advice := inflight_advice(settings):
@@ -295,6 +302,14 @@ class App:
                                              interval)
                 self.tasks.start("salvage-abandoned", abandoned.forever)
         return ctx
+
+    def _evidence(self) -> Evidence:
+        """The signer and protection of §2.22, said once in the log (a KMS ARN masked)."""
+        evidence = Evidence(self.settings.signer(), protection_of(self.settings))
+        if evidence.signer is not None or evidence.protection.active:
+            log.info(logs.EVIDENCE, **evidence.protection.describe(),
+                     signing_key_id=evidence.signer.key_id if evidence.signer else None)
+        return evidence
 
     def _ownership(self, checkpoints: CheckpointStore) -> Ownership:
         """One instance on SQLite; with Redis, leases let several share the work."""

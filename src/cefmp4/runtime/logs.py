@@ -57,6 +57,9 @@ LEASE_RECLAIMED: Final = "lease_reclaimed"
 PREDIGEST_FAILED: Final = "predigest_failed"
 PREDIGEST_USED: Final = "predigest_used"
 PREDIGEST_STALE: Final = "predigest_stale"
+# Evidence (§2.22): a video whose retention ends before completion + days; what is protected.
+OBJECT_LOCK_SHORT: Final = "object_lock_short"
+EVIDENCE: Final = "evidence"
 ORPHAN_ABORTED: Final = "orphan_upload_aborted"
 COMPLETE_CONFIRMED: Final = "complete_confirmed"  # HeadObject shows it was completed
 PROBE_FAILED: Final = "probe_failed"

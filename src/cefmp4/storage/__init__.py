@@ -24,7 +24,9 @@ class BinaryIOLike(Protocol):
 # Such a body may also offer ``read_cached(size) -> bytes-like | None``: bytes the page
 # cache holds, read without blocking (None: not cached), so the store needs no thread.
 PartBody = bytes | BinaryIOLike
-PartCheck = Literal["md5", "crc32c"]
+# "crc64nvme": the store verifies a whole-object CRC64NVME (§2.22): uploads declare it at
+# Create (FULL_OBJECT), parts carry their own, Complete the combination.
+PartCheck = Literal["md5", "crc32c", "crc64nvme"]
 
 
 def sends_crc32c(md5_b64: str, crc32c_b64: str, verified: PartCheck) -> bool:
@@ -82,10 +84,11 @@ class ObjectStore(Protocol):
         md5_b64: str = "",
         *,
         crc32c_b64: str = "",
+        crc64nvme_b64: str = "",
     ) -> str:
         """Upload one part with the check ``part_checksum()`` names (``crc32c_b64`` or
-        ``md5_b64``; give at least that one; ``sends_crc32c`` picks); returns its ETag
-        (without quotes).
+        ``md5_b64``; give at least that one; ``sends_crc32c`` picks; a "crc64nvme" store
+        takes ``crc64nvme_b64`` where given); returns its ETag (without quotes).
 
         ``ContentChanged`` when the bytes that arrived do not match it."""
 
@@ -93,9 +96,12 @@ class ObjectStore(Protocol):
         """Every part S3 holds for the upload, ascending part number, one per number."""
 
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], *, crc64nvme_b64: str = ""
     ) -> str:
-        """Complete with (part_number, etag) pairs in ascending order; returns the ETag."""
+        """Complete with (part_number, etag) pairs in ascending order; returns the ETag.
+        ``crc64nvme_b64``: the whole object's CRC64NVME, which the store verifies
+        (``PermanentError`` when the parts do not make it); given only to a "crc64nvme"
+        store."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
 

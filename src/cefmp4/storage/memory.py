@@ -32,7 +32,7 @@ from typing import Literal
 
 import crc32c
 
-from cefmp4.core.hashing import multipart_etag
+from cefmp4.core.hashing import crc64_b64, crc64nvme, multipart_etag
 from cefmp4.core.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from cefmp4.runtime.errors import (
     CefmpError,
@@ -200,6 +200,7 @@ class MemoryObjectStore:
         md5_b64: str = "",
         *,
         crc32c_b64: str = "",
+        crc64nvme_b64: str = "",
     ) -> str:
         await self._enter("upload_part")
         self.touched.add(key)
@@ -209,13 +210,20 @@ class MemoryObjectStore:
             raise PermanentError(f"UploadPart failed: InvalidArgument (part {part_number})")
         if len(body) > MAX_PART_SIZE:
             raise PermanentError("UploadPart failed: EntityTooLarge")
+        if self.part_checks == "crc64nvme" and crc64nvme_b64:
+            # A full-object upload's parts carry their CRC64NVME (§2.22); checked as S3 does.
+            crc32c_b64, md5_b64 = "", ""
+            expected64 = crc64nvme_b64
+        else:
+            expected64 = ""
         # The check S3 makes: the CRC32C where this store takes it, else Content-MD5.
         crc = sends_crc32c(md5_b64, crc32c_b64, self.part_checks)
         try:
-            expected = base64.b64decode(crc32c_b64 if crc else md5_b64, validate=True)
+            expected = base64.b64decode(
+                expected64 or (crc32c_b64 if crc else md5_b64), validate=True)
         except binascii.Error:
             expected = b""
-        if len(expected) != (4 if crc else 16):
+        if len(expected) != (8 if expected64 else 4 if crc else 16):
             raise PermanentError("UploadPart failed: InvalidDigest")
         data = bytes(body) if isinstance(body, bytes) else await send_body(
             body, self.body_block, lambda sent: self._pause(key, part_number, sent)
@@ -223,7 +231,9 @@ class MemoryObjectStore:
         # The upload may have been aborted or purged while the body was on the wire.
         upload = self._upload("UploadPart", key, upload_id)
         digest = hashlib.md5(data).digest()
-        if (crc32c.crc32c(data).to_bytes(4, "big") if crc else digest) != expected:
+        got = (crc64nvme(data).to_bytes(8, "big") if expected64
+               else crc32c.crc32c(data).to_bytes(4, "big") if crc else digest)
+        if got != expected:
             raise ContentChanged("UploadPart failed: BadDigest")  # as s3._map_error maps it
         etag = digest.hex()
         upload.parts[part_number] = (data, etag)
@@ -239,7 +249,7 @@ class MemoryObjectStore:
         ]
 
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], *, crc64nvme_b64: str = ""
     ) -> str:
         await self._enter("complete_multipart")
         self.touched.add(key)
@@ -266,6 +276,9 @@ class MemoryObjectStore:
                 )
             bodies.append(stored[0])
         result = multipart_etag([etag for _, etag in wanted])
+        if crc64nvme_b64 and crc64_b64(crc64nvme(b"".join(bodies))) != crc64nvme_b64:
+            # What S3 answers a full-object checksum that its parts do not make (§2.22).
+            raise PermanentError("CompleteMultipartUpload failed: BadDigest (CRC64NVME)")
         self.objects[key] = StoredObject(b"".join(bodies), result, upload.content_type)
         del self._uploads[upload_id]
         self._completed[upload_id] = _Completed(key, wanted, result)

@@ -23,6 +23,7 @@ from cefmp4.runtime.retry import Backoff, retry_transient
 from cefmp4.storage import ObjectStore
 from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.completion import CompletionPolicy
+from cefmp4.streams.evidence import Evidence
 from cefmp4.streams.probe import Prober
 
 T = TypeVar("T")
@@ -83,6 +84,8 @@ class Context:
     outbox_poke: Callable[[], None] = field(default=lambda: None)
     # Burst mode (``cefmp4 upload``): streams end because the command said so.
     upload_command: bool = False
+    # Signing and the protection the metadata reports (§2.22); the default: neither.
+    evidence: Evidence = field(default_factory=Evidence)
 
     async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` until it succeeds or fails permanently; transient errors never end it.

@@ -242,11 +242,16 @@ async def publish(
     # A record from before completed_by existed, or kept after a truncation: derive it.
     if record.completed_by is None or status != COMPLETE:
         record = replace(record, completed_by=completed_by(status, None))
-    doc = build_metadata(
-        record=record, parts=parts, probe=probe, status=status,
-        processed_at=ctx.clock.time(), extra={**extra, "completed_by": record.completed_by},
+    verified = bool(parts) and await ctx.objects.part_checksum() == "crc64nvme"
+    evidence = ctx.evidence.fields(
+        parts, started_at=record.started_at,
+        completed_at=record.completed_at or ctx.clock.time(), checksum_verified=verified,
     )
-    body = to_json_bytes(doc)
+    doc = build_metadata(
+        record=record, parts=parts, probe=probe, status=status, processed_at=ctx.clock.time(),
+        extra={**extra, **evidence, "completed_by": record.completed_by},
+    )
+    body = to_json_bytes(ctx.evidence.seal(doc))  # signed last: nothing is added after
     meta_key = metadata_key(record.key)
     await ctx.retry(
         "put_metadata", lambda: ctx.objects.put_object(meta_key, body, "application/json")

@@ -24,7 +24,7 @@ from typing import Any
 
 import crc32c
 
-from cefmp4.core.hashing import PartDigest
+from cefmp4.core.hashing import PartDigest, crc64nvme
 from cefmp4.runtime.errors import (
     SourceBusy,
     SourceError,
@@ -139,15 +139,18 @@ def digest_range(
     """The digest of ``size`` bytes at ``offset`` (MD5 too if ``md5``), in one read that
     also feeds ``sha`` if given. Blocking; run it in a thread (hashlib and crc32c release
     the GIL on large blocks, so it hashes on a second core while the loop sends)."""
-    crc = 0
+    crc = crc64 = 0
     md5_sum = hashlib.md5(usedforsecurity=False) if md5 else None
     for block in _blocks(fd, offset, size):
         crc = crc32c.crc32c(block, crc)
+        # Always, for the whole-object checksum (§2.22): a tenth of SHA-256's cost per GiB
+        # (measured), and a part hashed without it could not join the combination later.
+        crc64 = crc64nvme(block, crc64)
         if md5_sum is not None:
             md5_sum.update(block)
         if sha is not None:
             sha.update(block)
-    return PartDigest(crc, md5_sum.digest() if md5_sum is not None else None)
+    return PartDigest(crc, md5_sum.digest() if md5_sum is not None else None, crc64)
 
 
 def hash_range(fd: int, offset: int, size: int) -> tuple[str, str]:

@@ -190,7 +190,10 @@ class Uploader:
         reupload = number in self.parts
         async with ctx.budget.hold(size):
             # MD5 only where the store verifies nothing cheaper (Content-MD5).
-            md5 = await ctx.objects.part_checksum() == "md5"
+            mode = await ctx.objects.part_checksum()
+            md5 = mode == "md5"
+            # A FULL_OBJECT upload's parts carry their CRC64NVME (§2.22).
+            crc64 = mode == "crc64nvme"
             digest = [await self._hash_part(number, offset, size, md5)]
             upload_id = await self.ensure_upload()
             key = self.record.key
@@ -205,6 +208,7 @@ class Uploader:
                     return await ctx.objects.upload_part(
                         key, upload_id, number, FileRange(self.fd, offset, size),
                         digest[0].md5_b64, crc32c_b64=digest[0].crc32c_b64,
+                        **({"crc64nvme_b64": digest[0].crc64nvme_b64} if crc64 else {}),
                     )
                 except ContentChanged:
                     # The recorder rewrote these bytes after we hashed them: hash again.
