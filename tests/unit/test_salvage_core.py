@@ -83,3 +83,78 @@ def test_last_activity_is_the_newest_part_else_the_initiation() -> None:
 def test_a_zero_age_limit_takes_everything_not_owned() -> None:
     up = Upload("k", "u", NOW, _parts((1, 10 * MIB, NOW)))
     assert plan(up, now=NOW, older_than=0.0, object_exists=False).action is Action.COMPLETE
+
+
+# --- tail segments (RPO_SECONDS, §2.20) ----------------------------------------------------
+
+from cefmp4.core.tail import Segment, chain, next_range, parse_segment, segment_key  # noqa: E402
+
+SID = "20261207T120000Z-0123456789"
+
+
+def _seg(start: int, end: int, at: float | None = OLD) -> Segment:
+    return Segment(start, end, segment_key("streams/", SID, start, end), at)
+
+
+def test_segment_names_sort_by_offset_and_parse_back() -> None:
+    key = segment_key("streams", SID, 5, 17)
+    assert key == f"streams/.cefmp4/tail/{SID}/{5:016x}-{17:016x}"
+    assert parse_segment("streams/", SID, key, 12) == Segment(5, 17, key)
+    assert parse_segment("streams/", SID, key, 11) is None  # size disagrees with its name
+    assert parse_segment("streams/", SID, key + "x", 12) is None
+    assert parse_segment("streams/", SID, "streams/other", 12) is None
+    with pytest.raises(ValueError, match="byte range"):
+        segment_key("streams/", SID, 5, 5)
+
+
+@pytest.mark.parametrize(("durable", "shipped", "size", "limit", "expected"), [
+    (0, 0, 0, 10, None),  # nothing yet
+    (0, 0, 7, 10, (0, 7)),
+    (0, 7, 7, 10, None),  # shipped already
+    (0, 7, 9, 10, (7, 9)),  # only what no segment holds: each byte at most twice
+    (20, 7, 25, 10, (20, 25)),  # a part took it since
+    (0, 0, 30, 10, (0, 10)),  # capped: memory stays bounded
+])
+def test_next_range(durable: int, shipped: int, size: int, limit: int,
+                    expected: tuple[int, int] | None) -> None:
+    assert next_range(durable, shipped, size, limit) == expected
+
+
+def test_chain_continues_without_a_gap() -> None:
+    segs = [_seg(0, 4), _seg(4, 9), _seg(9, 12), _seg(15, 20)]
+    assert [(p.start, p.end) for p in chain(segs, 0)] == [(0, 4), (4, 9), (9, 12)]
+    assert [(p.start, p.end) for p in chain(segs, 6)] == [(6, 9), (9, 12)]  # a part held 0-6
+    assert chain(segs, 12) == []  # a gap at 12-15
+    assert chain([], 0) == []
+
+
+def test_plan_appends_the_tail_after_the_parts() -> None:
+    part = 10 * MIB
+    up = Upload("k", "u", OLD, _parts((1, part, OLD)),
+                tail=(_seg(0, 100), _seg(part - 5, part + 300), _seg(part + 300, part + 400)))
+    result = plan(up, now=NOW, older_than=AGE, object_exists=False)
+    assert result.action is Action.COMPLETE
+    assert [p.number for p in result.used] == [1]
+    assert [(p.start, p.end) for p in result.tail] == [(part, part + 300),
+                                                      (part + 300, part + 400)]
+    assert result.bytes == part + 400
+    assert "400 bytes of tail segments" in result.reason
+
+
+def test_plan_a_recording_shorter_than_a_part_is_its_tail() -> None:
+    """No part yet when the host died: before RPO_SECONDS this was aborted as empty."""
+    up = Upload("k", "u", OLD, (), tail=(_seg(0, 1000), _seg(1000, 2500)))
+    result = plan(up, now=NOW, older_than=AGE, object_exists=False)
+    assert result.action is Action.COMPLETE
+    assert result.used == ()
+    assert result.bytes == 2500
+
+
+def test_a_fresh_segment_keeps_an_upload_live() -> None:
+    up = Upload("k", "u", OLD, _parts((1, 10 * MIB, OLD)), tail=(_seg(0, 9, at=FRESH),))
+    assert plan(up, now=NOW, older_than=AGE, object_exists=False).action is Action.SKIP_LIVE
+
+
+def test_a_tail_that_does_not_start_at_byte_0_is_unusable_alone() -> None:
+    up = Upload("k", "u", OLD, (), tail=(_seg(50, 90),))
+    assert plan(up, now=NOW, older_than=AGE, object_exists=False).action is Action.UNUSABLE

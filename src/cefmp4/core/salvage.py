@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cefmp4.core.tail import Piece, Segment, chain
+
 # S3's smallest part, for every part but the last one of an object.
 MIN_PART_BYTES = 5 * 1024 * 1024
 
@@ -52,6 +54,7 @@ class Upload:
     parts: tuple[Part, ...]
     known: bool = False  # a checkpoint record names this upload
     owner_gone: bool = False  # known, and its owner is provably gone (lease expired, ...)
+    tail: tuple[Segment, ...] = ()  # its stream's tail segments (RPO_SECONDS, §2.20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,19 @@ class Plan:
     used: tuple[Part, ...] = ()  # the parts of the object, 1..n
     ignored: tuple[Part, ...] = ()  # parts after the first gap
     reason: str = ""
+    tail: tuple[Piece, ...] = ()  # then these bytes of tail segments, as one last part
+
+    @property
+    def part_bytes(self) -> int:
+        return sum(p.size for p in self.used)
+
+    @property
+    def tail_bytes(self) -> int:
+        return sum(p.size for p in self.tail)
 
     @property
     def bytes(self) -> int:
-        return sum(p.size for p in self.used)
+        return self.part_bytes + self.tail_bytes
 
     @property
     def gap_after(self) -> int | None:
@@ -75,6 +87,7 @@ class Plan:
 def last_activity(upload: Upload) -> float:
     """When something was last added to the upload: its newest part, else its initiation."""
     times = [p.added_at for p in upload.parts if p.added_at is not None]
+    times += [s.added_at for s in upload.tail if s.added_at is not None]
     return max([upload.initiated_at, *times])
 
 
@@ -100,19 +113,25 @@ def plan(upload: Upload, *, now: float, older_than: float, object_exists: bool) 
         return Plan(Action.SKIP_LIVE, upload, reason=f"a part was added {idle:.0f} s ago, "
                     f"less than the age limit of {older_than:.0f} s")
     used, ignored = contiguous(upload.parts)
-    if not upload.parts:
+    if not upload.parts and not upload.tail:
         return Plan(Action.ABORT_EMPTY, upload, reason="it holds no part")
-    if not used:
-        return Plan(Action.UNUSABLE, upload, ignored=ignored,
-                    reason=f"it has no part 1 (first part {ignored[0].number}); left open")
     short = [p for p in used[:-1] if p.size < MIN_PART_BYTES]
     if short:
         # Only the last part may be short: stop before the first short one that is not.
         cut = used.index(short[0]) + 1
         used, ignored = used[:cut], used[cut:] + ignored
+    pieces: tuple[Piece, ...] = ()
+    if not used or used[-1].size >= MIN_PART_BYTES:  # else a short part must stay the last
+        pieces = tuple(chain(upload.tail, sum(p.size for p in used)))
+    if not used and not pieces:
+        first = f"first part {ignored[0].number}" if ignored else "no tail segment from byte 0"
+        return Plan(Action.UNUSABLE, upload, ignored=ignored,
+                    reason=f"it has no part 1 ({first}); left open")
     if object_exists:
-        return Plan(Action.BLOCKED, upload, used, ignored,
+        return Plan(Action.BLOCKED, upload, used, ignored, tail=pieces,
                     reason="an object already stands at its key; S3 completes an upload only "
                            "at its own key, so it is left open")
-    gap = f"; parts after {used[-1].number} left out (a gap)" if ignored else ""
-    return Plan(Action.COMPLETE, upload, used, ignored, reason=f"{len(used)} parts{gap}")
+    gap = f"; parts after {used[-1].number} left out (a gap)" if ignored and used else ""
+    tail = f" + {sum(p.size for p in pieces)} bytes of tail segments" if pieces else ""
+    return Plan(Action.COMPLETE, upload, used, ignored, tail=pieces,
+                reason=f"{len(used)} parts{tail}{gap}")
