@@ -1,4 +1,4 @@
-"""argv → Settings → run | upload | status | check | salvage.
+"""argv → Settings → run | upload | status | check | salvage | verify.
 
 Bad configuration ends here as one line naming the setting and exit status 2.
 """
@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave uploads that got a part within this long (default 900)",
     )
     _add_setting_flags(salvage)
+
+    verify = sub.add_parser(
+        "verify", help="prove video objects and their metadata unchanged",
+        description="Read each video object again (ranged, streaming) and check its size, "
+        "SHA-256 (and CRC64NVME where recorded) against its metadata, and the metadata's "
+        "signature against the public key. One line per object (ok, MISMATCH, UNSIGNED, "
+        "BAD SIGNATURE, MISSING), then a summary; exit 0 only if every object is ok.",
+    )
+    verify.add_argument("keys", nargs="*", metavar="KEY",
+                        help="video keys (full, or relative to S3_KEY_PREFIX)")
+    verify.add_argument("--all", action="store_true", dest="all_keys",
+                        help="every video under S3_KEY_PREFIX")
+    verify.add_argument("--public-key", type=Path, metavar="FILE",
+                        help="Ed25519 public key, PEM (default: that of SIGNING_KEY_FILE)")
+    verify.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_setting_flags(verify)
     return parser
 
 
@@ -213,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return salvage_command(settings, dry_run=args.dry_run, as_json=args.json,
                                    older_than=args.older_than)
+        if args.command == "verify":
+            from cefmp4.cli.verify import verify_command
+
+            return verify_command(settings, args.keys, all_keys=args.all_keys,
+                                  public_key=args.public_key, as_json=args.json)
         from cefmp4.cli.check import check_command
 
         return check_command(settings, fix=args.fix)
