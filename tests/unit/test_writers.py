@@ -14,6 +14,7 @@ from cefmp4.intake.writers import (
     CloseWatcher,
     Ident,
     WriterScanner,
+    no_writer_now,
     probe_signals,
     scan_writers,
 )
@@ -292,6 +293,148 @@ async def test_no_visible_signal_means_the_idle_timeout() -> None:
     state = policy.track(IDENT, "/x", lambda: None)
     v = await policy.decide(state, fingerprint=(1, 1), idle_for=30, timeout=30)
     assert v.complete is CompletedBy.IDLE_TIMEOUT
+
+
+class FakeProver:
+    """Answers for the kernel's lease: None (nobody writes) or why not."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+        self.asked: list[tuple[int, str]] = []
+
+    async def __call__(self, fd: int, path: str) -> str | None:
+        self.asked.append((fd, path))
+        return self.answer
+
+
+def _proving(clock: FakeClock, prover: FakeProver, **kw: object) -> tuple[
+    CompletionPolicy, CloseWatcher
+]:
+    closes = CloseWatcher(clock)
+    policy = CompletionPolicy(
+        complete_on_close=2.0, hold_while_open=bool(kw.get("hold_while_open", False)),
+        max_hold=100.0, closes=closes, scanner=FakeScanner(),  # type: ignore[arg-type]
+        prove_no_writer=prover, clock=clock,
+    )
+    return policy, closes
+
+
+async def test_a_file_closed_before_it_was_seen_completes_a_window_after() -> None:
+    """No close event will come (it happened before the watch): the window runs from the
+    first look, then the kernel is asked once."""
+    clock, prover = FakeClock(), FakeProver(None)
+    policy, _ = _proving(clock, prover)
+    state = policy.track(IDENT, "/w/seg001.ts", lambda: None, 7)
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=0.0, timeout=30)
+    assert v.complete is None
+    assert v.recheck_in == pytest.approx(2.0)  # the stream wakes up when the window ends
+    clock.now += 1.5
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=1.5, timeout=30)
+    assert (v.complete, v.recheck_in) == (None, pytest.approx(0.5))
+    assert prover.asked == []  # not before the window ends
+    clock.now += 0.5
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=2.0, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+    assert prover.asked == [(7, "/w/seg001.ts")]
+
+
+async def test_a_change_restarts_the_window() -> None:
+    clock, prover = FakeClock(), FakeProver(None)
+    policy, _ = _proving(clock, prover)
+    state = policy.track(IDENT, "/x", lambda: None, 7)
+    await policy.decide(state, fingerprint=(100, 5), idle_for=0, timeout=30)
+    clock.now += 1.9
+    v = await policy.decide(state, fingerprint=(200, 6), idle_for=0, timeout=30)  # grew
+    assert v.recheck_in == pytest.approx(2.0)
+    clock.now += 1.9
+    assert (await policy.decide(state, fingerprint=(200, 6), idle_for=1.9,
+                                timeout=30)).complete is None
+    assert prover.asked == []
+
+
+async def test_a_writer_holding_the_file_open_is_not_completed_early() -> None:
+    """The lease is refused (a paused recorder holds the file): asked once for these bytes,
+    then the idle timeout rules; a change opens a new window and a new question."""
+    clock, prover = FakeClock(), FakeProver("a process holds the file open for writing")
+    policy, _ = _proving(clock, prover)
+    state = policy.track(IDENT, "/x", lambda: None, 7)
+    await policy.decide(state, fingerprint=(100, 5), idle_for=0, timeout=30)
+    for idle in (2.0, 5.0, 29.0):
+        clock.now += idle - (clock.now - 1000.0)
+        v = await policy.decide(state, fingerprint=(100, 5), idle_for=idle, timeout=30)
+        assert v.complete is None
+    assert len(prover.asked) == 1
+    clock.now += 1.0
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=30, timeout=30)
+    assert v.complete is CompletedBy.IDLE_TIMEOUT
+    state2 = policy.track(IDENT, "/x", lambda: None, 7)
+    await policy.decide(state2, fingerprint=(1, 1), idle_for=0, timeout=30)
+    clock.now += 2
+    await policy.decide(state2, fingerprint=(1, 1), idle_for=2, timeout=30)
+    await policy.decide(state2, fingerprint=(2, 2), idle_for=0, timeout=30)
+    clock.now += 2
+    await policy.decide(state2, fingerprint=(2, 2), idle_for=2, timeout=30)
+    assert len(prover.asked) == 3
+
+
+async def test_a_close_event_keeps_its_own_window() -> None:
+    """A close seen after the file was: the window runs from the close, not the first look."""
+    clock, prover = FakeClock(), FakeProver(None)
+    policy, closes = _proving(clock, prover)
+    state = policy.track(IDENT, "/x", lambda: None, 7)
+    await policy.decide(state, fingerprint=(100, 5), idle_for=0, timeout=30)
+    clock.now += 1.5
+    closes.note_close(IDENT)
+    await policy.decide(state, fingerprint=(100, 5), idle_for=1.5, timeout=30)
+    clock.now += 1.0
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=2.5, timeout=30)
+    assert (v.complete, v.recheck_in) == (None, pytest.approx(1.0))
+    clock.now += 1.0
+    v = await policy.decide(state, fingerprint=(100, 5), idle_for=3.5, timeout=30)
+    assert v.complete is CompletedBy.WRITER_CLOSED
+    assert prover.asked == []
+
+
+async def test_without_a_descriptor_nothing_is_asked() -> None:
+    clock, prover = FakeClock(), FakeProver(None)
+    policy, _ = _proving(clock, prover)
+    state = policy.track(IDENT, "/x", lambda: None)
+    await policy.decide(state, fingerprint=(1, 1), idle_for=0, timeout=30)
+    clock.now += 5
+    assert (await policy.decide(state, fingerprint=(1, 1), idle_for=5,
+                                timeout=30)).complete is None
+    assert prover.asked == []
+
+
+def test_no_writer_now_asks_the_kernel(tmp_path: Path) -> None:
+    """The real lease: refused while another process holds the file open for writing (a
+    paused recorder), granted and given back once it closed; a reader does not count."""
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'ab'); "
+         "print('open', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == "open\n"
+        why = no_writer_now(fd, str(path))
+        assert why is not None
+        assert "open for writing" in why
+        writer.kill()
+        writer.wait(10)
+        reader = os.open(path, os.O_RDONLY)
+        assert no_writer_now(fd, str(path)) is None
+        os.close(reader)
+        # Given back: a writer opening now is not made to wait for a lease break.
+        with path.open("ab") as again:
+            again.write(b"y")
+    finally:
+        writer.kill()
+        writer.wait(10)
+        os.close(fd)
 
 
 def test_check_reports_both_signals() -> None:

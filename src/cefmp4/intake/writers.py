@@ -403,6 +403,29 @@ class NoWriterProof:
                 fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
 
+def no_writer_now(fd: int, path: str, proc: Path = Path("/proc")) -> str | None:
+    """None when no process holds the file open for writing right now, else why that is
+    not proven. Blocking (a lease call, or a /proc walk where the lease is not ours to
+    take): run it in a thread.
+
+    The lease is given back at once: completing a stream needs the fact, not a hold
+    against a later open (a writer that reopens the file changes it, and §2.3's
+    verification and §2.4's new stream take it from there). An opener that meets the lease
+    in that instant waits for the unlock, not for a lease break."""
+    try:
+        with NoWriterProof(fd, path, proc):
+            return None
+    except (WriterOpen, WritersUnseen) as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot ask: {exc.strerror or exc}"
+
+
+async def prove_no_writer(fd: int, path: str) -> str | None:
+    """:func:`no_writer_now` off the event loop."""
+    return await asyncio.to_thread(no_writer_now, fd, path)
+
+
 def visibility_problems(watch_dir: Path, proc: Path = Path("/proc")) -> list[str]:
     """Why cefmp4 may be unable to prove a file in ``watch_dir`` writer-free (empty: it can,
     for every file). For start-up advice and ``check``."""

@@ -27,7 +27,12 @@ from cefmp4.after.outbox import (
 )
 from cefmp4.checkpoint import CheckpointStore
 from cefmp4.config.settings import Settings
-from cefmp4.intake.writers import CloseWatcher, WriterScanner, visibility_problems
+from cefmp4.intake.writers import (
+    CloseWatcher,
+    WriterScanner,
+    prove_no_writer,
+    visibility_problems,
+)
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import Clock
 from cefmp4.runtime.failpoints import Failpoints
@@ -122,7 +127,8 @@ def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
     return CompletionPolicy(
         complete_on_close=settings.complete_on_close_seconds,
         hold_while_open=settings.hold_while_open, max_hold=settings.max_hold_seconds,
-        closes=closes, scanner=WriterScanner(clock=clock.monotonic), clock=clock.monotonic,
+        closes=closes, scanner=WriterScanner(clock=clock.monotonic),
+        prove_no_writer=prove_no_writer, clock=clock.monotonic,
     )
 
 

@@ -3,13 +3,25 @@
 :class:`CompletionPolicy` applies COMPLETE_ON_CLOSE_SECONDS, HOLD_WHILE_OPEN and
 MAX_HOLD_SECONDS to what ``cefmp4.intake.writers`` sees; where neither signal is visible it falls
 back to the idle timeout, so the defaults keep the behaviour without writer awareness.
+
+A file can be finished before cefmp4 looks at it: a segment that ffmpeg ``-f segment``/``-f
+hls``, splitmuxsink, MediaMTX or Frigate wrote and closed in one burst, a finished file moved
+or copied in, a file found at start-up. Its close happened before the close watch existed, so
+no close event will ever come. For such a file the close window runs from when the stream saw
+it (and from each later change), and at its end the stream asks for positive evidence that
+nobody writes: the kernel's read lease, taken and given back at once (granted only while no
+process anywhere holds the file open for writing), or a complete /proc walk where the lease
+is not ours to take. Proven, the stream completes as ``writer_closed``; refused or unprovable,
+it waits for a close event, a change, or the idle timeout (HOLD_WHILE_OPEN as before). The
+answer is asked once per unchanged fingerprint, so a writer that holds the file open through
+a pause costs one refused lease per quiet period.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -25,6 +37,8 @@ class CompletedBy(enum.StrEnum):
     """What ended a stream (metadata ``completed_by``, SPEC §1.4)."""
 
     IDLE_TIMEOUT = "idle_timeout"
+    # No writer holds the file: its writers closed it (a close event), or nobody held it open
+    # for writing when the stream looked (the kernel's lease or /proc proved it).
     WRITER_CLOSED = "writer_closed"
     HOLD_EXPIRED = "hold_expired"
     UPLOAD_COMMAND = "upload_command"
@@ -45,10 +59,22 @@ class StreamWriters:
     """The writer signals of one stream, kept between polls."""
 
     ident: Ident
+    fd: int | None = None  # the stream's read-only descriptor: what the lease is asked on
+    path: str = ""
     close_fingerprint: Fingerprint | None = None
     close_seen_at: float | None = None
     hold_started: float | None = None
     holding: bool = False
+    # Without a close event: the file as first seen (or last changed), since when, and the
+    # fingerprint for which the evidence of no writer was refused (not asked again).
+    settled_fingerprint: Fingerprint | None = None
+    settled_since: float = 0.0
+    unproven: Fingerprint | None = None
+
+
+# Blocking-free proof that no process holds the file open for writing: None when proven,
+# else why not (``cefmp4.intake.writers.prove_no_writer``).
+NoWriterProver = Callable[[int, str], Awaitable[str | None]]
 
 
 class CompletionPolicy:
@@ -62,6 +88,7 @@ class CompletionPolicy:
         max_hold: float,
         closes: CloseWatcher | None,
         scanner: WriterScanner | None,
+        prove_no_writer: NoWriterProver | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.complete_on_close = complete_on_close
@@ -69,14 +96,17 @@ class CompletionPolicy:
         self.max_hold = max_hold
         self.closes = closes
         self.scanner = scanner
+        self.prove_no_writer = prove_no_writer
         self.clock = clock
 
     @property
     def enabled(self) -> bool:
         return self.complete_on_close is not None or self.hold_while_open
 
-    def track(self, ident: Ident, path: str, wake: Callable[[], None]) -> StreamWriters:
-        state = StreamWriters(ident)
+    def track(
+        self, ident: Ident, path: str, wake: Callable[[], None], fd: int | None = None
+    ) -> StreamWriters:
+        state = StreamWriters(ident, fd, path)
         if self.complete_on_close is not None and self.closes is not None:
             self.closes.watch(ident, path, wake)
         return state
@@ -126,24 +156,47 @@ class CompletionPolicy:
     async def _closed_verdict(
         self, state: StreamWriters, fingerprint: Fingerprint, now: float, hints: list[float]
     ) -> Verdict | None:
-        if self.complete_on_close is None or self.closes is None:
+        if self.complete_on_close is None:
             return None
-        closed_at = self.closes.closed_at(state.ident)
-        if closed_at is None:
+        closed_at = None if self.closes is None else self.closes.closed_at(state.ident)
+        if closed_at is not None:
+            if closed_at != state.close_seen_at:
+                # A new close: remember what the file looked like right after it.
+                state.close_seen_at = closed_at
+                state.close_fingerprint = fingerprint
+            elif fingerprint != state.close_fingerprint:
+                # Written again after that close (a reopen): wait for the next close.
+                state.close_fingerprint = None
+            if state.close_fingerprint == fingerprint:
+                since = now - closed_at
+                if since < self.complete_on_close:
+                    hints.append(self.complete_on_close - since)
+                    return None
+                if await self._writers(state.ident):
+                    return None  # reopened for writing and not changed yet: not finished
+                return Verdict(CompletedBy.WRITER_CLOSED)
+        return await self._settled_verdict(state, fingerprint, now, hints)
+
+    async def _settled_verdict(
+        self, state: StreamWriters, fingerprint: Fingerprint, now: float, hints: list[float]
+    ) -> Verdict | None:
+        """No close event applies (the file was closed before the watch existed, or written
+        again since): the close window runs from when this fingerprint was first seen, then
+        the kernel (or /proc) must prove that nobody holds the file open for writing."""
+        assert self.complete_on_close is not None
+        if self.prove_no_writer is None or state.fd is None:
             return None
-        if closed_at != state.close_seen_at:
-            # A new close: remember what the file looked like right after it.
-            state.close_seen_at = closed_at
-            state.close_fingerprint = fingerprint
-        elif fingerprint != state.close_fingerprint:
-            # Written again after that close (a reopen): wait for the next close.
-            state.close_fingerprint = None
-        if state.close_fingerprint != fingerprint:
-            return None
-        since = now - closed_at
+        if fingerprint != state.settled_fingerprint:
+            state.settled_fingerprint, state.settled_since = fingerprint, now
+        since = now - state.settled_since
         if since < self.complete_on_close:
             hints.append(self.complete_on_close - since)
             return None
-        if await self._writers(state.ident):
-            return None  # reopened for writing and not changed yet: it is not finished
-        return Verdict(CompletedBy.WRITER_CLOSED)
+        if state.unproven == fingerprint:
+            return None  # refused for these very bytes: a close event or a change comes next
+        why = await self.prove_no_writer(state.fd, state.path)
+        if why is None:
+            return Verdict(CompletedBy.WRITER_CLOSED)
+        state.unproven = fingerprint
+        log.debug("writer_not_ruled_out", reason=why)
+        return None

@@ -149,7 +149,7 @@ class StreamWorker:
         if policy is None or not policy.enabled:
             return await self._follow(None)
         ident = (self.record.device, self.record.inode)
-        writers = policy.track(ident, self.record.path, self.wake.set)
+        writers = policy.track(ident, self.record.path, self.wake.set, self.fd)
         try:
             return await self._follow(writers)
         finally:
