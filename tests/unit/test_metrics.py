@@ -35,6 +35,17 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return out
 
 
+def test_no_created_series() -> None:
+    """prometheus_client's ``*_created`` companions are off (issue #26: 76 of them)."""
+    metrics = Metrics()
+    metrics.operation_failed("complete")
+    body, _ = metrics.render()
+    names = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines()
+             if line and not line.startswith("#")}
+    assert "video_failed_operations_total" in names
+    assert [n for n in names if n.endswith("_created")] == []
+
+
 def test_every_spec_name_is_exposed() -> None:
     metrics = Metrics()
     body, content_type = metrics.render()

@@ -18,6 +18,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -61,6 +62,11 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # prometheus_client adds a ``<name>_created`` series (a start timestamp) to every
+        # counter and histogram child: 76 lines of /metrics that no rule or dashboard reads
+        # (Prometheus ignores them unless created-timestamp ingestion is switched on). Its
+        # documented switch is process-wide; cefmp4 is the process.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         counter, gauge, histogram = _makers(self.registry)
         # prometheus_client appends "_total" to counter names itself; giving the full
