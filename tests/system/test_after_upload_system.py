@@ -11,7 +11,7 @@ import pytest
 
 from cefmp4.runtime.failpoints import CRASH_EXIT_STATUS
 from tests.support.app import make_settings
-from tests.support.proc import Daemon, settings_env
+from tests.support.proc import Daemon, run_cli, settings_env
 from tests.support.redis import RedisServer
 from tests.support.seaweed import SeaweedS3
 from tests.system.conftest import wait_until_impl
@@ -102,3 +102,36 @@ def test_truncated_stream_keeps_its_file_until_its_successor_is_confirmed(
     acted = [e for e in daemon.events() if e.get("event") == "after_upload_done"]
     assert [e.get("stream_id") for e in acted] == [docs["complete"]["stream_id"]]
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("action", ["delete", "move"])
+def test_upload_command_reports_ok_for_files_it_then_deleted_or_moved(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, bucket_view: Callable[..., Any],
+    sample_mp4: Path, action: str,
+) -> None:
+    """``cefmp4 upload`` judges each file by what it uploaded, not by a stat of the path
+    after the after-upload action removed it."""
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    extra: dict[str, Any] = {"after_upload_dir": moved} if action == "move" else {}
+    settings = make_settings(
+        tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket, after_upload=action, **extra
+    )
+    sources = [settings.watch_dir / "a.mp4", settings.watch_dir / "b.mp4"]
+    for source in sources:
+        shutil.copyfile(sample_mp4, source)
+    local = sample_mp4.read_bytes()
+
+    result = run_cli(["upload", "--stream-timeout-seconds", "1", *map(str, sources)],
+                     settings_env(settings))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    assert all(line.startswith("ok ") for line in lines), result.stdout
+    assert not any(source.exists() for source in sources)
+    if action == "move":
+        assert sorted(p.name for p in moved.rglob("*.mp4")) == ["a.mp4", "b.mp4"]
+    view = bucket_view(s3_server, s3_bucket)
+    for name in ("a.mp4", "b.mp4"):
+        assert _confirmed(view, name, local), name

@@ -188,8 +188,11 @@ class App:
                 if on_start is not None:
                     on_start(self)
                 await wait_idle(supervisor)
+                # Each file's result before the after-upload actions run: AFTER_UPLOAD=
+                # delete|move removes the path that _completed looks the stream up by.
+                results = {path: await self._completed(ctx, path) for path in paths}
                 await self.features.deliver_pending()
-                return {path: await self._completed(ctx, path) for path in paths}
+                return results
             finally:
                 await self.shutdown()
 
