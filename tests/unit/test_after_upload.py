@@ -546,3 +546,158 @@ async def test_put_back_never_overwrites_a_file_that_took_the_path(tmp_path: Pat
     assert path.read_bytes() == b"but a new file took its path"
     kept = path.with_name(f"rec.kept-{intent.stream_id}.mp4")
     assert kept.read_bytes().endswith(b"late")
+
+
+# --- review findings: hostile names, stuck items, hidden files -------------------------------
+
+
+@pytest.mark.parametrize("where", ["partial", "subdir"])
+async def test_move_never_writes_through_a_planted_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A local user plants a symlink at the copy's temporary name, or makes a directory of
+    AFTER_UPLOAD_DIR a symlink: the victim is never written, nothing lands outside."""
+    done = tmp_path / "done"
+    path, intent, head = _setup(tmp_path, "move", done)
+    data = path.read_bytes()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if where == "partial":
+        (done / "cam").mkdir(parents=True)
+        (done / "cam" / f".cefmp4-{intent.stream_id}.partial").symlink_to(victim)
+
+        def no_cross_link(src: str, dst: str) -> None:
+            raise OSError(errno.EXDEV, "cross-device link")
+
+        monkeypatch.setattr(os, "link", no_cross_link)  # the copy path
+        await AfterUploadSink(head).deliver(_item(intent))
+        monkeypatch.undo()
+        moved = done / "cam" / "rec.mp4"
+        assert not moved.is_symlink()
+        assert moved.read_bytes() == data
+    else:
+        done.mkdir()
+        (done / "cam").symlink_to(outside)
+        with pytest.raises(PermanentError, match="outside AFTER_UPLOAD_DIR"):
+            await AfterUploadSink(head).deliver(_item(intent))
+        assert path.read_bytes() == data  # kept, in view
+    assert victim.read_bytes() == b"precious"
+    assert os.listdir(outside) == []
+
+
+async def test_a_name_too_long_to_stage_is_kept_in_view_and_the_queue_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A 250-byte name: the hidden name is short, so it stages and is deleted; and an error
+    of the same kind is a PermanentError (the queue moves on), never a retry loop."""
+    path, intent, head = _setup(tmp_path)
+    long_path = path.with_name("x" * 246 + ".mp4")
+    path.rename(long_path)
+    st = long_path.stat()
+    intent = replace(intent, path=str(long_path), inode=st.st_ino)
+    await AfterUploadSink(head).deliver(_item(intent))
+    assert not long_path.exists()
+    # A read-only directory: EACCES on the rename, as root only through a hook here.
+    path2, intent2, head2 = _setup(tmp_path / "b")
+
+    def refuse(name: str) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    import cefmp4.after.after_upload as au
+
+    real_rename = os.rename
+    try:
+        au.os.rename = lambda *_a: refuse("")  # type: ignore[assignment]
+        with pytest.raises(PermanentError, match="EACCES"):
+            await AfterUploadSink(head2).deliver(_item(intent2))
+    finally:
+        au.os.rename = real_rename  # type: ignore[assignment]
+    assert path2.exists()
+
+
+async def test_a_file_left_hidden_by_a_crash_is_put_back_even_if_the_action_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Crash after staging, then the object is gone (a lifecycle rule): the file must come
+    back into view, not stay at its hidden name for ever."""
+    path, intent, head = _setup(tmp_path)
+    os.rename(path, staged_name(path, intent.stream_id))  # what the crash left
+    del head.objects[intent.key]
+    with pytest.raises(PermanentError, match="video object not found"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert path.exists()
+    assert sorted(os.listdir(path.parent)) == ["rec.mp4"]
+
+
+async def test_a_file_planted_at_the_hidden_name_is_left_alone(tmp_path: Path) -> None:
+    path, intent, head = _setup(tmp_path)
+    planted = staged_name(path, intent.stream_id)
+    planted.write_bytes(b"not the recording")
+    os.unlink(path)  # the real file is gone (say, deleted by hand)
+    with pytest.raises(PermanentError, match="changed since"):
+        await AfterUploadSink(head).deliver(_item(intent))
+    assert planted.read_bytes() == b"not the recording"
+    assert not path.exists()  # the planted file was not published as a recording
+
+
+@pytest.mark.parametrize("field", ["path", "key", "metadata_key", "target_dir"])
+async def test_an_intent_outside_the_settings_is_never_acted_on(
+    tmp_path: Path, field: str
+) -> None:
+    """Intents are read back from the store (§2.18): one whose file is outside WATCH_DIR,
+    whose keys are outside the prefix, or whose target is not AFTER_UPLOAD_DIR is refused."""
+    from cefmp4.after.after_upload import Scope
+
+    path, intent, head = _setup(tmp_path, "move", tmp_path / "done")
+    scope = Scope(tmp_path / "in", "p/", str(tmp_path / "done"))
+    outside = tmp_path / "outside.conf"
+    outside.write_bytes(path.read_bytes())
+    bad = {
+        "path": replace(intent, path=str(outside)),
+        "key": replace(intent, key="elsewhere/x.mp4", metadata_key="elsewhere/x.mp4.metadata.json"),
+        "metadata_key": replace(intent, metadata_key="p/other.json"),
+        "target_dir": replace(intent, target_dir=str(tmp_path)),
+    }[field]
+    with pytest.raises(PermanentError, match="not acted on"):
+        await AfterUploadSink(head, scope=scope).deliver(_item(bad))
+    assert outside.exists()
+    assert path.exists()
+    await AfterUploadSink(head, scope=scope).deliver(_item(intent))  # the real one acts
+    assert not path.exists()
+
+
+def test_the_hash_stops_as_soon_as_a_writer_breaks_the_lease(tmp_path: Path) -> None:
+    from cefmp4.after.after_upload import _sha256_of
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (3 * 4 * 1024 * 1024))
+    calls = []
+
+    def still() -> bool:
+        calls.append(1)
+        return len(calls) < 2
+
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        with pytest.raises(PermanentError, match="opened the source for writing"):
+            _sha256_of(fd, still)
+    finally:
+        os.close(fd)
+    assert len(calls) == 2  # stopped after the second block of three
+
+
+async def test_a_clock_stepped_back_never_makes_the_wait_longer_than_the_quiet_time(
+    tmp_path: Path,
+) -> None:
+    _path, intent, head = _setup(tmp_path)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    sink = AfterUploadSink(head, quiet_s=30.0, clock=lambda: 0.0, sleep=sleep)
+    await sink.deliver(OutboxItem(1, "after_upload", intent.stream_id, intent.to_json(),
+                                  10_000.0))  # completed "in the future"
+    assert slept == [30.0]

@@ -98,17 +98,33 @@ def test_object_key_refuses_unsafe_stream_ids(stream_id: str) -> None:
 
 
 def test_object_key_refuses_keys_s3_cannot_store() -> None:
-    with pytest.raises(UnkeyablePath, match="1215 bytes, over S3's limit of 1024") as err:
-        object_key(PREFIX, "s1", "é" * 600 + ".mp4")
+    with pytest.raises(UnkeyablePath, match=re.escape(
+            "1220 bytes (1234 with the metadata's suffix), over S3's limit of 1024")) as err:
+        object_key(PREFIX, "s1", "/".join(["é" * 100] * 6) + ".mp4")
     assert isinstance(err.value, ValueError)
     assert "é" not in str(err.value)  # the path is the caller's to log (printable)
 
 
-def test_a_key_of_exactly_1024_bytes_is_accepted() -> None:
-    rel = "a" * (1024 - len("streams/s1/") - 4) + ".mp4"
-    assert len(object_key(PREFIX, "s1", rel).encode()) == 1024
-    with pytest.raises(UnkeyablePath):
+def test_the_metadata_key_counts_toward_the_limit() -> None:
+    """The metadata's key is the video's + 14 bytes: both must fit (a 1,024-byte video key
+    made a metadata key S3 refused, and the stream looped for ever)."""
+    rel = "/".join(["a" * 200] * 5)[: 1024 - len("streams/s1/") - 14 - 4] + ".mp4"
+    assert len(object_key(PREFIX, "s1", rel).encode()) == 1024 - 14
+    with pytest.raises(UnkeyablePath, match="with the metadata's suffix"):
         object_key(PREFIX, "s1", "a" + rel)
+
+
+@pytest.mark.parametrize(("name_bytes", "ok"), [(241, True), (242, False), (255, False)])
+def test_a_name_longer_than_a_file_system_allows_is_unkeyable(name_bytes: int,
+                                                              ok: bool) -> None:
+    """MinIO and SeaweedFS keep each key segment as a file name (255 bytes at most), and
+    the metadata's segment is the name + 14 bytes."""
+    name = "n" * (name_bytes - 4) + ".mp4"
+    if ok:
+        assert object_key(PREFIX, "s1", f"cam/{name}").endswith(name)
+    else:
+        with pytest.raises(UnkeyablePath, match="a name in its path is"):
+            object_key(PREFIX, "s1", f"cam/{name}")
 
 
 @pytest.mark.parametrize("rel_path", ["", "/abs.mp4", "../up.mp4"])

@@ -42,6 +42,7 @@ import structlog
 from cefmp4.after.outbox import SINK_AFTER_UPLOAD, OutboxItem
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.hashing import multipart_etag, normalize_etag
+from cefmp4.core.keys import metadata_key, within_prefix
 from cefmp4.intake.writers import NoWriterProof, WriterOpen, WritersUnseen
 from cefmp4.runtime.errors import PermanentError
 
@@ -94,9 +95,39 @@ class Intent:
         return intent
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What an intent may touch under the settings in force: intents are read back from the
+    checkpoint store, and records are input, not truth (§2.18)."""
+
+    watch_dir: Path  # resolved
+    key_prefix: str
+    target_dir: str | None  # AFTER_UPLOAD_DIR, resolved
+
+    def check(self, intent: Intent) -> None:
+        path = Path(intent.path)
+        if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(
+                self.watch_dir) or path == self.watch_dir:
+            raise PermanentError("its path is not in WATCH_DIR; not acted on")
+        if not within_prefix(self.key_prefix, intent.key) or (
+                intent.metadata_key != metadata_key(intent.key)):
+            raise PermanentError("its keys are not under S3_KEY_PREFIX; not acted on")
+        if intent.action == MOVE and intent.target_dir != self.target_dir:
+            raise PermanentError("its target is not AFTER_UPLOAD_DIR; not acted on")
+
+
 def staged_name(path: Path, stream_id: str) -> Path:
-    """The hidden name a source is renamed to just before it is deleted."""
-    return path.with_name(f".{path.name}.cefmp4-{stream_id}.delete")
+    """The hidden name a source is renamed to while it is proven and acted on. Short, so that
+    it fits wherever the source's name does (a 255-byte name plus a suffix would not)."""
+    return path.with_name(f".cefmp4-{stream_id}.delete")
+
+
+def _beside(path: Path, stream_id: str) -> Path:
+    """Where a staged file goes back when another file took its path: a visible name,
+    within the 255 bytes a name may have."""
+    tail = f".kept-{stream_id}{path.suffix}"
+    stem = os.fsencode(path.stem)[: 255 - len(os.fsencode(tail))]
+    return path.with_name(os.fsdecode(stem) + tail)
 
 
 def move_targets(intent: Intent) -> tuple[Path, Path]:
@@ -123,6 +154,7 @@ class AfterUploadSink:
         quiet_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        scope: Scope | None = None,
     ) -> None:
         self._head = head_object
         self._hit = hit
@@ -130,17 +162,25 @@ class AfterUploadSink:
         self._quiet_s = quiet_s
         self._clock = clock
         self._sleep = sleep
+        self._scope = scope
 
     async def deliver(self, item: OutboxItem) -> None:
         intent = Intent.from_json(item.payload)
         with structlog.contextvars.bound_contextvars(path=intent.path, action=intent.action):
             if intent.status != "complete":
                 raise PermanentError(f"never acts on a {intent.status} stream; file kept")
+            if self._scope is not None:
+                self._scope.check(intent)
+            # A file left at its hidden name by an interrupted attempt is back in view first:
+            # whatever is decided below, it is never left hidden.
+            await asyncio.to_thread(_put_back, intent)
             # A writer that closes and reopens (FTP APPE, rotating recorders) can outlast a
             # fast completion: act only once the file stayed as verified for the idle
             # timeout after its object was completed (§2.25). Items come in completion
             # order, so waiting for this one holds back none that is due earlier.
-            wait = item.created_at + self._quiet_s - self._clock()
+            # Never longer than the quiet time itself: a clock stepped back (or another host's,
+            # through a shared store) must not hold the queue.
+            wait = min(self._quiet_s, item.created_at + self._quiet_s - self._clock())
             if wait > 0:
                 log.debug("after_upload_waiting", seconds=round(wait, 2))
                 await self._sleep(wait)
@@ -181,17 +221,18 @@ class AfterUploadSink:
         return self._delete(intent, path, staged)
 
     @contextlib.contextmanager
-    def _proven(self, intent: Intent, path: Path, staged: Path) -> Iterator[None]:
+    def _proven(self, intent: Intent, path: Path, staged: Path) -> Iterator[int]:
         """Inside: the source is at ``staged``, is the uploaded file, and nobody holds it open
-        for writing. Raises PermanentError (the file put back at ``path``) when any of that
-        is not proven, FileNotFoundError when there is no source."""
+        for writing; yields its descriptor. Raises PermanentError (the file put back at
+        ``path``) when any of that is not proven or a step fails, FileNotFoundError when
+        there is no source."""
         source = staged if os.path.lexists(staged) else path  # staged: an interrupted attempt
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
         except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            _put_back(staged, path, intent.stream_id)
+            _put_back(intent)
             raise PermanentError(f"source cannot be opened ({exc.strerror}); kept") from None
         try:
             try:
@@ -204,19 +245,29 @@ class AfterUploadSink:
                         self._hit("after_upload_staged")
                         now = os.lstat(staged)
                         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                            _put_back(intent, (now.st_dev, now.st_ino))  # the newcomer
                             raise PermanentError("another file took the source's path; kept")
-                    if _sha256_of(fd) != intent.sha256:
+                    if _sha256_of(fd, proof.holds) != intent.sha256:
                         raise PermanentError(
                             "source bytes differ from the uploaded object's; kept")
                     _check_stat(intent, os.fstat(fd))
                     if not proof.holds():
                         raise PermanentError("a process opened the source for writing; kept")
-                    yield
+                    yield fd
             except (WriterOpen, WritersUnseen) as exc:
-                _put_back(staged, path, intent.stream_id)
+                _put_back(intent)
                 raise PermanentError(f"{exc}; kept") from None
             except PermanentError:
-                _put_back(staged, path, intent.stream_id)
+                _put_back(intent)
+                raise
+            except OSError as exc:
+                # A name too long, a read-only or full file system, an I/O error: the same
+                # next time. The file goes back in view; the queue goes on.
+                _put_back(intent)
+                code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                raise PermanentError(f"{exc.strerror or code} ({code}); source kept") from None
+            except BaseException:
+                _put_back(intent)  # a crash point in a test, a cancellation: never hidden
                 raise
         finally:
             os.close(fd)
@@ -235,11 +286,11 @@ class AfterUploadSink:
         first, fallback = move_targets(intent)
         done = [t for t in (first, fallback) if _is_our_copy(t, intent)]
         try:
-            with self._proven(intent, path, staged):
+            with self._proven(intent, path, staged) as fd:
                 if not done:
                     target = fallback if os.path.lexists(first) else first
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._place(intent, staged, target)
+                    _make_target_dir(target.parent, Path(str(intent.target_dir)))
+                    self._place(intent, fd, staged, target)
                 self._hit("after_upload_copied")
                 # The target holds the uploaded bytes durably: now the source may go.
                 os.unlink(staged)
@@ -249,7 +300,7 @@ class AfterUploadSink:
         self._hit("after_upload_done")
         return "moved"
 
-    def _place(self, intent: Intent, source: Path, target: Path) -> None:
+    def _place(self, intent: Intent, fd: int, source: Path, target: Path) -> None:
         try:
             os.link(source, target)  # same file system: atomic, never overwrites
             _fsync_dir(target.parent)
@@ -259,18 +310,32 @@ class AfterUploadSink:
                 raise PermanentError(f"{target} appeared meanwhile; source kept") from None
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
                 raise
-        tmp = target.with_name(f".{target.name}.cefmp4-{intent.stream_id}.partial")
+        tmp = target.with_name(f".cefmp4-{intent.stream_id}.partial")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # an interrupted copy, or whatever was planted there (not followed)
+        # O_EXCL|O_NOFOLLOW: a symlink planted at this name meanwhile is never written through.
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o644)
         digest = hashlib.sha256()
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            while block := src.read(COPY_BLOCK):
+        try:
+            offset = 0  # from the proven descriptor, not by opening a name again
+            while block := os.pread(fd, COPY_BLOCK, offset):
                 digest.update(block)
-                dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(out, view):]
+                offset += len(block)
+            os.fsync(out)
+            os.utime(out, ns=(intent.mtime_ns, intent.mtime_ns))
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(out)
         if digest.hexdigest() != intent.sha256:
             os.unlink(tmp)
             raise PermanentError("the copy's SHA-256 differs from the object's; source kept")
-        os.utime(tmp, ns=(intent.mtime_ns, intent.mtime_ns))
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -286,6 +351,15 @@ class AfterUploadSink:
         _fsync_dir(target.parent)
 
 
+def _make_target_dir(directory: Path, root: Path) -> None:
+    """``directory`` below AFTER_UPLOAD_DIR, created as needed; PermanentError when a symlink
+    (planted or not) leads it anywhere else."""
+    directory.mkdir(parents=True, exist_ok=True)
+    real, top = os.path.realpath(directory), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise PermanentError(f"{directory} leads outside AFTER_UPLOAD_DIR; source kept")
+
+
 def _check_stat(intent: Intent, st: os.stat_result) -> None:
     """PermanentError unless ``st`` is the file as verified at completion."""
     if not stat.S_ISREG(st.st_mode):
@@ -299,22 +373,37 @@ def _check_stat(intent: Intent, st: os.stat_result) -> None:
         )
 
 
-def _sha256_of(fd: int) -> str:
+def _sha256_of(fd: int, still: Callable[[], bool] = lambda: True) -> str:
+    """The file's SHA-256; stops early (a PermanentError) when ``still()`` turns False: a
+    writer that breaks the lease waits until we let go, so it is not kept waiting for the
+    rest of a large file."""
     digest = hashlib.sha256()
     offset = 0
     while block := os.pread(fd, COPY_BLOCK, offset):
         digest.update(block)
         offset += len(block)
+        if not still():
+            raise PermanentError("a process opened the source for writing; kept")
     return digest.hexdigest()
 
 
-def _put_back(staged: Path, path: Path, stream_id: str) -> None:
+def _put_back(intent: Intent, ident: tuple[int, int] | None = None) -> None:
     """Return a staged file to view, never over another: at its path if free, else beside it
-    (discovery then finds it; a rename keeps its stream)."""
-    if not os.path.lexists(staged):
+    (discovery then finds it; a rename keeps its stream). Only a file this action staged
+    (the intent's inode, or ``ident``, what it renamed): anything else found at the hidden
+    name is left alone."""
+    path = Path(intent.path)
+    staged = staged_name(path, intent.stream_id)
+    try:
+        st = os.lstat(staged)
+    except OSError:
         return
-    beside = path.with_name(f"{path.stem}.kept-{stream_id}{path.suffix}")
-    for name in (path, beside):
+    ours = ident or (intent.device, intent.inode)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ours:
+        log.warning("after_upload_staged_name_taken", staged=str(staged),
+                    error="not the file this action staged; left alone")
+        return
+    for name in (path, _beside(path, intent.stream_id)):
         try:
             os.link(staged, name)  # never overwrites
         except FileExistsError:

@@ -14,6 +14,7 @@ from pathlib import PurePath, PurePosixPath
 
 METADATA_SUFFIX = ".metadata.json"
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in UTF-8 bytes
+MAX_SEGMENT_BYTES = 255  # a file-system-backed store's limit on one segment of a key
 
 NOT_UTF8 = "its name is not valid UTF-8: S3 keys are UTF-8; rename it to upload it"
 
@@ -66,10 +67,22 @@ def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
     except UnicodeEncodeError:
         # A file name that was not UTF-8 arrives surrogate-escaped; S3 keys are UTF-8.
         raise UnkeyablePath(NOT_UTF8) from None
-    if len(encoded) > MAX_KEY_BYTES:
+    # The metadata document's key is the longer one: the limit is on both.
+    meta = len(encoded) + len(METADATA_SUFFIX)
+    if meta > MAX_KEY_BYTES:
         raise UnkeyablePath(
-            f"its object key would be {len(encoded)} bytes, over S3's limit of "
-            f"{MAX_KEY_BYTES}: shorten its path below WATCH_DIR to upload it"
+            f"its object key would be {len(encoded)} bytes ({meta} with the metadata's "
+            f"suffix), over S3's limit of {MAX_KEY_BYTES}: shorten its path below WATCH_DIR "
+            "to upload it"
+        )
+    # MinIO and SeaweedFS store each segment as a name in a file system (at most 255 bytes;
+    # MinIO answers XMinioInvalidObjectName, SeaweedFS KeyTooLongError).
+    longest = max(len(seg.encode()) for seg in f"{key}{METADATA_SUFFIX}".split("/"))
+    if longest > MAX_SEGMENT_BYTES:
+        raise UnkeyablePath(
+            f"a name in its path is {longest - len(METADATA_SUFFIX) if longest else 0} bytes; "
+            f"S3-compatible stores take at most {MAX_SEGMENT_BYTES - len(METADATA_SUFFIX)} "
+            "(with the metadata's suffix): shorten it to upload it"
         )
     return key
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import structlog
 
-from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox
+from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox, Scope
 from cefmp4.after.notify import RedisStreamSink, WebhookSink
 from cefmp4.after.outbox import (
     NOTIFY_SINKS,
@@ -153,9 +153,12 @@ async def open_outbox(
         sinks.append(RedisStreamSink(checkpoints.client, settings.notify_redis_stream))
         notify.append(SINK_REDIS)
     if settings.after_upload != "keep":
+        target_dir = settings.after_upload_dir
+        scope = Scope(settings.watch_dir.resolve(), settings.s3_key_prefix,
+                      str(target_dir.resolve()) if target_dir else None)
         sinks.append(AfterUploadSink(
             objects.head_object, hit=failpoints.hit, quiet_s=settings.stream_timeout_seconds,
-            clock=clock.time, sleep=clock.sleep))
+            clock=clock.time, sleep=clock.sleep, scope=scope))
         for problem in visibility_problems(settings.watch_dir):
             log.warning(logs.SETTINGS_ADVICE, advice=(
                 f"AFTER_UPLOAD={settings.after_upload} keeps every file whose writers it "
