@@ -240,3 +240,53 @@ def test_a_secret_containing_another_is_masked_whole() -> None:
 )
 def test_url_query_tokens_masked(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+# --- escaped forms (review D): repr(exc) and JSON text double a backslash, escape a quote --
+
+ESCAPED_SECRET = 'Sup3r\\Secret"Key_long_enough'  # Sup3r\Secret"Key_long_enough
+
+
+def _escaped_forms(secret: str) -> list[str]:
+    """How ``secret`` reads inside repr() (either quote) and inside JSON text."""
+    return [repr(secret)[1:-1], repr(secret + "'\"")[1:-4], json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret.encode())[2:-1]]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [ESCAPED_SECRET, "it's\\a \"long\" secret", "pässwört\\long-enough", 'sh\\rt"pw9'],
+)
+def test_a_secret_is_masked_in_its_repr_and_json_escaped_forms(secret: str) -> None:
+    logs.set_secrets([secret])
+    texts = [
+        repr(RuntimeError(f"auth failed for {secret}")),
+        repr(RuntimeError(f"it's {secret}, \"quoted\"")),  # repr escapes ' here
+        repr({"password": secret}),
+        json.dumps({"password": secret}),
+        json.dumps({"password": secret}, ensure_ascii=False),
+        repr(f"auth {secret}".encode()),
+    ]
+    for text in texts:
+        masked = redact(text)
+        assert "***" in masked, text
+        for form in {secret, *_escaped_forms(secret)}:
+            assert form not in masked, (text, form)
+
+
+def test_a_logged_repr_of_an_error_shows_no_escaped_secret() -> None:
+    buf = io.StringIO()
+    configure_logging(level="debug", fmt="json", secrets=[ESCAPED_SECRET], stream=buf)
+    exc = RuntimeError(f"auth failed for {ESCAPED_SECRET}")
+    structlog.get_logger().error("delivery_error", error=repr(exc), exc_info=exc)
+    out = buf.getvalue()
+    for form in (ESCAPED_SECRET, *_escaped_forms(ESCAPED_SECRET)):
+        assert form not in out, form
+    [line] = _json_lines(buf)
+    assert line["error"] == "RuntimeError('auth failed for ***')"
+
+
+def test_a_secret_in_a_mapping_key_is_masked() -> None:
+    logs.set_secrets([SECRET])
+    event = redact_event(None, "info", {"event": "x", "seen": {SECRET: 1, "ok": SECRET}})
+    assert event["seen"] == {"***": 1, "ok": "***"}

@@ -10,6 +10,7 @@ processors, so redaction applies to library messages and tracebacks as well.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -117,16 +118,34 @@ _whole_values: frozenset[str] = frozenset()
 _in_text: re.Pattern[str] | None = None
 
 
-def _token_pattern(secret: str) -> str:
-    """``secret`` as a regex that matches it only as a whole token: not preceded or followed
-    by a word character where it begins or ends with one (a word boundary that also holds
-    for secrets starting or ending with punctuation). Long ones match anywhere."""
-    escaped = re.escape(secret)
-    if len(secret) >= ANYWHERE_SECRET:
+def _token_pattern(form: str, *, anywhere: bool) -> str:
+    """``form`` (a secret, or one of its escaped forms) as a regex that matches it only as a
+    whole token: not preceded or followed by a word character where it begins or ends with
+    one (a word boundary that also holds for secrets starting or ending with punctuation).
+    ``anywhere`` (a long secret): it matches glued to other text as well."""
+    escaped = re.escape(form)
+    if anywhere:
         return escaped
-    head = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
-    tail = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    head = r"(?<!\w)" if re.match(r"\w", form[0]) else ""
+    tail = r"(?!\w)" if re.match(r"\w", form[-1]) else ""
     return f"{head}{escaped}{tail}"
+
+
+def _forms(secret: str) -> set[str]:
+    """``secret`` and the forms it takes inside text that escapes it, where the secret
+    itself does not occur: ``repr()`` of a str (``error=repr(exc)``, a dict rendered in a
+    message; a backslash doubled, a quote escaped or not as Python picks the quotes) or
+    of its UTF-8 bytes, and JSON text (a body quoted in an error; ASCII-only or not)."""
+    both = "'\""  # text holding both quotes: repr escapes the single one
+    return {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret + both)[1:-4],
+        repr(secret.encode())[2:-1],
+        repr((secret + both).encode())[2:-4],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
 
 
 def set_secrets(secrets: Iterable[str]) -> None:
@@ -134,15 +153,25 @@ def set_secrets(secrets: Iterable[str]) -> None:
     secrets: an access key id is an identifier, and masking it garbles what it occurs in."""
     global _whole_values, _in_text  # noqa: PLW0603  (process-wide, like the logging config)
     values = {s for s in secrets if s and s.strip()}
-    _whole_values = frozenset(values)
-    # Longest first, so a secret that contains another is masked whole.
-    searched = sorted((s for s in values if len(s) >= MIN_TEXT_SECRET), key=len, reverse=True)
-    _in_text = re.compile("|".join(map(_token_pattern, searched))) if searched else None
+    _whole_values = frozenset(form for s in values for form in _forms(s))
+    # Every form of each secret long enough to search for; how a form is matched (as a
+    # whole token or anywhere) follows the secret's own length. Longest first, so a secret
+    # that contains another, or an escaped form that contains the plain one, is masked whole.
+    searched = sorted(
+        {(form, len(s) >= ANYWHERE_SECRET)
+         for s in values if len(s) >= MIN_TEXT_SECRET for form in _forms(s)},
+        key=lambda item: len(item[0]), reverse=True,
+    )  # fmt: skip
+    _in_text = (
+        re.compile("|".join(_token_pattern(form, anywhere=anywhere) for form, anywhere in searched))
+        if searched else None
+    )  # fmt: skip
 
 
 def redact(text: str) -> str:
-    """``text`` with every configured secret (whole, see ``MIN_TEXT_SECRET``), every URL
-    password and every credential-named query value replaced by ``***``."""
+    """``text`` with every configured secret (whole, see ``MIN_TEXT_SECRET``; plain or
+    escaped by repr or JSON), every URL password and every credential-named query value
+    replaced by ``***``."""
     if text in _whole_values:
         return MASK
     if _in_text is not None:
@@ -159,8 +188,9 @@ def _redact_value(value: Any) -> Any:
         return redact(value)
     if value is None or isinstance(value, bool | int | float):
         return value
-    if isinstance(value, Mapping):
-        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # keys too: a header or URL used as a key
+        return {(redact(k) if isinstance(k, str) else k): _redact_value(v)
+                for k, v in value.items()}  # fmt: skip
     if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
     # Any other object (an exception, a URL, a settings object) is rendered with str() or
