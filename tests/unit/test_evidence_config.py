@@ -183,3 +183,22 @@ def test_records_with_and_without_the_crc64nvme_compare_by_what_both_have() -> N
     assert same_bytes("crc32c:0000abcd", now)  # a checkpoint from before
     assert not same_bytes("crc32c:0000abcd;crc64nvme:000000000000002b", now)
     assert not same_bytes("crc32c:0000abce;crc64nvme:000000000000002a", now)
+
+
+def test_the_evidence_policy_grants_what_cefmp4_calls_and_no_delete_or_abort() -> None:
+    import json
+
+    policy = json.loads((Path(__file__).parents[2] / "deploy/iam/evidence-policy.json")
+                        .read_text())
+    allowed = {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]}
+    denied = {a for s in policy["Statement"] if s["Effect"] == "Deny"
+              and "Condition" not in s for a in s["Action"]}
+    # Every S3 call of run/upload/verify/check with the evidence settings (PutObject covers
+    # CreateMultipartUpload, UploadPart, CompleteMultipartUpload; GetObject HeadObject).
+    assert {"s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration",
+            "s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
+            "s3:PutObjectRetention", "s3:PutObjectLegalHold"} <= allowed
+    never = {"s3:AbortMultipartUpload", "s3:DeleteObject", "s3:DeleteObjectVersion",
+             "s3:BypassGovernanceRetention"}
+    assert not never & allowed
+    assert never <= denied
