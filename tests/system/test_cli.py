@@ -232,7 +232,10 @@ def test_status_redis(
     assert not settings.state_dir.exists()  # Redis mode never touches the embedded store
     table = run_cli(["status"], env)
     assert table.returncode == 0, table.stderr
-    assert rows[0]["stream_id"] in table.stdout
+    line = next(ln for ln in table.stdout.splitlines() if rows[0]["stream_id"] in ln)
+    cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+    # The table says what --json says (issue #26: "complete" beside "state": "completed").
+    assert cells[1:3] == [rows[0]["state"], rows[0]["status"]] == ["completed", "complete"]
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -501,3 +504,24 @@ def test_status_lists_multipart_uploads_no_checkpoint_knows(
     # The JSON form stays a list of streams.
     rows = _status_json(env)
     assert [r["path"] for r in rows] == [str(target.resolve())]
+
+
+def test_run_warns_once_when_it_creates_watch_dir(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str
+) -> None:
+    """A misspelled WATCH_DIR is created (SPEC: created if missing), and said so once."""
+    _settings, env = _setup(tmp_path, s3_server, s3_bucket)
+    typo = tmp_path / "inptu-videos"
+    daemon = Daemon({**env, "WATCH_DIR": str(typo)}, tmp_path / "run.log")
+    with daemon:
+        daemon.start()
+        assert typo.is_dir()
+        created = [e for e in daemon.events() if e.get("event") == "watch_dir_created"]
+        assert [(e["level"], e["path"]) for e in created] == [("warning", str(typo))]
+        assert daemon.stop() == 0
+    # An existing WATCH_DIR: nothing to say.
+    again = Daemon({**env, "WATCH_DIR": str(typo)}, tmp_path / "again.log")
+    with again:
+        again.start()
+        assert not [e for e in again.events() if e.get("event") == "watch_dir_created"]
+        assert again.stop() == 0

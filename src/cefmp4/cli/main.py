@@ -22,6 +22,7 @@ EXIT_CONFIG = 2
 EXIT_UNFLUSHED = 120  # Python's own exit status when stdout cannot be flushed at exit
 
 NOFILE_LIMIT = "nofile_limit"  # log event: the descriptor limits `run` starts with
+WATCH_DIR_CREATED = "watch_dir_created"  # log event: `run` made the WATCH_DIR it was given
 
 
 class _RefusedSecret(argparse.Action):
@@ -210,7 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.log_level, fmt=settings.log_format, secrets=_secrets(settings)
         )
         if args.command == "run":
+            existed = settings.watch_dir.exists()
             check_watch_dir(settings.watch_dir)
+            if not existed:  # a misspelled WATCH_DIR would otherwise be watched in silence
+                import structlog
+
+                structlog.get_logger("cefmp4.cli.main").warning(
+                    WATCH_DIR_CREATED, path=str(settings.watch_dir.resolve()),
+                    hint="WATCH_DIR did not exist; recordings written elsewhere are not seen",
+                )
             return _run(settings)
         if args.command == "upload":
             from cefmp4.cli.commands import upload_command

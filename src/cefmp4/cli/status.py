@@ -83,7 +83,10 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
     # The id stays whole (it is what an operator greps the logs for); the path folds.
     id_width = max((len(row["stream_id"]) for row in rows), default=len("stream_id"))
     table.add_column("stream_id", no_wrap=True, min_width=id_width)
+    # The words of `--json`: "state" is where the stream is (active, finalizing, completed,
+    # failed), "status" what its metadata says it is (complete, truncated, source_deleted).
     table.add_column("state", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("path", overflow="fold", min_width=16)
     for column in ("bytes", "parts", "last activity"):
         table.add_column(column, no_wrap=True)
@@ -94,7 +97,7 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         if last:
             ago = f"{now - datetime.fromisoformat(last).timestamp():.0f}s ago"
         table.add_row(*redacted([
-            row["stream_id"], row["status"] or row["state"], row["path"],
+            row["stream_id"], row["state"], row["status"] or "", row["path"],
             f"{row['bytes_uploaded']:,}", str(row["parts_uploaded"]), ago,
         ]))
     console = Console()
