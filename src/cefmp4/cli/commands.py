@@ -142,15 +142,19 @@ def _mib(n: int | None) -> str:
     return "gone" if n is None else f"{n / MIB:,.1f} MiB"
 
 
-def watch_table(rows: Sequence[WatchRow], now: float, note: str = "") -> Table:
-    """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind."""
+def watch_table(
+    rows: Sequence[WatchRow], now: float, note: str = "", *, live: bool = False
+) -> Table:
+    """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind.
+    ``live``: drawn on a terminal, where Ctrl-C is how it ends (said only there)."""
     from rich.table import Table
 
     from cefmp4.cli.status import redacted  # status imports rich: not on `upload`'s path
 
     table = Table(
         title=f"cefmp4 active streams ({len(rows)})",
-        caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S} · Ctrl-C to stop",
+        caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S}"
+        + (" · Ctrl-C to stop" if live else ""),
         show_footer=bool(rows),
     )
     behind = [max(0, (r.on_disk or 0) - r.in_s3) for r in rows]
@@ -200,7 +204,7 @@ async def _watch(settings: Settings, console: Console, interval: float, count: i
                     rows = await asyncio.wait_for(_watch_rows(store), timeout=max(5, interval))
             except (CefmpError, TimeoutError) as exc:
                 note = f"checkpoint store did not answer: {exc or 'timeout'}"
-            table = watch_table(rows, time.time(), note)
+            table = watch_table(rows, time.time(), note, live=live is not None)
             if live is not None:
                 live.update(table, refresh=True)
             else:
