@@ -66,7 +66,7 @@ class Metrics:
         # counter and histogram child: 76 lines of /metrics that no rule or dashboard reads
         # (Prometheus ignores them unless created-timestamp ingestion is switched on). Its
         # documented switch is process-wide; cefmp4 is the process.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = registry if registry is not None else CollectorRegistry()
         counter, gauge, histogram = _makers(self.registry)
         # prometheus_client appends "_total" to counter names itself; giving the full
