@@ -7,8 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis.asyncio
+from structlog.testing import capture_logs
+
 from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME, SCHEMA_VERSION, open_sqlite_store
+from cefmp4.runtime import logs
 from cefmp4.runtime.errors import LeaseLost
 from tests.contract.test_checkpoint_store import Backend, backend, make_stream
 
@@ -144,3 +149,93 @@ async def test_one_dispatcher_at_a_time(backend: Backend) -> None:
         await asyncio.sleep(0.45)  # a: gone without renewing
         assert await s.outbox_claim("b", 0.3)
         assert not await s.outbox_claim("a", 0.3)
+
+
+# -- an item that does not parse (SPEC §2.18): kept and reported, never handed out --------
+
+# (name, sqlite statement, redis command on the item's hash): corrupt stream "bad"'s item.
+OUTBOX_CORRUPTIONS: list[tuple[str, str, tuple[str | bytes, ...]]] = [
+    ("text created_at", "UPDATE outbox SET created_at = 'x' WHERE stream_id = ?",
+     ("HSET", "{item}", "created_at", "x")),
+    ("nan created_at", "UPDATE outbox SET created_at = 'nan' WHERE stream_id = ?",
+     ("HSET", "{item}", "created_at", "nan")),
+    ("payload not bytes", "UPDATE outbox SET payload = 5 WHERE stream_id = ?",
+     ("HSET", "{item}", "payload", b"\xff\xfe not UTF-8")),
+    ("bytes for a stream id", "UPDATE outbox SET stream_id = x'ff' WHERE stream_id = ?",
+     ("HSET", "{item}", "seq", "nope")),
+    ("unsafe stream id", "UPDATE outbox SET stream_id = '../x' WHERE stream_id = ?",
+     ("HDEL", "{item}", "payload")),
+]  # fmt: skip
+
+
+async def _corrupt_item(backend: Backend, sql: str, command: tuple[str | bytes, ...]) -> None:
+    if backend.kind == "sqlite":
+        assert backend.state_dir is not None
+        conn = sqlite3.connect(backend.state_dir / DB_NAME)
+        conn.execute(sql, ("bad",))
+        conn.commit()
+        conn.close()
+        return
+    item = f"{backend.prefix}outbox-item:webhook:bad"
+    async with redis.asyncio.from_url(backend.url) as client:
+        await client.execute_command(*(item if c == "{item}" else c for c in command))
+
+
+async def _kept_as_failed(backend: Backend) -> str | None:
+    """The ``failed`` reason stored with the corrupted item (None: not marked)."""
+    if backend.kind == "sqlite":
+        assert backend.state_dir is not None
+        conn = sqlite3.connect(backend.state_dir / DB_NAME)
+        rows = conn.execute("SELECT failed FROM outbox WHERE stream_id NOT IN ('g1', 'g2')")
+        [(failed,)] = rows.fetchall()
+        conn.close()
+        return None if failed is None else str(failed)
+    async with redis.asyncio.from_url(backend.url) as client:
+        failed = await client.hget(f"{backend.prefix}outbox-item:webhook:bad", "failed")
+    return None if failed is None else failed.decode()
+
+
+@pytest.mark.parametrize(("case", "sql", "command"), OUTBOX_CORRUPTIONS,
+                         ids=[c[0] for c in OUTBOX_CORRUPTIONS])
+async def test_an_item_that_does_not_parse_is_kept_aside_not_raised(
+    backend: Backend, case: str, sql: str, command: tuple[str | bytes, ...]
+) -> None:
+    async with backend.open() as store:
+        s: Any = store
+        for sid in ("bad", "g1", "g2"):  # the bad one first: it must not hide the others
+            await s.put_stream_with_outbox(make_stream(sid), [("webhook", b"{}")], 1.0)
+    await _corrupt_item(backend, sql, command)
+    async with backend.open() as store:
+        s = store
+        with capture_logs() as events:
+            for _ in range(2):  # warned about once, however often the queue is read
+                assert [i.stream_id for i in await s.outbox_pending("webhook", 1)] == ["g1"]
+                assert [i.stream_id for i in await s.outbox_pending("webhook", 10)] == [
+                    "g1", "g2"]
+        assert await s.outbox_count(NOTIFY) == 2
+    warnings = [e for e in events if e["event"] == logs.RECORD_QUARANTINED]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["reason"]
+    reason = await _kept_as_failed(backend)  # kept for inspection, with the reason
+    assert reason is not None
+    assert reason.startswith("malformed: ")
+
+
+async def test_items_of_another_type_or_gone_leave_the_queue(redis_url: str) -> None:
+    import uuid
+
+    from cefmp4.checkpoint.redis import open_redis_store
+
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        for sid in ("string", "gone", "good"):
+            await store.put_stream_with_outbox(make_stream(sid), [("webhook", b"{}")], 1.0)
+        async with redis.asyncio.from_url(redis_url) as client:
+            await client.delete(f"{prefix}outbox-item:webhook:string",
+                                f"{prefix}outbox-item:webhook:gone")
+            await client.set(f"{prefix}outbox-item:webhook:string", "not a hash")
+            await client.zadd(f"{prefix}outbox:webhook", {b"\xff": 0})  # not UTF-8
+            assert [i.stream_id for i in await store.outbox_pending("webhook", 1)] == ["good"]
+            assert await store.outbox_count(NOTIFY) == 1
+            # Left as found: the operator sees what was there.
+            assert await client.get(f"{prefix}outbox-item:webhook:string") == b"not a hash"

@@ -110,6 +110,19 @@ def build_part(part_number: object, values: Mapping[str, Any]) -> PartRecord:
     return PartRecord(number, offset, size, etag, md5, uploaded_at)
 
 
+def outbox_values(
+    seq: object, stream_id: object, payload: object, created_at: object
+) -> tuple[int, str, bytes, float]:
+    """An outbox item's stored values, checked (a sequence number, a stream id, the payload's
+    bytes, a finite time); else ``MalformedRecord`` saying which one is wrong."""
+    number = _int("seq", seq)
+    if not is_stream_id(_str("stream_id", stream_id)):
+        raise MalformedRecord("stream_id: not a stream id")
+    if not isinstance(payload, bytes):
+        raise MalformedRecord("payload: not bytes")
+    return number, str(stream_id), payload, _float("created_at", created_at)
+
+
 def build_completed(values: Sequence[object]) -> CompletedFile:
     """A CompletedFile from stored values of the right Python types, in its field order,
     checked as ``build_record`` checks them; else ``MalformedRecord``. It runs once per

@@ -50,7 +50,12 @@ from redis.typing import EncodableT
 
 from cefmp4.after.outbox import OutboxItem
 from cefmp4.checkpoint import StreamState
-from cefmp4.checkpoint.parse import build_completed, build_part, build_record
+from cefmp4.checkpoint.parse import (
+    build_completed,
+    build_part,
+    build_record,
+    outbox_values,
+)
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
@@ -182,6 +187,17 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
 end
 return 0
+"""
+
+# An outbox item that does not parse (SPEC §2.18) leaves its queue but stays for inspection:
+# KEYS the sink's sorted set, the item's key; ARGV the member, the reason. A hash keeps its
+# first reason (HSETNX); a key of another type, or none, is left as it is.
+_OUTBOX_QUARANTINE_LUA = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('TYPE', KEYS[2]).ok == 'hash' then
+    redis.call('HSETNX', KEYS[2], 'failed', ARGV[2])
+end
+return 1
 """
 
 # KEYS stream hash, parts hash, fence; ARGV fence check (4).
@@ -366,6 +382,30 @@ def _decode_part(part_number: str, text: str) -> PartRecord:
     return build_part(number, data)
 
 
+def _decode_outbox_item(sink: str, member: bytes, reply: object) -> OutboxItem:
+    """An outbox item from its sorted-set member and its hash, both undecoded;
+    ``MalformedRecord`` if it does not parse (a key of another type or gone, a field
+    missing, not UTF-8, not a number)."""
+    if isinstance(reply, Exception):
+        raise MalformedRecord("not a Redis hash")
+    if not isinstance(reply, Mapping) or not reply:
+        raise MalformedRecord("its hash is gone")
+    try:
+        stream_id = member.decode()
+        raw = {_text(k): _text(v) for k, v in reply.items()}
+    except UnicodeDecodeError:
+        raise MalformedRecord("a field is not UTF-8") from None
+    if "failed" in raw:
+        raise MalformedRecord(f"failed already: {raw['failed'][:80]}")
+    values = _decode_values(raw, {"seq": int, "created_at": float})
+    payload = raw.get("payload")
+    seq, stream_id, body, created_at = outbox_values(
+        values["seq"], stream_id, None if payload is None else payload.encode(),
+        values["created_at"],
+    )  # fmt: skip
+    return OutboxItem(seq, sink, stream_id, body, created_at)
+
+
 @contextmanager
 def _mapped_errors(operation: str) -> Iterator[None]:
     """Turn every redis-py exception into cefmp4's. Messages never contain the URL.
@@ -430,6 +470,7 @@ class RedisCheckpointStore:
         self._naming_script = client.register_script(_NAMING_LUA)
         self._put_outbox_script = client.register_script(_PUT_STREAM_OUTBOX_LUA)
         self._outbox_claim_script = client.register_script(_OUTBOX_CLAIM_LUA)
+        self._outbox_quarantine_script = client.register_script(_OUTBOX_QUARANTINE_LUA)
         # stream id -> (fence key, token) of the streams this process owns.
         self._fences: dict[str, tuple[str, str]] = {}
         self._warned: set[str] = set()  # quarantined stream ids already warned about
@@ -833,22 +874,50 @@ class RedisCheckpointStore:
             self._inodes.pop(record.stream_id, None)
 
     async def outbox_pending(self, sink: str, limit: int) -> list[OutboxItem]:
+        """The oldest ``limit`` items that parse. One that does not (SPEC §2.18) leaves the
+        queue, its hash kept and marked failed with the reason, with one warning; it neither
+        raises nor takes the place of the items after it."""
+        zset = self._outbox_key(sink)
+        item_prefix = self._outbox_item_key(sink, "").encode()
+        while True:
+            with _mapped_errors("outbox_pending"):
+                # Undecoded (redis-py's execute_command is untyped): a member or a field that
+                # is not UTF-8 must fail its item, not the queue.
+                members = await self._client.execute_command(  # type: ignore[no-untyped-call]
+                    "ZRANGE", zset, 0, max(0, limit - 1), **{NEVER_DECODE: True}
+                )
+                if not members:
+                    return []
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for member in members:
+                        pipe.execute_command("HGETALL", item_prefix + member,
+                                             **{NEVER_DECODE: True})  # fmt: skip
+                    # A key of another type answers WRONGTYPE: that item, not the batch, fails.
+                    replies = await pipe.execute(raise_on_error=False)
+            out: list[OutboxItem] = []
+            bad: list[tuple[bytes, str]] = []
+            for member, reply in zip(members, replies, strict=True):
+                try:
+                    out.append(_decode_outbox_item(sink, member, reply))
+                except MalformedRecord as exc:
+                    bad.append((member, str(exc)))
+            for member, reason in bad:
+                await self._quarantine_item(sink, member, reason)
+            if out or not bad:
+                return out
+            # All of this batch were set aside (and left the sorted set): read on.
+
+    async def _quarantine_item(self, sink: str, member: bytes, reason: str) -> None:
         with _mapped_errors("outbox_pending"):
-            members = await self._client.zrange(self._outbox_key(sink), 0, max(0, limit - 1))
-            ids = [_text(m) for m in members if isinstance(m, str | bytes)]
-            if not ids:
-                return []
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream_id in ids:
-                    pipe.hgetall(self._outbox_item_key(sink, stream_id))
-                raws = [_text_dict(raw) for raw in await pipe.execute()]
-        out: list[OutboxItem] = []
-        for stream_id, raw in zip(ids, raws, strict=True):
-            if not raw or "payload" not in raw or "failed" in raw:
-                continue  # deleted by hand, or failed: never handed out again
-            out.append(OutboxItem(int(raw.get("seq", 0)), sink, stream_id,
-                                  raw["payload"].encode(), float(raw.get("created_at", 0))))
-        return out
+            await self._outbox_quarantine_script(
+                keys=[self._outbox_key(sink), self._outbox_item_key(sink, "").encode() + member],
+                args=[member, f"malformed: {reason}"],
+            )
+        stream_id = member.decode(errors="replace")
+        if f"outbox:{sink}:{stream_id}" not in self._warned:
+            self._warned.add(f"outbox:{sink}:{stream_id}")
+            log.warning(logs.RECORD_QUARANTINED, stream_id=stream_id[:80], sink=sink,
+                        reason=f"outbox item: {reason}", store="redis")  # fmt: skip
 
     async def outbox_done(self, sink: str, stream_id: str) -> None:
         with _mapped_errors("outbox_done"):

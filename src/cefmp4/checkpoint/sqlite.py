@@ -5,6 +5,12 @@ exclusive ``flock`` on ``STATE_DIR/lock`` is taken on open and held until close,
 ``cefmp4 run`` on the same directory fails at start-up instead of corrupting the other's
 view. ``read_only=True`` skips the lock for ``cefmp4 status`` while a daemon runs.
 
+``shared=True`` is ``cefmp4 upload`` beside a running daemon: SQLite itself serialises the
+two processes' writes (WAL, ``BEGIN IMMEDIATE``, the busy timeout), so the store may be
+shared; what the lock protects is the daemon's streams — one process following each file.
+The upload command keeps off them (``cefmp4.cli.commands``), and a shared store never
+claims the outbox: the lock's holder delivers what the upload records.
+
 sqlite3 is blocking, so every call runs on one dedicated worker thread; the connection is
 created and used on that thread only, which also serialises the store's operations.
 """
@@ -27,7 +33,12 @@ import structlog
 
 from cefmp4.after.outbox import OutboxItem
 from cefmp4.checkpoint import StreamState, quarantined
-from cefmp4.checkpoint.parse import build_completed, build_part, build_record
+from cefmp4.checkpoint.parse import (
+    build_completed,
+    build_part,
+    build_record,
+    outbox_values,
+)
 from cefmp4.checkpoint.records import (
     CompletedFile,
     MalformedRecord,
@@ -38,7 +49,10 @@ from cefmp4.checkpoint.records import (
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import ConfigError, PermanentError, TransientError
 
-__all__ = ["DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "open_sqlite_store"]
+__all__ = [
+    "DB_NAME", "LOCK_NAME", "SCHEMA_VERSION", "SqliteCheckpointStore", "lock_holder",
+    "open_sqlite_store",
+]
 
 DB_NAME = "checkpoints.sqlite3"
 LOCK_NAME = "lock"
@@ -200,11 +214,12 @@ class SqliteCheckpointStore:
     """``CheckpointStore`` on one SQLite file. Build it with ``open_sqlite_store``."""
 
     def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, db_path: Path,
-                 *, read_only: bool = False) -> None:  # fmt: skip
+                 *, read_only: bool = False, shared: bool = False) -> None:  # fmt: skip
         self._conn = conn
         self._executor = executor
         self._db_path = db_path
         self._read_only = read_only
+        self._shared = shared  # beside the lock's holder (`upload` beside a daemon)
         self._closed = False
         self._warned: set[str] = set()  # quarantined stream ids already warned about
 
@@ -420,11 +435,37 @@ class SqliteCheckpointStore:
         return await self._run("outbox_pending", self._outbox_pending_sync, sink, limit)
 
     def _outbox_pending_sync(self, sink: str, limit: int) -> list[OutboxItem]:
-        rows = self._conn.execute(
-            "SELECT seq, sink, stream_id, payload, created_at FROM outbox "
-            "WHERE sink = ? AND failed IS NULL ORDER BY seq LIMIT ?", (sink, limit),
-        )
-        return [OutboxItem(seq, sk, sid, bytes(payload), at) for seq, sk, sid, payload, at in rows]
+        """The oldest ``limit`` items that parse. One that does not (SPEC §2.18) is marked
+        failed with the reason (kept for inspection, never handed out again) and warned
+        about once; it neither raises nor takes the place of the items after it."""
+        out: list[OutboxItem] = []
+        after = None  # seq is an INTEGER PRIMARY KEY: always an integer
+        while len(out) < limit:
+            rows = self._conn.execute(
+                "SELECT seq, stream_id, payload, created_at FROM outbox "
+                "WHERE sink = ? AND failed IS NULL AND seq > coalesce(?, -1) "
+                "ORDER BY seq LIMIT ?", (sink, after, limit - len(out)),
+            ).fetchall()  # fmt: skip
+            if not rows:
+                break
+            for seq, sid, payload, at in rows:
+                after = seq
+                try:  # SQLite keeps any type in any column: a text time, a number payload
+                    number, stream_id, body, created_at = outbox_values(seq, sid, payload, at)
+                    out.append(OutboxItem(number, sink, stream_id, body, created_at))
+                except MalformedRecord as exc:
+                    self._quarantine_item(sink, seq, sid, str(exc))
+        return out
+
+    def _quarantine_item(self, sink: str, seq: int, stream_id: object, reason: str) -> None:
+        if not self._read_only:  # a read-only look (status) leaves it to the daemon
+            with self._transaction() as conn:
+                conn.execute("UPDATE outbox SET failed = ? WHERE seq = ? AND failed IS NULL",
+                             (f"malformed: {reason}", seq))  # fmt: skip
+        if f"outbox:{seq}" not in self._warned:
+            self._warned.add(f"outbox:{seq}")
+            log.warning(logs.RECORD_QUARANTINED, stream_id=str(stream_id)[:80], sink=sink,
+                        reason=f"outbox item: {reason}", store="sqlite")  # fmt: skip
 
     async def outbox_done(self, sink: str, stream_id: str) -> None:
         await self._run("outbox_done", self._outbox_write_sync,
@@ -440,8 +481,9 @@ class SqliteCheckpointStore:
             conn.execute(sql, args)
 
     async def outbox_claim(self, owner: str, ttl: float) -> bool:
-        """Always this process's: the state directory's lock admits one instance."""
-        return True
+        """The holder of the state directory's lock delivers; a store shared beside it
+        (``upload`` next to a daemon) leaves its items to that daemon."""
+        return not self._shared
 
     async def outbox_count(self, sinks: frozenset[str]) -> int:
         return await self._run("outbox_count", self._outbox_count_sync, sorted(sinks))
@@ -496,6 +538,27 @@ def _lock_state_dir(state_dir: Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the instance holding ``state_dir``'s lock (0 when it wrote none), or None
+    when nobody holds it. Takes the lock for an instant and gives it back at once."""
+    try:
+        fd = os.open(Path(state_dir) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file: nothing ever ran here
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _connect(db_path: Path, read_only: bool) -> sqlite3.Connection:
@@ -553,13 +616,15 @@ def _migrate(conn: sqlite3.Connection, db_path: Path, read_only: bool) -> None:
 
 @asynccontextmanager
 async def open_sqlite_store(
-    state_dir: Path, *, read_only: bool = False
+    state_dir: Path, *, read_only: bool = False, shared: bool = False
 ) -> AsyncIterator[SqliteCheckpointStore]:
     """Open the embedded store in ``state_dir`` (created if missing) for the ``async with``.
 
     ``ConfigError`` naming ``STATE_DIR`` if the directory cannot be used, is locked by
     another instance, or holds a database this version cannot read. ``read_only=True`` takes
     no lock and refuses writes (``PermanentError``): for ``cefmp4 status`` beside a daemon.
+    ``shared=True`` takes no lock either but writes: for ``cefmp4 upload`` beside a daemon
+    (see the module's docstring for why that is safe, and what it must stay off).
     """
     state_dir = Path(state_dir)
     db_path = state_dir / DB_NAME
@@ -567,7 +632,7 @@ async def open_sqlite_store(
     if read_only:
         if not db_path.exists():
             raise ConfigError("STATE_DIR", f"no checkpoint database at {db_path}")
-    else:
+    elif not shared:
         lock_fd = await asyncio.to_thread(_lock_state_dir, state_dir)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cefmp4-sqlite")
     try:
@@ -576,7 +641,8 @@ async def open_sqlite_store(
             conn = await loop.run_in_executor(executor, _connect, db_path, read_only)
         except sqlite3.Error as exc:
             raise ConfigError("STATE_DIR", f"cannot open {db_path}: {exc}") from exc
-        store = SqliteCheckpointStore(conn, executor, db_path, read_only=read_only)
+        store = SqliteCheckpointStore(conn, executor, db_path, read_only=read_only,
+                                      shared=shared)
         try:
             yield store
         finally:
