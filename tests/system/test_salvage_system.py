@@ -162,3 +162,42 @@ def test_a_live_instance_salvages_a_dead_hosts_stream_within_the_lease_ttl(
     events = [e for e in second.events() if e.get("event") == "abandoned_stream_salvaged"]
     assert len(events) == 1
     assert second.stop() == 0
+
+
+def test_with_rpo_the_host_loss_costs_seconds_not_a_part(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, bucket_view: Callable[..., Any],
+    daemons: list[Daemon], source_12mb_fragmented: Path,
+) -> None:
+    """RPO_SECONDS=1, a recording at 1 MiB/s killed with its writer 3.5 s in (not a single
+    10 MiB part yet): the salvaged object holds all but the last ~RPO + one upload of it."""
+    import time
+
+    host_a = tmp_path / "host-a"
+    host_a.mkdir()
+    rate = 1 * MIB
+    settings = make_settings(tmp_path=host_a, s3=s3_server, bucket=s3_bucket,
+                             stream_timeout_seconds=30, chunk_size_mb=10, rpo_seconds=1)
+    daemon = Daemon(settings_env(settings), host_a / "run.log")
+    daemons.append(daemon)
+    daemon.start()
+    view = bucket_view(s3_server, s3_bucket)
+    target = settings.watch_dir / "rec.mp4"
+    writer = GrowingWriter(source_12mb_fragmented, target, rate=rate)
+    writer.start()
+    time.sleep(3.5)
+    writer.stop()  # the host dies: writer and cefmp4 at once
+    daemon.kill()
+    written = writer.bytes_written
+    shutil.rmtree(host_a)
+    assert view.parts_listed() == 0  # no part yet: without RPO all of it would be lost
+    fresh = make_settings(tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket)
+    done = run_cli(["salvage", "--older-than", "0"], settings_env(fresh))
+    assert done.returncode == 0, done.stdout + done.stderr
+    [video] = view.video_keys("rec.mp4")
+    remote = view.get(video)
+    assert remote == source_12mb_fragmented.read_bytes()[: len(remote)]
+    lost = written - len(remote)
+    assert 0 <= lost <= 2.5 * rate, (written, len(remote))
+    [doc] = view.metadata("rec.mp4")
+    assert doc["salvage"]["tail_bytes"] == len(remote)
+    assert [k for k in view.list_keys() if "/.cefmp4/" in k] == []  # segments deleted

@@ -86,4 +86,5 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         poll_interval=settings.poll_interval_seconds,
         parts_in_flight=settings.upload_concurrency + 1,
         extensions=settings.extensions,
+        rpo_seconds=settings.rpo_seconds,
     )

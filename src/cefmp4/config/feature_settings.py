@@ -51,6 +51,10 @@ class FeatureSettings(BaseSettings):
     notify_webhook_secret: SecretStr = Field(
         SecretStr(""), description="HMAC-SHA256 key of the webhook's X-Cefmp4-Signature header"
     )
+    rpo_seconds: float | None = Field(
+        None, description="ship an active stream's bytes not yet in a part at least this "
+        "often, as tail segments (SPEC §2.20); empty = off"
+    )
     notify_redis_stream: str = Field(
         "", description="XADD each completed stream's metadata to this Redis stream; empty = off"
     )
@@ -62,12 +66,13 @@ class FeatureSettings(BaseSettings):
             return ",".join(parse_extensions(v))
         return v
 
-    @field_validator("complete_on_close_seconds", "after_upload_dir", mode="before")
+    @field_validator("complete_on_close_seconds", "after_upload_dir", "rpo_seconds",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("complete_on_close_seconds", "max_hold_seconds")
+    @field_validator("complete_on_close_seconds", "max_hold_seconds", "rpo_seconds")
     @classmethod
     def _positive_seconds(cls, v: float | None) -> float | None:
         if v is not None and not v > 0:

@@ -51,6 +51,13 @@ class MultipartUpload:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedObject:
+    key: str
+    size: int
+    modified: datetime | None = None  # LastModified
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     size: int
     etag: str  # without quotes; "<md5-of-md5s>-<n>" for multipart objects
@@ -110,6 +117,13 @@ class ObjectStore(Protocol):
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         """Size and ETag of a complete object, or None if it does not exist."""
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        """Key, size and LastModified of every complete object under ``prefix``."""
+
+    async def delete_object(self, key: str) -> None:
+        """Delete one object (only cefmp4's own bookkeeping under ``.cefmp4/``: never a video
+        or its metadata)."""
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Keys of every complete object whose key starts with ``prefix``."""

@@ -41,6 +41,7 @@ from cefmp4.runtime.errors import (
     UploadNotFound,
 )
 from cefmp4.storage import (
+    ListedObject,
     MultipartUpload,
     ObjectInfo,
     PartBody,
@@ -67,6 +68,7 @@ class StoredObject:
     body: bytes
     etag: str
     content_type: str
+    modified: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -310,7 +312,7 @@ class MemoryObjectStore:
         await self._enter("put_object")
         self.touched.add(key)
         etag = hashlib.md5(body).hexdigest()
-        self.objects[key] = StoredObject(bytes(body), etag, content_type)
+        self.objects[key] = StoredObject(bytes(body), etag, content_type, self.clock())
 
     async def get_object(self, key: str) -> bytes:
         await self._enter("get_object")
@@ -318,6 +320,11 @@ class MemoryObjectStore:
         if stored is None:
             raise PermanentError(f"GetObject failed: NoSuchKey ({key})")
         return stored.body
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        await self._enter("list_objects")
+        return [ListedObject(k, len(o.body), o.modified)
+                for k, o in sorted(self.objects.items()) if k.startswith(prefix)]
 
     async def delete_object(self, key: str) -> None:
         await self._enter("delete_object")

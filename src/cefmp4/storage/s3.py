@@ -29,6 +29,7 @@ from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from cefmp4.core.hashing import crc64_b64, crc64nvme
 from cefmp4.runtime.errors import ConfigError, PermanentError, TransientError
 from cefmp4.storage import (
+    ListedObject,
     MultipartUpload,
     ObjectInfo,
     PartBody,
@@ -472,6 +473,17 @@ class S3ObjectStore:
         return ObjectInfo(
             response["ContentLength"], _strip(response["ETag"]), response.get("ContentType")
         )
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        listed: list[ListedObject] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                listed.extend(ListedObject(raw["Key"], raw["Size"], raw.get("LastModified"))
+                              for raw in page.get("Contents", []))
+        except _MAPPED as exc:
+            _raise(exc, "ListObjectsV2")
+        return listed
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []

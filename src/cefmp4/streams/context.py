@@ -50,6 +50,7 @@ class PipelineConfig:
     drain_timeout: float = 120.0
     backoff: Backoff = field(default_factory=Backoff)
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # WATCH_EXTENSIONS (§2.17)
+    rpo_seconds: float | None = None  # RPO_SECONDS: ship tail segments this often (§2.20)
 
 
 def component_of(operation: str) -> str:

@@ -35,6 +35,7 @@ from cefmp4.streams.probe import ProbeResult
 from cefmp4.streams.probing import EarlyProbe, probe_file
 from cefmp4.streams.source import RunningSha256, stat_or_none
 from cefmp4.streams.stream import StreamWorker
+from cefmp4.streams.tail import delete_tail
 from cefmp4.streams.verified_complete import TruncatedNow, complete_verified
 
 log = structlog.get_logger("cefmp4.streams.finalize")
@@ -236,6 +237,8 @@ async def publish(
     extra: dict[str, object],
 ) -> StreamRecord:
     """The object is complete: checkpoint it, write the metadata, mark the stream completed."""
+    if ctx.config.rpo_seconds is not None:
+        await delete_tail(ctx, record.stream_id)  # the object holds every byte they did
     size = sum(p.size for p in parts)
     record = replace(record, final_size=size, final_mtime_ns=mtime_ns, sha256=sha256)
     await ctx.retry("checkpoint", _put(ctx, record))

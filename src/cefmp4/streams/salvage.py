@@ -20,6 +20,7 @@ a crash is no longer listed, and only its marker says that its metadata is missi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -35,7 +36,13 @@ import structlog
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core import salvage as decide
 from cefmp4.core.containers import content_type
-from cefmp4.core.hashing import CRC32C_PREFIX, multipart_etag, normalize_etag
+from cefmp4.core.hashing import (
+    CRC32C_PREFIX,
+    crc64_b64,
+    crc64nvme,
+    multipart_etag,
+    normalize_etag,
+)
 from cefmp4.core.keys import (
     metadata_key,
     new_stream_id,
@@ -44,9 +51,17 @@ from cefmp4.core.keys import (
     within_prefix,
 )
 from cefmp4.core.metadata import build_metadata, to_json_bytes
+from cefmp4.core.tail import Segment, parse_segment, tail_prefix
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import PermanentError, UploadNotFound
-from cefmp4.storage import MultipartUpload, ObjectInfo, UploadedPart
+from cefmp4.storage import (
+    ListedObject,
+    MultipartUpload,
+    ObjectInfo,
+    PartBody,
+    PartCheck,
+    UploadedPart,
+)
 from cefmp4.streams.probe import ProbeResult
 
 log = structlog.get_logger("cefmp4.streams.salvage")
@@ -68,7 +83,12 @@ class SalvageStore(Protocol):
     async def get_object(self, key: str) -> bytes: ...
     async def get_range(self, key: str, start: int, end: int) -> bytes: ...
     async def list_keys(self, prefix: str) -> list[str]: ...
+    async def list_objects(self, prefix: str) -> list[ListedObject]: ...
     async def delete_object(self, key: str) -> None: ...
+    async def part_checksum(self) -> PartCheck: ...
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: PartBody, md5_b64: str = "",
+        *, crc32c_b64: str = "", crc64nvme_b64: str = "") -> str: ...
     async def presign_get(self, key: str, expires_s: int) -> str | None: ...
 
 
@@ -175,7 +195,8 @@ class Salvager:
                 continue  # completed or aborted since it was listed
             upload = replace(upload, parts=tuple(
                 decide.Part(p.part_number, p.size, p.etag,
-                            p.modified.timestamp() if p.modified else None) for p in listed))
+                            p.modified.timestamp() if p.modified else None) for p in listed),
+                tail=await self._segments(up.key))
             first = decide.plan(upload, now=now, older_than=older_than, object_exists=False)
             if first.action is decide.Action.COMPLETE:
                 head = await self.retry("head", functools.partial(
@@ -184,6 +205,49 @@ class Salvager:
                                     object_exists=head is not None)
             plans.append(first)
         return plans
+
+    async def _segments(self, key: str) -> tuple[Segment, ...]:
+        """The tail segments of the stream whose video ``key`` is (RPO_SECONDS, §2.20)."""
+        parsed = parse_key(self.prefix, key)
+        if parsed is None:
+            return ()
+        listed = await self.retry("list_tail", functools.partial(
+            self.objects.list_objects, tail_prefix(self.prefix, parsed[0])))
+        found = (parse_segment(self.prefix, parsed[0], o.key, o.size,
+                               o.modified.timestamp() if o.modified else None) for o in listed)
+        return tuple(s for s in found if s is not None)
+
+    async def _delete_segments(self, key: str) -> None:
+        parsed = parse_key(self.prefix, key)
+        if parsed is None:
+            return
+        head = tail_prefix(self.prefix, parsed[0])
+        for segment in await self.retry("list_tail", functools.partial(
+                self.objects.list_keys, head)):
+            await self.retry("delete_tail", functools.partial(
+                self.objects.delete_object, segment))
+
+    async def _upload_tail(self, plan: decide.Plan) -> tuple[int, int, str, float | None]:
+        """The tail segments' bytes after the parts, uploaded as the last part."""
+        up = plan.upload
+        chunks = []
+        for piece in plan.tail:
+            seg = piece.segment
+            chunks.append(await self.retry("get_range", functools.partial(
+                self.objects.get_range, seg.key, piece.start - seg.start,
+                piece.end - seg.start)))
+        body = b"".join(chunks)
+        if len(body) != plan.tail_bytes:
+            raise PermanentError(f"tail segments of {up.key} gave {len(body)} bytes, "
+                                 f"expected {plan.tail_bytes}")
+        number = len(plan.used) + 1
+        md5 = hashlib.md5(body, usedforsecurity=False)
+        crc = crc32c.crc32c(body).to_bytes(4, "big")
+        etag = await self.retry("upload_part", lambda: self.objects.upload_part(
+            up.key, up.upload_id, number, body, base64.b64encode(md5.digest()).decode(),
+            crc32c_b64=base64.b64encode(crc).decode(),
+            crc64nvme_b64=crc64_b64(crc64nvme(body))))
+        return number, len(body), etag, self.clock()
 
     # --- carry out -----------------------------------------------------------------------
 
@@ -204,13 +268,15 @@ class Salvager:
                     up.key, up.upload_id))
             log.info(logs.ORPHAN_ABORTED, key=up.key, upload_id=up.upload_id, reason=plan.reason)
             return replace(base, done=True)
-        marker = _Marker.of(plan, known, started_at=self.clock(), instance=self.instance)
+        tail = [await self._upload_tail(plan)] if plan.tail else []
+        marker = _Marker.of(plan, known, started_at=self.clock(), instance=self.instance,
+                            tail=tail)
         await self.retry("put_object", lambda: self.objects.put_object(
             self.marker_key(up.upload_id), marker.to_json(), "application/json"))
         # UploadNotFound: completed by an earlier attempt, or taken by someone: HEAD tells.
         with contextlib.suppress(UploadNotFound):
             await self.retry("complete", lambda: self.objects.complete_multipart(
-                up.key, up.upload_id, [(p.number, p.etag) for p in plan.used]))
+                up.key, up.upload_id, [(n, etag) for n, _size, etag, _at in marker.parts]))
         return await self._publish(marker, base)
 
     async def resume_interrupted(self, *, dry_run: bool = False) -> list[Outcome]:
@@ -258,6 +324,7 @@ class Salvager:
         doc = self._metadata(marker, sha, crcs, probe)
         await self.retry("put_object", lambda: self.objects.put_object(
             metadata_key(key), to_json_bytes(doc), "application/json"))
+        await self._delete_segments(key)  # the object holds every byte they did
         await self.retry("delete", lambda: self.objects.delete_object(
             self.marker_key(marker.upload_id)))
         self.salvaged()
@@ -336,6 +403,7 @@ class Salvager:
                     "parts_used": len(marker.parts),
                     "parts_left_out": marker.left_out,
                     "gap_after_part": marker.parts[-1][0] if marker.left_out else None,
+                    "tail_bytes": marker.tail_bytes,
                     "playable": probe.duration_seconds is not None,
                     "by": marker.instance or None,
                 },
@@ -365,15 +433,17 @@ class _Marker:
     path: str | None
     rel_path: str | None
     instance: str
+    tail_bytes: int = 0  # of the last part: bytes from tail segments (RPO_SECONDS)
 
     @classmethod
     def of(cls, plan: decide.Plan, known: Known | None, *, started_at: float,
-           instance: str) -> _Marker:
+           instance: str, tail: list[tuple[int, int, str, float | None]]) -> _Marker:
         up = plan.upload
+        parts = [(p.number, p.size, p.etag, p.added_at) for p in plan.used] + tail
         return cls(
             key=up.key, upload_id=up.upload_id,
-            etag=multipart_etag([p.etag for p in plan.used]),
-            parts=[(p.number, p.size, p.etag, p.added_at) for p in plan.used],
+            etag=multipart_etag([etag for _n, _s, etag, _a in parts]),
+            parts=parts, tail_bytes=sum(size for _n, size, _e, _a in tail),
             left_out=[p.number for p in plan.ignored], initiated_at=up.initiated_at,
             started_at=started_at,
             started_stream_at=(known.started_at if known and known.started_at

@@ -20,6 +20,7 @@ from cefmp4.core.identity import Fingerprint, Ident, fingerprint, truncated
 from cefmp4.runtime import logs
 from cefmp4.streams.completion import CompletedBy, StreamWriters, Verdict
 from cefmp4.streams.context import Context
+from cefmp4.streams.tail import TailShipper
 from cefmp4.streams.upload import Uploader
 from cefmp4.streams.verify import QUIET_MARGIN_S, Predigest, needs_md5
 
@@ -103,6 +104,10 @@ class StreamWorker:
         self.predigest = Predigest(
             fd, self.up.schedule, ctx.clock, record.stream_id, lambda: needs_md5(self.up.parts)
         )
+        rpo = ctx.config.rpo_seconds
+        self.tail = None if rpo is None else TailShipper(
+            ctx, fd, lambda: self.up.record, self.up.ensure_upload, every=rpo,
+            limit=record.part_size)
         self.lease_lost = False  # another instance took the stream over (scale-out)
         self.completed_by: CompletedBy | None = None  # set when follow() judges it complete
 
@@ -125,7 +130,11 @@ class StreamWorker:
         return self.up.record.stream_id
 
     def pending(self, now: float) -> tuple[int, float]:
-        return self.growth.pending(self.up.durable_bytes(), now)
+        """Bytes not in S3 yet and the age of the oldest: a tail segment counts as in S3."""
+        durable = self.up.durable_bytes()
+        if self.tail is not None:
+            durable = max(durable, self.tail.shipped)
+        return self.growth.pending(durable, now)
 
     def notice_path(self, path: str) -> None:
         """The file was seen under ``path`` (a rename keeps the stream)."""
@@ -145,6 +154,16 @@ class StreamWorker:
 
     async def follow(self) -> Outcome:
         """Upload full parts while the file grows; return why following stopped."""
+        try:
+            return await self._follow_watching()
+        finally:
+            await self._stop_tail()  # what it shipped stays until the object is complete
+
+    async def _stop_tail(self) -> None:
+        if self.tail is not None:
+            await self.tail.stop()
+
+    async def _follow_watching(self) -> Outcome:
         policy = self.ctx.writers
         if policy is None or not policy.enabled:
             return await self._follow(None)
@@ -180,6 +199,8 @@ class StreamWorker:
             if self.shutdown.is_set():
                 return Outcome.SHUTDOWN
             self._start_ready_parts()
+            if self.tail is not None:
+                self.tail.maybe_ship(self.up.durable_bytes(), self.growth.size)
             idle_for = self.growth.idle_for()
             verdict = await self._judge(writers, idle_for)
             if verdict.complete is not None:
@@ -200,6 +221,8 @@ class StreamWorker:
                 wait = min(wait, self.timeout - idle_for)
             if verdict.recheck_in is not None:
                 wait = min(wait, max(0.01, verdict.recheck_in))
+            if self.tail is not None:
+                wait = min(wait, max(0.01, self.tail.due_in()))
             await self.ctx.clock.wait(self.wake, wait)
 
     def _start_ready_parts(self) -> None:
@@ -217,6 +240,7 @@ class StreamWorker:
     async def stop(self) -> None:
         """Cancel everything this stream has running (the descriptor is the caller's)."""
         await self.predigest.cancel()
+        await self._stop_tail()
         await self.up.cancel_inflight()
 
 

@@ -1,0 +1,108 @@
+"""RPO_SECONDS (SPEC §2.20) on the memory store, in virtual time: an active stream's bytes
+not in a part yet are shipped as tail segments at least that often, each byte at most
+twice; they count as in S3 for pending_bytes; they go once the object is complete; and
+salvage appends them when the host is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from cefmp4.core.keys import metadata_key
+from cefmp4.core.tail import tail_prefix
+from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.salvage import Salvager
+from tests.pipeline.conftest import (
+    PART,
+    FakeProber,
+    daemon,
+    make_settings,
+    pattern,
+    until,
+    videos,
+)
+
+PREFIX = "streams/"
+
+
+def _segments(store: MemoryObjectStore) -> dict[str, bytes]:
+    return {k: o.body for k, o in store.objects.items() if "/.cefmp4/tail/" in k}
+
+
+async def test_the_tail_is_shipped_every_rpo_seconds_and_deleted_after_completion(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    settings = make_settings(tmp_path, watch, rpo_seconds=1.0, stream_timeout_seconds=5.0)
+    data = pattern(PART + PART // 2)
+    path = watch / "cam.mp4"
+    async with daemon(settings, store, prober) as app:
+        with path.open("wb") as f:
+            f.write(data[:300_000])
+            f.flush()
+            await until(lambda: len(_segments(store)) == 1, timeout=3, what="a first segment")
+            [(key, body)] = _segments(store).items()
+            assert body == data[:300_000]  # before any part: the recording is not lost
+            assert app.metrics.pending_bytes._value.get() == 0  # it counts as in S3
+            assert len(store.open_uploads()) == 1  # salvage finds it by its upload
+            f.write(data[300_000:PART + 100])
+            f.flush()
+            await until(lambda: len(_segments(store)) >= 2, timeout=3, what="the next one")
+            # Only what no segment held yet: each byte is sent at most twice.
+            bodies = [b for _k, b in sorted(_segments(store).items())]
+            assert b"".join(bodies) == data[:sum(len(b) for b in bodies)]
+            f.write(data[PART + 100:])
+            f.flush()
+        await until(lambda: len(videos(store)) == 1, timeout=30, what="the object")
+    assert list(videos(store).values()) == [data]
+    assert _segments(store) == {}  # the object holds all they held
+
+
+async def test_a_lost_host_loses_at_most_the_last_seconds(
+    tmp_path: Path, watch: Path, prober: FakeProber
+) -> None:
+    """The daemon dies (stopped without finalizing, as a crash leaves it) after a part and a
+    few segments; a salvage from elsewhere makes the part plus the tail one object."""
+    store = MemoryObjectStore("test-bucket")
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
+    data = pattern(PART + 700_000, seed=3)
+    path = watch / "cam.mp4"
+    async with daemon(settings, store, prober):
+        with path.open("wb") as f:
+            f.write(data[:PART + 200_000])
+            f.flush()
+            await until(lambda: any(len(b) for b in _segments(store).values())
+                        and store.open_uploads() and store.calls["upload_part"] >= 1,
+                        timeout=5, what="a part and a segment")
+            f.write(data[PART + 200_000:])
+            f.flush()
+            written = len(data)
+            await until(lambda: sum(len(b) for b in _segments(store).values()) >= 700_000,
+                        timeout=5, what="the last bytes shipped")
+    # The daemon stopped (SIGTERM leaves streams resumable): now the host is gone.
+    clock = store.clock
+    salvager = Salvager(store, PREFIX, prober=None, clock=lambda: clock().timestamp() + 3600)
+    uploads = store.open_uploads()
+    [plan] = await salvager.survey(uploads, {}, older_than=900)
+    outcome = await salvager.carry_out(plan, None)
+    assert outcome.done, outcome
+    [(key, body)] = videos(store).items()
+    assert body == data[:written]  # nothing lost: the tail was shipped
+    doc = json.loads(store.objects[metadata_key(key)].body)
+    assert doc["status"] == "salvaged"
+    assert doc["total_size_bytes"] == written
+    sid = key.split("/")[1]
+    assert [k for k in store.objects if k.startswith(tail_prefix(PREFIX, sid))] == []
+
+
+async def test_no_rpo_no_segments(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    settings = make_settings(tmp_path, watch)
+    path = watch / "plain.mp4"
+    async with daemon(settings, store, prober):
+        path.write_bytes(pattern(300_000))
+        await until(lambda: len(videos(store)) == 1, what="the object")
+        await asyncio.sleep(1)
+    assert _segments(store) == {}
+    assert store.calls["list_objects"] == 0
