@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
-from cefmp4.checkpoint.sqlite import DB_NAME
+from cefmp4.checkpoint.sqlite import DB_NAME, lock_holder, open_sqlite_store
 from cefmp4.config.adapters import open_checkpoints
 from cefmp4.config.settings import Settings
 from cefmp4.runtime import logs
@@ -46,7 +46,9 @@ def upload_command(settings: Settings, files: list[Path]) -> int:
     if not todo:
         return EXIT_FAILED
     total = sum(f.stat().st_size for f in todo)
-    tty = sys.stdout.isatty()
+    # The bar goes where the logs go (stderr; stdout is each file's result line), so that
+    # rich can print every log line above it instead of both fighting over one terminal.
+    tty = sys.stderr.isatty()
     began = time.time()
     results = asyncio.run(_upload_with_progress(settings, todo, total, tty))
     failed = bool(missing)
@@ -71,12 +73,16 @@ async def _upload_with_progress(
     if not tty:
         return await upload_files(settings, files)
     # rich only where it draws: its import is start-up time that a pipe does not need.
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     apps: list[App] = []
+    # While it draws, rich's proxy stands in for sys.stderr and prints each line written
+    # there (the logs: cefmp4.runtime.logs writes to whatever sys.stderr is) above the bar.
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), transient=True,
+        TransferSpeedColumn(), transient=True, console=Console(stderr=True),
+        redirect_stdout=False, redirect_stderr=True,
     )
 
     async def refresh(task_id: Any) -> None:
@@ -102,7 +108,90 @@ async def upload_files(
     """``cefmp4 upload``: the burst path with no idle wait."""
     from cefmp4.runtime.app import App
 
-    return await App(settings).run_burst(files, on_start=on_start)
+    daemon = None if settings.redis_url.get_secret_value() else lock_holder(settings.state_dir)
+    if daemon is None:
+        return await App(settings).run_burst(files, on_start=on_start)
+    return await _upload_beside(settings, files, daemon, on_start)
+
+
+# --- upload beside a running daemon (the embedded store) -------------------------------------
+#
+# The daemon holds STATE_DIR's lock so that one process follows each recording: two streams of
+# one file would be two uploads and two objects. SQLite itself is safe for two processes, so
+# `upload` shares the store (no lock; it never claims the outbox, whose items the daemon then
+# delivers) and divides the files:
+#   * the daemon's: a file it follows or will follow — named like a recording inside WATCH_DIR
+#     (it finds every such file), or one whose inode has a stream still active in the store.
+#     `upload` starts no stream for it: it waits until the daemon has completed it (with the
+#     recorder profile a finished file completes a few seconds after it was seen) and reports
+#     that object; if the daemon stops first, that file fails and `upload` can be run again.
+#   * every other file (outside WATCH_DIR, another extension, hidden): uploaded here, as
+#     without a daemon; the daemon never looks at it.
+DAEMON_POLL_S = 0.25
+
+
+async def _upload_beside(
+    settings: Settings, files: list[Path], daemon: int, on_start: Callable[[App], None] | None
+) -> dict[Path, StreamRecord | None]:
+    from cefmp4.config.adapters import pipeline_config
+    from cefmp4.runtime.app import App
+
+    config = pipeline_config(settings)
+    results: dict[Path, StreamRecord | None] = {}
+    async with open_sqlite_store(settings.state_dir, shared=True) as store:
+        theirs: list[Path] = []
+        ours: list[Path] = []
+        for path in (f.resolve() for f in files):
+            followed = await _daemon_follows(store, path, config.watch_dir, config.extensions)
+            (theirs if followed else ours).append(path)
+        for path in theirs:
+            print(f"cefmp4: {path}: followed by the running cefmp4 (pid {daemon}); waiting "
+                  "for it to complete the upload", file=sys.stderr)
+        if ours:
+            app = App(settings, checkpoints=store)
+            results.update(await app.run_burst(ours, on_start=on_start))
+        for path in theirs:
+            results[path] = await _completed_by_daemon(store, path, settings.state_dir)
+    return results
+
+
+async def _daemon_follows(
+    store: CheckpointStore, path: Path, watch_dir: Path, extensions: tuple[str, ...]
+) -> bool:
+    from cefmp4.intake.discover import is_candidate
+
+    if is_candidate(path, watch_dir, extensions):
+        return True
+    try:
+        st = await asyncio.to_thread(path.stat)
+    except OSError:
+        return False  # reported as missing by the upload itself
+    return any(
+        r.device == st.st_dev and r.state in _LIVE_STATES
+        for r in await store.find_by_inode(st.st_ino)
+    )
+
+
+async def _completed_by_daemon(
+    store: CheckpointStore, path: Path, state_dir: Path
+) -> StreamRecord | None:
+    """The daemon's completed record of the file as it is now; None when the file is gone
+    or the daemon stopped before completing it."""
+    while True:
+        try:
+            st = await asyncio.to_thread(path.stat)
+        except OSError:
+            return None
+        for record in reversed(await store.find_by_inode(st.st_ino)):
+            if (record.state is StreamState.COMPLETED and record.device == st.st_dev
+                    and record.final_size == st.st_size
+                    and record.final_mtime_ns in (None, st.st_mtime_ns)):
+                return record
+        if await asyncio.to_thread(lock_holder, state_dir) is None:
+            print(f"cefmp4: {path}: the daemon stopped before completing it; run "
+                  "cefmp4 upload again", file=sys.stderr)
+            return None
+        await asyncio.sleep(DAEMON_POLL_S)
 
 
 # --- status --watch -------------------------------------------------------------------------

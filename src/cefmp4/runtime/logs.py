@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO, cast
 
 if TYPE_CHECKING:  # structlog is imported where it is configured: `--help` never pays for it
     from structlog.typing import EventDict, Processor, WrappedLogger
@@ -256,7 +256,7 @@ def configure_logging(
     _import_structlog_without_rich()
     import structlog
 
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else _STDERR
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
@@ -302,6 +302,25 @@ def configure_logging(
     for name in _LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)
     logging.captureWarnings(True)
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured:
+    while ``upload`` draws its progress bar, rich puts a proxy there that prints each line
+    above the bar; a handle on the real stderr taken earlier would write through the bar,
+    which then draws itself again below the line (three bars for one upload)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(sys.stderr)
+
+
+_STDERR: Final = cast("TextIO", _Stderr())  # duck-typed: write, flush, isatty
 
 
 def _isatty(stream: TextIO) -> bool:
