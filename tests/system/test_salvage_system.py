@@ -201,3 +201,36 @@ def test_with_rpo_the_host_loss_costs_seconds_not_a_part(
     [doc] = view.metadata("rec.mp4")
     assert doc["salvage"]["tail_bytes"] == len(remote)
     assert [k for k in view.list_keys() if "/.cefmp4/" in k] == []  # segments deleted
+
+
+def test_check_reports_abandoned_uploads_and_fails_on_one_that_must_stay_open(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`check` runs salvage's dry run: an abandoned upload is named with what would happen
+    to it; one that cannot be salvaged (an object at its key) is a FAIL. Read-only."""
+    import asyncio
+    import time
+
+    import cefmp4.cli.salvage as salvage_cli
+    from cefmp4.cli.check import _check_abandoned
+
+    settings = make_settings(tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket)
+    client = s3_server.boto_client()
+    assert asyncio.run(_check_abandoned(settings)).detail == "none"
+    key = "streams/20260101T000000Z-0123456789/x.mp4"
+    upload_id = client.create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=s3_bucket, Key=key, UploadId=upload_id, PartNumber=1,
+                       Body=b"x" * (5 * MIB))
+    later = time.time() + 3600  # an hour without a part
+    monkeypatch.setattr(salvage_cli.time, "time", lambda: later)
+    found = asyncio.run(_check_abandoned(settings))
+    assert found.ok
+    assert found.detail.startswith("1 abandoned (5.0 MiB)")
+    client.put_object(Bucket=s3_bucket, Key=key, Body=b"an object already here")
+    stuck = asyncio.run(_check_abandoned(settings))
+    assert not stuck.ok
+    assert key in stuck.detail
+    assert "salvage --dry-run" in stuck.fix
+    listed = client.list_multipart_uploads(Bucket=s3_bucket, Prefix="streams/")
+    assert [u["UploadId"] for u in listed.get("Uploads", [])] == [upload_id]  # untouched
+    client.abort_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=upload_id)

@@ -294,6 +294,39 @@ def _fix_state_dir(settings: Settings) -> None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
 
 
+async def _check_abandoned(settings: Settings) -> CheckResult:
+    """Multipart uploads nobody adds to (SPEC §2.19): what `cefmp4 salvage` would do now.
+    Read-only (its dry run). An upload that must stay open (an object at its key, no part
+    1) is a FAIL: only an operator can decide about it."""
+    from cefmp4.cli.salvage import DEFAULT_OLDER_THAN, abandoned
+
+    try:
+        async with asyncio.timeout(60):
+            outcomes = await abandoned(settings, older_than=DEFAULT_OLDER_THAN)
+    except (CefmpError, TimeoutError) as exc:
+        return CheckResult("abandoned uploads", False,
+                           f"could not list them: {type(exc).__name__}",
+                           "check S3 above; then `cefmp4 salvage --dry-run`")
+    stuck = [o for o in outcomes if not o.ok]
+    todo = [o for o in outcomes if o.ok and o.action in ("complete", "resumed", "abort_empty")]
+    if stuck:
+        return CheckResult(
+            "abandoned uploads", False,
+            f"{len(stuck)} cannot be salvaged as they are: "
+            + "; ".join(f"{o.key}: {o.detail}" for o in stuck[:3]),
+            "`cefmp4 salvage --dry-run` lists them; move the object at the key away, or "
+            "complete the upload by hand",
+        )
+    if not todo:
+        return CheckResult("abandoned uploads", True, "none")
+    size = sum(o.bytes for o in todo) / 2**20
+    return CheckResult(
+        "abandoned uploads", True,
+        f"{len(todo)} abandoned ({size:.1f} MiB): `cefmp4 salvage` makes them objects now; "
+        "the daemon's sweeper does after ABORT_ORPHAN_UPLOADS_AFTER_HOURS",
+    )
+
+
 async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResult]:
     if fix:
         _fix_state_dir(settings)
@@ -301,6 +334,7 @@ async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResu
         lambda: _check_s3(settings, fix=fix),
         lambda: _check_checkpoints(settings),
         lambda: _check_ffprobe(settings),
+        lambda: _check_abandoned(settings),
     ]
     results = [_check_watch_dir(settings, fix=fix)]
     results.append(await asyncio.to_thread(_check_writer_signals, settings))

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="change nothing; print what would be done")
     salvage.add_argument("--json", action="store_true", help="print a JSON list")
     salvage.add_argument(
-        "--older-than", type=_seconds, default=900.0, metavar="SECONDS",
+        "--older-than", type=_seconds, default=900.0, metavar="SECONDS",  # DEFAULT_OLDER_THAN
         help="leave uploads that got a part within this long (default 900)",
     )
     _add_setting_flags(salvage)

@@ -29,10 +29,17 @@ from cefmp4.core.keys import within_prefix
 from cefmp4.core.salvage import Action
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import CefmpError
+from cefmp4.storage.protection import is_bookkeeping
 from cefmp4.streams.probe import FfprobeProber
 from cefmp4.streams.salvage import Known, Outcome, Salvager
 
 _NOT_DONE = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+DEFAULT_OLDER_THAN = 900.0
+
+
+async def abandoned(settings: Settings, *, older_than: float) -> list[Outcome]:
+    """What ``cefmp4 salvage`` would do now (a dry run: changes nothing)."""
+    return await _salvage(settings, dry_run=True, older_than=older_than)
 
 
 def salvage_command(settings: Settings, *, dry_run: bool, as_json: bool,
@@ -62,8 +69,9 @@ async def _salvage(settings: Settings, *, dry_run: bool, older_than: float) -> l
             clock=time.time, instance=socket.gethostname(),
         )
         outcomes = await salvager.resume_interrupted(dry_run=dry_run)
+        # Never our own bookkeeping (a checksum probe's upload, made and aborted at once).
         uploads = [u for u in await objects.list_multipart_uploads(prefix)
-                   if within_prefix(prefix, u.key)]
+                   if within_prefix(prefix, u.key) and not is_bookkeeping(u.key)]
         known = {rid: await _known(store, rec) for rid, rec in records.items()}
         for plan in await salvager.survey(uploads, known, older_than=older_than):
             record = records.get(plan.upload.upload_id)
