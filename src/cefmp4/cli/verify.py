@@ -270,6 +270,6 @@ async def _with_progress(
 
             result = await verify_one(store, key, pub, advance)
             progress.remove_task(task)
-            progress.console.print(result.line, highlight=False, markup=False)
+            progress.console.print(result.line, highlight=False, markup=False, soft_wrap=True)
             results.append(result)
     return results

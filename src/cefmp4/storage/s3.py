@@ -262,7 +262,7 @@ class S3ObjectStore:
         try:
             created = await self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC64NVME",
-                ChecksumType="FULL_OBJECT",
+                ChecksumType="FULL_OBJECT", **self.protection.encryption_args(),
             )
         except boto_errors.ClientError as exc:
             # Refused outright (an unknown header): definite; anything else: maybe later.
@@ -300,7 +300,9 @@ class S3ObjectStore:
         key = f"{probes}{uuid.uuid4().hex}"
         body = b"cefmp4 checksum probe"
         try:
-            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            # With S3_SSE: a bucket policy that refuses unencrypted writes refuses probes too.
+            created = await self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, **self.protection.encryption_args())
         except _MAPPED:
             return "md5", False  # says nothing about checksums: maybe the next time
 
