@@ -133,6 +133,13 @@ def test_retention_is_set_from_the_time_of_writing() -> None:
         days=30)
 
 
+def test_a_bad_kms_key_id_is_not_repeated(tmp_path: Path) -> None:
+    line = _one_line(_run(tmp_path, S3_SSE="aws:kms",
+                          S3_SSE_KMS_KEY_ID="arn:aws:kms:eu-west-1:123456789012:key/a b"),
+                     "S3_SSE_KMS_KEY_ID")
+    assert "123456789012" not in line
+
+
 def test_a_kms_arn_is_shown_without_its_account() -> None:
     arn = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     shown = mask_kms_key_id(arn)

@@ -397,7 +397,11 @@ class Settings(FeatureSettings, EvidenceSettings):  # features, evidence: was Ba
         return self.max_inflight_mb * MIB
 
 
-_SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL"} | FEATURE_SECRETS
+# Never repeated in a configuration error: secrets, and a KMS key ARN (it names the account;
+# cefmp4 shows it masked, cefmp4.storage.protection.mask_kms_key_id).
+_SECRET = {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "REDIS_URL", "S3_SSE_KMS_KEY_ID"} | (
+    FEATURE_SECRETS
+)
 
 # --- secrets from files (see Settings._read_secret_files) -----------------------------------
 # secret field -> the field naming the file it can be read from
