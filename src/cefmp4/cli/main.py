@@ -148,7 +148,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ed25519 public key, PEM (default: that of SIGNING_KEY_FILE)")
     verify.add_argument("--json", action="store_true", help="print a JSON list")
     _add_setting_flags(verify)
+    for command_parser in sub.choices.values():
+        # Which command's usage an unknown option is reported with (see parse_command_line).
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
+
+
+def parse_command_line(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argv → the command and its options. An unknown option is reported with the usage of
+    the command it was given to (argparse alone answers with the top-level usage, which
+    does not list the option's siblings), exit status 2."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def validate(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and build the settings as :func:`main` would, and nothing else: 0, or
+    2 with the same one line naming the setting. For scripts that check a configuration
+    before they start anything (``scripts/run-local``)."""
+    args = parse_command_line(argv)
+    try:
+        load_settings(**_overrides(args))
+    except ConfigError as exc:
+        print(f"cefmp4: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
 
 
 def _seconds(text: str) -> float:
@@ -204,7 +230,7 @@ def entry() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     try:
         settings = load_settings(**_overrides(args))
         logs.configure_logging(
