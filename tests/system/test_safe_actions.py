@@ -99,3 +99,31 @@ def test_a_writer_that_closes_and_reopens_keeps_one_whole_copy(
     assert next(e["completed_by"] for e in events if e.get("event") == "stream_idle") == (
         "writer_closed")
     assert len([e for e in events if e.get("event") == "after_upload_done"]) == 1
+
+
+def test_a_file_hidden_by_a_crash_comes_back_when_the_restart_keeps_files(
+    tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str, daemons: list[Daemon],
+    sample_mp4: Path,
+) -> None:
+    """SIGKILL right after the source was renamed to its hidden name, then the operator
+    restarts with AFTER_UPLOAD=keep: the file is back in view, not hidden for ever."""
+    from cefmp4.runtime.failpoints import CRASH_EXIT_STATUS
+
+    settings = make_settings(tmp_path=tmp_path, s3=s3_server, bucket=s3_bucket,
+                             stream_timeout_seconds=1.0, after_upload="delete")
+    env = settings_env(settings)
+    target = settings.watch_dir / "clip.mp4"
+    crashing = Daemon({**env, "CEFMP4_FAILPOINTS": "after_upload_staged"}, tmp_path / "1.log")
+    daemons.append(crashing)
+    crashing.start()
+    shutil.copyfile(sample_mp4, target)
+    assert crashing.proc is not None
+    assert crashing.proc.wait(60) == CRASH_EXIT_STATUS, crashing.log_tail()
+    assert not target.exists()  # hidden, as the crash left it
+    keeping = Daemon({**env, "AFTER_UPLOAD": "keep"}, tmp_path / "2.log")
+    daemons.append(keeping)
+    keeping.start()
+    wait_until_impl(target.exists, timeout=30, what="the file back in view", alive=(keeping,))
+    assert target.read_bytes() == sample_mp4.read_bytes()
+    assert sorted(p.name for p in settings.watch_dir.iterdir()) == ["clip.mp4"]
+    assert keeping.stop() == 0

@@ -701,3 +701,15 @@ async def test_a_clock_stepped_back_never_makes_the_wait_longer_than_the_quiet_t
     await sink.deliver(OutboxItem(1, "after_upload", intent.stream_id, intent.to_json(),
                                   10_000.0))  # completed "in the future"
     assert slept == [30.0]
+
+
+async def test_after_switching_to_keep_a_pending_action_puts_its_file_back(
+    tmp_path: Path,
+) -> None:
+    """Crash after staging, restart with AFTER_UPLOAD=keep: the intent is ended and the file
+    comes back into view (it used to stay at its hidden name, said nowhere)."""
+    path, intent, head = _setup(tmp_path)
+    os.rename(path, staged_name(path, intent.stream_id))
+    with pytest.raises(PermanentError, match="keep now"):
+        await AfterUploadSink(head, keep_only=True).deliver(_item(intent))
+    assert sorted(os.listdir(path.parent)) == ["rec.mp4"]

@@ -155,6 +155,7 @@ class AfterUploadSink:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scope: Scope | None = None,
+        keep_only: bool = False,
     ) -> None:
         self._head = head_object
         self._hit = hit
@@ -163,6 +164,7 @@ class AfterUploadSink:
         self._clock = clock
         self._sleep = sleep
         self._scope = scope
+        self._keep_only = keep_only  # AFTER_UPLOAD=keep now: end what is pending, act on nothing
 
     async def deliver(self, item: OutboxItem) -> None:
         intent = Intent.from_json(item.payload)
@@ -174,6 +176,8 @@ class AfterUploadSink:
             # A file left at its hidden name by an interrupted attempt is back in view first:
             # whatever is decided below, it is never left hidden.
             await asyncio.to_thread(_put_back, intent)
+            if self._keep_only:
+                raise PermanentError("AFTER_UPLOAD is keep now; file kept")
             # A writer that closes and reopens (FTP APPE, rotating recorders) can outlast a
             # fast completion: act only once the file stayed as verified for the idle
             # timeout after its object was completed (§2.25). Items come in completion

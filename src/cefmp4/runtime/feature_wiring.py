@@ -18,6 +18,7 @@ from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox, Scope
 from cefmp4.after.notify import RedisStreamSink, WebhookSink
 from cefmp4.after.outbox import (
     NOTIFY_SINKS,
+    SINK_AFTER_UPLOAD,
     SINK_REDIS,
     SINK_WEBHOOK,
     Dispatcher,
@@ -152,6 +153,11 @@ async def open_outbox(
         assert isinstance(checkpoints, RedisCheckpointStore)  # the settings demand REDIS_URL
         sinks.append(RedisStreamSink(checkpoints.client, settings.notify_redis_stream))
         notify.append(SINK_REDIS)
+    if settings.after_upload == "keep" and hasattr(checkpoints, "outbox_count") and (
+            await cast(Outbox, checkpoints).outbox_count(frozenset({SINK_AFTER_UPLOAD}))):
+        # Switched to keep with actions still pending (one may have staged its file before
+        # a crash): they are ended, and every file comes back into view.
+        sinks.append(AfterUploadSink(objects.head_object, keep_only=True))
     if settings.after_upload != "keep":
         target_dir = settings.after_upload_dir
         scope = Scope(settings.watch_dir.resolve(), settings.s3_key_prefix,
