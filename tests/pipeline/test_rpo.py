@@ -41,7 +41,7 @@ async def test_the_tail_is_shipped_every_rpo_seconds_and_deleted_after_completio
             f.write(data[:300_000])
             f.flush()
             await until(lambda: len(_segments(store)) == 1, timeout=3, what="a first segment")
-            [(key, body)] = _segments(store).items()
+            [(_key, body)] = _segments(store).items()
             assert body == data[:300_000]  # before any part: the recording is not lost
             assert app.metrics.pending_bytes._value.get() == 0  # it counts as in S3
             assert len(store.open_uploads()) == 1  # salvage finds it by its upload

@@ -41,6 +41,7 @@ import structlog
 
 from cefmp4.after.outbox import SINK_AFTER_UPLOAD, OutboxItem
 from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.core.evict import KeepFree, shortfall
 from cefmp4.core.hashing import multipart_etag, normalize_etag
 from cefmp4.core.keys import metadata_key, within_prefix
 from cefmp4.intake.writers import NoWriterProof, WriterOpen, WritersUnseen
@@ -48,7 +49,8 @@ from cefmp4.runtime.errors import PermanentError
 
 log = structlog.get_logger("cefmp4.after.after_upload")
 
-KEEP, DELETE, MOVE = "keep", "delete", "move"
+KEEP, DELETE, MOVE, EVICT = "keep", "delete", "move", "evict"
+EVICT_POLL_S = 5.0  # how often a kept source waits to look at the free space again
 COPY_BLOCK = 4 * 1024 * 1024
 
 
@@ -90,9 +92,23 @@ class Intent:
             intent = cls(**data)
         except (ValueError, TypeError) as exc:
             raise PermanentError(f"after-upload intent does not parse: {exc}") from None
-        if intent.action not in (DELETE, MOVE) or (intent.action == MOVE and not intent.target_dir):
+        if intent.action not in (DELETE, MOVE, EVICT) or (
+                intent.action == MOVE and not intent.target_dir):
             raise PermanentError(f"after-upload intent has a bad action {intent.action!r}")
         return intent
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """AFTER_UPLOAD=evict: the file system holding WATCH_DIR, and the free space to keep."""
+
+    path: Path
+    keep: KeepFree
+
+    def short(self) -> int:
+        """Bytes to free now (0: enough); blocking (statvfs)."""
+        st = os.statvfs(self.path)
+        return shortfall(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, self.keep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +172,8 @@ class AfterUploadSink:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scope: Scope | None = None,
         keep_only: bool = False,
+        space: Space | None = None,
+        evicted: Callable[[], None] = lambda: None,
     ) -> None:
         self._head = head_object
         self._hit = hit
@@ -165,6 +183,8 @@ class AfterUploadSink:
         self._sleep = sleep
         self._scope = scope
         self._keep_only = keep_only  # AFTER_UPLOAD=keep now: end what is pending, act on nothing
+        self._space = space  # AFTER_UPLOAD=evict: wait for this file system to be short
+        self._evicted = evicted
 
     async def deliver(self, item: OutboxItem) -> None:
         intent = Intent.from_json(item.payload)
@@ -188,9 +208,29 @@ class AfterUploadSink:
             if wait > 0:
                 log.debug("after_upload_waiting", seconds=round(wait, 2))
                 await self._sleep(wait)
+            if intent.action == EVICT:
+                # The oldest kept source waits here until space is short: the ones after
+                # it are younger (completion order), so none is due before it.
+                await self._until_short_of_space()
             await self._confirm_object(intent)
             outcome = await asyncio.to_thread(self.apply, intent)
             log.info("after_upload_done", outcome=outcome)
+            if intent.action == EVICT and outcome == "deleted":
+                self._evicted()
+
+    async def _until_short_of_space(self) -> None:
+        if self._space is None:
+            raise PermanentError("AFTER_UPLOAD is not evict now; file kept")
+        while True:
+            try:
+                short = await asyncio.to_thread(self._space.short)
+            except OSError as exc:  # statvfs of a share that stalls or went away: unknown
+                log.warning("free_space_unknown", error=str(exc))
+                short = 0
+            if short > 0:
+                log.info("evicting", short_bytes=short, keep_free=str(self._space.keep))
+                return
+            await self._sleep(EVICT_POLL_S)
 
     async def _confirm_object(self, intent: Intent) -> None:
         info = await self._head(intent.key)
@@ -221,7 +261,7 @@ class AfterUploadSink:
         path = Path(intent.path)
         staged = staged_name(path, intent.stream_id)
         if intent.action == MOVE:
-            return self._move(intent, path, staged)
+            return self._move(intent, path, staged)  # delete and evict: the same act
         return self._delete(intent, path, staged)
 
     @contextlib.contextmanager

@@ -17,8 +17,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from cefmp4.core.containers import parse_extensions
+from cefmp4.core.evict import KeepFree, parse_keep_free
 
-AfterUpload = Literal["keep", "delete", "move"]
+AfterUpload = Literal["keep", "delete", "move", "evict"]
 # Never repeated in a configuration error: the URL may carry a token.
 FEATURE_SECRETS = frozenset({"NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"})
 MAX_HOST_NAME = 253  # DNS: the longest name, without the root's trailing dot
@@ -41,6 +42,10 @@ class FeatureSettings(BaseSettings):
     )
     after_upload: AfterUpload = Field(
         "keep", description="keep, delete or move the source once its object is confirmed"
+    )
+    evict_keep_free: str = Field(
+        "10%", description="AFTER_UPLOAD=evict: free space to keep on WATCH_DIR's file "
+        "system, N% or a size (20G, 500M)"
     )
     after_upload_dir: Path | None = Field(
         None, description="target directory of AFTER_UPLOAD=move (outside WATCH_DIR)"
@@ -78,6 +83,16 @@ class FeatureSettings(BaseSettings):
         if v is not None and not v > 0:
             raise ValueError("must be greater than 0")
         return v
+
+    @field_validator("evict_keep_free")
+    @classmethod
+    def _keep_free(cls, v: str) -> str:
+        parse_keep_free(v)  # ValueError: one line naming the setting
+        return v.strip()
+
+    @property
+    def keep_free(self) -> KeepFree:
+        return parse_keep_free(self.evict_keep_free)
 
     @field_validator("after_upload", mode="before")
     @classmethod

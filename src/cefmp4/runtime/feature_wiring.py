@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import structlog
 
-from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox, Scope
+from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox, Scope, Space
 from cefmp4.after.notify import RedisStreamSink, WebhookSink
 from cefmp4.after.outbox import (
     NOTIFY_SINKS,
@@ -58,6 +58,7 @@ class Features:
     plan: CompletionOutbox = field(default_factory=CompletionOutbox)
     upload_command: bool = False
     after_upload_wait: float = 0.0  # the quiet time an after-upload action waits for
+    space: Space | None = None  # AFTER_UPLOAD=evict
 
     def context_fields(self) -> dict[str, Any]:
         """The ``Context`` fields of these features."""
@@ -76,6 +77,9 @@ class Features:
             tasks.start("close-events", self.writers.closes.run)
         if self.dispatcher is not None:
             tasks.start("outbox", self.dispatcher.run)
+            if self.space is not None:
+                outbox, space = self.dispatcher.outbox, self.space
+                tasks.start("eviction", lambda: watch_eviction(space, outbox, metrics))
         free = metrics.watch_dir_free_bytes.set
         tasks.start("free-space", lambda: track_free_bytes(watch_dir, free))
 
@@ -104,13 +108,18 @@ async def open_features(
     no writer signals: its streams end because the command says so."""
     dispatcher, plan = await open_outbox(
         settings, objects, checkpoints, failpoints=failpoints, metrics=metrics, owner=owner,
-        stack=stack, clock=clock,
+        stack=stack, clock=clock, daemon=daemon,
     )
     writers = writer_policy(settings, clock) if daemon else None
     if writers is not None and writers.closes is not None:
         stack.callback(writers.closes.close)
-    wait = settings.stream_timeout_seconds if plan.action != "keep" else 0.0
-    return Features(writers, dispatcher, plan, upload_command=not daemon, after_upload_wait=wait)
+    # `upload` waits the quiet time for delete/move; evict acts only under space pressure,
+    # which is the daemon's to watch.
+    wait = settings.stream_timeout_seconds if plan.action in ("delete", "move") else 0.0
+    space = (Space(settings.watch_dir, settings.keep_free)
+             if daemon and settings.after_upload == "evict" else None)
+    return Features(writers, dispatcher, plan, upload_command=not daemon, after_upload_wait=wait,
+                    space=space)
 
 
 def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
@@ -136,7 +145,7 @@ def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
 async def open_outbox(
     settings: Settings, objects: ObjectStore, checkpoints: CheckpointStore, *,
     failpoints: Failpoints, metrics: Metrics, owner: str, stack: AsyncExitStack,
-    clock: Clock,
+    clock: Clock, daemon: bool = True,
 ) -> tuple[Dispatcher | None, CompletionOutbox]:
     """The dispatcher of the post-completion work the settings ask for (None: nothing to
     do), and what a completion records for it."""
@@ -158,13 +167,17 @@ async def open_outbox(
         # Switched to keep with actions still pending (one may have staged its file before
         # a crash): they are ended, and every file comes back into view.
         sinks.append(AfterUploadSink(objects.head_object, keep_only=True))
-    if settings.after_upload != "keep":
+    # `upload` leaves evictions to the daemon, which watches the free space.
+    if settings.after_upload != "keep" and (daemon or settings.after_upload != "evict"):
         target_dir = settings.after_upload_dir
         scope = Scope(settings.watch_dir.resolve(), settings.s3_key_prefix,
                       str(target_dir.resolve()) if target_dir else None)
+        space = (Space(settings.watch_dir, settings.keep_free)
+                 if settings.after_upload == "evict" else None)
         sinks.append(AfterUploadSink(
             objects.head_object, hit=failpoints.hit, quiet_s=settings.stream_timeout_seconds,
-            clock=clock.time, sleep=clock.sleep, scope=scope))
+            clock=clock.time, sleep=clock.sleep, scope=scope, space=space,
+            evicted=metrics.files_evicted.inc))
         for problem in visibility_problems(settings.watch_dir):
             log.warning(logs.SETTINGS_ADVICE, advice=(
                 f"AFTER_UPLOAD={settings.after_upload} keeps every file whose writers it "
@@ -173,8 +186,10 @@ async def open_outbox(
     plan = CompletionOutbox(
         tuple(notify), settings.after_upload, str(target.resolve()) if target else None
     )
-    if not sinks or not hasattr(checkpoints, "put_stream_with_outbox"):
+    if not hasattr(checkpoints, "put_stream_with_outbox") or not (sinks or plan.enabled):
         return None, CompletionOutbox()
+    # With no sink (`upload` with AFTER_UPLOAD=evict) the dispatcher only records the
+    # completions' items, for the daemon to carry out.
 
     def failed(sink: str) -> None:
         if sink in NOTIFY_SINKS:
@@ -187,6 +202,28 @@ async def open_outbox(
         hooks=DispatchHooks(failed=failed, pending=metrics.notifications_pending.set),
     )
     return dispatcher, plan
+
+
+async def watch_eviction(space: Space, outbox: Outbox, metrics: Metrics, *,
+                         interval: float = 15.0) -> None:
+    """AFTER_UPLOAD=evict: how many confirmed sources wait (``evictable_files``), and one
+    WARNING per episode of short space with nothing to evict, saying how many bytes of
+    footage not yet in S3 are at risk (eviction itself is the outbox's, oldest first)."""
+    episode = False
+    while True:
+        count = await outbox.outbox_count(frozenset({SINK_AFTER_UPLOAD}))
+        metrics.evictable_files.set(count)
+        try:
+            short = await asyncio.to_thread(space.short)
+        except OSError:
+            short = 0  # unknown: track_free_bytes says so
+        if short > 0 and count == 0 and not episode:
+            at_risk = metrics.registry.get_sample_value("pending_bytes") or 0.0
+            log.warning("evict_nothing_to_evict", short_bytes=short,
+                        keep_free=str(space.keep), at_risk_bytes=int(at_risk),
+                        reason="no source on disk is confirmed in S3 yet")
+        episode = (short > 0 and count == 0) or (episode and short > 0)
+        await asyncio.sleep(interval)
 
 
 async def track_free_bytes(

@@ -155,6 +155,16 @@ class Metrics:
             "watch_dir_free_bytes",
             "Free bytes on the watch directory's file system.",
         )
+        self.files_evicted = counter(
+            "files_evicted_total",
+            "Sources deleted by AFTER_UPLOAD=evict because the watch directory's file system "
+            "had less free space than EVICT_KEEP_FREE (their objects confirmed first).",
+        )
+        self.evictable_files = gauge(
+            "evictable_files",
+            "AFTER_UPLOAD=evict: sources kept on disk whose objects are confirmed in S3 (safe "
+            "to evict when space runs short).",
+        )
         # Every label value exists from the start, at 0, so rate() and alerts see the
         # series before the first failure.
         for op in OPERATIONS:
