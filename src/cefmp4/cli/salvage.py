@@ -66,7 +66,7 @@ async def _salvage(settings: Settings, *, dry_run: bool, older_than: float) -> l
         salvager = Salvager(
             objects, prefix, prober=FfprobeProber(settings.ffprobe_path,
                                                   settings.probe_timeout_seconds),
-            clock=time.time, instance=socket.gethostname(),
+            clock=time.time, instance=socket.gethostname(), template=settings.key_template,
         )
         outcomes = await salvager.resume_interrupted(dry_run=dry_run)
         # Never our own bookkeeping (a checksum probe's upload, made and aborted at once).

@@ -4,6 +4,7 @@ commands (``status``, ``check``)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -87,4 +88,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         parts_in_flight=settings.upload_concurrency + 1,
         extensions=settings.extensions,
         rpo_seconds=settings.rpo_seconds,
+        key_template=settings.key_template,
+        # Not the default INSTANCE_ID (it has the pid): a key must not change on a restart.
+        instance=settings.instance_id or socket.gethostname(),
     )

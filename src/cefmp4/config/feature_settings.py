@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings
 
 from cefmp4.core.containers import parse_extensions
 from cefmp4.core.evict import KeepFree, parse_keep_free
+from cefmp4.core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate
 
 AfterUpload = Literal["keep", "delete", "move", "evict"]
 # Never repeated in a configuration error: the URL may carry a token.
@@ -42,6 +43,10 @@ class FeatureSettings(BaseSettings):
     )
     after_upload: AfterUpload = Field(
         "keep", description="keep, delete or move the source once its object is confirmed"
+    )
+    s3_key_template: str = Field(
+        DEFAULT_KEY_TEMPLATE, description="the video's key below S3_KEY_PREFIX: {stream_id}, "
+        "{relpath}, {dir}, {name}, {stem}, {ext}, {started:FMT}, {instance}"
     )
     evict_keep_free: str = Field(
         "10%", description="AFTER_UPLOAD=evict: free space to keep on WATCH_DIR's file "
@@ -83,6 +88,15 @@ class FeatureSettings(BaseSettings):
         if v is not None and not v > 0:
             raise ValueError("must be greater than 0")
         return v
+
+    @field_validator("s3_key_template")
+    @classmethod
+    def _key_template(cls, v: str) -> str:
+        return KeyTemplate.parse(v).text  # ValueError: one line naming the setting
+
+    @property
+    def key_template(self) -> KeyTemplate:
+        return KeyTemplate.parse(self.s3_key_template)
 
     @field_validator("evict_keep_free")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath, PurePosixPath
 
@@ -48,7 +49,10 @@ def is_stream_id(value: str) -> bool:
     return _STREAM_ID.fullmatch(value) is not None
 
 
-def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
+def object_key(
+    prefix: str, stream_id: str, rel_path: str | PurePath, *,
+    template: KeyTemplate | None = None, started_at: float = 0.0, instance: str = "",
+) -> str:
     """The video's key. ``rel_path`` is relative to WATCH_DIR; it is written POSIX-style.
 
     Raises ``ValueError`` for an unsafe stream id or an absolute or escaping path, and
@@ -61,7 +65,12 @@ def object_key(prefix: str, stream_id: str, rel_path: str | PurePath) -> str:
     parts = PurePosixPath(posix).parts
     if not posix or posix.startswith("/") or not parts or ".." in parts or posix == ".":
         raise ValueError(f"not a relative path inside the watch directory: {posix!r}")
-    key = f"{segment_prefix(prefix)}{stream_id}/{posix}"
+    if template is None or template.is_default:
+        below = f"{stream_id}/{posix}"
+    else:
+        below = template.render(stream_id=stream_id, rel_path=posix, started_at=started_at,
+                                instance=instance)
+    key = f"{segment_prefix(prefix)}{below}"
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError:
@@ -111,15 +120,31 @@ def metadata_key(video_key: str) -> str:
     return video_key + METADATA_SUFFIX
 
 
-def parse_key(prefix: str, key: str) -> tuple[str, str] | None:
+def stream_id_in(prefix: str, key: str, template: KeyTemplate | None = None) -> str | None:
+    """The stream id of a video key made by ``object_key`` with ``template``, else None."""
+    if not within_prefix(prefix, key) or key.endswith(METADATA_SUFFIX):
+        return None
+    return (template or KeyTemplate()).stream_id_of(key[len(segment_prefix(prefix)):])
+
+
+def parse_key(
+    prefix: str, key: str, template: KeyTemplate | None = None
+) -> tuple[str, str] | None:
     """``(stream_id, rel_path)`` of a video key made by ``object_key``, else ``None``.
 
-    ``None`` for keys outside ``prefix``, metadata keys and anything not shaped like
-    ``{prefix}{stream_id}/{rel_path}``.
+    ``None`` for keys outside ``prefix``, metadata keys, anything not shaped like
+    ``{prefix}{stream_id}/{rel_path}``, and keys of a template that does not end with
+    ``{stream_id}/{relpath}`` (the path below WATCH_DIR cannot be read back from them).
     """
     if not within_prefix(prefix, key) or key.endswith(METADATA_SUFFIX):
         return None
     prefix = segment_prefix(prefix)
+    if template is not None and not template.is_default:
+        below = key[len(prefix):]
+        stream_id_of, rel = template.stream_id_of(below), template.rel_path_of(below)
+        if stream_id_of is None or rel is None or ".." in PurePosixPath(rel).parts:
+            return None
+        return stream_id_of, rel
     stream_id, slash, rel_path = key[len(prefix) :].partition("/")
     if not slash or not rel_path or not is_stream_id(stream_id):
         return None
@@ -135,3 +160,91 @@ def upload_rel_path(path: PurePath, watch_dir: PurePath) -> str:
         return path.relative_to(watch_dir).as_posix()
     except ValueError:
         return path.name
+
+
+# --- S3_KEY_TEMPLATE (SPEC §2.23) ---------------------------------------------------------
+
+DEFAULT_KEY_TEMPLATE = "{stream_id}/{relpath}"
+_PLACEHOLDER = re.compile(r"\{(?P<name>[a-z_]+)(?::(?P<fmt>[^{}]*))?\}")
+_NAMES = frozenset({"stream_id", "relpath", "dir", "name", "stem", "ext", "started", "instance"})
+# The shape new_stream_id makes: found in any key a template made, whatever surrounds it.
+_MADE_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{10}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """Where the video goes below ``S3_KEY_PREFIX``. Build it with :meth:`parse`."""
+
+    text: str = DEFAULT_KEY_TEMPLATE
+
+    @classmethod
+    def parse(cls, text: str) -> KeyTemplate:
+        """ValueError (what is wrong) for a template without ``{stream_id}``, with a ``..``
+        segment or a leading ``/``, an unknown placeholder, braces that are not one, or
+        one that can make an empty key."""
+        text = text.strip()
+        if text.startswith("/"):
+            raise ValueError("must not start with '/' (it goes below S3_KEY_PREFIX)")
+        if ".." in text.split("/"):
+            raise ValueError("must not have a '..' segment")
+        names = [m["name"] for m in _PLACEHOLDER.finditer(text)]
+        if unknown := sorted(set(names) - _NAMES):
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known: "
+                             + ", ".join(f"{{{n}}}" for n in sorted(_NAMES)))
+        if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+            raise ValueError("has a brace that is not a placeholder")
+        if "stream_id" not in names:
+            raise ValueError("must contain {stream_id} (it keeps every recording's key apart)")
+        for m in _PLACEHOLDER.finditer(text):
+            if m["name"] == "started" and not m["fmt"]:
+                raise ValueError("{started:FMT} needs a strftime format, e.g. {started:%Y-%m-%d}")
+            if m["fmt"] is not None and m["name"] != "started":
+                raise ValueError(f"{{{m['name']}}} takes no format")
+        template = cls(text)
+        template.render(stream_id="20260101T000000Z-0000000000", rel_path="a.mp4",
+                        started_at=0.0, instance="")  # a sample: raises if it makes nonsense
+        return template
+
+    @property
+    def is_default(self) -> bool:
+        return self.text == DEFAULT_KEY_TEMPLATE
+
+    def render(self, *, stream_id: str, rel_path: str, started_at: float,
+               instance: str) -> str:
+        """The key below the prefix. A placeholder that is empty leaves no empty segment."""
+        path = PurePosixPath(rel_path)
+        parent = path.parent.as_posix()
+        values = {
+            "stream_id": stream_id, "relpath": rel_path,
+            "dir": "" if parent == "." else parent, "name": path.name, "stem": path.stem,
+            "ext": path.suffix, "instance": instance,
+        }
+
+        def value(m: re.Match[str]) -> str:
+            if m["name"] == "started":
+                return datetime.fromtimestamp(started_at, UTC).strftime(m["fmt"])
+            return values[m["name"]]
+
+        segments = [s for s in _PLACEHOLDER.sub(value, self.text).split("/") if s]
+        if not segments or any(s in (".", "..") for s in segments):
+            raise UnkeyablePath(f"S3_KEY_TEMPLATE makes no usable key of {rel_path!r}")
+        return "/".join(segments)
+
+    def stream_id_of(self, below: str) -> str | None:
+        """The stream id in a key this template made (below the prefix), or None."""
+        if self.is_default:
+            head = below.partition("/")[0]
+            return head if is_stream_id(head) else None
+        found = _MADE_ID.search(below)
+        return found.group(0) if found else None
+
+    def rel_path_of(self, below: str) -> str | None:
+        """The path below WATCH_DIR a key was made from, when the template keeps it whole
+        at its end (``…{stream_id}/{relpath}``); else None."""
+        if not self.text.endswith("{stream_id}/{relpath}"):
+            return None
+        stream_id = self.stream_id_of(below)
+        if stream_id is None:
+            return None
+        rel = below[below.index(stream_id) + len(stream_id):].removeprefix("/")
+        return rel or None

@@ -14,6 +14,7 @@ from cefmp4.after.after_upload import CompletionOutbox
 from cefmp4.after.outbox import Outbox
 from cefmp4.checkpoint import CheckpointStore, StreamRecord
 from cefmp4.core.containers import DEFAULT_EXTENSIONS
+from cefmp4.core.keys import KeyTemplate
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import Clock, SystemClock
 from cefmp4.runtime.failpoints import Failpoints
@@ -51,6 +52,8 @@ class PipelineConfig:
     backoff: Backoff = field(default_factory=Backoff)
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS  # WATCH_EXTENSIONS (§2.17)
     rpo_seconds: float | None = None  # RPO_SECONDS: ship tail segments this often (§2.20)
+    key_template: KeyTemplate = field(default_factory=KeyTemplate)  # S3_KEY_TEMPLATE (§2.23)
+    instance: str = ""  # {instance} of the key template: INSTANCE_ID, else the host's name
 
 
 def component_of(operation: str) -> str:

@@ -117,7 +117,9 @@ async def start_new(
     try:
         stream_id = new_stream_id()
         rel = rel if rel is not None else path.relative_to(ctx.config.watch_dir).as_posix()
-        key = object_key(ctx.config.key_prefix, stream_id, rel)
+        key = object_key(ctx.config.key_prefix, stream_id, rel,
+                         template=ctx.config.key_template, started_at=ctx.clock.time(),
+                         instance=ctx.config.instance)
     except UnkeyablePath as exc:
         if held is not None:
             os.close(held)

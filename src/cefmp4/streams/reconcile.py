@@ -136,7 +136,7 @@ async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamReco
     Returns the records rebuilt from scratch (the checkpoint store lost them)."""
     rebuilt: list[StreamRecord] = []
     for upload in await unknown_uploads(ctx):
-        parsed = parse_key(ctx.config.key_prefix, upload.key)
+        parsed = parse_key(ctx.config.key_prefix, upload.key, ctx.config.key_template)
         if parsed is None:
             continue  # not a key we make: leave it to the sweeper's grace period
         known = await _record(ctx, parsed[0])
@@ -188,7 +188,7 @@ async def abort_superseded(ctx: Context, grace_seconds: float) -> list[Multipart
     aborted: list[MultipartUpload] = []
     now = ctx.clock.time()
     for upload in await unknown_uploads(ctx):
-        parsed = parse_key(ctx.config.key_prefix, upload.key)
+        parsed = parse_key(ctx.config.key_prefix, upload.key, ctx.config.key_template)
         known = await _record(ctx, parsed[0]) if parsed is not None else None
         if known is None or known.upload_id is None or known.upload_id == upload.upload_id:
             continue

@@ -44,10 +44,12 @@ from cefmp4.core.hashing import (
     normalize_etag,
 )
 from cefmp4.core.keys import (
+    KeyTemplate,
     metadata_key,
     new_stream_id,
     parse_key,
     segment_prefix,
+    stream_id_in,
     within_prefix,
 )
 from cefmp4.core.metadata import build_metadata, to_json_bytes
@@ -152,6 +154,7 @@ class Salvager:
         retry: Retry = _once,
         salvaged: Callable[[], None] = lambda: None,
         instance: str = "",
+        template: KeyTemplate | None = None,
     ) -> None:
         self.objects = objects
         self.prefix = prefix
@@ -160,6 +163,7 @@ class Salvager:
         self.retry = retry
         self.salvaged = salvaged
         self.instance = instance
+        self.template = template  # S3_KEY_TEMPLATE: where the stream id is in a key
 
     @property
     def marker_prefix(self) -> str:
@@ -208,20 +212,20 @@ class Salvager:
 
     async def _segments(self, key: str) -> tuple[Segment, ...]:
         """The tail segments of the stream whose video ``key`` is (RPO_SECONDS, §2.20)."""
-        parsed = parse_key(self.prefix, key)
-        if parsed is None:
+        stream_id = stream_id_in(self.prefix, key, self.template)
+        if stream_id is None:
             return ()
         listed = await self.retry("list_tail", functools.partial(
-            self.objects.list_objects, tail_prefix(self.prefix, parsed[0])))
-        found = (parse_segment(self.prefix, parsed[0], o.key, o.size,
+            self.objects.list_objects, tail_prefix(self.prefix, stream_id)))
+        found = (parse_segment(self.prefix, stream_id, o.key, o.size,
                                o.modified.timestamp() if o.modified else None) for o in listed)
         return tuple(s for s in found if s is not None)
 
     async def _delete_segments(self, key: str) -> None:
-        parsed = parse_key(self.prefix, key)
-        if parsed is None:
+        stream_id = stream_id_in(self.prefix, key, self.template)
+        if stream_id is None:
             return
-        head = tail_prefix(self.prefix, parsed[0])
+        head = tail_prefix(self.prefix, stream_id)
         for segment in await self.retry("list_tail", functools.partial(
                 self.objects.list_keys, head)):
             await self.retry("delete_tail", functools.partial(
@@ -376,8 +380,9 @@ class Salvager:
     def _metadata(self, marker: _Marker, sha: str, crcs: list[str],
                   probe: ProbeResult) -> dict[str, object]:
         now = self.clock()
-        parsed = parse_key(self.prefix, marker.key)
-        stream_id = marker.stream_id or (parsed[0] if parsed else new_stream_id())
+        parsed = parse_key(self.prefix, marker.key, self.template)
+        stream_id = (marker.stream_id or stream_id_in(self.prefix, marker.key, self.template)
+                     or new_stream_id())
         rel = marker.rel_path or (parsed[1] if parsed else _below(self.prefix, marker.key))
         size = sum(p[1] for p in marker.parts)
         record = StreamRecord(
