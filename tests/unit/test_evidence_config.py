@@ -197,9 +197,14 @@ def test_the_evidence_policy_grants_what_cefmp4_calls_and_no_delete_or_abort() -
 
     policy = json.loads((Path(__file__).parents[2] / "deploy/iam/evidence-policy.json")
                         .read_text())
-    allowed = {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]}
-    denied = {a for s in policy["Statement"] if s["Effect"] == "Deny"
+    statements = policy["Statement"]
+    allowed = {a for s in statements if s["Effect"] == "Allow"
+               and not s.get("Resource", "").endswith("/PREFIX.cefmp4/*") for a in s["Action"]}
+    denied = {a for s in statements if s["Effect"] == "Deny"
               and "Condition" not in s for a in s["Action"]}
+    # Deletes only of cefmp4's own bookkeeping (tail segments, salvage markers: never locked).
+    [own] = [s for s in statements if s["Effect"] == "Allow" and "s3:DeleteObject" in s["Action"]]
+    assert own["Resource"] == "arn:aws:s3:::BUCKET/PREFIX.cefmp4/*"
     # Every S3 call of run/upload/verify/check with the evidence settings (PutObject covers
     # CreateMultipartUpload, UploadPart, CompleteMultipartUpload; GetObject HeadObject).
     assert {"s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetBucketObjectLockConfiguration",
