@@ -239,3 +239,33 @@ async def test_items_of_another_type_or_gone_leave_the_queue(redis_url: str) -> 
             assert await store.outbox_count(NOTIFY) == 1
             # Left as found: the operator sees what was there.
             assert await client.get(f"{prefix}outbox-item:webhook:string") == b"not a hash"
+
+
+async def test_a_cancellation_lost_inside_redis_py_is_delivered(redis_url: str) -> None:
+    """Python 3.11's asyncio.wait_for, around redis-py's socket writes, returns the result
+    and drops a cancellation that arrives as the write completes: the task then ran on as
+    if never cancelled (a dispatcher that never stopped, a shutdown waiting for ever)."""
+    import asyncio
+    import contextlib
+    import uuid
+
+    from cefmp4.checkpoint.redis import open_redis_store
+
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    async with open_redis_store(redis_url, key_prefix=prefix) as store:
+        client: Any = store.client
+        real = client.execute_command
+
+        async def loses_a_cancel(*args: Any, **options: Any) -> Any:
+            result = await real(*args, **options)
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # arrives just as the write completes and is dropped, as
+            with contextlib.suppress(asyncio.CancelledError):  # 3.11's wait_for does
+                await asyncio.sleep(0)
+            return result
+
+        client.execute_command = loses_a_cancel
+        claim = asyncio.create_task(store.outbox_claim("a", 5))
+        await asyncio.wait({claim}, timeout=10)
+        assert claim.cancelled()

@@ -33,6 +33,7 @@ can touch a leased stream) or ``"refuse"`` (every write needs a token).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -416,7 +417,15 @@ def _mapped_errors(operation: str) -> Iterator[None]:
     server still loading its data set, a read-only replica, out of memory, a cluster
     moving), a protocol answer that makes no sense (InvalidResponse: maybe not Redis at all,
     or a proxy restarting), and any RedisError this list does not know yet.
+
+    A cancellation requested during the call and lost inside it is raised on the way out:
+    Python 3.11's ``asyncio.wait_for``, which redis-py wraps around socket writes, returns
+    the result and drops a cancellation that arrives as the write completes (fixed in 3.12),
+    and the task then runs on as if never cancelled (a loop that never stops, a shutdown
+    waiting for it for ever).
     """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     try:
         yield
     except (rexc.AuthenticationError, rexc.AuthorizationError, rexc.NoPermissionError,
@@ -438,6 +447,8 @@ def _mapped_errors(operation: str) -> Iterator[None]:
         raise PermanentError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
     except rexc.RedisError as exc:
         raise TransientError(f"redis {operation}: {type(exc).__name__}: {exc}") from exc
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
 
 
 class RedisCheckpointStore:
