@@ -24,7 +24,7 @@ from cefmp4.checkpoint import (
     StreamState,
 )
 from cefmp4.runtime.errors import ContentChanged, TransientError
-from cefmp4.storage import MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage import ListedObject, MultipartUpload, ObjectInfo, PartBody, UploadedPart
 from cefmp4.storage.memory import MemoryObjectStore
 
 T = TypeVar("T")
@@ -208,6 +208,15 @@ class FaultyObjectStore:
         return await self._call(
             "get_range", lambda: self.inner.get_range(key, start, end), _READ
         )
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        return await self._call("list_objects", lambda: self.inner.list_objects(prefix), _READ)
+
+    async def delete_object(self, key: str) -> None:
+        await self._call("delete_object", lambda: self.inner.delete_object(key), _PLAIN)
+
+    async def presign_get(self, key: str, expires_s: int) -> str | None:
+        return await self.inner.presign_get(key, expires_s)  # no request: nothing to fail
 
 
 @dataclass

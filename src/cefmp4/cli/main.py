@@ -52,6 +52,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if hasattr(default, "get_secret_value"):
             default = "(secret)" if default.get_secret_value() else ""
         help_text = f"{field.description} [env {name.upper()}, default {default!s:.40}]"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if field.annotation is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
