@@ -311,10 +311,12 @@ class _Stderr:
     which then draws itself again below the line (three bars for one upload)."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        stream = sys.stderr
+        return len(text) if stream is None else stream.write(text)  # None: started without fd 2
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
 
     def isatty(self) -> bool:
         return _isatty(sys.stderr)
