@@ -178,7 +178,9 @@ async def _corrupt_item(backend: Backend, sql: str, command: tuple[str | bytes, 
         return
     item = f"{backend.prefix}outbox-item:webhook:bad"
     async with redis.asyncio.from_url(backend.url) as client:
-        await client.execute_command(*(item if c == "{item}" else c for c in command))
+        await client.execute_command(  # type: ignore[no-untyped-call]
+            *(item if c == "{item}" else c for c in command)
+        )
 
 
 async def _kept_as_failed(backend: Backend) -> str | None:
@@ -190,9 +192,9 @@ async def _kept_as_failed(backend: Backend) -> str | None:
         [(failed,)] = rows.fetchall()
         conn.close()
         return None if failed is None else str(failed)
-    async with redis.asyncio.from_url(backend.url) as client:
-        failed = await client.hget(f"{backend.prefix}outbox-item:webhook:bad", "failed")
-    return None if failed is None else failed.decode()
+    async with redis.asyncio.from_url(backend.url, decode_responses=True) as client:
+        reason = await client.hget(f"{backend.prefix}outbox-item:webhook:bad", "failed")
+    return None if reason is None else str(reason)
 
 
 @pytest.mark.parametrize(("case", "sql", "command"), OUTBOX_CORRUPTIONS,

@@ -7,9 +7,10 @@ import hashlib
 import hmac
 
 import pytest
+from structlog.testing import capture_logs
 
 from cefmp4.after.notify import classify_status, signature, webhook_headers
-from cefmp4.after.outbox import Dispatcher, DispatchHooks, OutboxItem
+from cefmp4.after.outbox import BUG_ATTEMPTS, Dispatcher, DispatchHooks, OutboxItem
 from cefmp4.runtime.errors import PermanentError, TransientError
 from cefmp4.runtime.retry import Backoff
 
@@ -238,3 +239,73 @@ async def test_a_lost_claim_stops_retrying_and_keeps_the_item() -> None:
     await d.drain()
     assert ("webhook", "s1") in outbox.items
     assert flaky.attempts == ["s1"]  # not retried by the instance that lost the claim
+
+
+async def test_a_sink_bug_that_persists_is_set_aside_and_the_queue_moves_on() -> None:
+    """An item whose delivery keeps raising an unclassified error (a sink bug, a payload it
+    chokes on) is failed after BUG_ATTEMPTS, named by the error's class: the items behind
+    it are delivered."""
+    outbox = MemoryOutbox()
+    outbox.add("after_upload", "poison")
+    outbox.add("after_upload", "next")
+    sink = ScriptedSink("after_upload")
+    sink.script["poison"] = [ValueError("Expecting value: line 1 column 1")] * 1000
+    d, failed, _ = _dispatcher(outbox, sink)
+    with capture_logs() as events:
+        async with asyncio.timeout(10):
+            await d.drain()
+    assert sink.delivered == ["next"]
+    assert sink.attempts.count("poison") == BUG_ATTEMPTS
+    assert "ValueError" in outbox.failed[("after_upload", "poison")]
+    assert len(failed) == BUG_ATTEMPTS
+    with_traceback = [e for e in events if e.get("exc_info") is not None]
+    assert len(with_traceback) == 1  # the traceback once, not once per attempt
+    assert [e["event"] for e in events].count("delivery_failed") == 1
+
+
+async def test_the_claim_is_checked_before_each_item_of_a_batch() -> None:
+    outbox = ClaimingOutbox()
+    outbox.holder = "me"
+    for sid in ("s1", "s2"):
+        outbox.add("webhook", sid)
+
+    class HandsOver(ScriptedSink):
+        async def deliver(self, item: OutboxItem) -> None:
+            await super().deliver(item)
+            outbox.holder = "other"  # another instance took over after this one
+
+    sink = HandsOver()
+    d, _, _ = _dispatcher(outbox, sink)
+    d.owner = "me"
+    await d.drain()
+    assert sink.delivered == ["s1"]
+    assert ("webhook", "s2") in outbox.items  # left to the new holder
+
+
+async def test_a_claim_lost_during_a_delivery_cancels_it_and_keeps_the_item() -> None:
+    """The claim is renewed while a delivery runs; if it is lost anyway (another instance
+    holds it), the delivery is cancelled as if this process had crashed: the new holder
+    delivers the item (at least once), this one does not act a second time."""
+    outbox = ClaimingOutbox()
+    outbox.holder = "me"
+    outbox.add("after_upload", "s1")
+    cancelled = asyncio.Event()
+
+    class Waits(ScriptedSink):
+        async def deliver(self, item: OutboxItem) -> None:
+            self.attempts.append(item.stream_id)
+            outbox.holder = "other"
+            try:
+                await asyncio.Event().wait()  # the quiet wait of an after-upload action
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    sink = Waits("after_upload")
+    d, _, _ = _dispatcher(outbox, sink)
+    d.owner, d.claim_ttl = "me", 0.06
+    async with asyncio.timeout(10):
+        await d.drain()
+    assert cancelled.is_set()
+    assert ("after_upload", "s1") in outbox.items
+    assert d.delivered == 0

@@ -8,7 +8,9 @@ oldest, and removes it only once delivered. A transient failure retries the *sam
 with capped backoff, so order is kept per sink and a receiver that is down for an hour gets
 every notification afterwards; a crash at any point redelivers at most the item in flight
 (at least once: receivers dedupe on the ``Idempotency-Key`` / ``stream_id``). One
-dispatcher per store delivers (``outbox_claim``), so instances sharing a Redis do not.
+dispatcher per store delivers (``outbox_claim``), so instances sharing a Redis do not: the
+claim is renewed while a delivery runs and checked before each item. An item a sink keeps
+failing on with an error it does not classify is set aside after ``BUG_ATTEMPTS``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ SINK_REDIS = "redis"
 SINK_AFTER_UPLOAD = "after_upload"
 NOTIFY_SINKS = frozenset({SINK_WEBHOOK, SINK_REDIS})
 BATCH = 64
+# A sink that raises neither TransientError nor PermanentError has a bug, or met a failure
+# it does not classify (a payload it chokes on, an OSError nobody mapped). Retried, since it
+# may pass, but not for ever: that would hold back every item behind it. After this many
+# attempts (at most a minute of backoff by default) the item is failed like a permanent error,
+# named by the error's class, and logged once; a notification is then lost (counted in
+# notifications_failed_total) and an after-upload action not taken (the file is kept).
+BUG_ATTEMPTS = 8
 DEFAULT_BACKOFF = Backoff(initial=0.5, maximum=60.0)
 
 
@@ -167,19 +176,22 @@ class Dispatcher:
         if not items:
             return False
         for item in items:
-            if not await self._deliver(sink, item):
+            # Checked again before each item: the batch was read under a claim that another
+            # instance may hold by now (a pause, a partition), and it delivers them then.
+            if not await self._claimed() or not await self._deliver(sink, item):
                 break
         await self._report_pending()
         return True
 
     async def _deliver(self, sink: Sink, item: OutboxItem) -> bool:
         """True once the item is done with (delivered or failed for good); False when the
-        claim was lost while retrying (the new holder delivers it)."""
-        attempt = 0
+        claim was lost while delivering or retrying (the new holder delivers it)."""
+        attempt = bugs = 0
         with structlog.contextvars.bound_contextvars(stream_id=item.stream_id, sink=sink.name):
             while True:
                 try:
-                    await sink.deliver(item)
+                    if not await self._deliver_holding_claim(sink, item):
+                        return False
                 except TransientError as exc:
                     self.hooks.failed(sink.name)
                     wait = self.backoff.delay(attempt, self.rng)
@@ -198,11 +210,25 @@ class Dispatcher:
                         self.outbox.outbox_failed, sink.name, item.stream_id, reason))
                     return True
                 except Exception as exc:
-                    # A bug in a sink must not stop the queue forever: count, log, retry.
+                    # A bug in a sink must not stop the queue for ever (BUG_ATTEMPTS).
                     self.hooks.failed(sink.name)
-                    log.error("delivery_error", error=repr(exc), exc_info=exc)
-                    await self.sleep(self.backoff.delay(attempt, self.rng))
+                    bugs += 1
+                    if bugs >= BUG_ATTEMPTS:
+                        reason = f"{type(exc).__name__} on each of {bugs} attempts"
+                        log.error("delivery_failed", error=reason)
+                        await self._store("outbox_failed", functools.partial(
+                            self.outbox.outbox_failed, sink.name, item.stream_id, reason))
+                        return True
+                    wait = self.backoff.delay(attempt, self.rng)
+                    if bugs == 1:  # the traceback once; the retries in one line each
+                        log.error("delivery_error", error=repr(exc), exc_info=exc)
+                    else:
+                        log.warning("delivery_retry", attempt=attempt + 1,
+                                    delay_s=round(wait, 2), error=repr(exc))
                     attempt += 1
+                    await self.sleep(wait)
+                    if not await self._claimed():
+                        return False
                     continue
                 break
             await self._store("outbox_done", lambda: self.outbox.outbox_done(
@@ -210,6 +236,50 @@ class Dispatcher:
             self.delivered += 1
             log.info("delivered", attempts=attempt + 1)
             return True
+
+    async def _deliver_holding_claim(self, sink: Sink, item: OutboxItem) -> bool:
+        """``sink.deliver(item)`` while the claim is renewed every ``claim_ttl / 3`` (an
+        after-upload item waits STREAM_TIMEOUT_SECONDS, as long as the claim lasts by
+        default: unrenewed, it lapsed mid-delivery and another instance delivered the same
+        item). True when the delivery ended (its error raised); False when the claim was
+        lost meanwhile: another instance holds it, or it was not renewed for a whole TTL
+        (the store unreachable: it may have been taken). The delivery is then cancelled, as
+        if this process had crashed there, and not marked done: the new holder delivers the
+        item (at least once, as after any crash; receivers dedupe on the Idempotency-Key or
+        stream id, and an after-upload action proves the file again before it acts, so one
+        whose work had begun in a thread converges). Cancelling rather than finishing keeps
+        the usual loss, during the quiet wait, from acting twice. Renewals follow the
+        loop's clock (the claim's TTL is real time), not the injected backoff ``sleep``."""
+        claim = getattr(self.outbox, "outbox_claim", None)
+        if claim is None:
+            await sink.deliver(item)
+            return True
+        loop = asyncio.get_running_loop()
+        delivery = asyncio.ensure_future(sink.deliver(item))
+        renewed_at = loop.time()  # _one_batch took or renewed it just before
+        try:
+            while True:
+                done, _ = await asyncio.wait({delivery}, timeout=self.claim_ttl / 3)
+                if done:
+                    delivery.result()
+                    return True
+                try:
+                    held: bool | None = bool(await claim(self.owner, self.claim_ttl))
+                except Exception as exc:  # unknown: it lasts its TTL from the last renewal
+                    log.warning("outbox_retry", operation="outbox_claim", error=str(exc))
+                    held = None
+                if held:
+                    renewed_at = loop.time()
+                elif held is False or loop.time() - renewed_at >= self.claim_ttl:
+                    log.warning("outbox_claim_lost", action="delivery cancelled; the "
+                                "instance holding the claim delivers the item")
+                    return False
+        finally:
+            if not delivery.done():
+                delivery.cancel()
+                await asyncio.wait({delivery})
+            if delivery.done() and not delivery.cancelled():
+                delivery.exception()  # retrieved, whatever became of it
 
     async def _report_pending(self) -> None:
         names = frozenset(s.name for s in self.sinks) & NOTIFY_SINKS
