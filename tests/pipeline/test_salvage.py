@@ -216,3 +216,25 @@ async def test_the_daemons_sweeper_salvages_and_never_aborts_footage(
     doc = json.loads(await store.get_object(metadata_key(key)))
     assert doc["status"] == "salvaged"
     assert app.metrics.orphan_uploads_aborted._value.get() == 0
+
+
+async def test_salvaged_metadata_is_signed_like_any_other() -> None:
+    """SIGNING_KEY_FILE: the salvage's document goes through the same seal, last."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cefmp4.core.signature import Signer, Verdict, check_signature
+    from cefmp4.streams.evidence import Evidence
+
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    key, _ = await _orphan(store, "signed.mp4", [os.urandom(PART)])
+    clock.now += 3600
+    private = Ed25519PrivateKey.generate()
+    evidence = Evidence(Signer(private))
+    salvager = Salvager(store, PREFIX, prober=None, clock=clock, seal=evidence.seal)
+    [outcome] = await _run(salvager, store)
+    assert outcome.done
+    doc = json.loads(await store.get_object(metadata_key(key)))
+    assert doc["status"] == "salvaged"
+    assert doc["signature"]["alg"] == "ed25519"
+    assert check_signature(doc, private.public_key()).verdict is Verdict.OK

@@ -23,13 +23,14 @@ from dataclasses import asdict, replace
 
 from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
-from cefmp4.config.adapters import open_checkpoints, open_objects
+from cefmp4.config.adapters import open_checkpoints, open_objects, protection_of
 from cefmp4.config.settings import Settings
 from cefmp4.core.keys import within_prefix
 from cefmp4.core.salvage import Action
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import CefmpError
 from cefmp4.storage.protection import is_bookkeeping
+from cefmp4.streams.evidence import Evidence
 from cefmp4.streams.probe import FfprobeProber
 from cefmp4.streams.salvage import Known, Outcome, Salvager
 
@@ -67,6 +68,7 @@ async def _salvage(settings: Settings, *, dry_run: bool, older_than: float) -> l
             objects, prefix, prober=FfprobeProber(settings.ffprobe_path,
                                                   settings.probe_timeout_seconds),
             clock=time.time, instance=socket.gethostname(), template=settings.key_template,
+            seal=Evidence(settings.signer(), protection_of(settings)).seal,
         )
         outcomes = await salvager.resume_interrupted(dry_run=dry_run)
         # Never our own bookkeeping (a checksum probe's upload, made and aborted at once).

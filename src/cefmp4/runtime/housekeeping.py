@@ -24,7 +24,7 @@ def salvager(ctx: Context, instance: str = "") -> Salvager:
         cast(SalvageStore, ctx.objects), ctx.config.key_prefix,
         prober=cast(UrlProber | None, prober), clock=ctx.clock.time, retry=ctx.retry,
         salvaged=ctx.metrics.streams_salvaged.inc, instance=instance,
-        template=ctx.config.key_template,
+        template=ctx.config.key_template, seal=ctx.evidence.seal,
     )
 
 

@@ -155,6 +155,7 @@ class Salvager:
         salvaged: Callable[[], None] = lambda: None,
         instance: str = "",
         template: KeyTemplate | None = None,
+        seal: Callable[[dict[str, object]], dict[str, object]] = lambda doc: doc,
     ) -> None:
         self.objects = objects
         self.prefix = prefix
@@ -164,6 +165,7 @@ class Salvager:
         self.salvaged = salvaged
         self.instance = instance
         self.template = template  # S3_KEY_TEMPLATE: where the stream id is in a key
+        self.seal = seal  # SIGNING_KEY_FILE: signs the document last, as finalize's
 
     @property
     def marker_prefix(self) -> str:
@@ -325,7 +327,7 @@ class Salvager:
                            detail="the upload was finished or aborted by someone else")
         sha, crcs = await self._read_back(key, marker.parts)
         probe = await self._probe(key)
-        doc = self._metadata(marker, sha, crcs, probe)
+        doc = self.seal(self._metadata(marker, sha, crcs, probe))
         await self.retry("put_object", lambda: self.objects.put_object(
             metadata_key(key), to_json_bytes(doc), "application/json"))
         await self._delete_segments(key)  # the object holds every byte they did
