@@ -37,6 +37,7 @@ from cefmp4.config.settings_checks import (
     normalize_key_prefix,
     redis_url_problem,
 )
+from cefmp4.config.uplink_settings import UplinkSettings
 from cefmp4.core.parts import MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 from cefmp4.runtime.errors import ConfigError
 from cefmp4.runtime.logs import redact
@@ -93,7 +94,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["auto", "json", "console"]
 
 
-class Settings(FeatureSettings, EvidenceSettings):  # features, evidence: was BaseSettings
+class Settings(FeatureSettings, EvidenceSettings, UplinkSettings):  # was BaseSettings
     """Every setting of cefmp4. Field names upper-cased are the environment variables."""
 
     model_config = SettingsConfigDict(
