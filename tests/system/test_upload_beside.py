@@ -14,6 +14,7 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +81,40 @@ def test_upload_beside_the_daemon_of_a_file_it_follows(rig: Rig, sample_mp4: Pat
     started = [e for e in daemon.events() if e.get("event") == "stream_started"]
     assert len(started) == 1
     assert daemon.stop() == 0
+
+
+def test_upload_takes_the_file_on_when_the_lock_holder_goes_away(
+    rig: Rig, sample_mp4: Path
+) -> None:
+    """The lock's holder never completes the file (it is another `upload`, or a daemon that
+    stops): once it is gone, `upload` uploads the file itself, under the lock."""
+    rig.configure()
+    state = Path(rig.env["STATE_DIR"])
+    state.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "os.write(fd, str(os.getpid()).encode())\n"
+         "print('held', flush=True)\n"
+         "time.sleep(2)\n", str(state / "lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        watched = Path(rig.env["WATCH_DIR"]) / "w.mp4"
+        shutil.copyfile(sample_mp4, watched)
+        result = run_cli(["upload", str(watched)], rig.env)
+    finally:
+        holder.wait(30)
+    assert result.returncode == 0, result.stderr
+    assert f"pid {holder.pid} stopped before completing it; uploading it here" in result.stderr
+    [line] = _ok_lines(result.stdout)
+    assert str(watched) in line
+    [doc] = rig.view.assert_converged(Path(rig.env["WATCH_DIR"]), ["w.mp4"]).values()
+    assert doc["completed_by"] == "upload_command"
 
 
 # --- the progress bar and the logs on one terminal ---------------------------------------

@@ -108,10 +108,17 @@ async def upload_files(
     """``cefmp4 upload``: the burst path with no idle wait."""
     from cefmp4.runtime.app import App
 
-    daemon = None if settings.redis_url.get_secret_value() else lock_holder(settings.state_dir)
-    if daemon is None:
-        return await App(settings).run_burst(files, on_start=on_start)
-    return await _upload_beside(settings, files, daemon, on_start)
+    results: dict[Path, StreamRecord | None] = {}
+    todo = files
+    while todo:
+        redis = bool(settings.redis_url.get_secret_value())
+        holder = None if redis else await asyncio.to_thread(lock_holder, settings.state_dir)
+        if holder is None:
+            results.update(await App(settings).run_burst(todo, on_start=on_start))
+            break
+        done, todo = await _upload_beside(settings, todo, holder, on_start)
+        results.update(done)  # ``todo``: files whose follower stopped first: ours now
+    return results
 
 
 # --- upload beside a running daemon (the embedded store) -------------------------------------
@@ -124,7 +131,8 @@ async def upload_files(
 #     (it finds every such file), or one whose inode has a stream still active in the store.
 #     `upload` starts no stream for it: it waits until the daemon has completed it (with the
 #     recorder profile a finished file completes a few seconds after it was seen) and reports
-#     that object; if the daemon stops first, that file fails and `upload` can be run again.
+#     that object; if the lock's holder goes away first (the daemon stopped, or it was another
+#     `upload` that never had the file), `upload` takes the file on itself, under the lock.
 #   * every other file (outside WATCH_DIR, another extension, hidden): uploaded here, as
 #     without a daemon; the daemon never looks at it.
 DAEMON_POLL_S = 0.25
@@ -132,7 +140,8 @@ DAEMON_POLL_S = 0.25
 
 async def _upload_beside(
     settings: Settings, files: list[Path], daemon: int, on_start: Callable[[App], None] | None
-) -> dict[Path, StreamRecord | None]:
+) -> tuple[dict[Path, StreamRecord | None], list[Path]]:
+    """(results, the files whose follower went away before completing them)."""
     from cefmp4.config.adapters import pipeline_config
     from cefmp4.runtime.app import App
 
@@ -150,9 +159,16 @@ async def _upload_beside(
         if ours:
             app = App(settings, checkpoints=store)
             results.update(await app.run_burst(ours, on_start=on_start))
+        left: list[Path] = []
         for path in theirs:
-            results[path] = await _completed_by_daemon(store, path, settings.state_dir)
-    return results
+            record = await _completed_by_daemon(store, path, settings.state_dir)
+            if isinstance(record, _Gone):
+                print(f"cefmp4: {path}: pid {daemon} stopped before completing it; uploading "
+                      "it here", file=sys.stderr)
+                left.append(path)
+            else:
+                results[path] = record
+    return results, left
 
 
 async def _daemon_follows(
@@ -172,11 +188,15 @@ async def _daemon_follows(
     )
 
 
+class _Gone:
+    """_completed_by_daemon: the lock's holder went away first."""
+
+
 async def _completed_by_daemon(
     store: CheckpointStore, path: Path, state_dir: Path
-) -> StreamRecord | None:
-    """The daemon's completed record of the file as it is now; None when the file is gone
-    or the daemon stopped before completing it."""
+) -> StreamRecord | _Gone | None:
+    """The daemon's completed record of the file as it is now; None when the file is gone;
+    ``_Gone`` when the lock's holder went away before completing it."""
     while True:
         try:
             st = await asyncio.to_thread(path.stat)
@@ -188,9 +208,7 @@ async def _completed_by_daemon(
                     and record.final_mtime_ns in (None, st.st_mtime_ns)):
                 return record
         if await asyncio.to_thread(lock_holder, state_dir) is None:
-            print(f"cefmp4: {path}: the daemon stopped before completing it; run "
-                  "cefmp4 upload again", file=sys.stderr)
-            return None
+            return _Gone()
         await asyncio.sleep(DAEMON_POLL_S)
 
 
