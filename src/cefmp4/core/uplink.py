@@ -42,7 +42,7 @@ Order = Literal["oldest", "newest"]
 ORDERS: tuple[Order, ...] = ("oldest", "newest")
 
 MIN_RATE = KIB  # 1 KiB/s: below it a part would take days and time out on any server
-BURST_S = 0.25  # the bucket holds at most this much of the rate
+BURST_S = 0.1  # the bucket holds at most this much of the rate (two slices)
 SLICE_S = 0.05  # a body is paced in slices of this much of the rate ...
 MIN_SLICE = 4 * KIB  # ... never smaller (a grant per 4 KiB at 80 KiB/s) ...
 MAX_SLICE = MIB  # ... nor larger than the body's own read block

@@ -39,10 +39,16 @@ def stat_scan(supervisor: StreamSupervisor, watch_dir: Path) -> StatScan:
 
 async def take_scan(supervisor: StreamSupervisor, found: list[Scanned]) -> None:
     """Hand a scan's files to the supervisor (no store read, no S3 request for a file
-    already uploaded and unchanged); in slices, so that many never hold the loop long."""
+    already uploaded and unchanged); in slices, so that many never hold the loop long. The
+    rest go in the order they should get room (live first, then UPLOAD_ORDER: §2.21)."""
+    fresh: list[Scanned] = []
     for index, (name, st) in enumerate(found):
         if st is None or not supervisor.known_unchanged(st):
-            supervisor.on_stat(Path(name), st)
+            fresh.append((name, st))
+        if index % 2000 == 1999:
+            await asyncio.sleep(0)
+    for index, (name, st) in enumerate(supervisor.intake_order(fresh)):
+        supervisor.on_stat(Path(name), st)
         if index % 2000 == 1999:
             await asyncio.sleep(0)
 

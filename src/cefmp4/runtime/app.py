@@ -39,6 +39,7 @@ from cefmp4.runtime.metrics import Metrics
 from cefmp4.runtime.readiness import Readiness
 from cefmp4.runtime.tasks import TaskSupervisor
 from cefmp4.storage import ObjectStore
+from cefmp4.storage.pacing import LANE, Lane, Pacer
 from cefmp4.streams.abandoned import AbandonedStreams
 from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.burst import wait_idle
@@ -50,6 +51,7 @@ from cefmp4.streams.probe import FfprobeProber, Prober
 from cefmp4.streams.reconcile import abort_superseded, rebuild_from_s3
 from cefmp4.streams.supervisor import StreamSupervisor
 from cefmp4.streams.takeover import takeover_forever
+from cefmp4.streams.uplink import Uplink
 
 __all__ = ["App", "Stopped", "open_checkpoints", "open_objects"]
 
@@ -244,6 +246,8 @@ class App:
             stack=stack,
         )
         config = pipeline_config(settings)
+        uplink = self._uplink(stack, stream_timeout)
+        inflight, slots = settings.max_inflight_bytes, settings.upload_concurrency
         if trust:
             checkpoints = TrustedCheckpoints(
                 checkpoints, config.watch_dir, config.key_prefix, settings.s3_bucket_name
@@ -255,14 +259,15 @@ class App:
             prober=self._prober
             or FfprobeProber(settings.ffprobe_path, settings.probe_timeout_seconds),
             metrics=self.metrics,
-            budget=ByteBudget(settings.max_inflight_bytes),
-            upload_slots=asyncio.Semaphore(settings.upload_concurrency),
+            budget=ByteBudget(inflight, reserve=uplink.reserve(inflight, config.part_size)),
+            upload_slots=ByteBudget(slots, reserve=uplink.reserve(slots, 1)),
             clock=self.clock,
             readiness=self.readiness,
             failpoints=failpoints,
             guard=ownership.guard(),
             **self.features.context_fields(),
             evidence=self._evidence(),
+            uplink=uplink,
         )
         self.ctx = ctx
         if advice := inflight_advice(settings):
@@ -305,6 +310,22 @@ class App:
                                              interval)
                 self.tasks.start("salvage-abandoned", abandoned.forever)
         return ctx
+
+    def _uplink(self, stack: AsyncExitStack, stream_timeout: float | None) -> Uplink:
+        """UPLOAD_BWLIMIT and UPLOAD_ORDER (§2.21): the pacer every body this process sends
+        goes through (the app's lane, for what no stream sends), the limit in force now, and
+        the task that follows the timetable."""
+        settings, table = self.settings, self.settings.bwlimit
+        timeout = settings.stream_timeout_seconds if stream_timeout is None else stream_timeout
+        gauge = self.metrics.upload_rate_limit
+        uplink = Uplink(table, Pacer(self.clock) if table is not None else None,
+                        settings.upload_order, live_window=timeout,
+                        on_change=lambda rate: gauge.set(rate or 0))
+        uplink.apply(self.clock.time(), reason="start")
+        stack.callback(LANE.reset, LANE.set(Lane(uplink.pacer)))
+        if table is not None and not table.constant:
+            self.tasks.start("uplink", lambda: uplink.follow(self.clock))
+        return uplink
 
     def _evidence(self) -> Evidence:
         """The signer and protection of §2.22, said once in the log (a KMS ARN masked)."""

@@ -165,6 +165,10 @@ class Metrics:
             "AFTER_UPLOAD=evict: sources kept on disk whose objects are confirmed in S3 (safe "
             "to evict when space runs short).",
         )
+        self.upload_rate_limit = gauge(
+            "upload_rate_limit_bytes_per_second",
+            "UPLOAD_BWLIMIT: the cap on bytes per second sent to S3 in force now (0 = no limit).",
+        )
         # Every label value exists from the start, at 0, so rate() and alerts see the
         # series before the first failure.
         for op in OPERATIONS:

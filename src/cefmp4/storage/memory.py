@@ -49,6 +49,7 @@ from cefmp4.storage import (
     UploadedPart,
     sends_crc32c,
 )
+from cefmp4.storage.pacing import pace
 from cefmp4.storage.wire import BODY_BLOCK, send_body
 
 __all__ = [
@@ -227,9 +228,13 @@ class MemoryObjectStore:
             expected = b""
         if len(expected) != (8 if expected64 else 4 if crc else 16):
             raise PermanentError("UploadPart failed: InvalidDigest")
-        data = bytes(body) if isinstance(body, bytes) else await send_body(
-            body, self.body_block, lambda sent: self._pause(key, part_number, sent)
-        )
+        if isinstance(body, bytes):
+            await pace(len(body))
+            data = bytes(body)
+        else:
+            data = await send_body(
+                body, self.body_block, lambda sent: self._pause(key, part_number, sent)
+            )
         # The upload may have been aborted or purged while the body was on the wire.
         upload = self._upload("UploadPart", key, upload_id)
         digest = hashlib.md5(data).digest()
@@ -311,6 +316,7 @@ class MemoryObjectStore:
     async def put_object(self, key: str, body: bytes, content_type: str) -> None:
         await self._enter("put_object")
         self.touched.add(key)
+        await pace(len(body))  # UPLOAD_BWLIMIT counts PutObject bodies too
         etag = hashlib.md5(body).hexdigest()
         self.objects[key] = StoredObject(bytes(body), etag, content_type, self.clock())
 

@@ -37,6 +37,7 @@ from cefmp4.storage import (
     UploadedPart,
     sends_crc32c,
 )
+from cefmp4.storage.pacing import LANE
 from cefmp4.storage.protection import ObjectProtection, is_bookkeeping
 from cefmp4.storage.s3_body import PartPayload, crc32c_b64
 from cefmp4.storage.s3_errors import ACCESS_CODES as _ACCESS_CODES
@@ -502,10 +503,15 @@ class S3ObjectStore:
         # it is the integrity check S3 requires for a bucket with Object Lock (400
         # otherwise), and a corrupted body fails as BadDigest instead of being stored.
         md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        # With UPLOAD_BWLIMIT the body is paced as it is written, as a part's is (a tail
+        # segment may be a part's worth); without, it goes as it always did.
+        lane = LANE.get()
+        payload: Any = PartPayload(body) if lane is not None and lane.pacer else body
         try:
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type,
-                ContentMD5=md5, **self.protection.put_args(key, time.time()),
+                Bucket=self.bucket, Key=key, Body=payload, ContentType=content_type,
+                ContentMD5=md5, ContentLength=len(body),
+                **self.protection.put_args(key, time.time()),
             )
         except _MAPPED as exc:
             _raise(exc, "PutObject")

@@ -1,4 +1,5 @@
-"""How a part body travels: an aiohttp payload that streams it and keeps read errors apart."""
+"""How a part body travels: an aiohttp payload that streams it, paced (``storage.pacing``),
+and keeps read errors apart."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import crc32c
 
 from cefmp4.runtime.errors import SourceError
 from cefmp4.storage import PartBody
+from cefmp4.storage.pacing import paced_write
 
 _Bytes = bytes | bytearray | memoryview
 
@@ -63,7 +65,7 @@ class PartPayload(aiohttp.payload.Payload):
         size = self._length if content_length is None else min(self._length, content_length)
         body = self._body
         if isinstance(body, bytes):
-            await writer.write(memoryview(body)[:size])
+            await paced_write(writer.write, memoryview(body)[:size])
             return
         loop = asyncio.get_running_loop()
         # Optional on a body: bytes the page cache holds, read without blocking (None when
@@ -78,7 +80,8 @@ class PartPayload(aiohttp.payload.Payload):
             if not chunk:
                 # ``_read`` raises on an empty read: the body ended before its length.
                 chunk = await loop.run_in_executor(None, self._read, body.read, want) or b""
-            await writer.write(chunk)
+            # UPLOAD_BWLIMIT: paced as it goes on the wire (one test when no limit is set).
+            await paced_write(writer.write, chunk)
             sent += len(chunk)
 
     def _read(self, read: Callable[[int], _Bytes | None], size: int) -> _Bytes | None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from cefmp4.runtime.errors import SourceError, TransientError
 from cefmp4.storage import BinaryIOLike
+from cefmp4.storage.pacing import pace
 
 BODY_BLOCK = 64 * 1024
 
@@ -28,6 +29,7 @@ async def send_body(
     blocks: list[bytes] = []
     got = 0
     while got < declared:
+        await pace(min(block, declared - got))  # UPLOAD_BWLIMIT, as the S3 body is paced
         try:
             chunk = await loop.run_in_executor(None, body.read, min(block, declared - got))
         except SourceError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.completion import CompletionPolicy
 from cefmp4.streams.evidence import Evidence
 from cefmp4.streams.probe import Prober
+from cefmp4.streams.uplink import Uplink
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ class Context:
     prober: Prober
     metrics: Metrics
     budget: ByteBudget
-    upload_slots: asyncio.Semaphore
+    upload_slots: ByteBudget  # counted in UploadPart calls, live recordings first
     clock: Clock = field(default_factory=SystemClock)
     readiness: Readiness = field(default_factory=Readiness)
     failpoints: Failpoints = field(default_factory=Failpoints)
@@ -90,6 +90,8 @@ class Context:
     upload_command: bool = False
     # Signing and the protection the metadata reports (§2.22); the default: neither.
     evidence: Evidence = field(default_factory=Evidence)
+    # UPLOAD_BWLIMIT and UPLOAD_ORDER (§2.21); the default: no limit, oldest first.
+    uplink: Uplink = field(default_factory=Uplink)
 
     async def retry(self, operation: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op`` until it succeeds or fails permanently; transient errors never end it.

@@ -108,6 +108,10 @@ class StreamWorker:
         self.tail = None if rpo is None else TailShipper(
             ctx, fd, lambda: self.up.record, self.up.ensure_upload, every=rpo,
             limit=record.part_size)
+        # Live or backlog, and its place in UPLOAD_ORDER (§2.21): the supervisor makes it
+        # the stream task's lane, so every byte the stream sends is paced as its own.
+        self.lane = ctx.uplink.lane()
+        ctx.uplink.observe(self.lane, os.fstat(fd).st_mtime, ctx.clock.time(), first=True)
         self.lease_lost = False  # another instance took the stream over (scale-out)
         self.completed_by: CompletedBy | None = None  # set when follow() judges it complete
 
@@ -195,6 +199,7 @@ class StreamWorker:
                 await self.up.cancel_beyond(st.st_size)
                 return Outcome.TRUNCATED
             self.growth.observe(st)
+            self.ctx.uplink.observe(self.lane, st.st_mtime, self.ctx.clock.time())
             await self.up.reap()
             if self.shutdown.is_set():
                 return Outcome.SHUTDOWN

@@ -3,7 +3,8 @@
 Files are identified by (device, inode), never by name, so a rename keeps its stream and a
 completed, unchanged file is recognised without asking S3. At most ``max_streams`` streams
 are open at once (in both store modes); files beyond wait in ``_deferred`` and are looked
-at again when a stream ends and on every rescan, so none is dropped. Whether a file may be
+at again when a stream ends and on every rescan, so none is dropped: live recordings first,
+then the backlog in ``UPLOAD_ORDER`` (§2.21, ``deferred_order``). Whether a file may be
 worked on at all is the ``Ownership``'s call (local, or leased in scale-out).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
@@ -21,10 +23,12 @@ from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
 from cefmp4.core.identity import Ident, ident_of, unchanged_since
+from cefmp4.core.uplink import Claim, gate_rank, gate_reserve, is_live, order_key, stream_may_open
 from cefmp4.intake.discover import Scanned, check_file
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
 from cefmp4.runtime.errors import LeaseLost
+from cefmp4.storage.pacing import LANE
 from cefmp4.streams import lifecycle
 from cefmp4.streams.context import Context
 from cefmp4.streams.history import History
@@ -37,7 +41,7 @@ from cefmp4.streams.stream import StreamWorker, pending_total
 log = structlog.get_logger("cefmp4.streams.supervisor")
 
 
-# Twelve attributes: the maps below are the supervisor's whole state, each with one job.
+# Fourteen attributes: the maps below are the supervisor's whole state, each with one job.
 class StreamSupervisor:
     def __init__(
         self,
@@ -58,7 +62,9 @@ class StreamSupervisor:
         self.completed = History()
         self.unfinished: dict[Ident, StreamRecord] = {}
         self._starting: set[Ident] = set()
+        self._starting_live: set[Ident] = set()  # of those, the files being written (§2.21)
         self._deferred: dict[Ident, Path] = {}  # waiting for room, a descriptor or a lease
+        self._mtimes: dict[Ident, float] = {}  # a waiting file's mtime when last seen
         self._tasks: dict[asyncio.Task[None], StreamWorker | None] = {}
         self.failures = 0
 
@@ -79,11 +85,13 @@ class StreamSupervisor:
         if not self.unfinished:
             return
         by_ident: dict[Ident, Path] = {}
+        mtimes: dict[Ident, float] = {}
         for name, st in scanned:
             if st is not None and ident_of(st) in self.unfinished:
                 by_ident[ident_of(st)] = Path(name)
+                mtimes[ident_of(st)] = st.st_mtime
         for ident, rec in list(self.unfinished.items()):
-            self.consider(ident, by_ident.get(ident, Path(rec.path)))
+            self.consider(ident, by_ident.get(ident, Path(rec.path)), mtime=mtimes.get(ident))
 
     # --- events ----------------------------------------------------------------------------
 
@@ -118,24 +126,71 @@ class StreamSupervisor:
             return
         if self.known_unchanged(st) or self._spec.unkeyable.seen(path, st.st_ino):
             return
-        self.consider(ident, path, rel)
+        self.consider(ident, path, rel, mtime=st.st_mtime)
 
     def retry_deferred(self) -> int:
-        """Look again at files that had to wait; how many were started."""
+        """Look again at files that had to wait, live recordings first, then the backlog
+        in UPLOAD_ORDER (§2.21); how many were started."""
         started = 0
-        for ident, path in list(self._deferred.items()):
+        for ident in self.deferred_order():
+            path = self._deferred[ident]
             if self.at_capacity() or self.shutdown.is_set():
                 break
-            if self.ownership.busy(ident):
+            if self.ownership.busy(ident) or not self._may_open(self._is_live(ident)):
                 continue
             del self._deferred[ident]
             before = len(self._starting)
             if ident in self.unfinished:
-                self.consider(ident, path)  # its file may be gone: no stat first
+                self.consider(ident, path, mtime=self._mtimes.get(ident))  # no stat first
             else:
                 self.on_path(path)
             started += len(self._starting) - before
         return started
+
+    def deferred_order(self) -> list[Ident]:
+        """The waiting files in the order they get room: live first (in arrival order),
+        then the backlog in UPLOAD_ORDER; the backlog's first goes first while no backlog
+        stream is open (``core.uplink.gate_rank``: nothing waits for ever)."""
+        uplink = self.ctx.uplink
+        starved = not self._open_counts()[1]
+        claims = {}
+        for seq, ident in enumerate(self._deferred):
+            mtime = self._mtimes.get(ident)
+            key = math.inf if mtime is None else order_key(uplink.order, mtime)
+            claims[ident] = Claim(self._is_live(ident), key, seq)
+        return sorted(claims, key=lambda i: gate_rank(claims[i], starved))
+
+    def intake_order(self, found: list[Scanned]) -> list[Scanned]:
+        """A scan's files in the order they should get room (live recordings first, then
+        UPLOAD_ORDER), so that MAX_STREAMS takes the right ones first."""
+        uplink, now = self.ctx.uplink, self.ctx.clock.time()
+
+        def rank(item: tuple[int, Scanned]) -> tuple[int, float, int]:
+            seq, (_, st) = item
+            if st is None:
+                return (2, 0.0, seq)
+            live = is_live(now - st.st_mtime, uplink.live_window)
+            return gate_rank(Claim(live, order_key(uplink.order, st.st_mtime), seq), False)
+
+        return [scanned for _, scanned in sorted(enumerate(found), key=rank)]
+
+    def _is_live(self, ident: Ident) -> bool:
+        mtime = self._mtimes.get(ident)
+        uplink = self.ctx.uplink
+        return mtime is not None and is_live(self.ctx.clock.time() - mtime, uplink.live_window)
+
+    def _open_counts(self) -> tuple[int, int]:
+        """(live, backlog) streams running or being started."""
+        live = sum(1 for w in self.workers.values() if w.lane.live) + len(self._starting_live)
+        return live, self.open_streams() - live
+
+    def _may_open(self, live: bool) -> bool:
+        """Room for one more stream: live recordings keep a reserve of MAX_STREAMS while
+        a limit is in force (``core.uplink.stream_may_open``)."""
+        open_live, open_backlog = self._open_counts()
+        reserve = gate_reserve(self.max_streams, 1) if self.ctx.uplink.limited() else 0
+        return stream_may_open(live, open_live=open_live, open_backlog=open_backlog,
+                               max_streams=self.max_streams, reserve=reserve)
 
     def open_streams(self) -> int:
         """Streams running or being started now."""
@@ -147,23 +202,35 @@ class StreamSupervisor:
     def is_claimed(self, ident: Ident) -> bool:
         return ident in self._starting or ident in self.workers
 
-    def consider(self, ident: Ident, path: Path, rel: str | None = None) -> None:
-        if self.at_capacity() or self.ownership.busy(ident):
-            if self.at_capacity() and ident not in self._deferred:  # once per waiting file
+    def consider(
+        self, ident: Ident, path: Path, rel: str | None = None, *, mtime: float | None = None
+    ) -> None:
+        """``mtime``: the file's, when known (whether it is live, its UPLOAD_ORDER)."""
+        if mtime is not None:
+            self._mtimes[ident] = mtime
+        live = self._is_live(ident)
+        room = self._may_open(live)
+        if not room or self.ownership.busy(ident):
+            if not room and ident not in self._deferred:  # once per waiting file
                 log.warning(logs.STREAM_DEFERRED, path=str(path), max_streams=self.max_streams)
             self._deferred[ident] = path
             return
         self._deferred.pop(ident, None)
-        self._spawn(self._claim(path, ident, rel), ident)
+        self._spawn(self._claim(path, ident, rel), ident, live=live)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], ident: Ident) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], ident: Ident, *, live: bool = False) -> None:
         self._starting.add(ident)
+        if live:
+            self._starting_live.add(ident)
 
         async def starter() -> None:
             try:
                 await coro
             finally:
                 self._starting.discard(ident)
+                self._starting_live.discard(ident)
+                if ident not in self._deferred:
+                    self._mtimes.pop(ident, None)
 
         self._track(asyncio.create_task(starter(), name=f"start-{ident}"), None)
 
@@ -272,6 +339,9 @@ class StreamSupervisor:
     async def _supervise(self, worker: StreamWorker) -> None:
         ident = worker.ident
         ended = Ended.SUSPENDED
+        # The stream's lane: every byte it sends (parts, tail segments, metadata) is paced
+        # and queued as its own (§2.21); its tasks inherit it.
+        LANE.set(worker.lane)
         with bound_contextvars(stream_id=worker.stream_id, path=worker.record.path):
             try:
                 ended = await run_to_end(worker, self.shutdown_grace)

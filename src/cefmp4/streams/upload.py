@@ -1,6 +1,7 @@
 """One stream's multipart upload: create it, send parts with retry, checkpoint each part,
 restart it when S3 forgot it. The byte budget (``cefmp4.streams.budget``) bounds what all streams
-hold in flight; ``upload_slots`` bounds the UploadPart calls running at once.
+hold in flight; ``upload_slots`` bounds the UploadPart calls running at once. Both serve
+live recordings first (the stream's lane, ``streams.uplink``).
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class Uploader:
                     )
                     raise
 
-            async with ctx.upload_slots:
+            async with ctx.upload_slots.hold(1):
                 started = ctx.clock.monotonic()
                 etag = await ctx.retry("upload_part", attempt)
                 ctx.metrics.chunk_upload_seconds.observe(ctx.clock.monotonic() - started)

@@ -1,0 +1,152 @@
+"""Pacing at the transport's body (SPEC §2.21): every body byte this process sends to S3
+(parts, PutObject bodies: metadata, tail segments) passes ``paced_write`` or ``pace`` as it
+goes on the wire, in slices, through one ``Pacer`` per process. Retries and re-sent parts
+are bytes sent like any other, so the limit holds whatever is resent. The decisions (the
+bucket, who goes next) are ``cefmp4.core.uplink``'s.
+
+Who is sending is the task's ``Lane`` (a context variable, as structlog's bound fields
+are): the stream task sets its own, so its part tasks, tail segments, metadata and the
+aiohttp task that writes each body inherit it; the app sets one for everything else.
+Without a lane, or with a lane whose pacer has no limit now, a body is written as it
+always was: no slice, no wait, one attribute test per block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from cefmp4.core.uplink import Claim, Shares, TokenBucket, pick, slice_size
+from cefmp4.runtime.clock import Clock
+
+_Bytes = bytes | bytearray | memoryview
+
+
+class Pacer:
+    """The process's token bucket, shared by every body; ``rate`` None: no limit now.
+
+    One sender at a time holds the bucket: it debits its slice and waits out any debt,
+    then the next waiter is picked (``core.uplink.pick``: live first, the backlog's share
+    kept). A change of rate wakes the one waiting at once."""
+
+    def __init__(self, clock: Clock, rate: int | None = None) -> None:
+        self._clock = clock
+        self.rate: int | None = None
+        self._bucket: TokenBucket | None = None
+        self._shares = Shares(clock.monotonic())
+        self._waiting: list[tuple[Claim, asyncio.Future[None]]] = []
+        self._busy = False
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self.sent = 0  # bytes granted while a limit was in force (tests, the bench)
+        self.set_rate(rate)
+
+    def set_rate(self, rate: int | None) -> None:
+        now = self._clock.monotonic()
+        if rate is not None:
+            if self._bucket is None:
+                self._bucket = TokenBucket(rate, now)
+            else:
+                self._bucket.set_rate(now, rate)
+        self.rate = rate
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._grant_next()
+
+    def slice(self) -> int:
+        """Bytes per grant at the rate in force (the whole block when there is none)."""
+        return slice_size(self.rate) if self.rate is not None else 1 << 62
+
+    async def take(self, nbytes: int, live: bool) -> None:
+        """Wait until ``nbytes`` (at most one ``slice``) may be sent."""
+        if self.rate is None:
+            return
+        if self._busy or self._waiting:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting.append((Claim(live, 0.0, next(self._seq)), future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release()  # granted in the same instant: pass it on
+                else:
+                    self._waiting = [w for w in self._waiting if w[1] is not future]
+                raise
+        else:
+            self._busy = True
+        try:
+            await self._pay(nbytes, live)
+        finally:
+            self._release()
+
+    async def _pay(self, nbytes: int, live: bool) -> None:
+        bucket = self._bucket
+        if self.rate is None or bucket is None:
+            return
+        now = self._clock.monotonic()
+        self._shares.granted(now, live, nbytes)
+        self.sent += nbytes
+        delay = bucket.debit(now, nbytes)
+        if delay > 0:
+            await self._clock.wait(self._changed, delay)
+
+    def _release(self) -> None:
+        self._busy = False
+        self._grant_next()
+
+    def _grant_next(self) -> None:
+        if self._busy or not self._waiting:
+            return
+        due = self._shares.backlog_due(self._clock.monotonic())
+        index = pick([claim for claim, _ in self._waiting], due)
+        _, future = self._waiting.pop(index)
+        self._busy = True
+        future.set_result(None)
+
+
+@dataclass(slots=True, eq=False)
+class Lane:
+    """Who sends: a live recording or the backlog (and where in ``UPLOAD_ORDER``: smaller
+    ``key`` first), and the process's pacer (None: no ``UPLOAD_BWLIMIT``)."""
+
+    pacer: Pacer | None = None
+    live: bool = True
+    key: float = 0.0
+
+
+LANE: ContextVar[Lane | None] = ContextVar("cefmp4_uplink_lane", default=None)
+
+
+def pacer_in_force() -> tuple[Lane, Pacer] | None:
+    """The task's lane and pacer when a limit is in force now, else None."""
+    lane = LANE.get()
+    if lane is None or lane.pacer is None or lane.pacer.rate is None:
+        return None
+    return lane, lane.pacer
+
+
+async def paced_write(write: Callable[[_Bytes], Awaitable[None]], data: _Bytes) -> None:
+    """``write(data)``, in slices each granted by the pacer first when a limit is in force."""
+    paced = pacer_in_force()
+    if paced is None:
+        await write(data)
+        return
+    lane, pacer = paced
+    view = memoryview(data)
+    while view:
+        step = pacer.slice()
+        await pacer.take(min(step, len(view)), lane.live)
+        await write(view[:step])
+        view = view[step:]
+
+
+async def pace(nbytes: int) -> None:
+    """Wait until ``nbytes`` may go (a body sent whole by the layer below)."""
+    while nbytes > 0 and (paced := pacer_in_force()) is not None:
+        lane, pacer = paced
+        step = min(pacer.slice(), nbytes)
+        await pacer.take(step, lane.live)
+        nbytes -= step
