@@ -47,6 +47,7 @@ SLICE_S = 0.05  # a body is paced in slices of this much of the rate ...
 MIN_SLICE = 4 * KIB  # ... never smaller (a grant per 4 KiB at 80 KiB/s) ...
 MAX_SLICE = MIB  # ... nor larger than the body's own read block
 BACKLOG_SHARE = 0.2  # owed to the backlog while live bodies want more than the limit
+LIVE_GRACE_S = 0.02  # a live body's next slice is waited for this long before the backlog's
 SHARE_TAU_S = 10.0  # the decay of the bytes counted for the share
 
 
@@ -310,6 +311,15 @@ def pick(waiting: Sequence[Claim], backlog_due: bool) -> int:
     if first_live < 0 or (backlog_due and first_backlog >= 0):
         return first_backlog
     return first_live
+
+
+def backlog_holds_off(now: float, live_released: float, backlog_due: bool) -> float:
+    """Seconds the backlog's next slice waits for a live body that just had its slice: a
+    body asks for its next slice only once it wrote the last, so without this grace the
+    backlog would take every other slice from a live recording that wants them all."""
+    if backlog_due:
+        return 0.0
+    return max(0.0, live_released + LIVE_GRACE_S - now)
 
 
 def stream_may_open(

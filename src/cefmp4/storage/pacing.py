@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from cefmp4.core.uplink import Claim, Shares, TokenBucket, pick, slice_size
+from cefmp4.core.uplink import (
+    Claim,
+    Shares,
+    TokenBucket,
+    backlog_holds_off,
+    pick,
+    slice_size,
+)
 from cefmp4.runtime.clock import Clock
 
 _Bytes = bytes | bytearray | memoryview
@@ -39,6 +47,8 @@ class Pacer:
         self._shares = Shares(clock.monotonic())
         self._waiting: list[tuple[Claim, asyncio.Future[None]]] = []
         self._busy = False
+        self._live_released = -math.inf  # when a live body last let go of the bucket
+        self._timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self.sent = 0  # bytes granted while a limit was in force (tests, the bench)
@@ -71,7 +81,7 @@ class Pacer:
                 await future
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled():
-                    self._release()  # granted in the same instant: pass it on
+                    self._release(live)  # granted in the same instant: pass it on
                 else:
                     self._waiting = [w for w in self._waiting if w[1] is not future]
                 raise
@@ -80,7 +90,7 @@ class Pacer:
         try:
             await self._pay(nbytes, live)
         finally:
-            self._release()
+            self._release(live)
 
     async def _pay(self, nbytes: int, live: bool) -> None:
         bucket = self._bucket
@@ -93,18 +103,30 @@ class Pacer:
         if delay > 0:
             await self._clock.wait(self._changed, delay)
 
-    def _release(self) -> None:
+    def _release(self, live: bool) -> None:
         self._busy = False
+        if live:
+            self._live_released = self._clock.monotonic()
         self._grant_next()
 
     def _grant_next(self) -> None:
-        if self._busy or not self._waiting:
+        if self._busy or not self._waiting or self._timer is not None:
             return
-        due = self._shares.backlog_due(self._clock.monotonic())
+        now = self._clock.monotonic()
+        due = self._shares.backlog_due(now)
         index = pick([claim for claim, _ in self._waiting], due)
-        _, future = self._waiting.pop(index)
+        claim, future = self._waiting[index]
+        if not claim.live and (wait := backlog_holds_off(now, self._live_released, due)) > 0:
+            # The live body that just had a slice is writing it: its next ask comes first.
+            self._timer = asyncio.get_running_loop().call_later(wait, self._hold_off_over)
+            return
+        del self._waiting[index]
         self._busy = True
         future.set_result(None)
+
+    def _hold_off_over(self) -> None:
+        self._timer = None
+        self._grant_next()
 
 
 @dataclass(slots=True, eq=False)
