@@ -17,20 +17,27 @@ from cefmp4.core.uplink import (
     BACKLOG_SHARE,
     BURST_S,
     KIB,
+    LIVE_GRACE_S,
     MIB,
+    Backlog,
     Claim,
+    Pending,
     Shares,
     TokenBucket,
+    backlog_holds_off,
+    backlog_summary,
     drain_seconds,
     format_rate,
     gate_admits,
     gate_rank,
     gate_reserve,
+    limit_summary,
     order_key,
     parse_bwlimit,
     parse_rate,
     pick,
     slice_size,
+    split_backlog,
     stream_may_open,
 )
 from cefmp4.runtime.errors import ConfigError
@@ -70,7 +77,7 @@ def test_a_constant_holds_all_day() -> None:
     assert table.constant
     assert {table.limit_at(s) for s in (0, 3600, 86_399.9)} == {4 * MIB}
     assert table.next_switch(1234) == math.inf
-    assert table.describe() == "4 MiB/s"
+    assert table.describe() == "4M"
 
 
 RCLONE = "08:00,512k 19:00,8M 23:00,off"
@@ -93,7 +100,8 @@ def test_a_timetable_without_off_carries_its_last_rate_into_the_morning() -> Non
     assert table is not None
     assert table.limit_at(hm("03:00")) == 10 * MIB
     assert table.limit_at(hm("09:00")) == MIB
-    assert table.describe() == "09:00,1 MiB/s 17:30,10 MiB/s"
+    assert table.describe() == "09:00,1M 17:30,10M"
+    assert parse_bwlimit(table.describe()) == table
 
 
 @pytest.mark.parametrize(("at", "until"), [
@@ -311,3 +319,37 @@ def test_max_streams_keeps_room_for_live(live: bool, open_live: int, open_backlo
                                          may: bool) -> None:
     assert stream_may_open(live, open_live=open_live, open_backlog=open_backlog,
                            max_streams=8, reserve=1) is may
+
+
+def test_a_live_body_keeps_its_turn_for_a_moment() -> None:
+    """A live body asks for its next slice once it wrote the last: the backlog waits that
+    long for it, unless the backlog is owed its share."""
+    assert backlog_holds_off(10.0, live_released=10.0, backlog_due=False) == pytest.approx(
+        LIVE_GRACE_S)
+    assert backlog_holds_off(10.0 + LIVE_GRACE_S, live_released=10.0, backlog_due=False) == 0
+    assert backlog_holds_off(10.0, live_released=10.0, backlog_due=True) == 0
+
+
+# --- what `status` says -----------------------------------------------------------------------
+
+
+def test_the_backlog_is_what_is_not_growing() -> None:
+    pending = [Pending(10 * MIB, 100.0), Pending(5 * MIB, 995.0), Pending(0, 10.0),
+               Pending(2 * MIB, 50.0)]
+    assert split_backlog(pending, now=1000.0, window=30.0) == Backlog(12 * MIB, 2, 5 * MIB, 1)
+
+
+def test_status_lines() -> None:
+    table = parse_bwlimit(RCLONE)
+    assert limit_summary(table, hm("10:00")) == (
+        "upload limit now: 512 KiB/s, 8 MiB/s from 19:00 (timetable " + RCLONE + ")")
+    assert limit_summary(table, hm("23:30")) == (
+        "upload limit now: off, 512 KiB/s from 08:00 (timetable " + RCLONE + ")")
+    assert limit_summary(parse_bwlimit("4M"), 0) == "upload limit: 4 MiB/s"
+    assert limit_summary(None, 0) == "upload limit: none (UPLOAD_BWLIMIT is empty)"
+    backlog = Backlog(600 * MIB, 3, 20 * MIB, 1)
+    line = backlog_summary(backlog, parse_bwlimit("4M"), 0)
+    assert line == ("backlog: 600.0 MiB in 3 file(s) not growing; live: 20.0 MiB in 1 "
+                    "recording(s), served first; drains in about 3 min at the limits in force")
+    assert "as fast as the link" in backlog_summary(backlog, None, 0)
+    assert "at most (the limit goes off before)" in backlog_summary(backlog, table, hm("22:59"))

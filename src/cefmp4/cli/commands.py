@@ -250,18 +250,20 @@ def _mib(n: int | None) -> str:
 
 
 def watch_table(
-    rows: Sequence[WatchRow], now: float, note: str = "", *, live: bool = False
+    rows: Sequence[WatchRow], now: float, note: str = "", *, live: bool = False,
+    uplink: Sequence[str] = (),
 ) -> Table:
     """The live view: per stream, bytes on disk vs in S3 and how far S3 is behind.
-    ``live``: drawn on a terminal, where Ctrl-C is how it ends (said only there)."""
+    ``live``: drawn on a terminal, where Ctrl-C is how it ends (said only there).
+    ``uplink``: the limit in force and the backlog (§2.21), under the table."""
     from rich.table import Table
 
     from cefmp4.cli.status import redacted  # status imports rich: not on `upload`'s path
 
     table = Table(
         title=f"cefmp4 active streams ({len(rows)})",
-        caption=logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S}"
-        + (" · Ctrl-C to stop" if live else ""),
+        caption="\n".join([logs.redact(note) or f"{datetime.fromtimestamp(now):%H:%M:%S}"
+                            + (" · Ctrl-C to stop" if live else ""), *uplink]),
         show_footer=bool(rows),
     )
     behind = [max(0, (r.on_disk or 0) - r.in_s3) for r in rows]
@@ -288,6 +290,8 @@ def watch_table(
 async def _watch(settings: Settings, console: Console, interval: float, count: int) -> None:
     from rich.live import Live
 
+    from cefmp4.cli.uplink_view import streams_backlog, uplink_lines  # not on upload's path
+
     redis_mode = bool(settings.redis_url.get_secret_value())
     db = settings.state_dir / DB_NAME
     # On a terminal one table redrawn in place; piped, one table per refresh (logs, tests).
@@ -311,7 +315,11 @@ async def _watch(settings: Settings, console: Console, interval: float, count: i
                     rows = await asyncio.wait_for(_watch_rows(store), timeout=max(5, interval))
             except (CefmpError, TimeoutError) as exc:
                 note = f"checkpoint store did not answer: {exc or 'timeout'}"
-            table = watch_table(rows, time.time(), note, live=live is not None)
+            now = time.time()
+            backlog = streams_backlog([(r.path, r.in_s3) for r in rows], now,
+                                      settings.stream_timeout_seconds)
+            uplink = uplink_lines(settings, backlog, now, label="backlog of the open streams")
+            table = watch_table(rows, now, note, live=live is not None, uplink=uplink)
             if live is not None:
                 live.update(table, refresh=True)
             else:

@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cefmp4.checkpoint import MalformedRecord
+from cefmp4.checkpoint import MalformedRecord, StreamRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.checkpoint.trust import TrustedCheckpoints
+from cefmp4.cli.uplink_view import streams_backlog, uplink_lines, watch_dir_backlog
 from cefmp4.config.adapters import open_checkpoints, open_objects, pipeline_config
 from cefmp4.config.settings import Settings
 from cefmp4.runtime import logs
@@ -32,7 +33,10 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
+async def _status_rows(
+    settings: Settings, streams: list[tuple[StreamRecord, int]] | None = None
+) -> list[dict[str, Any]]:
+    """``streams``: filled with each stream's record and bytes in S3 (the uplink's backlog)."""
     if not settings.redis_url.get_secret_value() and not (settings.state_dir / DB_NAME).exists():
         return []  # nothing has run with this STATE_DIR yet: no streams, not an error
     async with open_checkpoints(settings, read_only=True) as raw:
@@ -47,6 +51,8 @@ async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
                 parts = await store.get_parts(rec.stream_id)
             except MalformedRecord:
                 continue  # listed below, with the quarantined records
+            if streams is not None:
+                streams.append((rec, sum(p.size for p in parts)))
             rows.append({
                 "stream_id": rec.stream_id,
                 "path": rec.path,
@@ -74,7 +80,8 @@ async def _status_rows(settings: Settings) -> list[dict[str, Any]]:
 
 
 def status_command(settings: Settings, *, as_json: bool) -> int:
-    rows = asyncio.run(_status_rows(settings))
+    uploaded: list[tuple[StreamRecord, int]] = []
+    rows = asyncio.run(_status_rows(settings, uploaded))
     if as_json:
         print(logs.redact(json.dumps(rows, indent=2)))
         return 0
@@ -105,10 +112,25 @@ def status_command(settings: Settings, *, as_json: bool) -> int:
         # Piped or redirected: rich would assume 80 columns; lines may be as long as needed.
         console = Console(width=max(console.width, 200))
     console.print(table)
+    _print_uplink(console, settings, uploaded, now)
     _print_quarantined(console, [row for row in rows if row["state"] == QUARANTINED])
     known = {row["upload_id"] for row in rows if row["upload_id"]}
     _print_unknown_uploads(console, settings, known)
     return 0
+
+
+def _print_uplink(
+    console: Console, settings: Settings, streams: list[tuple[StreamRecord, int]], now: float
+) -> None:
+    """SPEC §2.21: the limit in force, the backlog (every file under WATCH_DIR not in S3
+    yet, not only the open streams') and the time to drain it."""
+    try:
+        backlog = watch_dir_backlog(settings, streams, now)
+    except OSError as exc:  # WATCH_DIR unreadable: the limit is still worth saying
+        backlog = streams_backlog([], now, settings.stream_timeout_seconds)
+        console.print(logs.redact(f"(WATCH_DIR not scanned: {exc})"), markup=False)
+    for line in uplink_lines(settings, backlog, now):
+        console.print(logs.redact(line), markup=False)
 
 
 def _print_quarantined(console: Console, rows: list[dict[str, Any]]) -> None:

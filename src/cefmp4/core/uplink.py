@@ -107,9 +107,10 @@ class Timetable:
         return DAY_S - second_of_day + self.entries[0][0]
 
     def describe(self) -> str:
+        """As UPLOAD_BWLIMIT says it: ``4M``, ``08:00,512k 19:00,8M 23:00,off``."""
         if self.constant and self.entries[0][0] == 0:
-            return format_rate(self.entries[0][1])
-        return " ".join(f"{s // 3600:02d}:{s // 60 % 60:02d},{format_rate(r)}"
+            return _setting_rate(self.entries[0][1])
+        return " ".join(f"{s // 3600:02d}:{s // 60 % 60:02d},{_setting_rate(r)}"
                         for s, r in self.entries)
 
 
@@ -137,6 +138,15 @@ def parse_bwlimit(text: str) -> Timetable | None:
             raise ValueError(f"{word!r}: the entries' times must increase through the day")
         entries.append((start, parse_rate(match["rate"])))
     return Timetable(tuple(entries))
+
+
+def _setting_rate(rate: int | None) -> str:
+    if rate is None:
+        return "off"
+    for unit, size in (("G", KIB * MIB), ("M", MIB), ("k", KIB)):
+        if rate >= size and rate % (size // 4) == 0:
+            return f"{rate / size:g}{unit}"
+    return f"{rate}B"
 
 
 def format_rate(rate: int | float | None) -> str:
@@ -331,3 +341,85 @@ def stream_may_open(
     if total >= max_streams:
         return False
     return live or not open_backlog or total < max_streams - reserve
+
+
+# --- what `status` says ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One file's bytes not in S3 yet (its size less what its stream uploaded), and its
+    mtime."""
+
+    nbytes: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    nbytes: int = 0
+    files: int = 0
+    live_bytes: int = 0
+    live_files: int = 0
+
+
+def split_backlog(pending: Sequence[Pending], now: float, window: float) -> Backlog:
+    """The backlog (files not growing) and the live recordings' part of ``pending``."""
+    nbytes = files = live_bytes = live_files = 0
+    for item in pending:
+        if item.nbytes <= 0:
+            continue
+        if is_live(now - item.mtime, window):
+            live_bytes += item.nbytes
+            live_files += 1
+        else:
+            nbytes += item.nbytes
+            files += 1
+    return Backlog(nbytes, files, live_bytes, live_files)
+
+
+def format_bytes(nbytes: int) -> str:
+    for unit, size in (("GiB", KIB * MIB), ("MiB", MIB), ("KiB", KIB)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def limit_summary(table: Timetable | None, second_of_day: float) -> str:
+    """The limit in force now and, with a timetable, the next one and when."""
+    if table is None:
+        return "upload limit: none (UPLOAD_BWLIMIT is empty)"
+    now = format_rate(table.limit_at(second_of_day))
+    if table.constant:
+        return f"upload limit: {now}"
+    after = (second_of_day + table.next_switch(second_of_day)) % DAY_S
+    then = format_rate(table.limit_at(after))
+    at = f"{int(after) // 3600:02d}:{int(after) // 60 % 60:02d}"
+    return f"upload limit now: {now}, {then} from {at} (timetable {table.describe()})"
+
+
+def backlog_summary(
+    backlog: Backlog, table: Timetable | None, second_of_day: float, *, label: str = "backlog"
+) -> str:
+    """The backlog's bytes and how long they take to drain at the limits to come."""
+    text = f"{label}: {format_bytes(backlog.nbytes)} in {backlog.files} file(s) not growing"
+    if backlog.live_files:
+        text += (f"; live: {format_bytes(backlog.live_bytes)} in {backlog.live_files} "
+                 "recording(s), served first")
+    if not backlog.nbytes:
+        return text
+    drain = drain_seconds(table, second_of_day, backlog.nbytes + backlog.live_bytes)
+    if drain is None:
+        return text + "; no limit now: it drains as fast as the link allows"
+    rate_now = table.limit_at(second_of_day) if table is not None else None
+    bound = rate_now is not None and drain < (backlog.nbytes + backlog.live_bytes) / rate_now
+    ends = " at most (the limit goes off before)" if bound and table is not None else ""
+    return text + f"; drains in about {format_duration(drain)}{ends} at the limits in force"
