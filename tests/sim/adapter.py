@@ -170,8 +170,16 @@ class Process:
                 self.settings, objects=self.objects, checkpoints=checkpoints,
                 prober=NoProber(), clock=VirtualClock(self.loop), metrics=Metrics(),
             )
+            made: list[int] = []
+
+            def budget(limit: int, **kw: Any) -> ByteBudget:
+                # The app makes the byte budget first, then the upload slots (a ByteBudget
+                # of slots since the uplink's lanes): only the first is the scaled one.
+                made.append(limit)
+                return self.budget if len(made) == 1 else ByteBudget(limit, **kw)
+
             with _patched(cefmp4.runtime.app, "pipeline_config", lambda _s: self.config), \
-                 _patched(cefmp4.runtime.app, "ByteBudget", lambda _limit: self.budget):
+                 _patched(cefmp4.runtime.app, "ByteBudget", budget):
                 try:
                     await self.app.run(self.stopping)
                 except Exception as exc:  # a supervised task failed for good: report it
