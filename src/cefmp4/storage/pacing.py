@@ -110,6 +110,9 @@ class Pacer:
         self._grant_next()
 
     def _grant_next(self) -> None:
+        # A waiter cancelled meanwhile (aiohttp cancels a body's writer when its connection
+        # breaks) has a cancelled future until its task runs again: never granted.
+        self._waiting = [w for w in self._waiting if not w[1].done()]
         if self._busy or not self._waiting or self._timer is not None:
             return
         now = self._clock.monotonic()
