@@ -247,6 +247,18 @@ async def test_the_backlog_goes_in_upload_order(
     assert [key.rsplit("/", 1)[1] for key in wire.completed] == expected
 
 
+async def test_upload_starts_the_backlog_in_upload_order_at_max_streams(
+    tmp_path: Path, watch: Path, wire: Wire, prober: FakeProber
+) -> None:
+    """``cefmp4 upload`` with MAX_STREAMS=1: the files start oldest first, not in the
+    scan's (name) order; with no limit set too (the order is not the pacer's alone)."""
+    backlog(watch, ["a.mp4", "b.mp4", "c.mp4"], PART, hours_old=[1, 3, 2])
+    with capture() as logs:
+        await burst(make_settings(tmp_path, watch, max_streams=1), wire, prober)
+    started = [Path(e["path"]).name for e in logs if e["event"] == "stream_started"]
+    assert started == ["b.mp4", "c.mp4", "a.mp4"]
+
+
 async def test_max_streams_a_deferred_live_file_jumps_the_backlog(
     tmp_path: Path, watch: Path, wire: Wire, prober: FakeProber
 ) -> None:

@@ -180,8 +180,9 @@ class App:
                         scan_stats, ctx.config.watch_dir, extensions=ctx.config.extensions
                     )
                     supervisor.resume_unfinished(found.found)
-                    paths = [Path(name) for name, _ in found.found]
-                    for path, (_, st) in zip(paths, found.found, strict=True):
+                    ordered = supervisor.intake_order(found.found)  # UPLOAD_ORDER (§2.21)
+                    paths = [Path(name) for name, _ in ordered]
+                    for path, (_, st) in zip(paths, ordered, strict=True):
                         supervisor.on_stat(path, st)  # the scan's stat: none taken again
                 else:
                     paths = [path.resolve() for path in files]
