@@ -306,7 +306,7 @@ async def _check_abandoned(settings: Settings) -> CheckResult:
     except (CefmpError, TimeoutError) as exc:
         return CheckResult("abandoned uploads", False,
                            f"could not list them: {type(exc).__name__}",
-                           "check S3 above; then `cefmp4 salvage --dry-run`")
+                           "`cefmp4 salvage --dry-run` says more")
     stuck = [o for o in outcomes if not o.ok]
     todo = [o for o in outcomes if o.ok and o.action in ("complete", "resumed", "abort_empty")]
     if stuck:
@@ -334,13 +334,16 @@ async def run_checks(settings: Settings, *, fix: bool = False) -> list[CheckResu
         lambda: _check_s3(settings, fix=fix),
         lambda: _check_checkpoints(settings),
         lambda: _check_ffprobe(settings),
-        lambda: _check_abandoned(settings),
     ]
     results = [_check_watch_dir(settings, fix=fix)]
     results.append(await asyncio.to_thread(_check_writer_signals, settings))
     results.extend(await asyncio.to_thread(_check_after_upload, settings))
     for outcome in await asyncio.gather(*(probe() for probe in probes)):
         results.extend(outcome if isinstance(outcome, list) else [outcome])
+    # After the others (--fix may have created the bucket), and only where S3 and the store
+    # answer: their own lines already say what is wrong otherwise.
+    if all(r.ok for r in results if r.name.startswith(("s3", "checkpoint"))):
+        results.append(await _check_abandoned(settings))
     return results
 
 
