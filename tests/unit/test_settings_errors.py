@@ -161,6 +161,7 @@ def test_prom_port_in_use_is_one_line(tmp_path: Path, host: str) -> None:
             pytest.fail(f"cannot bind {host} on this machine")
         busy.listen()
         port = busy.getsockname()[1]
+        (tmp_path / "watch").mkdir()  # else `run` also warns that it created WATCH_DIR
         env = _env(tmp_path, PROM_PORT=str(port), PROM_HOST=host)
         line = _assert_one_line(_run(tmp_path, env), "PROM_PORT")
     assert "PROM_HOST" in line
