@@ -47,6 +47,7 @@ SLICE_S = 0.05  # a body is paced in slices of this much of the rate ...
 MIN_SLICE = 4 * KIB  # ... never smaller (a grant per 4 KiB at 80 KiB/s) ...
 MAX_SLICE = MIB  # ... nor larger than the body's own read block
 BACKLOG_SHARE = 0.2  # owed to the backlog while live bodies want more than the limit
+MIN_WAIT_S = 0.005  # a smaller debt is carried, not slept: each sleep wakes the loop
 LIVE_GRACE_S = 0.02  # a live body's next slice is waited for this long before the backlog's
 SHARE_TAU_S = 10.0  # the decay of the bytes counted for the share
 
@@ -211,10 +212,12 @@ class TokenBucket:
             self.stamp = now
 
     def debit(self, now: float, nbytes: int) -> float:
-        """Take ``nbytes``; the seconds to wait before sending them (0: at once)."""
+        """Take ``nbytes``; the seconds to wait before sending them (0: at once). A debt
+        under ``MIN_WAIT_S`` is not waited for but kept: the next sender waits it out."""
         self._refill(now)
         self.tokens -= nbytes
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+        wait = -self.tokens / self.rate
+        return wait if wait >= MIN_WAIT_S else 0.0
 
     def set_rate(self, now: float, rate: int) -> None:
         """A new limit from ``now``: what was earned so far at the old one is kept (up to
