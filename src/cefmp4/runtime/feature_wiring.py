@@ -36,6 +36,7 @@ from cefmp4.intake.writers import (
 )
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import Clock
+from cefmp4.runtime.errors import CefmpError
 from cefmp4.runtime.failpoints import Failpoints
 from cefmp4.runtime.metrics import Metrics
 from cefmp4.runtime.tasks import TaskSupervisor
@@ -162,8 +163,7 @@ async def open_outbox(
         assert isinstance(checkpoints, RedisCheckpointStore)  # the settings demand REDIS_URL
         sinks.append(RedisStreamSink(checkpoints.client, settings.notify_redis_stream))
         notify.append(SINK_REDIS)
-    if settings.after_upload == "keep" and hasattr(checkpoints, "outbox_count") and (
-            await cast(Outbox, checkpoints).outbox_count(frozenset({SINK_AFTER_UPLOAD}))):
+    if settings.after_upload == "keep" and await _after_upload_pending(checkpoints):
         # Switched to keep with actions still pending (one may have staged its file before
         # a crash): they are ended, and every file comes back into view.
         sinks.append(AfterUploadSink(objects.head_object, keep_only=True))
@@ -204,6 +204,20 @@ async def open_outbox(
     return dispatcher, plan
 
 
+async def _after_upload_pending(checkpoints: CheckpointStore) -> bool:
+    """Whether after-upload actions wait in the store. Asked once at start-up, when the store
+    may be down (the daemon waits for it later): unknown counts as none, and the next
+    start asks again."""
+    if not hasattr(checkpoints, "outbox_count"):
+        return False
+    try:
+        pending = await cast(Outbox, checkpoints).outbox_count(frozenset({SINK_AFTER_UPLOAD}))
+    except CefmpError as exc:
+        log.debug("after_upload_pending_unknown", error=str(exc))
+        return False
+    return pending > 0
+
+
 async def watch_eviction(space: Space, outbox: Outbox, metrics: Metrics, *,
                          interval: float = 15.0) -> None:
     """AFTER_UPLOAD=evict: how many confirmed sources wait (``evictable_files``), and one
@@ -211,7 +225,11 @@ async def watch_eviction(space: Space, outbox: Outbox, metrics: Metrics, *,
     footage not yet in S3 are at risk (eviction itself is the outbox's, oldest first)."""
     episode = False
     while True:
-        count = await outbox.outbox_count(frozenset({SINK_AFTER_UPLOAD}))
+        try:
+            count = await outbox.outbox_count(frozenset({SINK_AFTER_UPLOAD}))
+        except CefmpError:  # the store is down: the outbox's own loop says so
+            await asyncio.sleep(interval)
+            continue
         metrics.evictable_files.set(count)
         try:
             short = await asyncio.to_thread(space.short)
