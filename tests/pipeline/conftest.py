@@ -26,11 +26,11 @@ from cefmp4.checkpoint import StreamRecord
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.config.settings import Settings, load_settings
 from cefmp4.core.keys import metadata_key
+from cefmp4.core.metadata import ProbeResult
 from cefmp4.core.parts import MIB
 from cefmp4.intake.discover import scan_paths
 from cefmp4.runtime.app import App
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.streams.probe import ProbeResult
 from cefmp4.streams.supervisor import StreamSupervisor
 from tests.support.vloop import LoopClock, VirtualLoop
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cefmp4.checkpoint import StreamState
 from cefmp4.config.settings import Settings
+from cefmp4.core.metadata import ProbeResult
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.streams.probe import ProbeResult
 from tests.pipeline.conftest import (
     PART,
     FakeProber,

@@ -15,8 +15,8 @@ from cefmp4.config.settings import Settings
 from cefmp4.core.hashing import PartDigest, is_md5_record, same_bytes
 from cefmp4.storage import PartBody
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.recheck import Digest, needs_md5, stale_parts
 from cefmp4.streams.source import FileRange, digest_range
-from cefmp4.streams.verify import Digest, needs_md5, stale_parts
 from tests.pipeline.conftest import PART, FakeProber, burst, metadata, pattern, videos
 
 

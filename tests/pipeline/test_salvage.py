@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from cefmp4.core.keys import metadata_key, new_stream_id, object_key
+from cefmp4.core.metadata import ProbeResult
 from cefmp4.core.parts import MIB
 from cefmp4.runtime.app import App
 from cefmp4.runtime.errors import PermanentError
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.streams.probe import ProbeResult
 from cefmp4.streams.salvage import Salvager
 from tests.pipeline.conftest import FakeProber, make_settings, until
 

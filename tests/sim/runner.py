@@ -27,7 +27,7 @@ import structlog
 
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.streams.finalize import TRUNCATED
+from cefmp4.core.ending import Status
 from tests.sim import invariants
 from tests.sim.adapter import ORPHAN_GRACE, PREFIX, Process, virtual_time
 from tests.sim.faults import FaultPlan, FaultyObjectStore, Life, Shadow
@@ -290,7 +290,7 @@ class Simulation:
         below only credits a worker that held the short file for a while), and what it
         checkpointed of the file before the cut must end as an object (SPEC §2.4) — also
         parts whose checkpoint landed after the cut (the truncation then looked harmless)."""
-        if record.state is not StreamState.FINALIZING or record.status != TRUNCATED:
+        if record.state is not StreamState.FINALIZING or record.status != Status.TRUNCATED:
             return
         if record.stream_id not in self.truncation_seen:
             return  # "truncated" by a replace (its own End judges it), not by a shrink

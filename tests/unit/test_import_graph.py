@@ -75,7 +75,7 @@ def test_the_package_has_no_import_cycle() -> None:
 
 
 # What core/ may use: values and pure functions. No event loop, no I/O client, no store.
-_CORE_MAY_IMPORT = ("cefmp4.core", "cefmp4.checkpoint", "cefmp4.streams.probe")
+_CORE_MAY_IMPORT = ("cefmp4.core", "cefmp4.checkpoint")
 _IO_LIBRARIES = ("asyncio", "aiohttp", "aiobotocore", "botocore", "redis", "sqlite3",
                  "subprocess", "socket", "structlog", "watchfiles", "asyncinotify")
 

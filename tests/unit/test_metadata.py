@@ -10,8 +10,7 @@ import pytest
 
 import cefmp4
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.core.metadata import build_metadata, iso_utc, to_json_bytes
-from cefmp4.streams.probe import ProbeResult
+from cefmp4.core.metadata import ProbeResult, build_metadata, iso_utc, to_json_bytes
 
 MIB = 1024 * 1024
 T0 = 1_795_000_000.25  # 2026-11-18T...Z

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cefmp4.core.ending import CompletedBy
 from cefmp4.intake.writers import (
     CloseWatcher,
     Ident,
@@ -18,7 +19,7 @@ from cefmp4.intake.writers import (
     probe_signals,
     scan_writers,
 )
-from cefmp4.streams.completion import CompletedBy, CompletionPolicy
+from cefmp4.streams.writer_policy import CompletionPolicy
 
 
 def _ident(path: Path) -> Ident:

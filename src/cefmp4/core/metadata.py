@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cefmp4 import __version__
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
 from cefmp4.core.hashing import is_md5_record, record_crc32c, record_crc64nvme
-from cefmp4.streams.probe import ProbeResult
 
 CONTENT_TYPE = "application/json"
 VIDEO_CONTENT_TYPE = "video/mp4"  # of .mp4; others follow cefmp4.core.containers
@@ -21,6 +21,16 @@ REQUIRED_FIELDS = frozenset({
     "sha256", "duration_seconds", "stream_started_at_utc", "stream_completed_at_utc",
     "processed_at_utc", "chunks",
 })
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    duration_seconds: float | None
+    error: str | None = None  # why there is no duration, when there is none
+    format_name: str | None = None
+    video_codec: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 def iso_utc(timestamp: float) -> str:

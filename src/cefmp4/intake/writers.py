@@ -11,7 +11,7 @@ Two signals, both Linux-only and both optional:
   and whose ``/proc/<pid>/fdinfo/<n>`` flags have ``O_WRONLY`` or ``O_RDWR``. Visible only
   for processes of this PID namespace that we may inspect (same user, or root).
 
-``cefmp4.streams.completion`` turns them into a decision.
+``cefmp4.streams.writer_policy`` turns them into a decision.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from cefmp4.core.identity import Ident
+
 if TYPE_CHECKING:
     from asyncinotify import Inotify, Watch
 
 log = structlog.get_logger("cefmp4.intake.writers")
 
-Ident = tuple[int, int]  # (st_dev, st_ino)
-Fingerprint = tuple[int, int]  # (st_size, st_mtime_ns)
 
 _ACCMODE = os.O_ACCMODE if hasattr(os, "O_ACCMODE") else 3
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)

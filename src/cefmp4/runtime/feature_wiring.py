@@ -41,7 +41,7 @@ from cefmp4.runtime.failpoints import Failpoints
 from cefmp4.runtime.metrics import Metrics
 from cefmp4.runtime.tasks import TaskSupervisor
 from cefmp4.storage import ObjectStore
-from cefmp4.streams.completion import CompletionPolicy
+from cefmp4.streams.writer_policy import CompletionPolicy
 
 log = structlog.get_logger("cefmp4.features")
 

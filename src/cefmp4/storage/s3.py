@@ -39,7 +39,7 @@ from cefmp4.storage import (
 )
 from cefmp4.storage.pacing import LANE
 from cefmp4.storage.protection import ObjectProtection, is_bookkeeping
-from cefmp4.storage.s3_body import PartPayload, crc32c_b64
+from cefmp4.storage.s3_body import PartPayload, RangeBody, crc32c_b64
 from cefmp4.storage.s3_errors import ACCESS_CODES as _ACCESS_CODES
 from cefmp4.storage.s3_errors import MAPPED as _MAPPED
 from cefmp4.storage.s3_errors import NOT_FOUND_CODES as _NOT_FOUND_CODES
@@ -550,6 +550,17 @@ class S3ObjectStore:
         except _MAPPED as exc:
             _raise(exc, "GetObject")
         return data
+
+    async def open_range(self, key: str, start: int, end: int) -> RangeBody:
+        """Bytes ``[start, end)`` of an object as a stream: returns once the response's
+        headers are in; its body is read by the caller (``RangeBody``), who closes it."""
+        try:
+            response = await self._client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+        except _MAPPED as exc:
+            _raise(exc, "GetObject")
+        return RangeBody(response["Body"], response["ContentLength"])
 
 
 def _client_config(

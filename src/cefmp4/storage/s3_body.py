@@ -1,12 +1,13 @@
-"""How a part body travels: an aiohttp payload that streams it, paced (``storage.pacing``),
-and keeps read errors apart."""
+"""How a body travels. Up: a part as an aiohttp payload that streams it, paced
+(``storage.pacing``), and keeps read errors apart. Down: a ranged GetObject's body, read as
+it arrives (``RangeBody``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp.payload
 import crc32c
@@ -14,6 +15,8 @@ import crc32c
 from cefmp4.runtime.errors import SourceError
 from cefmp4.storage import PartBody
 from cefmp4.storage.pacing import paced_write
+from cefmp4.storage.s3_errors import MAPPED as _MAPPED
+from cefmp4.storage.s3_errors import raise_mapped as _raise
 
 _Bytes = bytes | bytearray | memoryview
 
@@ -98,3 +101,43 @@ class PartPayload(aiohttp.payload.Payload):
             self.error = SourceError(f"reading the part body failed: {type(exc).__name__}: {exc}")
             raise self.error from exc
         return chunk
+
+
+class _Stream(Protocol):
+    """What ``RangeBody`` uses of aiobotocore's ``StreamingBody``."""
+
+    async def read(self, amt: int | None = None) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class RangeBody:
+    """The body of a ranged GetObject, read ``read(size)`` at a time as it arrives.
+
+    Until it is read, aiohttp holds at most its own small buffer (64-128 KiB) and then
+    stops reading the socket: ranges opened ahead cost their request's latency once, not
+    memory, and each byte is read when its reader is ready to hash it (while it is still in
+    the CPU's cache, instead of after a 16 MiB join). ``read`` raises what ``S3ObjectStore``
+    raises for any GetObject; a body shorter than its Content-Length is an error there too
+    (aiobotocore checks it at the end).
+    """
+
+    def __init__(self, stream: _Stream, length: int) -> None:
+        self._stream = stream
+        self.length = length  # bytes the server said it sends (Content-Length)
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, as soon as any are there; ``b""`` at the end."""
+        try:
+            return await self._stream.read(size)
+        except _MAPPED as exc:
+            _raise(exc, "GetObject")
+
+    async def aclose(self) -> None:
+        """Release the connection (closed, not reused, when the body was not read to its end)."""
+        self._stream.close()
+
+    async def __aenter__(self) -> RangeBody:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -22,10 +22,10 @@ from cefmp4.runtime.readiness import Readiness
 from cefmp4.runtime.retry import Backoff, retry_transient
 from cefmp4.storage import ObjectStore
 from cefmp4.streams.budget import ByteBudget
-from cefmp4.streams.completion import CompletionPolicy
 from cefmp4.streams.evidence import Evidence
 from cefmp4.streams.probe import Prober
 from cefmp4.streams.uplink import Uplink
+from cefmp4.streams.writer_policy import CompletionPolicy
 
 T = TypeVar("T")
 

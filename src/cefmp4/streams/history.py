@@ -46,16 +46,13 @@ class History:
     def unchanged_test(
         self, unfinished: Collection[Ident]
     ) -> Callable[[os.stat_result], bool]:
-        """``unchanged`` and not ``unfinished``, as one closure for a scan's worker thread:
-        it runs per file of the tree, so the key is built inline (``fingerprint_key`` for
-        a stat: st_dev, st_ino and st_size are never negative, only mtime needs the mask).
+        """``unchanged`` and not ``unfinished``, as one closure for a scan's worker thread.
         Reads a set and a dict only, which is safe while the loop thread changes them."""
-        done, mask = self._done, (1 << 64) - 1
+        done, key = self._done, fingerprint_key
 
         def test(st: os.stat_result) -> bool:
-            return (
-                st.st_dev << 192 | st.st_ino << 128 | st.st_size << 64 | st.st_mtime_ns & mask
-            ) in done and (not unfinished or (st.st_dev, st.st_ino) not in unfinished)
+            return key(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) in done and (
+                not unfinished or (st.st_dev, st.st_ino) not in unfinished)
 
         return test
 

@@ -16,6 +16,7 @@ from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import DEFAULT_EXTENSIONS
+from cefmp4.core.ending import Status
 from cefmp4.core.identity import unchanged_since
 from cefmp4.core.keys import UnkeyablePath, new_stream_id, object_key
 from cefmp4.intake.discover import printable, scan
@@ -27,13 +28,12 @@ from cefmp4.runtime.errors import (
     SourcePermission,
     SourceReplaced,
 )
-from cefmp4.streams.completion import CompletedBy
 from cefmp4.streams.context import Context
-from cefmp4.streams.finalize import TRUNCATED, finalize, finish_kept
+from cefmp4.streams.finalize import finalize, finish_kept
+from cefmp4.streams.recheck import holds
 from cefmp4.streams.reconcile import reconcile
 from cefmp4.streams.source import OpenedSource, open_source
 from cefmp4.streams.stream import Outcome, StreamWorker
-from cefmp4.streams.verify import holds
 
 log = structlog.get_logger("cefmp4.streams.lifecycle")
 
@@ -224,7 +224,8 @@ async def _inode_reused(
         log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
         rec, parts = await reconcile(ctx, rec, parts, None)
         if not reused:
-            rec = replace(rec, status=TRUNCATED, completed_by=CompletedBy.TRUNCATED.value)
+            # finish_kept checkpoints this end (the record is not finalizing yet) first.
+            rec = replace(rec, status=Status.TRUNCATED.value)
         await finish_kept(ctx, rec, parts, None, None)
     return True
 

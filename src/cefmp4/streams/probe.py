@@ -15,25 +15,18 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Protocol
 
 from cefmp4.core.containers import probe_formats
+from cefmp4.core.metadata import ProbeResult
 from cefmp4.runtime.errors import ConfigError
+
+# ProbeResult (what a Prober answers) is a value of core: its metadata is built from it.
+__all__ = ["FfprobeProber", "ProbeResult", "Prober", "container_name"]
 
 # What ffprobe says when the content is a format the whitelist refuses.
 _NOT_ON_WHITELIST = re.compile(r"^\[(?P<found>[\w,]+) @ 0x[0-9a-f]+\] Format not on whitelist")
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    duration_seconds: float | None
-    error: str | None = None  # why there is no duration, when there is none
-    format_name: str | None = None
-    video_codec: str | None = None
-    width: int | None = None
-    height: int | None = None
 
 
 class Prober(Protocol):

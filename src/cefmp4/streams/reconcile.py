@@ -25,14 +25,15 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.trust import held_upload_ids
+from cefmp4.core.ending import Resume, when_upload_gone
 from cefmp4.core.identity import Ident
 from cefmp4.core.keys import parse_key, within_prefix
 from cefmp4.core.parts import PartSchedule
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import LeaseLost, SourceError, UploadNotFound
 from cefmp4.storage import MultipartUpload, UploadedPart
-from cefmp4.streams.complete import completed_from
 from cefmp4.streams.context import Context
+from cefmp4.streams.objects import object_at
 from cefmp4.streams.ownership import Ownership
 from cefmp4.streams.source import OpenedSource, digest_range, open_source
 
@@ -95,10 +96,10 @@ async def reconcile(
             "list_parts", lambda: ctx.objects.list_parts(record.key, upload_id)
         )
     except UploadNotFound:
-        made = await completed_from(ctx, record.key, parts) if parts else None
-        if made is not None:
+        at = await object_at(ctx, record.key, parts) if parts else None
+        if at is not None and when_upload_gone(at, resuming=True) is Resume.ADOPT:
             # Completed before the crash; finalize confirms it and writes the metadata.
-            return record, made
+            return record, list(at.parts)
         log.warning(logs.UPLOAD_RESTARTED, reason="upload id unknown to S3", parts_lost=len(parts))
         record = replace(record, upload_id=None)
         await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(record.stream_id))

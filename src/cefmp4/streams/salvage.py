@@ -52,7 +52,7 @@ from cefmp4.core.keys import (
     stream_id_in,
     within_prefix,
 )
-from cefmp4.core.metadata import build_metadata, to_json_bytes
+from cefmp4.core.metadata import ProbeResult, build_metadata, to_json_bytes
 from cefmp4.core.tail import Segment, parse_segment, tail_prefix
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import PermanentError, UploadNotFound
@@ -64,7 +64,6 @@ from cefmp4.storage import (
     PartCheck,
     UploadedPart,
 )
-from cefmp4.streams.probe import ProbeResult
 
 log = structlog.get_logger("cefmp4.streams.salvage")
 

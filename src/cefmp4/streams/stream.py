@@ -16,13 +16,14 @@ from dataclasses import replace
 import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
-from cefmp4.core.identity import Fingerprint, Ident, fingerprint, truncated
+from cefmp4.core.ending import CompletedBy, truncated
+from cefmp4.core.identity import Fingerprint, Ident, fingerprint
 from cefmp4.runtime import logs
-from cefmp4.streams.completion import CompletedBy, StreamWriters, Verdict
 from cefmp4.streams.context import Context
+from cefmp4.streams.recheck import QUIET_MARGIN_S, Predigest, needs_md5
 from cefmp4.streams.tail import TailShipper
 from cefmp4.streams.upload import Uploader
-from cefmp4.streams.verify import QUIET_MARGIN_S, Predigest, needs_md5
+from cefmp4.streams.writer_policy import StreamWriters, Verdict
 
 log = structlog.get_logger("cefmp4.streams.stream")
 
@@ -194,7 +195,7 @@ class StreamWorker:
         while True:
             st = os.fstat(self.fd)
             extent = self.up.uploaded_extent()
-            if truncated(st, extent):
+            if truncated(st.st_size, extent):
                 log.warning(logs.STREAM_TRUNCATED, size=st.st_size, uploaded=extent)
                 await self.up.cancel_beyond(st.st_size)
                 return Outcome.TRUNCATED

@@ -15,14 +15,14 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
+from cefmp4.core.ending import Resume, truncated, when_upload_gone
 from cefmp4.core.hashing import PartDigest
-from cefmp4.core.identity import truncated
 from cefmp4.core.parts import PartSchedule, contiguous
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
 from cefmp4.runtime.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
-from cefmp4.streams.complete import existing_object
 from cefmp4.streams.context import Context
+from cefmp4.streams.objects import object_at
 from cefmp4.streams.source import FileRange, RunningSha256, digest_range
 
 log = structlog.get_logger("cefmp4.streams.upload")
@@ -139,7 +139,7 @@ class Uploader:
             if deadline is not None:
                 step = min(step, max(0.0, deadline - clock.monotonic()))
             pending = await wait_tasks(clock, list(self._inflight.values()), step)
-            if truncated(st := os.fstat(self.fd), self.uploaded_extent()):
+            if truncated((st := os.fstat(self.fd)).st_size, self.uploaded_extent()):
                 await self.cancel_beyond(st.st_size)
                 return True
             if not pending or (deadline is not None and clock.monotonic() >= deadline):
@@ -267,7 +267,8 @@ class Uploader:
         (before a crash), and a new upload would overwrite it."""
         await self.cancel_inflight()
         ctx = self.ctx
-        if await existing_object(ctx, self.record.key) is not None:
+        at = await object_at(ctx, self.record.key, list(self.parts.values()))
+        if when_upload_gone(at, resuming=False) is not Resume.RESTART:
             raise ObjectExists(f"{self.record.key} is already complete")
         log.warning(logs.UPLOAD_RESTARTED, reason=reason, parts_lost=len(self.parts))
         ctx.metrics.parts_reuploaded.inc(len(self.parts))

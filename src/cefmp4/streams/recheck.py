@@ -1,4 +1,5 @@
-"""What changed in the file since its parts went up (SPEC §2.3): the pure decisions.
+"""What changed in the file since its parts went up (SPEC §2.3): the hashing passes over
+the held descriptor, and which parts they show stale.
 
 Recorders patch bytes they already wrote (the ``mdat`` size, a faststart rewrite), so every
 uploaded range is hashed again before Complete and a part whose digest changed goes up
@@ -12,7 +13,8 @@ critical path:
 
 "Not changed" is a (size, mtime, ctime) fingerprint taken before hashing, trusted only when
 the mtime was already ``QUIET_MARGIN_S`` old then: any later write moves the mtime past it.
-This module decides; ``finalize`` acts (uploads, completes). Nothing here mutates a stream.
+This module hashes (in worker threads) and compares; ``finalize`` acts (uploads,
+completes). Nothing here mutates a stream.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from cefmp4.runtime.clock import Clock
 from cefmp4.runtime.errors import SourceError
 from cefmp4.streams.source import FileDigest, RangeDigest, digest_file, digest_range
 
-log = structlog.get_logger("cefmp4.streams.verify")
+log = structlog.get_logger("cefmp4.streams.recheck")
 
 # A file is "settled" when its last write is this old. Any later write then moves its
 # mtime (and ctime) forward, as long as the file system keeps mtime to a second or finer:

@@ -19,32 +19,17 @@ a pause costs one refused lease per quiet period.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-from cefmp4.intake.writers import CloseWatcher, Ident, WriterScanner
+from cefmp4.core.ending import CompletedBy
+from cefmp4.core.identity import Ident, SizeMtime
+from cefmp4.intake.writers import CloseWatcher, WriterScanner
 
-log = structlog.get_logger("cefmp4.streams.completion")
-
-Fingerprint = tuple[int, int]  # (st_size, st_mtime_ns)
-
-
-class CompletedBy(enum.StrEnum):
-    """What ended a stream (metadata ``completed_by``, SPEC §1.4)."""
-
-    IDLE_TIMEOUT = "idle_timeout"
-    # No writer holds the file: its writers closed it (a close event), or nobody held it open
-    # for writing when the stream looked (the kernel's lease or /proc proved it).
-    WRITER_CLOSED = "writer_closed"
-    HOLD_EXPIRED = "hold_expired"
-    UPLOAD_COMMAND = "upload_command"
-    TRUNCATED = "truncated"
-    SOURCE_DELETED = "source_deleted"
-
+log = structlog.get_logger("cefmp4.streams.writer_policy")
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -61,15 +46,15 @@ class StreamWriters:
     ident: Ident
     fd: int | None = None  # the stream's read-only descriptor: what the lease is asked on
     path: str = ""
-    close_fingerprint: Fingerprint | None = None
+    close_fingerprint: SizeMtime | None = None
     close_seen_at: float | None = None
     hold_started: float | None = None
     holding: bool = False
     # Without a close event: the file as first seen (or last changed), since when, and the
     # fingerprint for which the evidence of no writer was refused (not asked again).
-    settled_fingerprint: Fingerprint | None = None
+    settled_fingerprint: SizeMtime | None = None
     settled_since: float = 0.0
-    unproven: Fingerprint | None = None
+    unproven: SizeMtime | None = None
 
 
 # Blocking-free proof that no process holds the file open for writing: None when proven,
@@ -121,7 +106,7 @@ class CompletionPolicy:
         return await self.scanner.writers_of(ident)
 
     async def decide(
-        self, state: StreamWriters, *, fingerprint: Fingerprint, idle_for: float, timeout: float
+        self, state: StreamWriters, *, fingerprint: SizeMtime, idle_for: float, timeout: float
     ) -> Verdict:
         """Whether a stream whose file is ``fingerprint`` and has not changed for
         ``idle_for`` seconds is complete now (``timeout`` is STREAM_TIMEOUT_SECONDS)."""
@@ -154,7 +139,7 @@ class CompletionPolicy:
         return Verdict(None, self.max_hold - held)
 
     async def _closed_verdict(
-        self, state: StreamWriters, fingerprint: Fingerprint, now: float, hints: list[float]
+        self, state: StreamWriters, fingerprint: SizeMtime, now: float, hints: list[float]
     ) -> Verdict | None:
         if self.complete_on_close is None:
             return None
@@ -178,7 +163,7 @@ class CompletionPolicy:
         return await self._settled_verdict(state, fingerprint, now, hints)
 
     async def _settled_verdict(
-        self, state: StreamWriters, fingerprint: Fingerprint, now: float, hints: list[float]
+        self, state: StreamWriters, fingerprint: SizeMtime, now: float, hints: list[float]
     ) -> Verdict | None:
         """No close event applies (the file was closed before the watch existed, or written
         again since): the close window runs from when this fingerprint was first seen, then

@@ -1,26 +1,25 @@
-"""CompleteMultipartUpload, made safe to repeat: confirmed by HeadObject when S3 no longer
-knows the upload id, and never overwriting an object that is already there."""
+"""A stream's object in S3: CompleteMultipartUpload made safe to repeat (confirmed by
+HeadObject when S3 no longer knows the upload id, never overwriting an object already
+there), the one HeadObject of a stream's key, the empty object, the SHA-256 of an object."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
-from cefmp4.core.hashing import combined_crc64nvme, crc64_b64, multipart_etag
-from cefmp4.core.parts import contiguous
+from cefmp4.core.ending import ObjectAt, judge_object
+from cefmp4.core.hashing import combined_crc64nvme, crc64_b64
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import UploadNotFound
-from cefmp4.storage import ObjectInfo
 from cefmp4.streams.context import Context
 
-log = structlog.get_logger("cefmp4.streams.complete")
+log = structlog.get_logger("cefmp4.streams.objects")
 
 
 async def abort_quietly(ctx: Context, key: str, upload_id: str) -> None:
@@ -28,52 +27,11 @@ async def abort_quietly(ctx: Context, key: str, upload_id: str) -> None:
         await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
 
 
-def matches(info: ObjectInfo, parts: list[PartRecord]) -> bool:
-    """The object is the one these parts make (size, and the multipart ETag if it has one)."""
-    if not parts or info.size != sum(p.size for p in parts):
-        return False
-    if "-" in info.etag:
-        return info.etag == multipart_etag([p.etag for p in parts])
-    return True
-
-
-async def existing_object(ctx: Context, key: str) -> ObjectInfo | None:
-    return await ctx.retry("head", lambda: ctx.objects.head_object(key))
-
-
-async def already_complete(ctx: Context, key: str, parts: list[PartRecord]) -> bool:
-    """The one "was it completed before?" check, used by finalize and reconcile alike."""
-    info = await existing_object(ctx, key)
-    return info is not None and matches(info, parts)
-
-
-async def completed_from(
-    ctx: Context, key: str, checkpointed: list[PartRecord]
-) -> list[PartRecord] | None:
-    """The parts an object already at ``key`` was completed from (a restart's "was it
-    completed before?"), or None."""
-    info = await existing_object(ctx, key)
-    return made_of(info, checkpointed) if info is not None else None
-
-
-def made_of(info: ObjectInfo, checkpointed: list[PartRecord]) -> list[PartRecord] | None:
-    """The first N of the ``checkpointed`` parts, if they make the object ``info``.
-
-    Finalize completes from parts 1..N, and the checkpoint may hold more: a truncation
-    keeps only the contiguous run, a verification drops the parts past a shorter file.
-    N is the multipart ETag's part count (a plain ETag: the run whose sizes add up)."""
-    run = contiguous({p.part_number: p for p in checkpointed})
-    count = _etag_part_count(info.etag)
-    if count is None:
-        sizes = list(itertools.accumulate(p.size for p in run))
-        count = sizes.index(info.size) + 1 if info.size in sizes else 0
-    made = run[:count]
-    return made if count and len(made) == count and matches(info, made) else None
-
-
-def _etag_part_count(etag: str) -> int | None:
-    _, dash, count = etag.strip('"').rpartition("-")
-    return int(count) if dash and count.isdigit() else None
+async def object_at(ctx: Context, key: str, parts: Sequence[PartRecord]) -> ObjectAt:
+    """HeadObject of a stream's key, judged against its checkpointed ``parts``: the one
+    place a stream asks S3 what stands at its key (``core.ending.judge_object`` decides)."""
+    head = await ctx.retry("head", lambda: ctx.objects.head_object(key))
+    return judge_object(head, parts)
 
 
 class FileChanged(Exception):
@@ -109,7 +67,7 @@ async def complete_parts(
         await ctx.retry("complete", attempt)
     except UploadNotFound:
         # Completed before (a crash or a lost response after Complete), or the upload expired.
-        if await already_complete(ctx, key, parts):
+        if (await object_at(ctx, key, parts)).made_of_all(parts):
             log.info(logs.COMPLETE_CONFIRMED, key=key)
             return
         raise

@@ -1,0 +1,196 @@
+"""core.ending as tables: how a recording ends and what its object is, without an event loop,
+a file or a store. Rows named after a simulator seed are that seed's situation (known.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cefmp4.checkpoint import PartRecord
+from cefmp4.core.ending import (
+    CompletedBy,
+    End,
+    Fate,
+    Found,
+    Kept,
+    ObjectAt,
+    Resume,
+    Status,
+    end_of,
+    fate,
+    judge_object,
+    kept_needs_head,
+    kept_object,
+    truncated,
+    when_upload_gone,
+)
+from cefmp4.core.hashing import multipart_etag
+from cefmp4.storage import ObjectInfo
+
+PARTS = [PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 3, 5)]
+PLAIN = "d41d8cd98f00b204e9800998ecf8427e"
+S, B = Status, CompletedBy
+
+
+def multipart(parts: list[PartRecord]) -> ObjectInfo:
+    return ObjectInfo(sum(p.size for p in parts), multipart_etag([p.etag for p in parts]))
+
+
+# --- End ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "judged", "end"), [
+    (S.COMPLETE, None, End(S.COMPLETE, B.IDLE_TIMEOUT)),
+    (S.COMPLETE, B.WRITER_CLOSED, End(S.COMPLETE, B.WRITER_CLOSED)),
+    (S.COMPLETE, B.UPLOAD_COMMAND, End(S.COMPLETE, B.UPLOAD_COMMAND)),
+    # An ending that lost bytes is named by its status, whatever completed the stream.
+    (S.TRUNCATED, B.WRITER_CLOSED, End(S.TRUNCATED, B.TRUNCATED, "truncated")),
+    (S.SOURCE_DELETED, B.IDLE_TIMEOUT, End(S.SOURCE_DELETED, B.SOURCE_DELETED, "deleted")),
+    (S.SALVAGED, None, End(S.SALVAGED, B.SALVAGE)),
+])
+def test_end_of_a_status(status: Status, judged: CompletedBy | None, end: End) -> None:
+    assert End.of(status, judged) == end
+
+
+@pytest.mark.parametrize(("status", "by", "end"), [
+    # 941/904/891: a truncated end checkpointed before a crash stays truncated.
+    ("truncated", "idle_timeout", End(S.TRUNCATED, B.TRUNCATED, "truncated")),
+    ("truncated", None, End(S.TRUNCATED, B.TRUNCATED, "truncated")),
+    ("source_deleted", "source_deleted", End(S.SOURCE_DELETED, B.SOURCE_DELETED, "deleted")),
+    ("complete", "writer_closed", End(S.COMPLETE, B.WRITER_CLOSED)),
+    ("complete", None, End(S.COMPLETE, B.IDLE_TIMEOUT)),  # before completed_by existed
+    (None, None, End(S.COMPLETE, B.IDLE_TIMEOUT)),
+    ("complete", "a-newer-version's", End(S.COMPLETE, B.IDLE_TIMEOUT)),
+    ("nonsense", "writer_closed", End(S.COMPLETE, B.WRITER_CLOSED)),
+])
+def test_the_end_a_checkpoint_holds(status: str | None, by: str | None, end: End) -> None:
+    assert End.recorded(status, by) == end
+
+
+def test_the_spellings_are_the_metadata_values() -> None:
+    assert {s.value for s in Status} == {"complete", "truncated", "source_deleted", "salvaged"}
+    assert {b.value for b in CompletedBy} == {
+        "idle_timeout", "writer_closed", "hold_expired", "upload_command", "truncated",
+        "source_deleted", "salvage"}
+
+
+# --- the file ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("size", "extent", "cut"), [
+    (100, 100, False), (150, 100, False), (99, 100, True), (0, 10, True), (0, 0, False),
+])
+def test_truncated_is_uploaded_bytes_gone(size: int, extent: int, cut: bool) -> None:
+    assert truncated(size, extent) is cut  # 41106/41403: the one test, wherever asked
+
+
+@pytest.mark.parametrize(("links", "at_path", "result"), [
+    (1, (1, 7), Fate.LINKED),  # still named (here, or renamed: a rename keeps the stream)
+    (1, None, Fate.LINKED),
+    (2, (1, 9), Fate.LINKED),  # a hard link elsewhere keeps it too
+    (0, None, Fate.DELETED),
+    (0, (1, 7), Fate.DELETED),  # only it (seen through a stale name cache) at its path
+    (0, (1, 9), Fate.REPLACED),
+    (0, (2, 7), Fate.REPLACED),  # another device: another file
+])
+def test_fate_of_the_held_file(
+    links: int, at_path: tuple[int, int] | None, result: Fate
+) -> None:
+    assert fate(links, (1, 7), at_path) is result
+
+
+@pytest.mark.parametrize(("cut", "what", "judged", "end"), [
+    (False, Fate.LINKED, B.WRITER_CLOSED, End(S.COMPLETE, B.WRITER_CLOSED)),
+    (False, Fate.LINKED, None, End(S.COMPLETE, B.IDLE_TIMEOUT)),
+    (True, Fate.LINKED, B.IDLE_TIMEOUT, End(S.TRUNCATED, B.TRUNCATED, "truncated")),
+    # 1627/4050/30927: replaced → "truncated" with reason "replaced"; the held file's bytes.
+    (False, Fate.REPLACED, B.IDLE_TIMEOUT, End(S.TRUNCATED, B.TRUNCATED, "replaced")),
+    (False, Fate.DELETED, B.IDLE_TIMEOUT, End(S.SOURCE_DELETED, B.SOURCE_DELETED, "deleted")),
+    (True, Fate.DELETED, None, End(S.TRUNCATED, B.TRUNCATED, "truncated")),  # 3681
+])
+def test_end_of_a_followed_stream(
+    cut: bool, what: Fate, judged: CompletedBy | None, end: End
+) -> None:
+    assert end_of(truncated_now=cut, fate=what, judged=judged) == end
+
+
+# --- the object at the key ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("head", "found", "made"), [
+    (None, Found.ABSENT, 0),
+    (ObjectInfo(0, PLAIN), Found.EMPTY, 0),
+    (multipart(PARTS[:2]), Found.OURS, 2),  # an object of the first parts, past a gap
+    (multipart(PARTS[:3]), Found.OURS, 3),  # 310: parts 1-3 of 1, 2, 3, 5
+    (multipart(PARTS), Found.FOREIGN, 0),  # 1, 2, 3, 5 is not a Complete we make
+    (multipart([PartRecord(1, 0, 10, "f" * 32, "", 1.0), PARTS[1]]), Found.FOREIGN, 0),
+    (ObjectInfo(20, "abc-9"), Found.FOREIGN, 0),  # more parts than we hold
+    (ObjectInfo(20, "abc-x"), Found.FOREIGN, 0),  # a dash, but no count
+    (ObjectInfo(30, PLAIN), Found.OURS, 3),  # a plain ETag is matched by size
+    (ObjectInfo(25, PLAIN), Found.FOREIGN, 0),
+])
+def test_judge_object(head: ObjectInfo | None, found: Found, made: int) -> None:
+    at = judge_object(head, PARTS)
+    assert at.found is found
+    assert list(at.parts) == PARTS[:made]
+
+
+def test_a_complete_is_confirmed_only_by_all_its_parts() -> None:
+    at = judge_object(multipart(PARTS[:3]), PARTS)
+    assert at.made_of_all(PARTS[:3])
+    assert not at.made_of_all(PARTS[:2])
+    assert not judge_object(None, PARTS).made_of_all([])
+
+
+@pytest.mark.parametrize(("found", "resuming", "resume"), [
+    (Found.OURS, True, Resume.ADOPT),  # 310: completed before the crash, confirmed
+    (Found.ABSENT, True, Resume.RESTART),
+    (Found.EMPTY, True, Resume.RESTART),
+    (Found.FOREIGN, True, Resume.RESTART),
+    (Found.OURS, False, Resume.STANDS),  # a running stream never restarts over an object
+    (Found.EMPTY, False, Resume.STANDS),
+    (Found.FOREIGN, False, Resume.STANDS),
+    (Found.ABSENT, False, Resume.RESTART),
+])
+def test_when_the_upload_is_gone(found: Found, resuming: bool, resume: Resume) -> None:
+    parts = tuple(PARTS[:1]) if found is Found.OURS else ()
+    assert when_upload_gone(ObjectAt(found, parts), resuming=resuming) is resume
+
+
+# --- ending with what S3 holds -----------------------------------------------------------
+
+COMPLETE_END = End(S.COMPLETE, B.IDLE_TIMEOUT)
+TRUNC = End.of(S.TRUNCATED)
+GONE = End.of(S.SOURCE_DELETED)
+RUN = tuple(PARTS[:3])
+NO_BYTES = "the file lost its bytes before any part was uploaded"
+
+
+@pytest.mark.parametrize(("end", "parts", "asks"), [
+    (COMPLETE_END, PARTS, True),  # was Complete made before the file went away?
+    (TRUNC, PARTS, False),
+    (TRUNC, [], True),  # nothing uploaded: is the empty recording's object there?
+    (GONE, [PARTS[1]], True),  # no contiguous run from part 1 is nothing uploaded
+])
+def test_kept_needs_head(end: End, parts: list[PartRecord], asks: bool) -> None:
+    assert kept_needs_head(end, parts) is asks
+
+
+@pytest.mark.parametrize(("end", "parts", "found", "file_open", "plan"), [
+    # 300: an idle end checkpointed, a crash, the file deleted while down: not "complete".
+    (COMPLETE_END, PARTS, Found.ABSENT, False, Kept(GONE, Kept.COMPLETE, RUN)),
+    (COMPLETE_END, PARTS, Found.ABSENT, True, Kept(TRUNC, Kept.COMPLETE, RUN)),
+    # Completed before a crash: that object stands (Complete is confirmed by HeadObject).
+    (COMPLETE_END, PARTS, Found.OURS, True, Kept(COMPLETE_END, Kept.COMPLETE, RUN)),
+    (TRUNC, PARTS, None, True, Kept(TRUNC, Kept.COMPLETE, RUN)),
+    (GONE, PARTS, None, False, Kept(GONE, Kept.COMPLETE, RUN)),
+    # 9252/11305: an empty recording's object written, a crash, the file gone: published.
+    (GONE, [], Found.EMPTY, False, Kept(GONE, Kept.PUBLISH_EMPTY)),
+    # 54164: the same with the file grown while down: parts since are a new stream's.
+    (COMPLETE_END, PARTS, Found.EMPTY, True, Kept(COMPLETE_END, Kept.PUBLISH_EMPTY)),
+    (TRUNC, [], Found.ABSENT, True, Kept(TRUNC, Kept.FAIL, why=NO_BYTES)),
+    (COMPLETE_END, [], Found.ABSENT, False, Kept(GONE, Kept.FAIL, why=NO_BYTES)),
+])
+def test_kept_object(
+    end: End, parts: list[PartRecord], found: Found | None, file_open: bool, plan: Kept
+) -> None:
+    at = None if found is None else judge_object(
+        {Found.ABSENT: None, Found.EMPTY: ObjectInfo(0, PLAIN),
+         Found.OURS: multipart(list(RUN))}[found], parts)
+    assert kept_object(end, parts, at, file_open=file_open) == plan
