@@ -26,8 +26,8 @@ from typing import Any
 import structlog
 
 from cefmp4.checkpoint import StreamRecord, StreamState
-from cefmp4.storage.memory import MemoryObjectStore
 from cefmp4.core.ending import Status
+from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim import invariants
 from tests.sim.adapter import ORPHAN_GRACE, PREFIX, Process, virtual_time
 from tests.sim.faults import FaultPlan, FaultyObjectStore, Life, Shadow
