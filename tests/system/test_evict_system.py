@@ -74,6 +74,7 @@ def test_sources_are_evicted_oldest_first_only_when_space_runs_short(
     b = record("b.mp4")  # 20 MiB used, 28 MiB free: more than half, all kept
     wait_until_impl(lambda: _metric(first, "evictable_files") == 2, timeout=30,
                     what="both kept and counted", alive=(first,))
+    assert _metric(first, "evictable_bytes") == 20 * MIB  # their sizes, as uploaded
     assert a.exists()
     assert b.exists()
     c = record("c.mp4")  # 30 MiB used, 18 MiB free: short of 24 MiB
@@ -81,7 +82,13 @@ def test_sources_are_evicted_oldest_first_only_when_space_runs_short(
                     alive=(first,))
     assert b.exists()
     assert c.exists()
-    assert _metric(first, "files_evicted_total") == 1
+    # Counted just after the unlink, not with it.
+    wait_until_impl(lambda: _metric(first, "files_evicted_total") == 1, timeout=5,
+                    what="the eviction counted", alive=(first,))
+    # Down by a's bytes as it goes (not at the next count), up by c's as it completed.
+    wait_until_impl(lambda: _metric(first, "evictable_bytes") == 20 * MIB, timeout=5,
+                    what="b and c kept", alive=(first,))
+    assert _metric(first, "evictable_files") == 2
     first.kill()
     # Which files are evictable, and in which order, comes from the store, not memory.
     second = Daemon(env, tmp_path / "2.log")
@@ -92,6 +99,9 @@ def test_sources_are_evicted_oldest_first_only_when_space_runs_short(
     wait_until_impl(lambda: not b.exists(), timeout=30, what="the next oldest evicted",
                     alive=(second,))
     assert c.exists()
+    # The restart read c back from the store; d came since, and b went.
+    wait_until_impl(lambda: _metric(second, "evictable_bytes") == 20 * MIB, timeout=5,
+                    what="c and d kept", alive=(second,))
     for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
         assert len(view.video_keys(name)) == 1  # every evicted source is safe in S3
     assert second.stop() == 0

@@ -14,7 +14,14 @@ from typing import Any, cast
 
 import structlog
 
-from cefmp4.after.after_upload import AfterUploadSink, CompletionOutbox, Scope, Space
+from cefmp4.after.after_upload import (
+    AfterUploadSink,
+    CompletionOutbox,
+    KeptOutbox,
+    KeptSources,
+    Scope,
+    Space,
+)
 from cefmp4.after.notify import RedisStreamSink, WebhookSink
 from cefmp4.after.outbox import (
     NOTIFY_SINKS,
@@ -60,6 +67,7 @@ class Features:
     upload_command: bool = False
     after_upload_wait: float = 0.0  # the quiet time an after-upload action waits for
     space: Space | None = None  # AFTER_UPLOAD=evict
+    kept: KeptSources | None = None  # AFTER_UPLOAD=evict, the daemon
 
     def context_fields(self) -> dict[str, Any]:
         """The ``Context`` fields of these features."""
@@ -78,9 +86,9 @@ class Features:
             tasks.start("close-events", self.writers.closes.run)
         if self.dispatcher is not None:
             tasks.start("outbox", self.dispatcher.run)
-            if self.space is not None:
-                outbox, space = self.dispatcher.outbox, self.space
-                tasks.start("eviction", lambda: watch_eviction(space, outbox, metrics))
+            if self.space is not None and self.kept is not None:
+                outbox, space, kept = self.dispatcher.outbox, self.space, self.kept
+                tasks.start("eviction", lambda: watch_eviction(space, kept, outbox, metrics))
         free = metrics.watch_dir_free_bytes.set
         tasks.start("free-space", lambda: track_free_bytes(watch_dir, free))
 
@@ -107,9 +115,11 @@ async def open_features(
 ) -> Features:
     """Everything the settings ask for; ``stack`` closes it. Burst mode (``upload``) has
     no writer signals: its streams end because the command says so."""
+    evict = daemon and settings.after_upload == "evict"
+    kept = KeptSources(publish_kept(metrics)) if evict else None
     dispatcher, plan = await open_outbox(
         settings, objects, checkpoints, failpoints=failpoints, metrics=metrics, owner=owner,
-        stack=stack, clock=clock, daemon=daemon,
+        stack=stack, clock=clock, daemon=daemon, kept=kept,
     )
     writers = writer_policy(settings, clock) if daemon else None
     if writers is not None and writers.closes is not None:
@@ -117,10 +127,19 @@ async def open_features(
     # `upload` waits the quiet time for delete/move; evict acts only under space pressure,
     # which is the daemon's to watch.
     wait = settings.stream_timeout_seconds if plan.action in ("delete", "move") else 0.0
-    space = (Space(settings.watch_dir, settings.keep_free)
-             if daemon and settings.after_upload == "evict" else None)
+    space = Space(settings.watch_dir, settings.keep_free) if evict else None
     return Features(writers, dispatcher, plan, upload_command=not daemon, after_upload_wait=wait,
-                    space=space)
+                    space=space, kept=kept)
+
+
+def publish_kept(metrics: Metrics) -> Callable[[int, int], None]:
+    """``evictable_files`` and ``evictable_bytes`` from the tally of kept sources."""
+
+    def publish(files: int, nbytes: int) -> None:
+        metrics.evictable_files.set(files)
+        metrics.evictable_bytes.set(nbytes)
+
+    return publish
 
 
 def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
@@ -146,10 +165,11 @@ def writer_policy(settings: Settings, clock: Clock) -> CompletionPolicy | None:
 async def open_outbox(
     settings: Settings, objects: ObjectStore, checkpoints: CheckpointStore, *,
     failpoints: Failpoints, metrics: Metrics, owner: str, stack: AsyncExitStack,
-    clock: Clock, daemon: bool = True,
+    clock: Clock, daemon: bool = True, kept: KeptSources | None = None,
 ) -> tuple[Dispatcher | None, CompletionOutbox]:
     """The dispatcher of the post-completion work the settings ask for (None: nothing to
-    do), and what a completion records for it."""
+    do), and what a completion records for it. With ``kept``, the writes through the
+    dispatcher's outbox (completions and deliveries) keep that tally."""
     sinks: list[Sink] = []
     notify: list[str] = []
     url = settings.notify_webhook_url.get_secret_value()
@@ -197,8 +217,9 @@ async def open_outbox(
         else:
             metrics.after_upload_failed.inc()
 
+    outbox = cast(Outbox, checkpoints)  # both stores keep an outbox
     dispatcher = Dispatcher(
-        cast(Outbox, checkpoints), sinks, owner=owner,  # both stores keep an outbox
+        outbox if kept is None else KeptOutbox(outbox, kept), sinks, owner=owner,
         hooks=DispatchHooks(failed=failed, pending=metrics.notifications_pending.set),
     )
     return dispatcher, plan
@@ -218,19 +239,20 @@ async def _after_upload_pending(checkpoints: CheckpointStore) -> bool:
     return pending > 0
 
 
-async def watch_eviction(space: Space, outbox: Outbox, metrics: Metrics, *,
-                         interval: float = 15.0) -> None:
-    """AFTER_UPLOAD=evict: how many confirmed sources wait (``evictable_files``), and one
-    WARNING per episode of short space with nothing to evict, saying how many bytes of
-    footage not yet in S3 are at risk (eviction itself is the outbox's, oldest first)."""
+async def watch_eviction(space: Space, kept: KeptSources, outbox: Outbox, metrics: Metrics,
+                         *, interval: float = 15.0) -> None:
+    """AFTER_UPLOAD=evict: the confirmed sources kept (``evictable_files`` and
+    ``evictable_bytes``, checked against the store each round: a count, see
+    ``KeptSources``), and one WARNING per episode of short space with nothing to evict,
+    saying how many bytes of footage not yet in S3 are at risk (eviction itself is the
+    outbox's, oldest first)."""
     episode = False
     while True:
         try:
-            count = await outbox.outbox_count(frozenset({SINK_AFTER_UPLOAD}))
+            count = await kept.reconcile(outbox)
         except CefmpError:  # the store is down: the outbox's own loop says so
             await asyncio.sleep(interval)
             continue
-        metrics.evictable_files.set(count)
         try:
             short = await asyncio.to_thread(space.short)
         except OSError:

@@ -165,6 +165,11 @@ class Metrics:
             "AFTER_UPLOAD=evict: sources kept on disk whose objects are confirmed in S3 (safe "
             "to evict when space runs short).",
         )
+        self.evictable_bytes = gauge(
+            "evictable_bytes",
+            "AFTER_UPLOAD=evict: bytes of those sources (their sizes as uploaded), kept on "
+            "disk and safe in S3: what eviction can free.",
+        )
         self.upload_rate_limit = gauge(
             "upload_rate_limit_bytes_per_second",
             "UPLOAD_BWLIMIT: the cap on bytes per second sent to S3 in force now (0 = no limit).",
