@@ -106,3 +106,77 @@ async def test_no_rpo_no_segments(
         await asyncio.sleep(1)
     assert _segments(store) == {}
     assert store.calls["list_objects"] == 0
+
+
+
+async def test_a_truncated_recording_keeps_its_tail_segments_in_its_object(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """The file cut below what S3 holds: the stream ends with what S3 holds, which is the
+    part and the tail segments after it (they were deleted unused before: the last
+    seconds of footage S3 held)."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=5.0)
+    data = pattern(PART + 400_000, seed=5)
+    path = watch / "cam.mp4"
+    async with daemon(settings, store, prober):
+        with path.open("wb") as f:
+            f.write(data)
+            f.flush()
+            await until(lambda: store.calls["upload_part"] >= 1
+                        and sum(len(b) for b in _segments(store).values()) >= 400_000,
+                        timeout=10, what="part 1 and its tail shipped")
+            f.truncate(1000)
+        await until(lambda: len(videos(store)) == 1, timeout=30, what="the kept object")
+    [(key, body)] = videos(store).items()
+    assert body == data  # every byte S3 held
+    doc = json.loads(store.objects[metadata_key(key)].body)
+    assert (doc["status"], doc["end_reason"]) == ("truncated", "truncated")
+    assert doc["tail_bytes"] == 400_000
+    assert [c["size_bytes"] for c in doc["chunks"]] == [PART, 400_000]
+    assert _segments(store) == {}  # now the object holds them
+
+
+async def test_deleted_while_down_the_tail_joins_the_parts(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Stopped mid-recording, the file deleted before the restart: the resumed stream
+    ends with the part and the tail segments after it."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
+    data = pattern(PART + 400_000, seed=7)
+    path = watch / "cam.mp4"
+    async with daemon(settings, store, prober):
+        path.write_bytes(data)
+        await until(lambda: store.calls["upload_part"] >= 1
+                    and sum(len(b) for b in _segments(store).values()) >= 400_000,
+                    timeout=10, what="part 1 and its tail shipped")
+    path.unlink()
+    async with daemon(settings, store, prober):
+        await until(lambda: len(videos(store)) == 1, timeout=30, what="the kept object")
+    [(key, body)] = videos(store).items()
+    assert body == data
+    doc = json.loads(store.objects[metadata_key(key)].body)
+    assert (doc["status"], doc["tail_bytes"]) == ("source_deleted", 400_000)
+    assert _segments(store) == {}
+
+
+async def test_a_recording_shorter_than_a_part_survives_its_deletion(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """No part was ever sent, only tail segments, and the file deleted while down: the
+    object is the segments (before: the stream failed, 'lost its bytes before any part
+    was uploaded', and the upload was aborted)."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
+    data = pattern(300_000, seed=6)
+    path = watch / "short.mp4"
+    async with daemon(settings, store, prober):
+        path.write_bytes(data)
+        await until(lambda: sum(len(b) for b in _segments(store).values()) >= len(data),
+                    timeout=10, what="the bytes shipped")
+    path.unlink()
+    async with daemon(settings, store, prober):
+        await until(lambda: len(videos(store)) == 1, timeout=30, what="the kept object")
+    [(key, body)] = videos(store).items()
+    assert body == data
+    doc = json.loads(store.objects[metadata_key(key)].body)
+    assert (doc["status"], doc["tail_bytes"]) == ("source_deleted", len(data))
+    assert _segments(store) == {}

@@ -24,6 +24,7 @@ from cefmp4.core.ending import (
     when_upload_gone,
 )
 from cefmp4.core.hashing import multipart_etag
+from cefmp4.core.tail import Segment
 from cefmp4.storage import ObjectInfo
 
 PARTS = [PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 3, 5)]
@@ -194,3 +195,27 @@ def test_kept_object(
         {Found.ABSENT: None, Found.EMPTY: ObjectInfo(0, PLAIN),
          Found.OURS: multipart(list(RUN))}[found], parts)
     assert kept_object(end, parts, at, file_open=file_open) == plan
+
+
+def _seg(start: int, end: int) -> Segment:
+    return Segment(start, end, f"t/{start:016x}-{end:016x}")
+
+
+@pytest.mark.parametrize(("parts", "segments", "action", "tail"), [
+    # The segments that continue the run are the object's last part (RPO_SECONDS, §2.20).
+    (PARTS, [_seg(30, 36), _seg(36, 40)], Kept.COMPLETE, [(30, 36), (36, 40)]),
+    (PARTS, [_seg(25, 38)], Kept.COMPLETE, [(30, 38)]),  # only what the parts lack
+    (PARTS, [_seg(10, 20)], Kept.COMPLETE, []),  # all inside the parts
+    (PARTS, [_seg(31, 40)], Kept.COMPLETE, []),  # a gap: what follows it cannot be placed
+    # Nothing but segments: the recording's bytes S3 holds are the segments.
+    ([], [_seg(0, 7), _seg(7, 9)], Kept.COMPLETE, [(0, 7), (7, 9)]),
+    ([], [_seg(3, 9)], Kept.FAIL, []),
+])
+def test_kept_object_with_tail_segments(
+    parts: list[PartRecord], segments: list[Segment], action: str, tail: list[tuple[int, int]]
+) -> None:
+    plan = kept_object(GONE, parts, judge_object(None, parts), file_open=False,
+                       segments=segments)
+    assert plan.action == action
+    assert [(p.start, p.end) for p in plan.tail] == tail
+    assert plan.tail_bytes == sum(e - s for s, e in tail)

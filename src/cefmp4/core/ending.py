@@ -27,6 +27,7 @@ from cefmp4.checkpoint import PartRecord
 from cefmp4.core.hashing import multipart_etag
 from cefmp4.core.identity import Ident
 from cefmp4.core.parts import contiguous
+from cefmp4.core.tail import Piece, Segment, chain
 
 
 class Status(StrEnum):
@@ -235,6 +236,13 @@ class Kept:
     action: str  # "publish_empty" | "complete" | "fail"
     parts: tuple[PartRecord, ...] = ()
     why: str = ""  # "fail": the stream's error
+    # "complete": tail segments' bytes that continue the parts (RPO_SECONDS, §2.20): the
+    # last seconds S3 holds of the recording, sent as the object's last part.
+    tail: tuple[Piece, ...] = ()
+
+    @property
+    def tail_bytes(self) -> int:
+        return sum(p.size for p in self.tail)
 
     PUBLISH_EMPTY = "publish_empty"
     COMPLETE = "complete"
@@ -248,15 +256,19 @@ def kept_needs_head(end: End, parts: Sequence[PartRecord]) -> bool:
 
 
 def kept_object(
-    end: End, parts: Sequence[PartRecord], at: ObjectAt | None, *, file_open: bool
+    end: End, parts: Sequence[PartRecord], at: ObjectAt | None, *, file_open: bool,
+    segments: Sequence[Segment] = (),
 ) -> Kept:
-    """The object of a stream that ends with what S3 holds (the file lost those bytes).
+    """The object of a stream that ends with what S3 holds (the file lost those bytes):
+    the contiguous parts from part 1, then the tail segments that continue them (S3 held
+    those bytes too; deleting them unused would throw footage away).
 
     Never an empty multipart object and never over an object already there: with nothing
     uploaded the stream fails with a reason, unless the object is the empty one its empty
     recording wrote before a crash; then that stands. ``at``: HeadObject's verdict when
     ``kept_needs_head`` asked for it."""
     run = tuple(contiguous({p.part_number: p for p in parts}))
+    tail = tuple(chain(segments, run[-1].offset + run[-1].size if run else 0))
     if end.status is Status.COMPLETE and (at is None or at.found is Found.ABSENT):
         # An idle end decided before the file went away: what S3 kept is not the verified
         # file (§2.3), so the object says what ended it.
@@ -264,6 +276,6 @@ def kept_object(
     if at is not None and at.found is Found.EMPTY:
         # Parts sent since are of bytes the file got later: a new stream's (§2.4).
         return Kept(end, Kept.PUBLISH_EMPTY)
-    if not run:
+    if not run and not tail:
         return Kept(end, Kept.FAIL, why="the file lost its bytes before any part was uploaded")
-    return Kept(end, Kept.COMPLETE, run)
+    return Kept(end, Kept.COMPLETE, run, tail=tail)

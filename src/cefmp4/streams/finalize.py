@@ -60,7 +60,7 @@ from cefmp4.streams.recheck import (
 )
 from cefmp4.streams.source import RunningSha256, stat_or_none
 from cefmp4.streams.stream import StreamWorker
-from cefmp4.streams.tail import delete_tail
+from cefmp4.streams.tail import delete_tail, list_segments, upload_tail_part
 
 log = structlog.get_logger("cefmp4.streams.finalize")
 
@@ -266,7 +266,9 @@ async def finish_kept(
         record = with_end(record, end, ctx.clock.time())
         await ctx.retry("checkpoint", _put(ctx, record))
     at = await object_at(ctx, record.key, parts) if kept_needs_head(end, parts) else None
-    plan = kept_object(end, parts, at, file_open=fd is not None)
+    segments = (await list_segments(ctx, record.stream_id)
+                if ctx.config.rpo_seconds is not None and record.upload_id is not None else [])
+    plan = kept_object(end, parts, at, file_open=fd is not None, segments=segments)
     if plan.end != end:  # checkpointed before the object is made
         end, record = plan.end, with_end(record, plan.end, ctx.clock.time())
         await ctx.retry("checkpoint", _put(ctx, record))
@@ -280,6 +282,9 @@ async def finish_kept(
     if plan.action == Kept.FAIL:
         return await _fail(ctx, record, plan.why)
     kept = list(plan.parts)
+    if plan.tail:
+        kept.append(await upload_tail_part(ctx, record, len(kept) + 1, plan.tail))
+        running = None  # the SHA-256 built while reading covers the parts only
     try:
         await complete_parts(ctx, record, kept)
     except UploadNotFound:
@@ -293,7 +298,8 @@ async def finish_kept(
     if sha256 is None:
         sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in kept))
     probe = await _kept_probe(ctx, fd, record.path, end)
-    return await publish(ctx, record, kept, sha256=sha256, probe=probe, end=end, mtime_ns=None)
+    return await publish(ctx, record, kept, sha256=sha256, probe=probe, end=end, mtime_ns=None,
+                         extra={"tail_bytes": plan.tail_bytes} if plan.tail else None)
 
 
 async def _kept_probe(ctx: Context, fd: int | None, path: str, end: End) -> ProbeResult:

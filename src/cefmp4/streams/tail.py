@@ -3,6 +3,9 @@ bytes that are not in a part yet every that many seconds, as small objects that 
 appends after the parts when the recorder's host is lost. ``core.tail`` names them and
 decides the ranges.
 
+A stream that ends with what S3 holds (truncated, deleted) puts its segments' bytes after
+its parts, as the object's last part (``upload_tail_part``): salvage does the same.
+
 One shipment in flight per stream, at most one part's worth of bytes read at a time (held
 in the global byte budget): an S3 outage makes shipments wait like parts, nothing piles up.
 The multipart upload is created before the first segment, so that salvage finds the stream
@@ -14,14 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
+import crc32c
 import structlog
 
-from cefmp4.checkpoint import StreamRecord
-from cefmp4.core.tail import chain, next_range, parse_segment, segment_key, tail_prefix
-from cefmp4.runtime.errors import CefmpError
+from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.core.hashing import PartDigest, crc64nvme
+from cefmp4.core.tail import (
+    Piece,
+    Segment,
+    chain,
+    next_range,
+    parse_segment,
+    segment_key,
+    tail_prefix,
+)
+from cefmp4.runtime.errors import CefmpError, PermanentError
 from cefmp4.streams.context import Context
 
 log = structlog.get_logger("cefmp4.streams.tail")
@@ -129,3 +143,43 @@ async def delete_tail(ctx: Context, stream_id: str) -> int:
     except CefmpError as exc:
         log.warning("tail_segments_kept", stream_id=stream_id, error=str(exc), deleted=deleted)
     return deleted
+
+
+async def list_segments(ctx: Context, stream_id: str) -> list[Segment]:
+    """The stream's tail segments in S3 (input, not truth: names or sizes that do not
+    parse are left out)."""
+    prefix = ctx.config.key_prefix
+    listed = await ctx.retry("list_tail", functools.partial(
+        ctx.objects.list_objects, tail_prefix(prefix, stream_id)))
+    return [s for o in listed if (s := parse_segment(prefix, stream_id, o.key, o.size))]
+
+
+async def upload_tail_part(
+    ctx: Context, record: StreamRecord, number: int, pieces: Sequence[Piece]
+) -> PartRecord:
+    """The ``pieces`` of tail segments, read from S3, as part ``number`` of the stream's
+    upload (its last part: a kept object's last seconds). Checkpointed like any part."""
+    upload_id = record.upload_id
+    if upload_id is None or not pieces:
+        raise ValueError("a tail part needs an upload and bytes")
+    size = sum(p.size for p in pieces)
+    async with ctx.budget.hold(size):
+        chunks = []
+        for piece in pieces:
+            seg = piece.segment
+            whole = await ctx.retry("get_tail", functools.partial(ctx.objects.get_object, seg.key))
+            chunks.append(whole[piece.start - seg.start:piece.end - seg.start])
+        body = b"".join(chunks)
+        if len(body) != size:
+            raise PermanentError(f"tail segments of {record.key} gave {len(body)} bytes, "
+                                 f"expected {size}")
+        digest = PartDigest(crc32c.crc32c(body), hashlib.md5(body, usedforsecurity=False).digest(),
+                            crc64nvme(body))
+        crc64 = await ctx.objects.part_checksum() == "crc64nvme"
+        etag = await ctx.retry("upload_part", lambda: ctx.objects.upload_part(
+            record.key, upload_id, number, body, digest.md5_b64, crc32c_b64=digest.crc32c_b64,
+            **({"crc64nvme_b64": digest.crc64nvme_b64} if crc64 else {})))
+    part = PartRecord(number, pieces[0].start, size, etag, digest.record, ctx.clock.time())
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_part(record.stream_id, part))
+    log.info("tail_part_uploaded", part_number=number, offset=part.offset, size=size)
+    return part
