@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,13 @@ class Objects:
         self.public_pem.write_bytes(self.private.public_key().public_bytes(
             Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
         self.sha: dict[str, str] = {}
+        # verify's store is opened once, as the boto3 client is: each read times the read.
+        self.loop = asyncio.new_event_loop()
+        self._close = AsyncExitStack()
+        self.store = self.loop.run_until_complete(self._close.enter_async_context(
+            open_s3_store(bucket=self.bucket, endpoint_url=server.endpoint_url,
+                          access_key_id="test", secret_access_key="test",
+                          region="us-east-1")))
         (work / "aws-config").write_text(
             "[default]\nregion = us-east-1\ns3 =\n  addressing_style = path\n")
 
@@ -132,7 +139,7 @@ class Objects:
         if reader == CONTROL:
             return _in_process(lambda: self._boto(key))
         if reader == "cefmp4 verify":
-            return _in_process(lambda: asyncio.run(self._verify(key)))
+            return _in_process(lambda: self._verify(key))
         if reader == "cefmp4 verify (CLI)":
             return _children(lambda: self._verify_cli(key))
         return _children(lambda: self._aws(key))
@@ -144,12 +151,14 @@ class Objects:
             got.update(chunk)
         assert got.hexdigest() == self.sha[key], key
 
-    async def _verify(self, key: str) -> None:
-        async with open_s3_store(bucket=self.bucket, endpoint_url=self.server.endpoint_url,
-                                 access_key_id="test", secret_access_key="test",
-                                 region="us-east-1") as store:
-            result = await verify_one(store, key, self.private.public_key())
+    def _verify(self, key: str) -> None:
+        result = self.loop.run_until_complete(
+            verify_one(self.store, key, self.private.public_key()))
         assert result.verdict == "ok", result
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self._close.aclose())
+        self.loop.close()
 
     def _verify_cli(self, key: str) -> None:
         env = self._env() | {
@@ -207,6 +216,7 @@ def read_throughput(server_name: str, sizes: list[int], runs: int, aws: str) -> 
         server: Any = stack.enter_context(
             SeaweedS3(work / "weed") if server_name == "weed" else MotoS3(work / "moto.log"))
         objects = Objects(server, work, aws)
+        stack.callback(objects.close)
         keys = {size: objects.put(size) for size in sizes}
         # {size: {reader: [(MiB/s, reader CPU-s/GiB, server CPU-s/GiB), ...]}}
         got: dict[int, dict[str, list[tuple[float, float, float]]]] = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cefmp4.checkpoint import StreamState
 from cefmp4.core.keys import metadata_key, new_stream_id, object_key
 from cefmp4.core.metadata import ProbeResult
 from cefmp4.core.parts import MIB
@@ -19,7 +20,17 @@ from cefmp4.runtime.app import App
 from cefmp4.runtime.errors import PermanentError
 from cefmp4.storage.memory import MemoryObjectStore
 from cefmp4.streams.salvage import Salvager
-from tests.pipeline.conftest import FakeProber, make_settings, until
+from tests.pipeline.conftest import (
+    FakeProber,
+    capture,
+    daemon,
+    make_settings,
+    metadata,
+    pattern,
+    records,
+    until,
+    videos,
+)
 
 PREFIX = "streams/"
 PART = 5 * MIB
@@ -238,3 +249,77 @@ async def test_salvaged_metadata_is_signed_like_any_other() -> None:
     assert doc["status"] == "salvaged"
     assert doc["signature"]["alg"] == "ed25519"
     assert check_signature(doc, private.public_key()).verdict is Verdict.OK
+
+
+# --- the owner meets its upload salvaged (core.ending.Resume.TAKEN) ------------------------
+
+
+async def _salvage_all(store: MemoryObjectStore) -> None:
+    """Another party's `cefmp4 salvage`, an hour on: every open upload is abandoned to it."""
+    clock = store.clock
+    salvager = Salvager(store, "streams/", prober=None,
+                        clock=lambda: clock().timestamp() + 3600)
+    for plan in await salvager.survey(store.open_uploads(), {}, older_than=900):
+        assert (await salvager.carry_out(plan, None)).done
+
+
+async def test_a_live_stream_whose_upload_was_salvaged_goes_on_as_a_new_stream(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """The salvaged object stands with the salvager's metadata; the stream is over at its
+    key (before: every part answered NoSuchUpload, 'already complete' failed the stream
+    again and again); the recording goes on as a new stream, nothing lost."""
+    settings = make_settings(tmp_path, watch, stream_timeout_seconds=2.0)
+    data = pattern(2 * PART + 1000, seed=8)
+    path = watch / "cam.mp4"
+    with capture() as logs:
+        async with daemon(settings, store, prober):
+            with path.open("wb") as f:
+                f.write(data[:PART + 10])
+                f.flush()
+                await until(lambda: store.calls["upload_part"] >= 1, what="part 1")
+                await _salvage_all(store)
+                [salvaged_key] = videos(store)
+                f.write(data[PART + 10:])
+                f.flush()
+            await until(lambda: len(videos(store)) == 2, timeout=30, what="the new stream")
+            await until(lambda: len([k for k in store.objects if k.endswith(".json")]) >= 2,
+                        what="its metadata")
+    objects = videos(store)
+    assert objects.pop(salvaged_key) == data[:PART]  # never overwritten
+    assert metadata(store, salvaged_key)["status"] == "salvaged"
+    [(key, body)] = objects.items()
+    assert body == data
+    assert metadata(store, key)["status"] == "complete"
+    assert [e["event"] for e in logs].count("stream_taken") == 1
+    assert not [e for e in logs if e["event"] == "stream_failed"]
+    states = {r.key: (r.state, r.status) for r in await records(settings)}
+    assert states[salvaged_key] == (StreamState.COMPLETED, "salvaged")
+    assert states[key] == (StreamState.COMPLETED, "complete")
+
+
+async def test_a_resumed_stream_whose_upload_was_salvaged_while_down(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Down past the age limit, salvaged meanwhile: the restart never restarts the upload
+    over the salvaged object; the file becomes a new stream of its own."""
+    settings = make_settings(tmp_path, watch, stream_timeout_seconds=60.0)
+    data = pattern(PART + 5000, seed=9)
+    path = watch / "cam.mp4"
+    path.write_bytes(data)
+    async with daemon(settings, store, prober):
+        await until(lambda: store.calls["upload_part"] >= 1, what="part 1")
+    await _salvage_all(store)
+    [salvaged_key] = videos(store)
+    fast = make_settings(tmp_path, watch, stream_timeout_seconds=1.0)
+    with capture() as logs:
+        async with daemon(fast, store, prober):
+            await until(lambda: len(videos(store)) == 2, timeout=30, what="the new stream")
+            await until(lambda: len([k for k in store.objects if k.endswith(".json")]) >= 2,
+                        what="its metadata")
+    objects = videos(store)
+    assert objects.pop(salvaged_key) == data[:PART]
+    [body] = objects.values()
+    assert body == data
+    assert [e["event"] for e in logs].count("stream_taken") == 1
+    assert not [e for e in logs if e["event"] in ("stream_failed", "upload_restarted")]

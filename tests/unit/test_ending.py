@@ -139,19 +139,29 @@ def test_a_complete_is_confirmed_only_by_all_its_parts() -> None:
     assert not judge_object(None, PARTS).made_of_all([])
 
 
-@pytest.mark.parametrize(("found", "resuming", "resume"), [
-    (Found.OURS, True, Resume.ADOPT),  # 310: completed before the crash, confirmed
-    (Found.ABSENT, True, Resume.RESTART),
-    (Found.EMPTY, True, Resume.RESTART),
-    (Found.FOREIGN, True, Resume.RESTART),
-    (Found.OURS, False, Resume.STANDS),  # a running stream never restarts over an object
-    (Found.EMPTY, False, Resume.STANDS),
-    (Found.FOREIGN, False, Resume.STANDS),
-    (Found.ABSENT, False, Resume.RESTART),
+@pytest.mark.parametrize(("found", "resuming", "finalizing", "resume"), [
+    (Found.OURS, True, True, Resume.ADOPT),  # 310: completed before the crash, confirmed
+    (Found.OURS, False, True, Resume.STANDS),  # a running stream never restarts over it
+    (Found.ABSENT, True, True, Resume.RESTART),
+    (Found.ABSENT, False, False, Resume.RESTART),
+    (Found.ABSENT, True, False, Resume.RESTART),
+    # 9252/54164: the empty recording's object, written before a crash.
+    (Found.EMPTY, True, True, Resume.RESTART),
+    (Found.EMPTY, False, True, Resume.STANDS),
+    # Salvaged by another party while the owner was gone (§2.19): never overwritten.
+    (Found.FOREIGN, True, True, Resume.TAKEN),  # parts plus tail segments
+    (Found.FOREIGN, False, True, Resume.TAKEN),
+    (Found.OURS, True, False, Resume.TAKEN),  # the parts alone, before we ever finalized
+    (Found.OURS, False, False, Resume.TAKEN),
+    (Found.FOREIGN, False, False, Resume.TAKEN),
+    (Found.EMPTY, False, False, Resume.TAKEN),
 ])
-def test_when_the_upload_is_gone(found: Found, resuming: bool, resume: Resume) -> None:
+def test_when_the_upload_is_gone(
+    found: Found, resuming: bool, finalizing: bool, resume: Resume
+) -> None:
     parts = tuple(PARTS[:1]) if found is Found.OURS else ()
-    assert when_upload_gone(ObjectAt(found, parts), resuming=resuming) is resume
+    at = ObjectAt(found, parts)
+    assert when_upload_gone(at, resuming=resuming, finalizing=finalizing) is resume
 
 
 # --- ending with what S3 holds -----------------------------------------------------------

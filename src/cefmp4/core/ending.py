@@ -209,20 +209,31 @@ class Resume(Enum):
 
     ADOPT = "adopt"  # Complete went through before a crash: finalize confirms the object
     RESTART = "restart"  # nothing made: a new upload, from byte 0
-    STANDS = "stands"  # an object is at the key: never overwritten; the stream ends with it
+    STANDS = "stands"  # its own object is at the key: never overwritten; the stream ends with it
+    # Another party made an object of the upload (salvage, §2.19: the owner was gone past the
+    # age limit). It stands with the salvager's metadata; this stream is over at its key,
+    # and the file's bytes go on as a new stream (a new key, from byte 0: nothing lost).
+    TAKEN = "taken"
 
 
-def when_upload_gone(at: ObjectAt, *, resuming: bool) -> Resume:
+def when_upload_gone(at: ObjectAt, *, resuming: bool, finalizing: bool) -> Resume:
     """``resuming``: found by a restart's reconciliation (before the stream is followed);
     else found by the running stream (a part or Complete answered NoSuchUpload).
+    ``finalizing``: the stream's checkpoint says it was finalizing, the only state that
+    sends Complete or writes the empty object.
 
-    A resumed stream restarts unless its own Complete made the object (the checkpoint
-    may be behind S3 by one Complete); a running stream never restarts over any object."""
+    Before finalizing, any object at the key is someone else's. A finalizing stream's own
+    Complete made an object of its parts (the checkpoint may be behind S3 by one Complete);
+    an object its parts do not make is a salvager's (one with tail segments appended)."""
+    if at.found is Found.ABSENT:
+        return Resume.RESTART
+    if not finalizing or at.found is Found.FOREIGN:
+        return Resume.TAKEN
     if at.found is Found.OURS:
         return Resume.ADOPT if resuming else Resume.STANDS
-    if at.found is Found.ABSENT or resuming:
-        return Resume.RESTART
-    return Resume.STANDS
+    # The empty recording's object, written before a crash: finalize writes it again (a
+    # resumed stream) or publishes it (a running one).
+    return Resume.RESTART if resuming else Resume.STANDS
 
 
 # --- ending with what S3 holds ----------------------------------------------------------

@@ -79,3 +79,8 @@ class SourceTransient(SourceError):
 class ObjectExists(PermanentError):
     """The stream's key already holds an object (completed before a crash): never
     restart the upload over it."""
+
+
+class UploadTaken(PermanentError):
+    """Another party made an object of the stream's upload (salvage, §2.19): the stream
+    is over at its key (``core.ending.Resume.TAKEN``)."""

@@ -37,6 +37,8 @@ STREAM_IDLE: Final = "stream_idle"
 STREAM_SUSPENDED: Final = "stream_suspended"  # left resumable at shutdown
 STREAM_COMPLETED: Final = "stream_completed"
 STREAM_FAILED: Final = "stream_failed"
+# another party (salvage) made an object of the stream's upload: over at its key
+STREAM_TAKEN: Final = "stream_taken"
 SOURCE_CHANGED: Final = "source_changed"
 SOURCE_GONE: Final = "source_gone"
 # parts and objects

@@ -24,6 +24,7 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.ending import (
+    CompletedBy,
     End,
     Kept,
     Resume,
@@ -288,9 +289,12 @@ async def finish_kept(
     try:
         await complete_parts(ctx, record, kept)
     except UploadNotFound:
-        gone = await object_at(ctx, record.key, kept)
+        at = await object_at(ctx, record.key, kept)
+        gone = when_upload_gone(at, resuming=False, finalizing=True)
+        if gone is Resume.TAKEN:
+            return await taken(ctx, record)
         why = ("an object not made of the checkpointed parts is already at the key"
-               if when_upload_gone(gone, resuming=False) is Resume.STANDS
+               if gone is Resume.STANDS
                else "S3 lost the uploaded parts and the file lost its bytes")
         return await _fail(ctx, record, why)
     ctx.failpoints.hit("after_complete")
@@ -300,6 +304,19 @@ async def finish_kept(
     probe = await _kept_probe(ctx, fd, record.path, end)
     return await publish(ctx, record, kept, sha256=sha256, probe=probe, end=end, mtime_ns=None,
                          extra={"tail_bytes": plan.tail_bytes} if plan.tail else None)
+
+
+async def taken(ctx: Context, record: StreamRecord) -> StreamRecord:
+    """Another party made an object of this stream's upload (``Resume.TAKEN``): that object
+    and its metadata stand; the stream is recorded as salvaged and over. Its final size is
+    left unknown, so the file is never taken for uploaded: its bytes go on as a new stream."""
+    done = replace(record, state=StreamState.COMPLETED, status=Status.SALVAGED.value,
+                   completed_by=CompletedBy.SALVAGE.value,
+                   completed_at=record.completed_at or ctx.clock.time(),
+                   final_size=None, final_mtime_ns=None)
+    await ctx.retry("checkpoint", _put(ctx, done))
+    log.warning(logs.STREAM_TAKEN, key=record.key, upload_id=record.upload_id)
+    return done
 
 
 async def _kept_probe(ctx: Context, fd: int | None, path: str, end: End) -> ProbeResult:

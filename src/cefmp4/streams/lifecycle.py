@@ -27,9 +27,10 @@ from cefmp4.runtime.errors import (
     SourceGone,
     SourcePermission,
     SourceReplaced,
+    UploadTaken,
 )
 from cefmp4.streams.context import Context
-from cefmp4.streams.finalize import finalize, finish_kept
+from cefmp4.streams.finalize import finalize, finish_kept, taken
 from cefmp4.streams.recheck import holds
 from cefmp4.streams.reconcile import reconcile
 from cefmp4.streams.source import OpenedSource, open_source
@@ -171,7 +172,11 @@ async def resume(
             log.warning(logs.SOURCE_GONE)
             bind(rec.inode, rec.stream_id)
             parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
-            rec, parts = await reconcile(ctx, rec, parts, None)
+            try:
+                rec, parts = await reconcile(ctx, rec, parts, None)
+            except UploadTaken:
+                await taken(ctx, rec)
+                return Ended.FINISHED
             await finish_kept(ctx, rec, parts, None, None)
         return Ended.FINISHED
     if source is None:
@@ -185,6 +190,10 @@ async def resume(
         # The device number is this host's: on a shared volume another host's differs.
         local = replace(rec, path=str(path), device=st.st_dev)
         rec, parts = await reconcile(ctx, local, parts, fd)
+    except UploadTaken:
+        with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
+            await taken(ctx, rec)
+        return Reused(fd)  # the file's bytes: a new stream, from this descriptor
     except BaseException:
         os.close(fd)
         raise
@@ -253,6 +262,12 @@ async def run_to_end(worker: StreamWorker, shutdown_grace: float) -> Ended:
         worker.lease_lost = True
         log.warning(logs.STREAM_RELINQUISHED, error=str(exc))
         return Ended.RELINQUISHED
+    except UploadTaken:
+        # The file goes on as a new stream: the supervisor looks at its path (or its
+        # descriptor, unlinked) again once this one is finished.
+        await worker.up.cancel_inflight()
+        worker.record = await taken(ctx, worker.record)
+        return Ended.FINISHED
     except Exception as exc:
         ctx.metrics.streams_failed.inc()
         log.error(logs.STREAM_FAILED, error=str(exc), exc_info=exc)

@@ -30,7 +30,7 @@ from cefmp4.core.identity import Ident
 from cefmp4.core.keys import parse_key, within_prefix
 from cefmp4.core.parts import PartSchedule
 from cefmp4.runtime import logs
-from cefmp4.runtime.errors import LeaseLost, SourceError, UploadNotFound
+from cefmp4.runtime.errors import LeaseLost, SourceError, UploadNotFound, UploadTaken
 from cefmp4.storage import MultipartUpload, UploadedPart
 from cefmp4.streams.context import Context
 from cefmp4.streams.objects import object_at
@@ -87,7 +87,8 @@ async def verified_parts(
 async def reconcile(
     ctx: Context, record: StreamRecord, parts: list[PartRecord], fd: int | None
 ) -> tuple[StreamRecord, list[PartRecord]]:
-    """The record and the parts to resume with. ``fd`` None: the file is gone."""
+    """The record and the parts to resume with. ``fd`` None: the file is gone.
+    ``UploadTaken`` when another party made an object of the upload (salvage)."""
     if record.upload_id is None:
         return record, parts
     upload_id = record.upload_id
@@ -96,15 +97,7 @@ async def reconcile(
             "list_parts", lambda: ctx.objects.list_parts(record.key, upload_id)
         )
     except UploadNotFound:
-        at = await object_at(ctx, record.key, parts) if parts else None
-        if at is not None and when_upload_gone(at, resuming=True) is Resume.ADOPT:
-            # Completed before the crash; finalize confirms it and writes the metadata.
-            return record, list(at.parts)
-        log.warning(logs.UPLOAD_RESTARTED, reason="upload id unknown to S3", parts_lost=len(parts))
-        record = replace(record, upload_id=None)
-        await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(record.stream_id))
-        await ctx.retry("checkpoint", _put_stream(ctx, record))
-        return record, []
+        return await _upload_gone(ctx, record, parts)
     schedule = PartSchedule(record.part_size, record.max_parts)
     kept, adopted = await verified_parts(ctx, schedule, remote, parts, fd)
     for part in adopted:
@@ -112,6 +105,23 @@ async def reconcile(
         log.info(logs.PART_ADOPTED, part_number=part.part_number, size=part.size)
     ctx.metrics.parts_adopted.inc(len(adopted))
     return record, kept
+
+
+async def _upload_gone(
+    ctx: Context, record: StreamRecord, parts: list[PartRecord]
+) -> tuple[StreamRecord, list[PartRecord]]:
+    at = await object_at(ctx, record.key, parts)
+    gone = when_upload_gone(at, resuming=True, finalizing=record.state is StreamState.FINALIZING)
+    if gone is Resume.TAKEN:
+        raise UploadTaken(f"{record.key} was made by another party")
+    if gone is Resume.ADOPT:
+        # Completed before the crash; finalize confirms it and writes the metadata.
+        return record, list(at.parts)
+    log.warning(logs.UPLOAD_RESTARTED, reason="upload id unknown to S3", parts_lost=len(parts))
+    record = replace(record, upload_id=None)
+    await ctx.retry("checkpoint", lambda: ctx.checkpoints.delete_parts(record.stream_id))
+    await ctx.retry("checkpoint", _put_stream(ctx, record))
+    return record, []
 
 
 async def unknown_uploads(ctx: Context) -> list[MultipartUpload]:

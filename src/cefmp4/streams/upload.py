@@ -13,14 +13,20 @@ from dataclasses import replace
 
 import structlog
 
-from cefmp4.checkpoint import PartRecord, StreamRecord
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import content_type
 from cefmp4.core.ending import Resume, truncated, when_upload_gone
 from cefmp4.core.hashing import PartDigest
 from cefmp4.core.parts import PartSchedule, contiguous
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
-from cefmp4.runtime.errors import ContentChanged, ObjectExists, SourceError, UploadNotFound
+from cefmp4.runtime.errors import (
+    ContentChanged,
+    ObjectExists,
+    SourceError,
+    UploadNotFound,
+    UploadTaken,
+)
 from cefmp4.streams.context import Context
 from cefmp4.streams.objects import object_at
 from cefmp4.streams.source import FileRange, RunningSha256, digest_range
@@ -268,7 +274,11 @@ class Uploader:
         await self.cancel_inflight()
         ctx = self.ctx
         at = await object_at(ctx, self.record.key, list(self.parts.values()))
-        if when_upload_gone(at, resuming=False) is not Resume.RESTART:
+        finalizing = self.record.state is StreamState.FINALIZING
+        gone = when_upload_gone(at, resuming=False, finalizing=finalizing)
+        if gone is Resume.TAKEN:
+            raise UploadTaken(f"{self.record.key} was made by another party")
+        if gone is not Resume.RESTART:
             raise ObjectExists(f"{self.record.key} is already complete")
         log.warning(logs.UPLOAD_RESTARTED, reason=reason, parts_lost=len(self.parts))
         ctx.metrics.parts_reuploaded.inc(len(self.parts))
