@@ -183,7 +183,7 @@ def _target_mb_s(count: int, w: Written, end: float) -> float:
 
 
 def caps(count: int) -> dict[str, str]:
-    """The settings an operator with ``count`` cameras raises (README, MAX_STREAMS).
+    """The settings an operator with ``count`` cameras raises (docs/settings.md, MAX_STREAMS).
 
     At MAX_STREAMS' default (64) the recordings beyond it wait for room, so the ladder
     measured the cap; at UPLOAD_CONCURRENCY's (4) 100 cameras' parts queued (lag +1.3 s over

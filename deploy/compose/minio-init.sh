@@ -17,7 +17,7 @@ export MC_HOST_root="$scheme://$MINIO_ROOT_USER:$MINIO_ROOT_PASSWORD@$hostport"
 
 mc mb --ignore-existing "root/$S3_BUCKET_NAME"
 
-# What cefmp4 calls (README, Troubleshooting): listing the bucket (HeadBucket, ListObjectsV2,
+# What cefmp4 calls (docs/troubleshooting.md): listing the bucket (HeadBucket, ListObjectsV2,
 # ListMultipartUploads) and object calls under the prefix only. No DeleteObject, no
 # CreateBucket, nothing on other buckets.
 policy_file=${TMPDIR:-/tmp}/cefmp4-policy.json

@@ -42,7 +42,7 @@ class FeatureSettings(BaseSettings):
         3600.0, description="longest HOLD_WHILE_OPEN delays a completion"
     )
     after_upload: AfterUpload = Field(
-        "keep", description="keep, delete or move the source once its object is confirmed"
+        "keep", description="keep, delete, move or evict the source once its object is confirmed"
     )
     s3_key_template: str = Field(
         DEFAULT_KEY_TEMPLATE, description="the video's key below S3_KEY_PREFIX: {stream_id}, "
