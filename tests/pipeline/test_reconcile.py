@@ -12,6 +12,7 @@ from cefmp4.checkpoint import StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.config.settings import Settings
 from cefmp4.runtime.errors import ContentChanged, SourceBusy, SourcePermission, UploadNotFound
+from cefmp4.storage import UploadedPart
 from cefmp4.storage.memory import MemoryObjectStore
 from cefmp4.streams.source import OpenedSource
 from tests.pipeline.conftest import (
@@ -294,3 +295,26 @@ async def test_a_read_error_while_checking_a_resumed_file_defers_it(
     assert rec.state is StreamState.ACTIVE
     await burst(settings, store, prober)
     assert videos(store) == {key: data}
+
+
+async def test_a_part_number_outside_the_schedule_in_listparts_is_ignored(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """ListParts is input, not truth: a part numbered 0 or past MAX_PARTS (a broken or
+    hostile S3) is never adopted, and never ends the resume (before: a ValueError from the
+    schedule failed the stream on every restart)."""
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 4)
+    path.write_bytes(data)
+    key = await _active(settings, store, path, data, parts=1)
+    real = store.list_parts
+
+    async def hostile(k: str, upload_id: str) -> list[UploadedPart]:
+        return [*await real(k, upload_id), UploadedPart(0, PART, "0" * 32),
+                UploadedPart(10_001, PART, "1" * 32)]
+
+    store.list_parts = hostile  # type: ignore[method-assign]
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert store.objects[key].body == data
+    assert not [e for e in logs if e["event"] in ("stream_failed", "error")]

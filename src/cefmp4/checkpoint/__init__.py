@@ -20,6 +20,7 @@ from cefmp4.checkpoint.parse import (
     build_record,
 )
 from cefmp4.checkpoint.records import (
+    UNFINISHED,
     CompletedFile,
     MalformedRecord,
     PartRecord,
@@ -32,10 +33,10 @@ from cefmp4.checkpoint.records import (
 from cefmp4.core.keys import within_prefix
 
 __all__ = [
-    "MAX_PARTS_LIMIT", "CheckpointStore", "CompletedFile", "Leases", "MalformedRecord",
-    "PartRecord", "QuarantinedRecord", "StreamRecord", "StreamState", "build_completed",
-    "build_part", "build_record", "fingerprint_key", "quarantined", "untrusted_completed",
-    "untrusted_reason",
+    "MAX_PARTS_LIMIT", "UNFINISHED", "CheckpointStore", "CompletedFile", "Leases",
+    "MalformedRecord", "PartRecord", "QuarantinedRecord", "StreamRecord", "StreamState",
+    "build_completed", "build_part", "build_record", "fingerprint_key", "quarantined",
+    "untrusted_completed", "untrusted_reason",
 ]  # fmt: skip
 
 

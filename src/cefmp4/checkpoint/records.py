@@ -17,6 +17,10 @@ class StreamState(enum.StrEnum):
     FAILED = "failed"  # gave up permanently (reason in ``error``)
 
 
+# Every state a stream may still be written in (resumed, taken over, finalized).
+UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
+
+
 @dataclass(frozen=True, slots=True)
 class PartRecord:
     """One uploaded part. ``md5`` is hex; ``uploaded_at`` is a UNIX timestamp."""

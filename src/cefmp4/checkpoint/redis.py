@@ -50,7 +50,7 @@ from redis.client import NEVER_DECODE
 from redis.typing import EncodableT
 
 from cefmp4.after.outbox import OutboxItem
-from cefmp4.checkpoint import StreamState
+from cefmp4.checkpoint import UNFINISHED, StreamState
 from cefmp4.checkpoint.parse import (
     build_completed,
     build_part,
@@ -84,7 +84,6 @@ assert set(_FIELD_TYPES) == {f.name for f in fields(StreamRecord)}
 
 log = structlog.get_logger(__name__)
 
-_UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
 _STATES = tuple(StreamState)
 
 # The fence check every write script starts with. ARGV[1] is the caller's token ('' =
@@ -549,7 +548,7 @@ class RedisCheckpointStore:
                       self._index_marker, *self._state_keys(), fence_key],
                 args=[*check, record.stream_id, *flat],
             )  # fmt: skip
-        if record.state in _UNFINISHED:
+        if record.state in UNFINISHED:
             self._inodes[record.stream_id] = record.inode
         else:  # bounded by the streams in flight, not by history
             self._inodes.pop(record.stream_id, None)
@@ -585,7 +584,7 @@ class RedisCheckpointStore:
             record = _decode_record(raw)
         except MalformedRecord as exc:
             return stream_id, quarantined(stream_id, str(exc), raw)
-        if record.state in _UNFINISHED:  # the ones that may be written again
+        if record.state in UNFINISHED:  # the ones that may be written again
             self._inodes[stream_id] = record.inode
         return stream_id, record
 
@@ -595,7 +594,7 @@ class RedisCheckpointStore:
         """Quarantine (in place) the unfinished records whose parts do not parse."""
         unfinished = [
             (i, record) for i, (_, record) in enumerate(parsed)
-            if isinstance(record, StreamRecord) and record.state in _UNFINISHED
+            if isinstance(record, StreamRecord) and record.state in UNFINISHED
         ]  # fmt: skip
         if not unfinished:
             return
@@ -879,7 +878,7 @@ class RedisCheckpointStore:
                 args=[*check, record.stream_id, repr(float(created_at)), len(items),
                       len(states), *item_args, *flat],
             )  # fmt: skip
-        if record.state in _UNFINISHED:
+        if record.state in UNFINISHED:
             self._inodes[record.stream_id] = record.inode
         else:
             self._inodes.pop(record.stream_id, None)

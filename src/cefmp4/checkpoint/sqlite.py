@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import structlog
 
 from cefmp4.after.outbox import OutboxItem
-from cefmp4.checkpoint import StreamState, quarantined
+from cefmp4.checkpoint import UNFINISHED, StreamState, quarantined
 from cefmp4.checkpoint.parse import (
     build_completed,
     build_part,
@@ -154,7 +154,6 @@ _TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL
 _T = TypeVar("_T")
 
 log = structlog.get_logger(__name__)
-_UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
 
 # st_dev and st_ino are unsigned 64-bit; SQLite's INTEGER is signed. Values ≥ 2**63 occur
 # (NFS, FUSE, overlay file systems), so they are stored as their two's-complement.
@@ -290,7 +289,7 @@ class SqliteCheckpointStore:
     def _problem(self, row: tuple[Any, ...], *, check_parts: bool) -> StreamRecord | str:
         try:
             record = _row_to_record(row)
-            if check_parts and record.state in _UNFINISHED:
+            if check_parts and record.state in UNFINISHED:
                 self._get_parts_sync(record.stream_id)
         except MalformedRecord as exc:
             return str(exc)

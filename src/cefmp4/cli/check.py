@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cefmp4.checkpoint import CheckpointStore, QuarantinedRecord
+from cefmp4.checkpoint import UNFINISHED, CheckpointStore, QuarantinedRecord
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.checkpoint.trust import TrustedCheckpoints
 from cefmp4.config.adapters import open_checkpoints, open_objects, pipeline_config
@@ -29,7 +29,6 @@ from cefmp4.runtime import logs
 from cefmp4.runtime.errors import CefmpError, ConfigError, PermanentError
 from cefmp4.storage.s3 import S3ObjectStore
 from cefmp4.streams.probe import FfprobeProber
-from cefmp4.streams.reconcile import UNFINISHED
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,10 @@ from typing import Any
 
 import structlog
 
-from cefmp4.checkpoint import StreamRecord, StreamState
+from cefmp4.checkpoint import UNFINISHED, StreamRecord, StreamState
 from cefmp4.core.keys import within_prefix
 from cefmp4.core.salvage import Action
 from cefmp4.streams.lifecycle import locate, scan_by_inode
-from cefmp4.streams.reconcile import UNFINISHED
 from cefmp4.streams.salvage import Known, Salvager
 from cefmp4.streams.supervisor import StreamSupervisor
 

@@ -19,6 +19,7 @@ from cefmp4.core.containers import DEFAULT_EXTENSIONS
 from cefmp4.core.ending import Status
 from cefmp4.core.identity import unchanged_since
 from cefmp4.core.keys import UnkeyablePath, new_stream_id, object_key
+from cefmp4.core.resume import Recording, recording
 from cefmp4.intake.discover import printable, scan
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import (
@@ -207,27 +208,26 @@ async def resume(
 async def _inode_reused(
     ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
 ) -> bool:
-    """The file found no longer holds the stream's last part: it is not the recording any
-    more, which ends with what S3 holds; the file found is a new stream. Appends and a
-    recorder's header patch (the ``mdat`` size, in part 1) keep the last part. Otherwise
-    either another file took a deleted one's inode number (file systems hand it to the
-    next new file at once: found elsewhere, holding neither of the first parts either), or
-    the recording was cut and written again past what was uploaded while nobody watched,
-    which its size cannot tell from a whole rewrite (a faststart pass then leaves its old
-    parts as an object of their own): nothing is lost either way. A one-part stream at its
-    own path is trusted: its only part is the one a header patch changes."""
+    """The file found is not the stream's recording any more (``core.resume.recording``
+    decides, asking for the bytes of its parts one question at a time): the stream ends
+    with what S3 holds, and the file found is a new stream."""
     here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
-    if not parts or (here and len(parts) < 2):
-        return False
-    first = parts[:2]
+    last: bool | None = None
+    first: bool | None = None
     try:
-        if await asyncio.to_thread(holds, fd, parts[-1]):
-            return False
-        reused = not here and not await asyncio.to_thread(
-            lambda: any(holds(fd, p) for p in first))
+        while (verdict := recording(parts=len(parts), here=here, holds_last=last,
+                                    holds_first=first)) in (Recording.ASK_LAST,
+                                                            Recording.ASK_FIRST):
+            if verdict is Recording.ASK_LAST:
+                last = await asyncio.to_thread(holds, fd, parts[-1])
+            else:
+                first = await asyncio.to_thread(lambda: any(holds(fd, p) for p in parts[:2]))
     except SourceError as exc:  # an I/O error says nothing of the bytes: look again later
         log.warning(logs.STREAM_DEFERRED, path=str(path), error=str(exc))
         raise Deferred(str(exc)) from exc
+    if verdict is Recording.IS_IT:
+        return False
+    reused = verdict is Recording.REUSED
     reason = "inode reused by another file" if reused else "rewritten while nobody watched"
     with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
         log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)

@@ -9,7 +9,8 @@
   the local bytes; an upload created just before a crash is attached to its stream.
 * ``abort_superseded``: an upload of a stream that has moved on to another upload.
 
-All three judge a part with the one function ``verified_parts``.
+All three judge a part with the one function ``verified_parts``; what each answer means is
+decided in ``core.resume`` and ``core.ending``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cefmp4.core.ending import Resume, when_upload_gone
 from cefmp4.core.identity import Ident
 from cefmp4.core.keys import parse_key, within_prefix
 from cefmp4.core.parts import PartSchedule
+from cefmp4.core.resume import Unknown, plan_parts, superseded, unknown_upload
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import LeaseLost, SourceError, UploadNotFound, UploadTaken
 from cefmp4.storage import MultipartUpload, UploadedPart
@@ -39,8 +41,6 @@ from cefmp4.streams.source import OpenedSource, digest_range, open_source
 
 log = structlog.get_logger("cefmp4.streams.reconcile")
 
-UNFINISHED = frozenset({StreamState.ACTIVE, StreamState.FINALIZING})
-
 
 async def verified_parts(
     ctx: Context,
@@ -49,39 +49,27 @@ async def verified_parts(
     known: list[PartRecord],
     fd: int | None,
 ) -> tuple[list[PartRecord], list[PartRecord]]:
-    """(parts to keep, parts newly adopted) out of what S3 lists for an upload.
-
-    A checkpointed part is kept when S3 holds it with the same ETag. A part S3 holds that
-    no checkpoint knows is adopted when its size fits the schedule and its MD5 matches the
-    local bytes (never without the file: ``fd`` None adopts nothing).
-    """
-    checkpointed = {p.part_number: p for p in known}
-    kept: dict[int, PartRecord] = {}
+    """(parts to keep, parts newly adopted) out of what S3 lists for an upload
+    (``core.resume.plan_parts`` decides; a candidate is adopted when the file's MD5 of its
+    bytes is its ETag: ``fd`` None adopts nothing)."""
+    plan = plan_parts(schedule, remote, known, file_open=fd is not None)
+    for number in plan.mismatched:
+        log.warning(logs.PART_MISMATCH, part_number=number)  # adopted below if it fits
     adopted: list[PartRecord] = []
-    for s3_part in sorted(remote, key=lambda p: p.part_number):
-        number = s3_part.part_number
-        mine = checkpointed.get(number)
-        if mine is not None and mine.etag == s3_part.etag:
-            kept[number] = mine
-            continue
-        if mine is not None:
-            log.warning(logs.PART_MISMATCH, part_number=number)  # adopted below if it fits
+    for c in plan.candidates:
         if fd is None:
-            continue
-        offset, size = schedule.offset_of(number), schedule.size_of(number)
-        if s3_part.size != size:
-            continue  # a tail uploaded by an interrupted finalize; finalize redoes it
+            break
         try:
-            digest = await asyncio.to_thread(digest_range, fd, offset, size, md5=True)
+            digest = await asyncio.to_thread(digest_range, fd, c.offset, c.size, md5=True)
         except SourceError:
             continue
-        if digest.md5_hex == s3_part.etag:
-            part = PartRecord(number, offset, size, s3_part.etag, digest.record, ctx.clock.time())
-            kept[number] = part
-            adopted.append(part)
-    for number in checkpointed.keys() - {p.part_number for p in remote}:
+        if digest.md5_hex == c.etag:
+            adopted.append(PartRecord(c.number, c.offset, c.size, c.etag, digest.record,
+                                      ctx.clock.time()))
+    for number in plan.missing:
         log.warning(logs.PART_MISSING, part_number=number)
-    return [kept[n] for n in sorted(kept)], adopted
+    kept = sorted([*plan.kept, *adopted], key=lambda p: p.part_number)
+    return kept, adopted
 
 
 async def reconcile(
@@ -148,14 +136,13 @@ async def rebuild_from_s3(ctx: Context, ownership: Ownership) -> list[StreamReco
     rebuilt: list[StreamRecord] = []
     for upload in await unknown_uploads(ctx):
         parsed = parse_key(ctx.config.key_prefix, upload.key, ctx.config.key_template)
-        if parsed is None:
-            continue  # not a key we make: leave it to the sweeper's grace period
-        known = await _record(ctx, parsed[0])
-        if known is None:
+        known = await _record(ctx, parsed[0]) if parsed is not None else None
+        verdict = unknown_upload(upload.key, parsed[0] if parsed else None, known)
+        if verdict is Unknown.REBUILD and parsed is not None:
             record = await _rebuild(ctx, ownership, upload, parsed[0], parsed[1])
             if record is not None:
                 rebuilt.append(record)
-        elif known.upload_id is None and known.state in UNFINISHED and known.key == upload.key:
+        elif verdict is Unknown.ATTACH and known is not None:
             ident = (known.device, known.inode)
             if not await _hold(ctx, ownership, ident, known.stream_id):
                 continue
@@ -201,9 +188,8 @@ async def abort_superseded(ctx: Context, grace_seconds: float) -> list[Multipart
     for upload in await unknown_uploads(ctx):
         parsed = parse_key(ctx.config.key_prefix, upload.key, ctx.config.key_template)
         known = await _record(ctx, parsed[0]) if parsed is not None else None
-        if known is None or known.upload_id is None or known.upload_id == upload.upload_id:
-            continue
-        if now - upload.initiated.timestamp() < grace_seconds:
+        if not superseded(upload.upload_id, upload.initiated.timestamp(), known, now=now,
+                          grace=grace_seconds):
             continue
         with contextlib.suppress(UploadNotFound):
             await ctx.retry("abort", _abort(ctx, upload))

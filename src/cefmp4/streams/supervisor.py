@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from cefmp4.checkpoint import MalformedRecord, StreamRecord, StreamState
+from cefmp4.checkpoint import UNFINISHED, MalformedRecord, StreamRecord, StreamState
 from cefmp4.core.identity import Ident, ident_of, unchanged_since
 from cefmp4.core.uplink import Claim, gate_rank, gate_reserve, is_live, order_key, stream_may_open
 from cefmp4.intake.discover import Scanned, check_file
@@ -34,7 +34,6 @@ from cefmp4.streams.context import Context
 from cefmp4.streams.history import History
 from cefmp4.streams.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
 from cefmp4.streams.ownership import Ownership
-from cefmp4.streams.reconcile import UNFINISHED
 from cefmp4.streams.source import stat_or_none
 from cefmp4.streams.stream import StreamWorker, pending_total
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from cefmp4.checkpoint import UNFINISHED
 from cefmp4.core.identity import ident_of
 from cefmp4.streams.lifecycle import locate, scan_by_inode
-from cefmp4.streams.reconcile import UNFINISHED
 from cefmp4.streams.source import stat_or_none
 from cefmp4.streams.supervisor import StreamSupervisor
 

@@ -1,0 +1,152 @@
+"""How a stream resumes after a restart: the pure decisions (SPEC §2.6, §2.13, §2.4).
+
+The shell (``streams/reconcile``, ``streams/lifecycle``) lists what S3 holds, reads the
+file where a decision needs its bytes, and passes the answers in; nothing here reads a file
+or asks S3. What an unknown upload id means is ``core.ending.when_upload_gone``.
+
+* :func:`plan_parts` — for each part S3 lists: kept (the checkpoint knows it, same ETag),
+  a candidate to adopt (a crash between UploadPart and its checkpoint: adopted when the
+  file's MD5 there is the ETag), or neither; and the checkpointed parts S3 lost.
+* :class:`Recording` — whether the file found for a stream is still its recording (by the
+  bytes of its parts), asked one question at a time so the file is read only as far as
+  the answer needs.
+* :func:`unknown_upload` — what start-up does with an upload no checkpoint knows (rebuild
+  the stream, attach the upload to it, or leave it to the sweeper), and
+  :func:`superseded` — whether such an upload belongs to a stream that moved on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from cefmp4.checkpoint import UNFINISHED, PartRecord, StreamRecord
+from cefmp4.core.parts import PartSchedule
+
+
+class ListedPart(Protocol):
+    """One part as ListParts gives it (``storage.UploadedPart``)."""
+
+    @property
+    def part_number(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A part S3 holds that no checkpoint knows (or knows with another ETag): adopt it as
+    ``number`` at ``offset``/``size`` when the file's MD5 of those bytes is ``etag``."""
+
+    number: int
+    offset: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartsPlan:
+    kept: tuple[PartRecord, ...]  # checkpointed, and S3 holds them with the same ETag
+    candidates: tuple[Candidate, ...]  # adopt when the file's bytes match
+    mismatched: tuple[int, ...]  # checkpointed with another ETag than S3's (a re-sent part)
+    missing: tuple[int, ...]  # checkpointed, but S3 lost them: uploaded again
+
+
+def plan_parts(
+    schedule: PartSchedule, remote: Sequence[ListedPart], known: Sequence[PartRecord], *,
+    file_open: bool,
+) -> PartsPlan:
+    """Judge what S3 lists for an upload against the checkpoint. Without the file nothing is
+    adopted: bytes are adopted only when they are proven the file's."""
+    checkpointed = {p.part_number: p for p in known}
+    kept: list[PartRecord] = []
+    candidates: list[Candidate] = []
+    mismatched: list[int] = []
+    for part in sorted(remote, key=lambda p: p.part_number):
+        number = part.part_number
+        mine = checkpointed.get(number)
+        if mine is not None and mine.etag == part.etag:
+            kept.append(mine)
+            continue
+        if mine is not None:
+            mismatched.append(number)
+        if not file_open or not 1 <= number <= schedule.max_parts:
+            continue
+        offset, size = schedule.offset_of(number), schedule.size_of(number)
+        if part.size == size:  # else a tail an interrupted finalize sent: finalize redoes it
+            candidates.append(Candidate(number, offset, size, part.etag))
+    listed = {p.part_number for p in remote}
+    missing = sorted(n for n in checkpointed if n not in listed)
+    return PartsPlan(tuple(kept), tuple(candidates), tuple(mismatched), tuple(missing))
+
+
+# --- is the file found still the recording? ----------------------------------------------
+
+
+class Recording(Enum):
+    """The answer, or the next question, about a file found for a resumed stream.
+
+    Appends and a recorder's header patch (the ``mdat`` size, in part 1) keep the last part.
+    Otherwise either another file took a deleted one's inode number (file systems hand it to
+    the next new file at once: found elsewhere, holding neither of the first parts either),
+    or the recording was cut and written again past what was uploaded while nobody watched,
+    which its size cannot tell from a whole rewrite (a faststart pass then leaves its old
+    parts as an object of their own): nothing is lost either way. A one-part stream at its
+    own path is trusted: its only part is the one a header patch changes."""
+
+    IS_IT = "is it"  # the stream goes on with this file
+    ASK_LAST = "ask last"  # does the file hold the last checkpointed part?
+    ASK_FIRST = "ask first"  # does it hold either of the first two parts?
+    REWRITTEN = "rewritten"  # cut and written again while nobody watched: ends truncated
+    REUSED = "reused"  # another file with the inode number: the stream ends, source gone
+
+
+def recording(*, parts: int, here: bool, holds_last: bool | None = None,
+              holds_first: bool | None = None) -> Recording:
+    """``parts``: how many the checkpoint holds; ``here``: found at the stream's own path
+    (its last or original one); ``holds_last``/``holds_first``: the answers so far."""
+    if not parts or (here and parts < 2):
+        return Recording.IS_IT
+    if holds_last is None:
+        return Recording.ASK_LAST
+    if holds_last:
+        return Recording.IS_IT
+    if here:
+        return Recording.REWRITTEN
+    if holds_first is None:
+        return Recording.ASK_FIRST
+    return Recording.REWRITTEN if holds_first else Recording.REUSED
+
+
+# --- uploads no checkpoint knows (start-up) ------------------------------------------------
+
+
+class Unknown(Enum):
+    REBUILD = "rebuild"  # the store lost the stream: rebuild it from S3 and the file
+    ATTACH = "attach"  # created just before a crash, before its id was checkpointed
+    LEAVE = "leave"  # not ours to act on here (the sweeper's grace period decides)
+
+
+def unknown_upload(key: str, stream_id: str | None, known: StreamRecord | None) -> Unknown:
+    """``stream_id``: parsed from the upload's key (None: not a key we make); ``known``:
+    the checkpoint of that stream, if any."""
+    if stream_id is None:
+        return Unknown.LEAVE
+    if known is None:
+        return Unknown.REBUILD
+    if known.upload_id is None and known.state in UNFINISHED and known.key == key:
+        return Unknown.ATTACH
+    return Unknown.LEAVE
+
+
+def superseded(upload_id: str, initiated_at: float, known: StreamRecord | None, *,
+               now: float, grace: float) -> bool:
+    """An upload of a stream that has moved on to another upload id, older than ``grace``
+    (never one a peer has just created and not checkpointed yet)."""
+    if known is None or known.upload_id is None or known.upload_id == upload_id:
+        return False
+    return now - initiated_at >= grace

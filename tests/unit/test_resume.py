@@ -1,0 +1,115 @@
+"""core.resume as tables: how a stream resumes, without an event loop, a file or a store.
+Rows named after a simulator seed are that seed's situation (tests/sim/known.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.core.parts import PartSchedule
+from cefmp4.core.resume import (
+    Candidate,
+    Recording,
+    Unknown,
+    plan_parts,
+    recording,
+    superseded,
+    unknown_upload,
+)
+from cefmp4.storage import UploadedPart
+
+SCHEDULE = PartSchedule(10)  # 10-byte parts, 10,000 of them
+R = Recording
+
+
+def part(n: int, etag: str | None = None) -> PartRecord:
+    return PartRecord(n, (n - 1) * 10, 10, etag or f"{n:032x}", "", 1.0)
+
+
+def listed(n: int, etag: str | None = None, size: int = 10) -> UploadedPart:
+    return UploadedPart(n, size, etag or f"{n:032x}")
+
+
+@pytest.mark.parametrize(("remote", "known", "file_open", "kept", "cands", "mism", "miss"), [
+    # Everything checkpointed is in S3 with the same ETag.
+    ([listed(1), listed(2)], [part(1), part(2)], True, [1, 2], [], [], []),
+    # A crash between UploadPart and its checkpoint: a candidate, adopted if the bytes match.
+    ([listed(1), listed(2)], [part(1)], True, [1], [2], [], []),
+    ([listed(1), listed(2)], [part(1)], False, [1], [], [], []),  # never without the file
+    # A part re-sent with other bytes (S3 holds the later one): judged by the file again.
+    ([listed(1, "f" * 32)], [part(1)], True, [], [1], [1], []),
+    # S3 lost a checkpointed part: uploaded again.
+    ([listed(1)], [part(1), part(2)], True, [1], [], [], [2]),
+    # A short part (an interrupted finalize's tail) is never adopted: finalize redoes it.
+    ([listed(1), listed(2, size=4)], [part(1)], True, [1], [], [], []),
+    # Hostile answers: a part number outside the schedule is ignored, never a crash.
+    ([listed(0), listed(-1), listed(10_001)], [], True, [], [], [], []),
+])
+def test_plan_parts(
+    remote: list[UploadedPart], known: list[PartRecord], file_open: bool,
+    kept: list[int], cands: list[int], mism: list[int], miss: list[int],
+) -> None:
+    plan = plan_parts(SCHEDULE, remote, known, file_open=file_open)
+    assert [p.part_number for p in plan.kept] == kept
+    assert [c.number for c in plan.candidates] == cands
+    assert list(plan.mismatched) == mism
+    assert list(plan.missing) == miss
+
+
+def test_a_candidate_is_where_the_schedule_puts_it() -> None:
+    [c] = plan_parts(SCHEDULE, [listed(3, "e" * 32)], [], file_open=True).candidates
+    assert c == Candidate(3, 20, 10, "e" * 32)
+
+
+@pytest.mark.parametrize(("parts", "here", "last", "first", "verdict"), [
+    (0, False, None, None, R.IS_IT),  # nothing uploaded: nothing to compare
+    (1, True, None, None, R.IS_IT),  # a one-part stream at its own path: trusted
+    (1, False, None, None, R.ASK_LAST),
+    (3, True, None, None, R.ASK_LAST),
+    (3, True, True, None, R.IS_IT),  # appended to, or its header patched: the recording
+    (3, False, True, None, R.IS_IT),  # renamed while down
+    # 80950: cut inside the last part while nobody watched, at its own path.
+    (3, True, False, None, R.REWRITTEN),
+    (3, False, False, None, R.ASK_FIRST),
+    (3, False, False, True, R.REWRITTEN),
+    # 35582: deleted while down, its inode number given to a new file elsewhere.
+    (3, False, False, False, R.REUSED),
+])
+def test_is_the_file_found_still_the_recording(
+    parts: int, here: bool, last: bool | None, first: bool | None, verdict: Recording
+) -> None:
+    assert recording(parts=parts, here=here, holds_last=last, holds_first=first) is verdict
+
+
+def _record(**kw: object) -> StreamRecord:
+    values: dict[str, object] = dict(
+        stream_id="s", path="/w/a.mp4", rel_path="a.mp4", device=1, inode=2, bucket="b",
+        key="p/s/a.mp4", part_size=10, max_parts=8, state=StreamState.ACTIVE,
+        started_at=1.0, last_activity_at=1.0, upload_id=None)
+    values.update(kw)
+    return StreamRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("stream_id", "known", "verdict"), [
+    (None, None, Unknown.LEAVE),  # not a key we make: the sweeper's grace period decides
+    ("s", None, Unknown.REBUILD),  # the store lost the stream
+    ("s", _record(), Unknown.ATTACH),  # created just before a crash, id not checkpointed
+    ("s", _record(state=StreamState.FINALIZING), Unknown.ATTACH),
+    ("s", _record(upload_id="u1"), Unknown.LEAVE),  # moved on: superseded decides
+    ("s", _record(state=StreamState.COMPLETED), Unknown.LEAVE),
+    ("s", _record(key="p/s/other.mp4"), Unknown.LEAVE),  # not this upload's key
+])
+def test_unknown_upload(stream_id: str | None, known: StreamRecord | None,
+                        verdict: Unknown) -> None:
+    assert unknown_upload("p/s/a.mp4", stream_id, known) is verdict
+
+
+@pytest.mark.parametrize(("known", "age", "result"), [
+    (None, 1e6, False),
+    (_record(upload_id=None), 1e6, False),
+    (_record(upload_id="u0"), 1e6, False),  # its own upload
+    (_record(upload_id="u1"), 1e6, True),  # the stream moved on to u1
+    (_record(upload_id="u1"), 10.0, False),  # young: maybe a peer's, not checkpointed yet
+])
+def test_superseded(known: StreamRecord | None, age: float, result: bool) -> None:
+    assert superseded("u0", 1000.0, known, now=1000.0 + age, grace=60.0) is result
