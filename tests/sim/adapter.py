@@ -9,7 +9,11 @@ Seams the App lacks, worked around here by replacing a name in ``cefmp4.runtime.
   64 KiB parts (same rules, a thousand times fewer bytes to hash);
 * the file-system watcher is not injectable (and watchfiles runs a real-time thread):
   ``watch_forever`` is swapped for an intake fed by the simulated recorders' events;
-* ``keys.new_stream_id`` draws from the OS's randomness: seeded, so a seed replays.
+* ``keys.new_stream_id`` draws from the OS's randomness: seeded, so a seed replays;
+* salvage's idea of S3's smallest part (``core.salvage.MIN_PART_BYTES``) is scaled down with
+  S3, else it would cut every salvaged object after its first 64 KiB part;
+* ``cefmp4 salvage`` (``cli.salvage``) opens a real S3 client and reads the real clock:
+  ``OtherHost`` runs the command's own code with the simulated bucket and virtual time.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cefmp4.cli.salvage
+import cefmp4.core.salvage
 import cefmp4.intake.feed
 import cefmp4.runtime.app
 import cefmp4.streams.lifecycle
@@ -35,9 +41,10 @@ from cefmp4.runtime.retry import Backoff
 from cefmp4.streams.budget import ByteBudget
 from cefmp4.streams.context import PipelineConfig
 from cefmp4.streams.probe import ProbeResult
+from cefmp4.streams.salvage import Outcome
 from cefmp4.streams.supervisor import StreamSupervisor
 from tests.sim.faults import FaultPlan, FaultyCheckpointStore, FaultyObjectStore, Shadow
-from tests.sim.schedule import Schedule
+from tests.sim.schedule import PART, Schedule
 from tests.sim.vloop import VirtualLoop
 
 PREFIX = "streams/"
@@ -97,8 +104,20 @@ def virtual_time(loop: VirtualLoop, seed: int) -> Iterator[None]:
         return new_stream_id(moment)[:-10] + f"{ids.getrandbits(40):010x}"
 
     with _patched(cefmp4.streams.lifecycle, "new_stream_id", seeded_stream_id), \
-         _patched(cefmp4.intake.feed, "watch_forever", _no_watcher):
+         _patched(cefmp4.intake.feed, "watch_forever", _no_watcher), \
+         _patched(cefmp4.core.salvage, "MIN_PART_BYTES", PART), \
+         _patched(cefmp4.cli.salvage, "time", _WallTime(loop)):
         yield
+
+
+class _WallTime:
+    """The ``time`` module as ``cli.salvage`` uses it: ``time.time()``, virtual."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.wall()
 
 
 @contextlib.contextmanager
@@ -157,6 +176,7 @@ class Process:
             poll_interval=sched.poll_interval,
             parts_in_flight=sched.parts_in_flight,
             backoff=Backoff(initial=0.2, maximum=30.0),
+            rpo_seconds=sched.rpo,
         )
         self.app: App | None = None
         self.error: BaseException | None = None
@@ -233,3 +253,29 @@ class Process:
     def crash(self) -> None:
         """SIGKILL: from now on nothing this process runs reaches S3 or the store."""
         self.life.alive = False
+
+
+class OtherHost:
+    """``cefmp4 salvage --older-than X`` run from another host (SPEC §2.19): the S3 settings
+    only — no checkpoint store of the app's, no watch directory of its files — on the
+    simulated bucket through a store of its own (its own faults, its own lifetime)."""
+
+    def __init__(self, objects: FaultyObjectStore, home: Path) -> None:
+        self.objects = objects
+        home.mkdir(parents=True, exist_ok=True)
+        self.settings = load_settings(
+            watch_dir=home, state_dir=home / "no-store", s3_bucket_name="sim-bucket",
+            s3_key_prefix=PREFIX, prom_port=0, log_format="json",
+        )
+
+    async def salvage(self, older_than: float) -> list[Outcome]:
+        """One run of the command (``_salvage`` is its body without the printing)."""
+
+        @contextlib.asynccontextmanager
+        async def opened(_settings: Settings) -> AsyncIterator[FaultyObjectStore]:
+            yield self.objects
+
+        with _patched(cefmp4.cli.salvage, "open_objects", opened):
+            return await cefmp4.cli.salvage._salvage(
+                self.settings, dry_run=False, older_than=older_than
+            )

@@ -13,7 +13,7 @@ import enum
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import Any, TypeVar
 
 from cefmp4.checkpoint import (
     CheckpointStore,
@@ -24,7 +24,14 @@ from cefmp4.checkpoint import (
     StreamState,
 )
 from cefmp4.runtime.errors import ContentChanged, TransientError
-from cefmp4.storage import ListedObject, MultipartUpload, ObjectInfo, PartBody, UploadedPart
+from cefmp4.storage import (
+    ListedObject,
+    MultipartUpload,
+    ObjectInfo,
+    PartBody,
+    PartCheck,
+    UploadedPart,
+)
 from cefmp4.storage.memory import MemoryObjectStore
 
 T = TypeVar("T")
@@ -95,6 +102,10 @@ class FaultyObjectStore:
         self.slow: dict[tuple[str, int], float] = {}  # (key, part) -> seconds per block
         self.on_purge: Callable[[str], None] | None = None
         self.on_done: Callable[[str], None] | None = None  # "s3:<op>": S3 carried it out
+        # For the invariants of the other party (issue #25): the request ``op`` with its
+        # arguments just before S3 carries it out, and just after (with its result).
+        self.on_carry: Callable[[str, tuple[Any, ...]], None] | None = None
+        self.on_carried: Callable[[str, tuple[Any, ...], object], None] | None = None
 
     async def _call(
         self,
@@ -102,6 +113,7 @@ class FaultyObjectStore:
         fn: Callable[[], Awaitable[T]],
         allowed: frozenset[Fault],
         upload_id: str | None = None,
+        args: tuple[Any, ...] = (),
     ) -> T:
         plan = self.plan
         self.life.check()
@@ -116,7 +128,11 @@ class FaultyObjectStore:
         purged = fault is Fault.PURGE and upload_id is not None
         if purged and self.inner.expire_upload(upload_id or "") and self.on_purge is not None:
             self.on_purge(upload_id or "")
+        if self.on_carry is not None:
+            self.on_carry(op, args)
         result = await fn()
+        if self.on_carried is not None:
+            self.on_carried(op, args, result)
         self.life.check()
         if self.on_done is not None:
             self.on_done(f"s3:{op}")
@@ -132,15 +148,16 @@ class FaultyObjectStore:
 
     async def create_multipart(self, key: str, content_type: str) -> str:
         return await self._call(
-            "create_multipart", lambda: self.inner.create_multipart(key, content_type), _PLAIN
+            "create_multipart", lambda: self.inner.create_multipart(key, content_type), _PLAIN,
+            args=(key,),
         )
 
-    async def part_checksum(self) -> Literal["md5", "crc32c"]:
+    async def part_checksum(self) -> PartCheck:
         return await self.inner.part_checksum()
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, body: PartBody,
-        md5_b64: str = "", *, crc32c_b64: str = "",
+        md5_b64: str = "", *, crc32c_b64: str = "", crc64nvme_b64: str = "",
     ) -> str:
         plan = self.plan
         self.life.check()
@@ -154,10 +171,12 @@ class FaultyObjectStore:
             return await self._call(
                 "upload_part",
                 lambda: self.inner.upload_part(
-                    key, upload_id, part_number, body, md5_b64, crc32c_b64=crc32c_b64
+                    key, upload_id, part_number, body, md5_b64, crc32c_b64=crc32c_b64,
+                    crc64nvme_b64=crc64nvme_b64,
                 ),
                 _UPLOAD,
                 upload_id,
+                args=(key, upload_id, part_number),
             )
         finally:
             self.slow.pop((key, part_number), None)
@@ -172,17 +191,21 @@ class FaultyObjectStore:
         )
 
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], *, crc64nvme_b64: str = ""
     ) -> str:
         return await self._call(
             "complete_multipart",
-            lambda: self.inner.complete_multipart(key, upload_id, parts),
+            lambda: self.inner.complete_multipart(
+                key, upload_id, parts, crc64nvme_b64=crc64nvme_b64
+            ),
             _PLAIN,
+            args=(key, upload_id, tuple(parts)),
         )
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._call(
-            "abort_multipart", lambda: self.inner.abort_multipart(key, upload_id), _PLAIN
+            "abort_multipart", lambda: self.inner.abort_multipart(key, upload_id), _PLAIN,
+            args=(key, upload_id),
         )
 
     async def list_multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
@@ -198,7 +221,8 @@ class FaultyObjectStore:
 
     async def put_object(self, key: str, body: bytes, content_type: str) -> None:
         await self._call(
-            "put_object", lambda: self.inner.put_object(key, body, content_type), _PLAIN
+            "put_object", lambda: self.inner.put_object(key, body, content_type), _PLAIN,
+            args=(key, body),
         )
 
     async def get_object(self, key: str) -> bytes:
@@ -213,7 +237,8 @@ class FaultyObjectStore:
         return await self._call("list_objects", lambda: self.inner.list_objects(prefix), _READ)
 
     async def delete_object(self, key: str) -> None:
-        await self._call("delete_object", lambda: self.inner.delete_object(key), _PLAIN)
+        await self._call("delete_object", lambda: self.inner.delete_object(key), _PLAIN,
+                         args=(key,))
 
     async def presign_get(self, key: str, expires_s: int) -> str | None:
         return await self.inner.presign_get(key, expires_s)  # no request: nothing to fail

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,11 @@ import crc32c
 
 from cefmp4.checkpoint import StreamState
 from cefmp4.core.hashing import PartDigest, same_bytes
+from cefmp4.core.keys import stream_id_in
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.storage.protection import is_bookkeeping
 from tests.sim.faults import Shadow
+from tests.sim.party import TAIL, Ledger, segment_range
 from tests.sim.world import End, Recording
 
 META = ".metadata.json"
@@ -27,6 +30,7 @@ class Video:
     key: str
     body: bytes
     meta: dict[str, Any] | None
+    parts: tuple[int, ...] = ()  # its part sizes, when S3 was seen completing it
 
 
 def durable_prefix(shadow: Shadow, streams: frozenset[str], version: bytes) -> int:
@@ -59,19 +63,50 @@ def _status(video: Video) -> object:
     return (video.meta or {}).get("status")
 
 
-def _chunks_match(video: Video, versions: list[bytes]) -> bool:
-    """Every chunk holds bytes the file held at that range at some time."""
+def _chunks_match(
+    video: Video, versions: list[bytes], segments: Sequence[tuple[str, bytes]] = ()
+) -> bool:
+    """Every chunk holds bytes the file held at that range at some time. An object's
+    last chunk may be made of its stream's tail segments (salvage appends them, and so
+    does a stream ending with what S3 holds), each shipped at its own time (``segments``,
+    each checked against the files by ``check_party``)."""
     chunks = _chunk_ranges(video)
     for offset, size in chunks:
         piece = video.body[offset : offset + size]
-        if not any(v[offset : offset + size] == piece and len(v) >= offset + size
-                   for v in versions):
+        last = offset + size == len(video.body)
+        if not _was(versions, offset, piece) and not (
+            last and from_segments(segments, offset, piece)
+        ):
+            return False
+    return True
+
+
+def _was(versions: list[bytes], offset: int, piece: bytes) -> bool:
+    size = len(piece)
+    return any(v[offset : offset + size] == piece and len(v) >= offset + size for v in versions)
+
+
+def from_segments(segments: Sequence[tuple[str, bytes]], offset: int, piece: bytes) -> bool:
+    """``piece`` (at ``offset`` of its file) is made of bytes tail segments held there."""
+    spans = [(span, body) for key, body in segments if (span := segment_range(key))]
+    done = 0
+    while done < len(piece):
+        at = offset + done
+        for (start, end), body in spans:
+            n = min(end - at, len(piece) - done)
+            if start <= at < end and body[at - start : at - start + n] == piece[done:done + n]:
+                done += n
+                break
+        else:
             return False
     return True
 
 
 def _chunk_ranges(video: Video) -> list[tuple[int, int]]:
     if video.meta is None or not isinstance(video.meta.get("chunks"), list):
+        if sum(video.parts) == len(video.body):  # no metadata (a lost host's): its parts
+            offsets = [sum(video.parts[:i]) for i in range(len(video.parts))]
+            return list(zip(offsets, video.parts, strict=True))
         return [(0, len(video.body))]
     return [(int(c["offset_bytes"]), int(c["size_bytes"])) for c in video.meta["chunks"]]
 
@@ -84,10 +119,17 @@ def _was_state(video: Video, rec: Recording) -> bool:
     )
 
 
-def collect(s3: MemoryObjectStore, prefix: str) -> tuple[list[Video], list[str]]:
+def collect(
+    s3: MemoryObjectStore, prefix: str, undescribed: frozenset[str] = frozenset(),
+    part_sizes: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[list[Video], list[str]]:
+    """The videos under ``prefix``; ``undescribed``: objects whose metadata nobody could
+    write any more (a lost host's, ``Ledger.undescribed``); ``part_sizes``: of each object
+    whose completion was seen (``Ledger.part_sizes``)."""
     failures: list[str] = []
     videos: list[Video] = []
-    keys = {k for k in s3.objects if k.startswith(prefix)}
+    # Not cefmp4's bookkeeping (tail segments, salvage markers): ``check_party`` judges them.
+    keys = {k for k in s3.objects if k.startswith(prefix) and not is_bookkeeping(k)}
     for key in sorted(keys):
         if key.endswith(META):
             if key[: -len(META)] not in keys:
@@ -99,9 +141,10 @@ def collect(s3: MemoryObjectStore, prefix: str) -> tuple[list[Video], list[str]]
                 meta = json.loads(s3.objects[key + META].body)
             except ValueError as exc:
                 failures.append(f"metadata of {key} does not parse: {exc}")
-        else:
+        elif key not in undescribed:
             failures.append(f"object {key} has no metadata document")
-        videos.append(Video(key, s3.objects[key].body, meta))
+        parts = (part_sizes or {}).get(key, ())
+        videos.append(Video(key, s3.objects[key].body, meta, parts))
     return videos, failures
 
 
@@ -139,11 +182,12 @@ def check_recordings(
     recordings: list[Recording],
     purged: dict[str, float],
     observed: Callable[[End], bool],
+    segments: Sequence[tuple[str, bytes]] = (),
 ) -> list[str]:
     failures: list[str] = []
     for video in videos:
         status = (video.meta or {}).get("status")
-        owners = [r for r in recordings if _chunks_match(video, r.final_versions())]
+        owners = [r for r in recordings if _chunks_match(video, r.final_versions(), segments)]
         if video.body and not owners:
             failures.append(
                 f"object {video.key} ({status}, {len(video.body)} B) holds bytes no recording "
@@ -156,17 +200,20 @@ def check_recordings(
             )
     # A truncation ends its stream with what was uploaded and starts a new one of the file
     # (SPEC §2.4): a second truncation of that new stream keeps the same prefix again, so
-    # a "truncated" object may repeat another's bytes. Nothing else may.
+    # a "truncated" object may repeat another's bytes. So may a "salvaged" one: another
+    # party made it of what S3 held, and its owner, finding it at its key, goes on with a
+    # new stream of the whole file (issue #25). Nothing else may.
+    repeat = ("truncated", "salvaged")
     bodies: dict[bytes, str] = {}
     for video in videos:
-        if video.body and video.body in bodies and _status(video) != "truncated":
+        if video.body and video.body in bodies and _status(video) not in repeat:
             failures.append(f"objects {bodies[video.body]} and {video.key} are the same bytes")
-        if _status(video) != "truncated":
+        if _status(video) not in repeat:
             bodies.setdefault(video.body, video.key)
 
     for rec in recordings:
         final = bytes(rec.content)
-        if rec.live:
+        if rec.live and not rec.lost:
             same = [v for v in videos if v.body == final and _status(v) == "complete"]
             if len(same) != 1 and not (not final and same):
                 failures.append(
@@ -210,7 +257,8 @@ def _check_end(videos: list[Video], rec: Recording, end: End, purged: bool) -> l
 
 
 def check_outside(s3: MemoryObjectStore, prefix: str, before: dict[str, bytes],
-                  uploads_before: set[str]) -> list[str]:
+                  uploads_before: set[str], may_stay_open: frozenset[str] = frozenset()
+                  ) -> list[str]:
     failures = [f"object {k} outside {prefix} changed or vanished"
                 for k, body in before.items()
                 if k not in s3.objects or s3.objects[k].body != body]
@@ -221,6 +269,57 @@ def check_outside(s3: MemoryObjectStore, prefix: str, before: dict[str, bytes],
     failures += [
         f"multipart upload left open: {u.key} ({len(s3._uploads[u.upload_id].parts)} parts)"
         for u in s3.open_uploads()
-        if u.key.startswith(prefix)
+        if u.key.startswith(prefix) and u.upload_id not in may_stay_open
     ]
     return failures
+
+
+def check_party(
+    ledger: Ledger, videos: list[Video], recordings: list[Recording], purged: dict[str, float]
+) -> list[str]:
+    """Issue #25, with another party salvaging and the recorder's host lost:
+    (a) no byte S3 held is lost, (b) no object holds bytes that were never the recording's,
+    (c) no live upload is completed (or aborted) by anyone but its owner (``Ledger``)."""
+    failures = list(ledger.violations)
+    objects = ledger.s3.objects
+    every = [v for r in recordings for v in r.final_versions()]
+    for key, body in ledger.segments:
+        span = segment_range(key)
+        if span is None or not _was(every, span[0], body):
+            failures.append(f"(b) tail segment {key} holds bytes no recording had there")
+    for done in ledger.salvaged:
+        offset = 0
+        for number, size in enumerate(done.sizes, 1):
+            piece = done.body[offset : offset + size]
+            if not _was(every, offset, piece) and not from_segments(
+                ledger.segments, offset, piece
+            ):
+                failures.append(
+                    f"(b) the other party's salvage of {done.key} at {done.at:.2f}s: part "
+                    f"{number} holds bytes no recording had at offset {offset}"
+                )
+            offset += size
+        if done.key not in objects:
+            failures.append(
+                f"(a) {done.key}, salvaged at {done.at:.2f}s ({len(done.body)} B), is gone"
+            )
+    open_ids = {u.upload_id for u in ledger.s3.open_uploads()}
+    for held in ledger.held.values():
+        if not held.data or held.upload_id in purged or held.upload_id in open_ids:
+            continue  # nothing to keep, S3 itself forgot it, or still open (reported)
+        stored = objects.get(held.key)
+        if stored is None or not stored.body.startswith(held.data):
+            has = "no object" if stored is None else f"an object of {len(stored.body)} B"
+            failures.append(
+                f"(a) host lost with {len(held.data)} B of {held.key} in S3 (upload "
+                f"{held.upload_id}, {held.parts} parts + tail): {has} holds them"
+            )
+    return failures
+
+
+def check_tail_left(s3: MemoryObjectStore, prefix: str, videos: list[Video]) -> list[str]:
+    """Tail segments are deleted once their stream's object is complete (SPEC §2.20)."""
+    done = {sid for v in videos if v.meta and (sid := stream_id_in(prefix, v.key))}
+    left = sorted(k for k in s3.objects
+                  if TAIL in k and k.split(TAIL, 1)[1].split("/", 1)[0] in done)
+    return [f"tail segment {k} left behind after its stream's object" for k in left]

@@ -69,3 +69,20 @@ REGRESSION_SEEDS: dict[int, str] = {
             "the inode it claimed (two complete objects of one recording before)",
     111933: "the same class on 04dd82b (two complete objects of one recording)",
 }
+
+# Issue #25 with a racing other party (``python -m tests.sim --racing SEED``): another host's
+# ``cefmp4 salvage --older-than X`` with X shorter than the owner's quiet spells (1-30 s),
+# so it takes uploads whose owner is alive but has not added to them for X, which the age
+# rule of SPEC §2.19 allows. Triaged on 6bccc12 (after Resume.TAKEN, which closed the
+# "is already complete" loops of racing seeds 4, 133 and 136); each an
+# ``xfail(strict=True)`` like KNOWN_HOLES.
+RACING_HOLES: dict[int, str] = {
+    37: "a stale Complete: the survey saw the upload idle 3 s, the owner added part 12, "
+        "the Complete 0.07 s later dropped it ((c) at the moment S3 completed); the owner "
+        "then publishes the salvaged prefix as its own 'complete' object (the salvaged "
+        "metadata overwritten; the object equals no state of the file)",
+    41: "the salvaged prefix published as 'complete' by its owner again (no stale plan)",
+    63: "a stale abort: the plan (no part yet) carried out 20 s after the survey, after an "
+        "earlier step's request timed out; the owner had added 4 parts meanwhile and its "
+        "file was replaced: 327680 B that S3 held are lost (streams.salvage.carry_out)",
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -27,18 +28,24 @@ import structlog
 
 from cefmp4.checkpoint import StreamRecord, StreamState
 from cefmp4.core.ending import Status
+from cefmp4.core.salvage import Action
+from cefmp4.runtime.errors import CefmpError
 from cefmp4.storage.memory import MemoryObjectStore
 from tests.sim import invariants
-from tests.sim.adapter import ORPHAN_GRACE, PREFIX, Process, virtual_time
+from tests.sim.adapter import ORPHAN_GRACE, PREFIX, OtherHost, Process, virtual_time
 from tests.sim.faults import FaultPlan, FaultyObjectStore, Life, Shadow
-from tests.sim.schedule import Crash, Schedule, Target, make_schedule
+from tests.sim.party import Ledger
+from tests.sim.schedule import Crash, HostLoss, Schedule, Target, make_schedule
 from tests.sim.vloop import VirtualLoop, serial
 from tests.sim.world import End, Files, Recording
 
 CONVERGE_WITHIN = 4 * 3600.0  # virtual seconds after healing before "never converged"
+FINAL_OLDER_THAN = 900.0  # the other party's last run after a host loss: the default age
 
 
-def replay_command(seed: int) -> str:
+def replay_command(seed: int, racing: bool = False) -> str:
+    if racing:
+        return f"python -m tests.sim --racing {seed}"
     return f"scripts/test tests/sim -k replay --sim-seed {seed}   (or: python -m tests.sim {seed})"
 
 
@@ -59,7 +66,7 @@ class Result:
         lines = [head + f"  {self.stats}"]
         lines += [f"  ✗ {f}" for f in self.failures]
         if not self.ok:
-            lines.append(f"  replay: {replay_command(self.seed)}")
+            lines.append(f"  replay: {replay_command(self.seed, self.schedule.racing)}")
         if verbose or not self.ok:
             lines.append(self.schedule.describe())
             if self.log_tail:
@@ -100,8 +107,12 @@ def captured_logs(
         structlog.configure(**saved)
 
 
-def run_seed(seed: int, keep: Path | None = None, log_lines: int = 60) -> Result:
-    sched = make_schedule(seed)
+def run_seed(
+    seed: int, keep: Path | None = None, log_lines: int = 60, racing: bool = False
+) -> Result:
+    """``racing``: the other party's age limits are shorter than the owner's quiet spells
+    (see ``schedule.RACING_OLDER_THAN``)."""
+    sched = make_schedule(seed, racing)
     root = Path(tempfile.mkdtemp(prefix=f"cefmp4-sim-{seed}-"))
     loop = VirtualLoop()
     # Context.retry draws its jitter from the global generator (no rng seam): seed it.
@@ -138,9 +149,11 @@ class Simulation:
     def __init__(self, sched: Schedule, root: Path, loop: VirtualLoop) -> None:
         self.sched = sched
         self.loop = loop
+        self.root = root
         self.watch = root / "watch"
         self.state = root / "state"
         self.watch.mkdir(parents=True)
+        self.home = (self.watch, self.state)  # where the next process starts
         self.rng = random.Random(f"{sched.seed}-driver")
         ids = random.Random(f"{sched.seed}-upload-ids")
         self.s3 = MemoryObjectStore(
@@ -175,6 +188,18 @@ class Simulation:
         self._target_hit = asyncio.Event()
         self.targeted = 0  # targeted crashes that happened
         self.purged: dict[str, float] = {}  # upload id -> when S3 forgot it
+        # The other party (issue #25): its own faults, drawn at the same rates.
+        self.party_plan = FaultPlan(
+            random.Random(f"{sched.seed}-party-faults"), dict(sched.s3_rates), {}
+        )
+        self.ledger = Ledger(self.s3, PREFIX, sched.part_size, loop.time)
+        self.party_tasks: list[asyncio.Task[None]] = []
+        self._party_lock = asyncio.Lock()  # one command at a time on the other host
+        self.party = {"runs": 0, "errors": 0}
+        self.party_failures: list[str] = []
+        self.may_stay_open: set[str] = set()  # left open by the last run after a host loss
+        self.host_lost_at: float | None = None
+        self._host_gone = asyncio.Event()
 
     def expected(self, line: str) -> bool:
         """Error lines that are not bugs: the simulator's own doing, or a stream whose
@@ -195,8 +220,13 @@ class Simulation:
         objects = FaultyObjectStore(self.s3, self.plan, life)
         objects.on_purge = self._purged
         objects.on_done = self.on_event
+        watch, state = self.home
+        objects.on_carry = self.ledger.carry
+        objects.on_carried = self.ledger.carried
+        if self.host_lost_at is None:  # the owner of the recordings' uploads
+            objects.on_carried = self.ledger.owner_carried
         process = Process(
-            self.sched, watch=self.watch, state=self.state, objects=objects, plan=self.plan,
+            self.sched, watch=watch, state=state, objects=objects, plan=self.plan,
             shadow=self.shadow, loop=self.loop,
         )
         self.process = process
@@ -224,7 +254,7 @@ class Simulation:
     def _release_locks(self) -> None:
         """The kernel closes a dead process's descriptors; a task cancelled just after it
         took the state directory's flock (inside ``to_thread``) never got to."""
-        lock = str(self.state / "lock")
+        lock = str(self.home[1] / "lock")
         for name in os.listdir("/proc/self/fd"):
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/self/fd/{name}") == lock:
@@ -266,6 +296,8 @@ class Simulation:
     async def _writer(self) -> None:
         for action in self.sched.actions:
             await asyncio.sleep(max(0.0, action.at - self.loop.time()))
+            if self.host_lost_at is not None:
+                return  # the recorders' host is gone
             paths = self.files.apply(action, self._on_end)
             self._note_regrowth(action.slot)
             for path in paths:
@@ -444,6 +476,97 @@ class Simulation:
         for slot in [s for s in self._at_step if s.startswith("target")]:
             del self._at_step[slot]
 
+    # --- the other party (issue #25) -------------------------------------------------------
+
+    def _at(self, moment: float, coro: Callable[[], Any]) -> None:
+        """Start ``coro()`` at virtual time ``moment``, as a driver (no crash reaps it). A
+        timer, not a sleeping task: until then the seed runs exactly as without it."""
+
+        def spawn() -> None:
+            task = asyncio.create_task(coro(), name="other-party")
+            self.driver.add(task)
+            self.party_tasks.append(task)
+
+        self.loop.call_at(moment, spawn)
+
+    async def _salvage_run(self, older_than: float, *, last: bool = False) -> bool:
+        """``cefmp4 salvage --older-than older_than`` from another host, now; False when
+        it exits 1 for something a second run may finish (an operator runs it again)."""
+        async with self._party_lock:
+            objects = FaultyObjectStore(self.s3, self.party_plan, Life())
+            objects.on_purge = self._purged
+            objects.on_carry = self.ledger.party_carry
+            objects.on_carried = self.ledger.party_carried
+            host = OtherHost(objects, self.root / "other-host")
+            self.party["runs"] += 1
+            self.ledger.older_than = older_than
+            try:
+                outcomes = await host.salvage(older_than)
+            except CefmpError:
+                self.party["errors"] += 1  # the command failed (it tries once): exit 1
+                return False
+            except Exception:  # a bug of the command, or of the simulator
+                self.party_failures.append(
+                    f"the other party's salvage --older-than {older_than:g} raised: "
+                    + " | ".join(traceback.format_exc().splitlines()[-6:])
+                )
+                return True
+            finally:
+                self.ledger.older_than = None
+        left = (Action.BLOCKED, Action.UNUSABLE)  # for the operator, run after run
+        if last:
+            self.may_stay_open = {o.upload_id for o in outcomes if o.action in left}
+        failed = [o for o in outcomes if not o.ok and o.action not in left]
+        self.party["errors"] += bool(failed)
+        return not failed
+
+    async def _last_salvage(self) -> None:
+        """After a host loss: the command until it exits 0 but for what it leaves to the
+        operator (an object at the key, no part 1), at most three times."""
+        for _ in range(3):
+            if await self._salvage_run(FINAL_OLDER_THAN, last=True):
+                return
+
+    async def _lose_host(self, loss: HostLoss) -> None:
+        """The recorders' host is destroyed: the process dies, its files and its checkpoint
+        store go with it; maybe a replacement starts elsewhere (empty, its own store)."""
+        async with self._killing:
+            if self.process is not None:
+                await self._crash()
+                self.crashes -= 1  # counted as the host loss
+            self.host_lost_at = self.loop.time()
+            self.ledger.snapshot_held()
+            for rec in self.files.recordings:
+                rec.lost = True
+                if rec.writing:
+                    os.close(rec.fd)
+                    rec.writing = False
+            shutil.rmtree(self.watch)
+            shutil.rmtree(self.state, ignore_errors=True)
+            if loss.replacement:
+                self.home = (self.root / "watch-b", self.root / "state-b")
+                self.home[0].mkdir()
+                self._start()
+        self._host_gone.set()
+
+    def _arm_other_party(self) -> None:
+        for run in self.sched.salvages:
+            self._at(run.at, functools.partial(self._salvage_run, run.older_than))
+        if (loss := self.sched.host_loss) is not None:
+            self._at(loss.at, functools.partial(self._lose_host, loss))
+
+    async def _after_host_loss(self, replaced: bool) -> None:
+        """The other party's last run, once everything the host left is as old as its age
+        limit (with a replacement: after its orphan sweeper had its hour)."""
+        assert self.host_lost_at is not None
+        if not replaced:
+            wait = self.host_lost_at + FINAL_OLDER_THAN + 1.0 - self.loop.time()
+            await asyncio.sleep(max(0.0, wait))
+            await self._last_salvage()
+        await asyncio.sleep(ORPHAN_GRACE + 3700.0)
+        if replaced:
+            await self._last_salvage()
+
     async def run(self) -> list[str]:
         await self._seed_outside()
         before = {k: o.body for k, o in self.s3.objects.items()}
@@ -461,29 +584,44 @@ class Simulation:
         if self.sched.targets:  # (no extra task otherwise: a seed's steps stay as they were)
             drivers.append(asyncio.create_task(self._targeter(), name="targeter"))
         self.driver.update(drivers)
+        self._arm_other_party()
         await asyncio.gather(*drivers)
         await asyncio.sleep(max(0.0, self.sched.heal_at - self.loop.time()))
-        self.plan.healed = True
+        self.plan.healed = self.party_plan.healed = True
+        if self.sched.host_loss is not None:
+            await self._host_gone.wait()  # due by now (it may wait for a crash's restart)
         failures: list[str] = []
-        if not await self._converged():
+        if self.process is not None and not await self._converged():
             failures.append(
                 f"did not converge within {CONVERGE_WITHIN:.0f} virtual seconds of healing "
                 f"(streams still running: {self._running()})"
             )
-        # Let the sweeper's grace period pass: an upload whose CreateMultipartUpload answer
-        # was lost is nobody's, and only the sweeper may abort it (SPEC §2.13).
-        await asyncio.sleep(ORPHAN_GRACE + 3700.0)
-        process = self.process
-        assert process is not None
-        await process.stop()
+        if self.host_lost_at is not None:
+            await self._after_host_loss(replaced=self.process is not None)
+        else:
+            # Let the sweeper's grace period pass: an upload whose CreateMultipartUpload
+            # answer was lost is nobody's, and only the sweeper may abort it (SPEC §2.13).
+            await asyncio.sleep(ORPHAN_GRACE + 3700.0)
+        await asyncio.gather(*self.party_tasks)
+        if self.process is not None:
+            await self.process.stop()
         self.files.close()
-        videos, found = invariants.collect(self.s3, PREFIX)
+        videos, found = invariants.collect(
+            self.s3, PREFIX, self.ledger.undescribed, self.ledger.part_sizes
+        )
         failures += found
         failures += invariants.check_documents(videos)
         failures += invariants.check_recordings(
-            videos, self.files.recordings, self.purged, self.observed
+            videos, self.files.recordings, self.purged, self.observed, self.ledger.segments
         )
-        failures += invariants.check_outside(self.s3, PREFIX, before, uploads_before)
+        failures += invariants.check_party(
+            self.ledger, videos, self.files.recordings, self.purged
+        )
+        failures += invariants.check_tail_left(self.s3, PREFIX, videos)
+        failures += self.party_failures
+        failures += invariants.check_outside(
+            self.s3, PREFIX, before, uploads_before, frozenset(self.may_stay_open)
+        )
         for p in self.processes:
             if p.budget.over:
                 over = p.budget.over[:3]
@@ -501,6 +639,16 @@ class Simulation:
             "targeted": self.targeted,
             "faults": len(self.plan.drawn),
         }
+        if self.sched.salvages or self.sched.host_loss:
+            self.stats |= {
+                "salvage_runs": self.party["runs"],
+                "salvaged": len(self.ledger.salvaged),
+                "aborted_empty": self.ledger.aborted_empty,
+                "tail_parts": self.ledger.tail_parts,
+                "replaced": self.ledger.replaced,
+                "party_errors": self.party["errors"],
+                "host_lost": int(self.host_lost_at is not None),
+            }
         return failures
 
     def _running(self) -> list[str]:

@@ -7,12 +7,18 @@ Crashes drawn uniformly (a time, a loop step) almost never land inside a short p
 as a truncated stream's finalize, so a schedule may also arm *targeted* crashes, the way
 FoundationDB's BUGGIFY does: "crash a few steps after the pipeline logs event E". They come
 from a random stream of their own, so every seed draws the same base schedule as before.
+
+Issue #25 adds *another party* from a stream of its own too: ``cefmp4 salvage --older-than X``
+run from another host at random moments (an abandoned upload may be salvaged at any moment),
+sometimes the loss of the recorder's host (its files and its checkpoint store gone for good,
+the other party salvages what S3 holds), and sometimes ``RPO_SECONDS`` (tail segments).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.sim.faults import Fault
 
@@ -62,6 +68,34 @@ class Target:
     down_for: float
 
 
+@dataclass(frozen=True, slots=True)
+class SalvageRun:
+    """``cefmp4 salvage --older-than older_than`` from another host, at virtual time ``at``."""
+
+    at: float
+    older_than: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoss:
+    """The recorder's host is destroyed at ``at``: the process, its files and its store are
+    gone; with ``replacement`` a new instance (an empty watch directory, a store of its own)
+    starts on the same bucket and prefix, whose orphan sweeper may salvage too."""
+
+    at: float
+    replacement: bool
+
+
+# The other party's age limits. Honest ones exceed the longest a live owner goes without
+# adding to its upload here (a stream idle for its timeout, up to 30 s, then finalize under
+# 20 s S3 timeouts and 30 s backoffs, crashes down for up to 60 s): SPEC §2.19 promises
+# that such an owner's uploads are never touched. Racing ones (``--racing``) are shorter
+# than that: the other party then takes uploads whose owner is alive but quiet, which the
+# age rule allows, and the owner must still lose no byte and publish no wrong object.
+OLDER_THAN = (300.0, 600.0, 900.0)
+RACING_OLDER_THAN = (1.0, 5.0, 30.0)
+
+
 @dataclass(frozen=True)
 class Schedule:
     seed: int
@@ -81,6 +115,10 @@ class Schedule:
     debounce: float
     heal_at: float = field(default=0.0)
     targets: tuple[Target, ...] = ()
+    salvages: tuple[SalvageRun, ...] = ()
+    host_loss: HostLoss | None = None
+    rpo: float | None = None  # RPO_SECONDS
+    racing: bool = False  # drawn with the racing age limits
 
     def describe(self) -> str:
         lines = [
@@ -91,6 +129,8 @@ class Schedule:
             f"  crashes {list(self.crashes)}",
             f"  targeted crashes {list(self.targets)}",
             f"  purges at {[round(t, 2) for t in self.purges]}; heal at {self.heal_at:.1f}s",
+            f"  other party: salvage runs {[(round(r.at, 2), r.older_than) for r in self.salvages]}"
+            f"; host loss {self.host_loss}; rpo {self.rpo}",
         ]
         lines += [
             f"  {a.at:8.2f}s slot {a.slot} {a.kind} size={a.size} offset={a.offset} {a.name}"
@@ -103,7 +143,7 @@ def _rates(rates: dict[Fault, float]) -> str:
     return ", ".join(f"{f.value}={r:.2f}" for f, r in rates.items() if r) or "none"
 
 
-def make_schedule(seed: int) -> Schedule:
+def make_schedule(seed: int, racing: bool = False) -> Schedule:
     rng = random.Random(seed)
     timeout = rng.choice([1.0, 2.0, 5.0, 30.0])
     part = PART
@@ -147,7 +187,30 @@ def make_schedule(seed: int) -> Schedule:
         debounce=rng.choice([0.0, 0.05, 1.6]),
         heal_at=end + timeout,
         targets=_targets(random.Random(f"{seed}-targets"), timeout),
+        **_other_party(random.Random(f"{seed}-salvage"), end, timeout, racing),
+        racing=racing,
     )
+
+
+def _other_party(rng: random.Random, end: float, timeout: float, racing: bool
+                 ) -> dict[str, Any]:
+    """Nothing for about a third of the seeds (the base schedule alone); else one to four
+    salvage runs from another host, a host loss for about a third of those, and
+    ``RPO_SECONDS`` for about a third. Honest runs come until well after the schedule
+    (after a host loss, some find its uploads as old as their limit)."""
+    if rng.random() < 0.3:
+        return {}
+    limits, until = (RACING_OLDER_THAN, 0.0) if racing else (OLDER_THAN, 1000.0)
+    runs = sorted(
+        (SalvageRun(rng.uniform(0, end + 2 * timeout + until), rng.choice(limits))
+         for _ in range(rng.randint(1, 4))),
+        key=lambda r: r.at,
+    )
+    loss = None
+    if rng.random() < 0.35:
+        loss = HostLoss(rng.uniform(0, end + timeout), replacement=rng.random() < 0.5)
+    rpo = rng.choice([None, None, 0.5, 2.0])
+    return {"salvages": tuple(runs), "host_loss": loss, "rpo": rpo}
 
 
 def _targets(rng: random.Random, timeout: float) -> tuple[Target, ...]:

@@ -53,6 +53,7 @@ class Recording:
     unseen: list[End] = field(default_factory=list)
     live: bool = True  # still at a path under the watch directory
     writing: bool = True  # the recorder still writes to it (False once replaced)
+    lost: bool = False  # its host was lost (issue #25): the file is gone with it
 
     def snapshot(self) -> int:
         self.versions.append(bytes(self.content))
