@@ -17,6 +17,7 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.ending import CompletedBy, truncated
+from cefmp4.core.follow import due_parts, next_wake
 from cefmp4.core.identity import Fingerprint, Ident, fingerprint
 from cefmp4.runtime import logs
 from cefmp4.streams.context import Context
@@ -222,26 +223,20 @@ class StreamWorker:
                     horizon = min(horizon, idle_for + verdict.recheck_in)
                 self.predigest.maybe_start(idle_for, horizon, self.quiet_since_start(st))
             self.wake.clear()
-            wait = self.ctx.config.poll_interval
-            if idle_for < self.timeout:
-                wait = min(wait, self.timeout - idle_for)
-            if verdict.recheck_in is not None:
-                wait = min(wait, max(0.01, verdict.recheck_in))
-            if self.tail is not None:
-                wait = min(wait, max(0.01, self.tail.due_in()))
+            wait = next_wake(
+                poll=self.ctx.config.poll_interval, idle_for=idle_for, timeout=self.timeout,
+                recheck_in=verdict.recheck_in,
+                tail_due_in=None if self.tail is None else self.tail.due_in(),
+            )
             await self.ctx.clock.wait(self.wake, wait)
 
     def _start_ready_parts(self) -> None:
-        up, schedule = self.up, self.up.schedule
-        limit = self.ctx.config.parts_in_flight
-        n = 1
-        while up.inflight() < limit and n <= self.record.max_parts:
-            offset, size = schedule.offset_of(n), schedule.size_of(n)
-            if offset + size > self.growth.size:
-                return  # only full parts go up while the stream is active
-            if n not in up.parts and not up.is_inflight(n):
-                up.start_part(n, offset, size)
-            n += 1
+        up = self.up
+        for number, offset, size in due_parts(
+            up.schedule, self.growth.size, up.parts, up.inflight_numbers(),
+            limit=self.ctx.config.parts_in_flight,
+        ):
+            up.start_part(number, offset, size)
 
     async def stop(self) -> None:
         """Cancel everything this stream has running (the descriptor is the caller's)."""

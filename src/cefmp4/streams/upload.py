@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 import structlog
@@ -16,6 +16,7 @@ import structlog
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import content_type
 from cefmp4.core.ending import Resume, truncated, when_upload_gone
+from cefmp4.core.follow import doomed_parts, durable_bytes, uploaded_extent
 from cefmp4.core.hashing import PartDigest
 from cefmp4.core.parts import PartSchedule, contiguous
 from cefmp4.runtime import logs
@@ -71,15 +72,17 @@ class Uploader:
 
     def durable_bytes(self) -> int:
         """Length of the contiguous prefix of the file that is uploaded and checkpointed."""
-        run = self.contiguous_parts()
-        return run[-1].offset + run[-1].size if run else 0
+        return durable_bytes(self.parts)
 
     def uploaded_extent(self) -> int:
         """End of the furthest uploaded part (not necessarily contiguous)."""
-        return max((p.offset + p.size for p in self.parts.values()), default=0)
+        return uploaded_extent(self.parts)
 
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def inflight_numbers(self) -> Collection[int]:
+        return self._inflight.keys()
 
     def is_inflight(self, number: int) -> bool:
         return number in self._inflight
@@ -155,11 +158,8 @@ class Uploader:
 
     async def cancel_beyond(self, size: int) -> None:
         """Cancel the parts in flight that reach past ``size`` (the file was truncated):
-        they cannot succeed, and must not be waited for."""
-        # A part S3 already holds reads the file no more: its checkpoint is let finish (the
-        # store may hold it already, an answer lost), so the kept object includes it.
-        doomed = [n for n in self._inflight
-                  if self.schedule.end_of(n) > size and n not in self._sent]
+        they cannot succeed, and must not be waited for (``core.follow.doomed_parts``)."""
+        doomed = doomed_parts(self.schedule, self._inflight, self._sent, size)
         tasks = [self._inflight.pop(n) for n in doomed]
         for task in tasks:
             task.cancel()
