@@ -18,6 +18,7 @@ from cefmp4.core.ending import (
     end_of,
     fate,
     judge_object,
+    keeps_what_s3_holds,
     kept_needs_head,
     kept_object,
     truncated,
@@ -229,3 +230,17 @@ def test_kept_object_with_tail_segments(
     assert plan.action == action
     assert [(p.start, p.end) for p in plan.tail] == tail
     assert plan.tail_bytes == sum(e - s for s, e in tail)
+
+
+@pytest.mark.parametrize(("end", "cut", "resumed", "keeps"), [
+    (End.of(S.COMPLETE), False, False, False),  # the verified file
+    (End.of(S.COMPLETE), True, False, True),  # truncated while finalize watched
+    (End.of(S.COMPLETE), False, True, False),  # 941: an idle end resumed: verified again
+    (TRUNC, False, True, True),  # 891: a truncated end resumed is never 'complete'
+    (GONE, False, True, True),
+    # Replaced while followed: the held descriptor still has every byte (1627, 4050).
+    (End(S.TRUNCATED, B.TRUNCATED, "replaced"), False, False, False),
+    (GONE, False, False, False),  # deleted while followed: read to its last byte
+])
+def test_keeps_what_s3_holds(end: End, cut: bool, resumed: bool, keeps: bool) -> None:
+    assert keeps_what_s3_holds(end, truncated_now=cut, resumed=resumed) is keeps

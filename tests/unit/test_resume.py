@@ -9,8 +9,10 @@ from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.parts import PartSchedule
 from cefmp4.core.resume import (
     Candidate,
+    OnClaim,
     Recording,
     Unknown,
+    on_claim,
     plan_parts,
     recording,
     superseded,
@@ -113,3 +115,22 @@ def test_unknown_upload(stream_id: str | None, known: StreamRecord | None,
 ])
 def test_superseded(known: StreamRecord | None, age: float, result: bool) -> None:
     assert superseded("u0", 1000.0, known, now=1000.0 + age, grace=60.0) is result
+
+
+DONE = _record(state=StreamState.COMPLETED, final_size=100, final_mtime_ns=7)
+
+
+@pytest.mark.parametrize(("latest", "running", "at_path", "verdict"), [
+    (None, (), None, OnClaim.NEW),
+    (DONE, (), (100, 7), OnClaim.UPLOADED),  # never uploaded again while unchanged
+    (DONE, (), (101, 8), OnClaim.NEW),  # 1627: grown after Complete: a new stream
+    (DONE, (), None, OnClaim.NEW),  # its path shows nothing (or could not be asked)
+    (_record(state=StreamState.COMPLETED), (), (100, 7), OnClaim.NEW),  # a taken upload's
+    (_record(state=StreamState.FAILED), (), None, OnClaim.NEW),
+    (_record(), ("s",), None, OnClaim.RUNNING),
+    (_record(state=StreamState.FINALIZING), (), None, OnClaim.RESUME),
+    (_record(), ("other",), None, OnClaim.RESUME),
+])
+def test_on_claim(latest: StreamRecord | None, running: tuple[str, ...],
+                  at_path: tuple[int, int] | None, verdict: OnClaim) -> None:
+    assert on_claim(latest, running=running, at_path=at_path) is verdict

@@ -126,6 +126,14 @@ def fate(held_links: int, held: Ident, at_path: Ident | None) -> Fate:
     return Fate.DELETED
 
 
+def keeps_what_s3_holds(end: End, *, truncated_now: bool, resumed: bool) -> bool:
+    """Whether the object is what S3 already holds rather than the verified file: the file
+    no longer has those bytes. So when finalize saw the truncation itself, or resumed an end
+    decided before a crash that the held descriptor cannot undo (a replaced file's held
+    descriptor still has every byte while it runs, not after a restart)."""
+    return truncated_now or (resumed and end.status is not Status.COMPLETE)
+
+
 def end_of(*, truncated_now: bool, fate: Fate, judged: CompletedBy | None) -> End:
     """The end of a stream whose follow loop stopped: ``truncated_now`` when it saw the
     file lose uploaded bytes; ``judged``: what completed it otherwise (§2.14)."""

@@ -10,6 +10,8 @@ or asks S3. What an unknown upload id means is ``core.ending.when_upload_gone``.
 * :class:`Recording` — whether the file found for a stream is still its recording (by the
   bytes of its parts), asked one question at a time so the file is read only as far as
   the answer needs.
+* :func:`on_claim` — what a file that is claimed becomes: skipped (uploaded already, or
+  followed by a running stream), the resumed stream of its checkpoint, or a new stream.
 * :func:`unknown_upload` — what start-up does with an upload no checkpoint knows (rebuild
   the stream, attach the upload to it, or leave it to the sweeper), and
   :func:`superseded` — whether such an upload belongs to a stream that moved on.
@@ -17,12 +19,13 @@ or asks S3. What an unknown upload id means is ``core.ending.when_upload_gone``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from cefmp4.checkpoint import UNFINISHED, PartRecord, StreamRecord
+from cefmp4.checkpoint import UNFINISHED, PartRecord, StreamRecord, StreamState
+from cefmp4.core.identity import SizeMtime
 from cefmp4.core.parts import PartSchedule
 
 
@@ -120,6 +123,31 @@ def recording(*, parts: int, here: bool, holds_last: bool | None = None,
     if holds_first is None:
         return Recording.ASK_FIRST
     return Recording.REWRITTEN if holds_first else Recording.REUSED
+
+
+# --- a claimed file --------------------------------------------------------------------
+
+
+class OnClaim(Enum):
+    UPLOADED = "uploaded"  # a completed stream's file, unchanged since: never again
+    RUNNING = "running"  # a stream of it runs here already
+    RESUME = "resume"  # its unfinished stream goes on
+    NEW = "new"  # a new stream of the file
+
+
+def on_claim(latest: StreamRecord | None, *, running: Collection[str],
+             at_path: SizeMtime | None) -> OnClaim:
+    """``latest``: the newest checkpoint of the file's inode (None: none); ``running``: the
+    stream ids this instance runs; ``at_path``: (size, mtime_ns) of the file at its path now
+    (asked only of a completed stream's file; None when unknown or gone)."""
+    if latest is None:
+        return OnClaim.NEW
+    if latest.state is StreamState.COMPLETED:
+        done = (latest.final_size, latest.final_mtime_ns)
+        return OnClaim.UPLOADED if at_path is not None and at_path == done else OnClaim.NEW
+    if latest.state not in UNFINISHED:
+        return OnClaim.NEW  # failed for good: the file may start a new stream
+    return OnClaim.RUNNING if latest.stream_id in running else OnClaim.RESUME
 
 
 # --- uploads no checkpoint knows (start-up) ------------------------------------------------

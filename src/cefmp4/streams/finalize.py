@@ -31,6 +31,7 @@ from cefmp4.core.ending import (
     Status,
     end_of,
     fate,
+    keeps_what_s3_holds,
     kept_needs_head,
     kept_object,
     truncated,
@@ -112,9 +113,7 @@ async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe
         await ctx.retry("checkpoint", _put(ctx, worker.record))
     else:  # the end decided before a restart stands
         end = End.recorded(worker.record.status, worker.record.completed_by)
-    # Only what S3 already holds makes the object when the file no longer has those bytes:
-    # truncated now, or ended before a crash by something this descriptor cannot undo.
-    if truncated_now or (resumed and end.status is not Status.COMPLETE):
+    if keeps_what_s3_holds(end, truncated_now=truncated_now, resumed=resumed):
         await _keep(worker)  # the end is checkpointed: parts in flight below the cut finish
         return
     while True:

@@ -22,7 +22,8 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import UNFINISHED, MalformedRecord, StreamRecord, StreamState
-from cefmp4.core.identity import Ident, ident_of, unchanged_since
+from cefmp4.core.identity import Ident, ident_of
+from cefmp4.core.resume import OnClaim, on_claim
 from cefmp4.core.uplink import Claim, gate_rank, gate_reserve, is_live, order_key, stream_may_open
 from cefmp4.intake.discover import Scanned, check_file
 from cefmp4.runtime import logs
@@ -266,18 +267,18 @@ class StreamSupervisor:
                 )
                 latest = found[-1] if found else None
             running = {w.stream_id for w in self.workers.values()}
+            at_path = None
             if latest is not None and latest.state is StreamState.COMPLETED:
                 self.completed.remember(latest)
                 st = stat_or_none(path)
-                if st is not None and unchanged_since(latest.final_size, latest.final_mtime_ns, st):
-                    return
-            if latest is not None and latest.state not in UNFINISHED:
-                latest = None
-            if latest is not None and latest.stream_id in running:
+                at_path = None if st is None else (st.st_size, st.st_mtime_ns)
+            verdict = on_claim(latest, running=running, at_path=at_path)
+            if verdict in (OnClaim.UPLOADED, OnClaim.RUNNING):
                 return
-            if latest is not None and self.ownership.shared:
-                log.info(logs.STREAM_TAKEN_OVER, stream_id=latest.stream_id, path=str(path))
-            worker = await self._make_worker(path, ident, rel, latest, held)
+            resumed = latest if verdict is OnClaim.RESUME else None
+            if resumed is not None and self.ownership.shared:
+                log.info(logs.STREAM_TAKEN_OVER, stream_id=resumed.stream_id, path=str(path))
+            worker = await self._make_worker(path, ident, rel, resumed, held)
             if worker is not None:
                 self._run(worker)
         except LeaseLost as exc:
