@@ -429,3 +429,28 @@ async def test_hole6_a_superseded_upload_is_aborted_only_after_the_grace_period(
         still_open = {u.upload_id for u in store.open_uploads()}
         assert old not in still_open
         assert young in still_open
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known hole 74393 (tests/sim/known.py): a one-part stream at its own path is trusted "
+    "(its only part is the one a recorder's header patch changes), so a stranger given "
+    "the recording's inode number at the same path while cefmp4 was down is taken for "
+    "it and its part 1 re-sent from the stranger's bytes: the recording's part in S3 is "
+    "replaced. Closing it needs part 1's digest without its header (a schema change in "
+    "both stores) to tell a header patch from another file."))
+async def test_hole_74393_a_stranger_with_a_one_part_streams_inode_at_its_path(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 5000, seed=21)
+    path.write_bytes(recording)
+    record = await seed(settings, store, path, recording, parts=1, status=None)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.completed_at = None
+        await db.put_stream(record)
+    stranger = pattern(PART + 9000, seed=22)  # another recording, the same inode and path
+    rewrite(path, stranger)
+    await burst(settings, store, prober)
+    kept = [body for body in videos(store).values() if body[:PART] == recording[:PART]]
+    assert kept, "the recording's part 1, which S3 held, is in no object"
