@@ -62,7 +62,7 @@ class Ledger:
     part_size: int
     now: Callable[[], float]  # the loop's clock
     activity: dict[str, float] = field(default_factory=dict)  # upload id -> the owner's last
-    tail_activity: dict[str, float] = field(default_factory=dict)  # stream id -> its last
+    tail_activity: dict[str, float] = field(default_factory=dict)  # segment key -> put at
     segments: list[tuple[str, bytes]] = field(default_factory=list)  # every one it wrote
     salvaged: list[Salvaged] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
@@ -101,16 +101,17 @@ class Ledger:
             self.activity[args[1]] = self.now()
         elif op == "put_object" and TAIL in args[0]:
             self.segments.append((args[0], bytes(args[1])))
-            sid = args[0].split(TAIL, 1)[1].split("/", 1)[0]
-            self.tail_activity[sid] = self.now()
+            self.tail_activity[args[0]] = self.now()
 
     def last_activity(self, key: str, upload_id: str) -> float | None:
-        """When the owner last added to this upload (a part, a tail segment of its stream,
-        its creation); None for an upload the owner never made."""
+        """When the owner last added to this upload (a part, a tail segment of its stream
+        that S3 still holds, its creation); None for an upload the owner never made."""
         if upload_id not in self.activity:
             return None
-        sid = stream_id_in(self.prefix, key)
-        return max(self.activity[upload_id], self.tail_activity.get(sid or "", 0.0))
+        head = f"{self.prefix}{TAIL}{stream_id_in(self.prefix, key)}/"
+        tail = [at for k, at in self.tail_activity.items()
+                if k.startswith(head) and k in self.s3.objects]
+        return max([self.activity[upload_id], *tail])
 
     # --- the other party -----------------------------------------------------------------
 

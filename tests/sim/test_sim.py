@@ -88,7 +88,7 @@ def test_the_other_party_salvages_what_a_lost_host_left() -> None:
     assert result.ok, result.report()
 
 
-def test_the_age_rule_is_judged_when_s3_completes() -> None:
+async def test_the_age_rule_is_judged_when_s3_completes() -> None:
     """(c): the other party completing an upload its owner added to within the age limit
     is caught, judged from the owner's requests and the moment S3 carries it out."""
     from cefmp4.storage.memory import MemoryObjectStore
@@ -103,12 +103,17 @@ def test_the_age_rule_is_judged_when_s3_completes() -> None:
     ledger.party_carry("complete_multipart", (key, "u1", ()))
     assert ledger.violations == []
     now[0] = 140.0
-    ledger.owner_carried("put_object", (f"streams/.cefmp4/tail/{key.split('/')[1]}/"
-                                        f"{0:016x}-{10:016x}", b"0123456789"), None)
+    segment = f"streams/.cefmp4/tail/{key.split('/')[1]}/{0:016x}-{10:016x}"
+    await ledger.s3.put_object(segment, b"0123456789", "application/octet-stream")
+    ledger.owner_carried("put_object", (segment, b"0123456789"), None)
     now[0] = 150.0
     ledger.party_carry("complete_multipart", (key, "u1", ()))
     assert len(ledger.violations) == 1
     assert "(c)" in ledger.violations[0]
+    # A tail segment S3 no longer holds (the stream's object consumed it) keeps nothing live.
+    await ledger.s3.delete_object(segment)
+    ledger.party_carry("complete_multipart", (key, "u1", ()))
+    assert len(ledger.violations) == 1
 
 
 @pytest.mark.parametrize("seed", sorted(RACING_HOLES))
