@@ -4,6 +4,7 @@ with metadata, a crash at any step converges, and nothing live or foreign is tou
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cefmp4.checkpoint import StreamState
+from cefmp4.config.settings import Settings
 from cefmp4.core.keys import metadata_key, new_stream_id, object_key
 from cefmp4.core.metadata import ProbeResult
 from cefmp4.core.parts import MIB
@@ -22,6 +24,7 @@ from cefmp4.storage.memory import MemoryObjectStore
 from cefmp4.streams.salvage import Salvager
 from tests.pipeline.conftest import (
     FakeProber,
+    burst,
     capture,
     daemon,
     make_settings,
@@ -31,6 +34,7 @@ from tests.pipeline.conftest import (
     until,
     videos,
 )
+from tests.pipeline.test_holes import seed
 
 PREFIX = "streams/"
 PART = 5 * MIB
@@ -323,3 +327,53 @@ async def test_a_resumed_stream_whose_upload_was_salvaged_while_down(
     assert body == data
     assert [e["event"] for e in logs].count("stream_taken") == 1
     assert not [e for e in logs if e["event"] in ("stream_failed", "upload_restarted")]
+
+
+async def test_a_stale_plan_is_never_carried_out(store: MemoryObjectStore) -> None:
+    """Racing seed 63 of the simulator: a plan made when the upload held no part, carried
+    out after its owner added parts (a retried request in between), aborted them. The
+    upload is surveyed again just before acting: what changed is looked at next time."""
+    key = object_key("streams/", new_stream_id(), "cam.mp4")
+    upload_id = await store.create_multipart(key, "video/mp4")
+    clock = store.clock
+    salvager = Salvager(store, "streams/", prober=None,
+                        clock=lambda: clock().timestamp() + 3600)
+    [empty] = await salvager.survey(store.open_uploads(), {}, older_than=900)
+    assert empty.action.value == "abort_empty"
+    body = os.urandom(5 * MIB)  # a full part: only the last may be short
+    await store.upload_part(key, upload_id, 1, body,
+                            base64.b64encode(hashlib.md5(body).digest()).decode())
+    outcome = await salvager.carry_out(empty, None)
+    assert (outcome.done, outcome.action) == (False, "changed")
+    assert [p.part_number for p in await store.list_parts(key, upload_id)] == [1]
+    [complete] = await salvager.survey(store.open_uploads(), {}, older_than=0)
+    body2 = os.urandom(1000)
+    await store.upload_part(key, upload_id, 2, body2,
+                            base64.b64encode(hashlib.md5(body2).digest()).decode())
+    outcome = await salvager.carry_out(complete, None)  # would drop part 2
+    assert (outcome.done, outcome.action) == (False, "changed")
+    assert key not in store.objects
+
+
+async def test_a_finalizing_owner_never_publishes_a_salvaged_prefix_as_its_own(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Racing seeds 37 and 41: a salvager completed the upload from exactly the owner's
+    first parts while the owner was finalizing (and away). That object is the owner's
+    parts, so HeadObject alone takes it for the owner's own Complete; the salvage's
+    metadata says otherwise. Before, the owner confirmed it and wrote 'complete' over the
+    salvaged metadata: a prefix of the recording called complete."""
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 777, seed=31)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=2, status="complete")
+    await _salvage_all(store)
+    assert metadata(store, record.key)["status"] == "salvaged"
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert store.objects[record.key].body == data[:2 * PART]  # never replaced
+    assert metadata(store, record.key)["status"] == "salvaged"  # nor its metadata
+    [(key, body)] = [(k, b) for k, b in videos(store).items() if k != record.key]
+    assert body == data
+    assert metadata(store, key)["status"] == "complete"
+    assert [e["event"] for e in logs].count("stream_taken") == 1

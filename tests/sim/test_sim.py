@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim.known import KNOWN_HOLES, RACING_HOLES
+from tests.sim.known import KNOWN_HOLES, RACING_HOLES, RACING_REGRESSION_SEEDS
 from tests.sim.runner import run_seed
 
 
@@ -116,10 +116,13 @@ async def test_the_age_rule_is_judged_when_s3_completes() -> None:
     assert len(ledger.violations) == 1
 
 
-@pytest.mark.parametrize("seed", sorted(RACING_HOLES))
-def test_racing_hole(seed: int) -> None:
-    """Known holes with a racing other party (``known.RACING_HOLES``): strict xfails."""
+@pytest.mark.parametrize("seed", sorted({*RACING_HOLES, *RACING_REGRESSION_SEEDS}))
+def test_racing_seed(seed: int) -> None:
+    """Seeds with a racing other party: known holes (``known.RACING_HOLES``) are strict
+    xfails, the ones fixed since (``RACING_REGRESSION_SEEDS``) must run clean."""
     result = run_seed(seed, racing=True)
-    if not result.ok:
-        pytest.xfail(RACING_HOLES[seed])
-    pytest.fail(f"racing seed {seed} runs clean now: remove it from RACING_HOLES")
+    if seed in RACING_HOLES:
+        if not result.ok:
+            pytest.xfail(RACING_HOLES[seed])
+        pytest.fail(f"racing seed {seed} runs clean now: move it to RACING_REGRESSION_SEEDS")
+    assert result.ok, result.report()

@@ -133,6 +133,12 @@ def test_judge_object(head: ObjectInfo | None, found: Found, made: int) -> None:
     assert list(at.parts) == PARTS[:made]
 
 
+def test_salvage_evidence_makes_our_parts_a_salvagers_object() -> None:
+    assert judge_object(multipart(PARTS[:3]), PARTS, salvaged=True).found is Found.SALVAGED
+    assert judge_object(None, PARTS, salvaged=True).found is Found.ABSENT
+    assert not judge_object(multipart(PARTS[:3]), PARTS, salvaged=True).made_of_all(PARTS[:3])
+
+
 def test_a_complete_is_confirmed_only_by_all_its_parts() -> None:
     at = judge_object(multipart(PARTS[:3]), PARTS)
     assert at.made_of_all(PARTS[:3])
@@ -156,6 +162,9 @@ def test_a_complete_is_confirmed_only_by_all_its_parts() -> None:
     (Found.OURS, False, False, Resume.TAKEN),
     (Found.FOREIGN, False, False, Resume.TAKEN),
     (Found.EMPTY, False, False, Resume.TAKEN),
+    # 37/41 (racing): the owner's own first parts, completed by a salvager (its metadata).
+    (Found.SALVAGED, True, True, Resume.TAKEN),
+    (Found.SALVAGED, False, True, Resume.TAKEN),
 ])
 def test_when_the_upload_is_gone(
     found: Found, resuming: bool, finalizing: bool, resume: Resume

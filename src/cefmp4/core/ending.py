@@ -163,6 +163,9 @@ class Found(Enum):
     EMPTY = "empty"  # an empty object: only an empty recording's put writes one at a key
     OURS = "ours"  # made by Complete from the first N checkpointed parts
     FOREIGN = "foreign"  # an object these parts did not make (salvaged with tail segments…)
+    # Made from this upload by a salvager (its marker, or metadata saying "salvaged"): the
+    # parts may be this stream's very first N, but the Complete was not its own.
+    SALVAGED = "salvaged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,15 +180,19 @@ class ObjectAt:
         return self.found is Found.OURS and list(self.parts) == list(parts)
 
 
-def judge_object(head: HeadAnswer | None, checkpointed: Sequence[PartRecord]) -> ObjectAt:
+def judge_object(head: HeadAnswer | None, checkpointed: Sequence[PartRecord], *,
+                 salvaged: bool = False) -> ObjectAt:
     """Judge HeadObject's answer for a stream's key.
 
     A Complete is made of parts 1..N and the checkpoint may hold more (a truncation keeps
     only the contiguous run, a verification drops the parts past a shorter file), so the
     object is OURS when the first N make it: N is the multipart ETag's part count (a plain
-    ETag: the run whose sizes add up to the object's), and the ETag and size must match."""
+    ETag: the run whose sizes add up to the object's), and the ETag and size must match.
+    ``salvaged``: a salvager's marker or metadata names the upload (asked of OURS only)."""
     if head is None:
         return ObjectAt(Found.ABSENT)
+    if salvaged:
+        return ObjectAt(Found.SALVAGED)
     if head.size == 0:
         return ObjectAt(Found.EMPTY)
     run = contiguous({p.part_number: p for p in checkpointed})
@@ -235,7 +242,7 @@ def when_upload_gone(at: ObjectAt, *, resuming: bool, finalizing: bool) -> Resum
     an object its parts do not make is a salvager's (one with tail segments appended)."""
     if at.found is Found.ABSENT:
         return Resume.RESTART
-    if not finalizing or at.found is Found.FOREIGN:
+    if not finalizing or at.found in (Found.FOREIGN, Found.SALVAGED):
         return Resume.TAKEN
     if at.found is Found.OURS:
         return Resume.ADOPT if resuming else Resume.STANDS

@@ -16,9 +16,11 @@ says so: an expired lease and a file nobody here can open).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from cefmp4.core.keys import segment_prefix
 from cefmp4.core.tail import Piece, Segment, chain
 
 # S3's smallest part, for every part but the last one of an object.
@@ -65,6 +67,16 @@ class Plan:
     ignored: tuple[Part, ...] = ()  # parts after the first gap
     reason: str = ""
     tail: tuple[Piece, ...] = ()  # then these bytes of tail segments, as one last part
+    older_than: float = 0.0  # the age limit it was made with (carried out: surveyed again)
+
+    def same_as(self, other: Plan) -> bool:
+        """``other`` (a survey made just before acting) would do what this plan does: the
+        same action on the same parts and tail bytes. Else the upload changed since this
+        plan was made (its owner lives) and acting on it would drop what was added."""
+        def shape(p: Plan) -> tuple[object, ...]:
+            return (p.action, [(x.number, x.etag) for x in p.used],
+                    [(t.segment.key, t.start, t.end) for t in p.tail])
+        return shape(self) == shape(other)
 
     @property
     def part_bytes(self) -> int:
@@ -105,6 +117,11 @@ def contiguous(parts: tuple[Part, ...]) -> tuple[tuple[Part, ...], tuple[Part, .
 def plan(upload: Upload, *, now: float, older_than: float, object_exists: bool) -> Plan:
     """The action for ``upload``. ``object_exists``: HeadObject found an object at its key
     (S3 can complete an upload only at its own key, and an object there is never replaced)."""
+    return replace(_plan(upload, now=now, older_than=older_than, object_exists=object_exists),
+                   older_than=older_than)
+
+
+def _plan(upload: Upload, *, now: float, older_than: float, object_exists: bool) -> Plan:
     if upload.known and not upload.owner_gone:
         return Plan(Action.SKIP_OWNED, upload, reason="a checkpoint store knows it: its owner "
                     "resumes it")
@@ -135,3 +152,14 @@ def plan(upload: Upload, *, now: float, older_than: float, object_exists: bool) 
     tail = f" + {sum(p.size for p in pieces)} bytes of tail segments" if pieces else ""
     return Plan(Action.COMPLETE, upload, used, ignored, tail=pieces,
                 reason=f"{len(used)} parts{tail}{gap}")
+
+
+def marker_prefix(prefix: str) -> str:
+    """Where salvage markers live: ``{S3_KEY_PREFIX}.cefmp4/salvage/``."""
+    return f"{segment_prefix(prefix)}.cefmp4/salvage/"
+
+
+def marker_key(prefix: str, upload_id: str) -> str:
+    """The marker of a salvage of ``upload_id``: written before its Complete, deleted after
+    its metadata. Its owner reads it as proof that a salvager made the object (§2.19)."""
+    return marker_prefix(prefix) + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"

@@ -265,7 +265,7 @@ async def finish_kept(
     if record.state is not StreamState.FINALIZING:
         record = with_end(record, end, ctx.clock.time())
         await ctx.retry("checkpoint", _put(ctx, record))
-    at = await object_at(ctx, record.key, parts) if kept_needs_head(end, parts) else None
+    at = await object_at(ctx, record, parts) if kept_needs_head(end, parts) else None
     segments = (await list_segments(ctx, record.stream_id)
                 if ctx.config.rpo_seconds is not None and record.upload_id is not None else [])
     plan = kept_object(end, parts, at, file_open=fd is not None, segments=segments)
@@ -288,7 +288,7 @@ async def finish_kept(
     try:
         await complete_parts(ctx, record, kept)
     except UploadNotFound:
-        at = await object_at(ctx, record.key, kept)
+        at = await object_at(ctx, record, kept)
         gone = when_upload_gone(at, resuming=False, finalizing=True)
         if gone is Resume.TAKEN:
             return await taken(ctx, record)

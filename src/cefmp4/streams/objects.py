@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -13,10 +14,12 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
-from cefmp4.core.ending import ObjectAt, judge_object
+from cefmp4.core.ending import Found, ObjectAt, Status, judge_object
 from cefmp4.core.hashing import combined_crc64nvme, crc64_b64
+from cefmp4.core.keys import metadata_key
+from cefmp4.core.salvage import marker_key
 from cefmp4.runtime import logs
-from cefmp4.runtime.errors import UploadNotFound
+from cefmp4.runtime.errors import CefmpError, UploadNotFound
 from cefmp4.streams.context import Context
 
 log = structlog.get_logger("cefmp4.streams.objects")
@@ -27,11 +30,34 @@ async def abort_quietly(ctx: Context, key: str, upload_id: str) -> None:
         await ctx.retry("abort", lambda: ctx.objects.abort_multipart(key, upload_id))
 
 
-async def object_at(ctx: Context, key: str, parts: Sequence[PartRecord]) -> ObjectAt:
+async def object_at(ctx: Context, record: StreamRecord, parts: Sequence[PartRecord]) -> ObjectAt:
     """HeadObject of a stream's key, judged against its checkpointed ``parts``: the one
-    place a stream asks S3 what stands at its key (``core.ending.judge_object`` decides)."""
+    place a stream asks S3 what stands at its key (``core.ending.judge_object`` decides).
+    An object its own first parts make may still be a salvager's (a salvage that took them
+    while this stream was away): its marker or metadata tells, and is asked only then."""
+    key = record.key
     head = await ctx.retry("head", lambda: ctx.objects.head_object(key))
-    return judge_object(head, parts)
+    at = judge_object(head, parts)
+    upload_id = record.upload_id
+    if at.found is Found.OURS and upload_id is not None and await _salvaged(ctx, key, upload_id):
+        return judge_object(head, parts, salvaged=True)
+    return at
+
+
+async def _salvaged(ctx: Context, key: str, upload_id: str) -> bool:
+    """A salvage of ``upload_id`` is under way (its marker) or done (the metadata at the key
+    says "salvaged": only salvage writes that). Metadata that does not parse proves nothing."""
+    marker = marker_key(ctx.config.key_prefix, upload_id)
+    if await ctx.retry("head", lambda: ctx.objects.head_object(marker)) is not None:
+        return True
+    meta = metadata_key(key)
+    if await ctx.retry("head", lambda: ctx.objects.head_object(meta)) is None:
+        return False
+    try:
+        doc = json.loads(await ctx.retry("get", lambda: ctx.objects.get_object(meta)))
+    except (CefmpError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") == Status.SALVAGED.value
 
 
 class FileChanged(Exception):
@@ -67,7 +93,7 @@ async def complete_parts(
         await ctx.retry("complete", attempt)
     except UploadNotFound:
         # Completed before (a crash or a lost response after Complete), or the upload expired.
-        if (await object_at(ctx, key, parts)).made_of_all(parts):
+        if (await object_at(ctx, record, parts)).made_of_all(parts):
             log.info(logs.COMPLETE_CONFIRMED, key=key)
             return
         raise

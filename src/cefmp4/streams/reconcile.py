@@ -98,7 +98,7 @@ async def reconcile(
 async def _upload_gone(
     ctx: Context, record: StreamRecord, parts: list[PartRecord]
 ) -> tuple[StreamRecord, list[PartRecord]]:
-    at = await object_at(ctx, record.key, parts)
+    at = await object_at(ctx, record, parts)
     gone = when_upload_gone(at, resuming=True, finalizing=record.state is StreamState.FINALIZING)
     if gone is Resume.TAKEN:
         raise UploadTaken(f"{record.key} was made by another party")

@@ -27,6 +27,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -168,10 +169,10 @@ class Salvager:
 
     @property
     def marker_prefix(self) -> str:
-        return f"{segment_prefix(self.prefix)}.cefmp4/salvage/"
+        return decide.marker_prefix(self.prefix)
 
     def marker_key(self, upload_id: str) -> str:
-        return self.marker_prefix + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"
+        return decide.marker_key(self.prefix, upload_id)
 
     # --- observe and decide --------------------------------------------------------------
 
@@ -267,6 +268,10 @@ class Salvager:
                 log.warning("salvage_blocked", key=up.key, upload_id=up.upload_id,
                             reason=plan.reason)
             return base
+        if not await self._still_as_surveyed(plan, known):
+            log.info("salvage_replanned", key=up.key, upload_id=up.upload_id)
+            return replace(base, action="changed", detail="it changed since the survey (its "
+                           "owner added to it): looked at again next time")
         if plan.action is decide.Action.ABORT_EMPTY:
             with contextlib.suppress(UploadNotFound):
                 await self.retry("abort", lambda: self.objects.abort_multipart(
@@ -283,6 +288,17 @@ class Salvager:
             await self.retry("complete", lambda: self.objects.complete_multipart(
                 up.key, up.upload_id, [(n, etag) for n, _size, etag, _at in marker.parts]))
         return await self._publish(marker, base)
+
+    async def _still_as_surveyed(self, plan: decide.Plan, known: Known | None) -> bool:
+        """Survey the upload again just before acting: a plan carried out late (a retried
+        request, a slow step before it) must not abort or complete an upload its owner
+        added to since (the age rule holds at the moment of acting, not of the survey)."""
+        up = plan.upload
+        listed = MultipartUpload(up.key, up.upload_id,
+                                 datetime.fromtimestamp(up.initiated_at, UTC))
+        fresh = await self.survey([listed], {} if known is None else {up.upload_id: known},
+                                  older_than=plan.older_than)
+        return bool(fresh) and plan.same_as(fresh[0])
 
     async def resume_interrupted(self, *, dry_run: bool = False) -> list[Outcome]:
         """Finish the salvages a crash interrupted (their markers remain)."""

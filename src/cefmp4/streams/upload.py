@@ -273,7 +273,7 @@ class Uploader:
         (before a crash), and a new upload would overwrite it."""
         await self.cancel_inflight()
         ctx = self.ctx
-        at = await object_at(ctx, self.record.key, list(self.parts.values()))
+        at = await object_at(ctx, self.record, list(self.parts.values()))
         finalizing = self.record.state is StreamState.FINALIZING
         gone = when_upload_gone(at, resuming=False, finalizing=finalizing)
         if gone is Resume.TAKEN:
