@@ -1,7 +1,8 @@
 """Options of the simulator's tests (here, not in the root conftest: they only mean
 something with tests/sim on the command line).
 
-    scripts/test tests/sim                       the CI seeds (CI_SEEDS, and REGRESSION_SEEDS)
+    scripts/test tests/sim                       the CI seeds (CI_SEEDS, REGRESSION_SEEDS,
+                                                 and KNOWN_HOLES as strict xfails)
     scripts/test tests/sim --sim-seeds 10000     a soak: seeds 0..9999
     scripts/test tests/sim -k replay --sim-seed 1234    one seed, with its full report
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim.known import REGRESSION_SEEDS
+from tests.sim.known import KNOWN_HOLES, REGRESSION_SEEDS
 
 CI_SEEDS = 150  # about a minute of CPU; under 3 minutes on a loaded 2-core machine
 
@@ -35,5 +36,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     first = config.getoption("--sim-first")
     drawn = range(first, first + config.getoption("--sim-seeds"))
-    seeds = [*drawn, *(s for s in sorted(REGRESSION_SEEDS) if s not in drawn)]
+    extra = sorted({*REGRESSION_SEEDS, *KNOWN_HOLES})  # (a hole's seed runs as an xfail)
+    seeds = [*drawn, *(s for s in extra if s not in drawn)]
     metafunc.parametrize("sim_seed", list(seeds), ids=[f"seed-{s}" for s in seeds])
