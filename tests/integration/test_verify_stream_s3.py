@@ -44,6 +44,21 @@ async def test_an_object_read_in_streamed_ranges_has_its_digests(
     assert sum(seen) == len(data)
 
 
+async def test_an_object_read_ahead_has_its_digests(
+    store: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read counts as network-bound: after the first 256 KiB the ranges ahead are
+    downloaded at once (``_Range.read_ahead``), and the digests are the same."""
+    monkeypatch.setattr(verify_mod, "RANGE", MiB)
+    monkeypatch.setattr(verify_mod, "READ", 64 * 1024)
+    monkeypatch.setattr(verify_mod, "NETWORK_BOUND", 1 << 40)
+    data = os.urandom(6 * MiB + 17)
+    await store.put_object(KEY, data, "video/mp4")
+    digests = await read_digests(store, KEY, len(data))
+    assert digests.sha256 == hashlib.sha256(data).hexdigest()
+    assert digests.crc64nvme == crc64_b64(crc64nvme(data))
+
+
 async def test_a_range_past_the_end_of_the_object_is_an_error(
     store: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

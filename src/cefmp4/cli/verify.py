@@ -2,11 +2,11 @@
 
 For each video: its metadata is read and its signature checked with the public key; the
 object is read again in ranges (``RANGE`` bytes, ``WINDOW`` more requested ahead, so memory
-stays under ``RANGE * (WINDOW + 1)`` whatever the object's size, and far under it from S3,
-where a range waits in its socket until it is read) and hashed as it arrives (SHA-256, and
-the CRC64NVME when the metadata records one); size, SHA-256 and checksum are compared with
-the metadata. One line per object, then a summary; exit 0 only if every
-object checked is ``ok``.
+stays under ``RANGE * (WINDOW + 1)`` whatever the object's size, and at a few MiB while the
+hashing, not the network, is the bottleneck) and hashed as it arrives (SHA-256, and the
+CRC64NVME when the metadata records one); size, SHA-256 and checksum are compared with the
+metadata. One line per object, then a summary; exit 0 only if every object checked is
+``ok``.
 
 Verdicts, the first that applies: ``MISSING`` (the video or its metadata is not there),
 ``BAD SIGNATURE`` (signed by another key, or the document changed since it was signed: its
@@ -18,11 +18,10 @@ described, but nothing proves who described them), ``ok``. ``ERROR``: S3 could n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -42,9 +41,12 @@ from cefmp4.storage.protection import is_bookkeeping
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 
-RANGE: Final = 16 * 1024 * 1024  # bytes per ranged GET
+RANGE: Final = 32 * 1024 * 1024  # bytes per ranged GET
 WINDOW: Final = 3  # ranged GETs requested ahead of the one being hashed
 READ: Final = 1024 * 1024  # bytes hashed at a time as a range arrives
+# Reads that return less than this on average: the network, not the hashing, is the
+# bottleneck, and the ranges ahead are downloaded at once (``read_digests``).
+NETWORK_BOUND: Final = 128 * 1024
 METADATA_SUFFIX: Final = ".metadata.json"
 
 OK: Final = "ok"
@@ -75,10 +77,10 @@ class RangeStream(Protocol):
 
 @runtime_checkable
 class StreamingStore(VerifyStore, Protocol):
-    """A store that streams a range (``S3ObjectStore``): each range is hashed while it
-    arrives, a megabyte at a time, instead of joined into one ``bytes`` first. Joining 16
-    MiB and hashing it from memory cost verify half again the CPU of reading a GetObject
-    body as boto3 does (issue 23); other stores are read with ``get_range``."""
+    """A store that streams a range (``S3ObjectStore``): each range is hashed as it
+    arrives instead of joined into one ``bytes`` first (joining 16 MiB ranges, then hashing
+    them in a thread, cost verify twice the CPU per GiB of boto3 + hashlib: issue 23).
+    Other stores are read with ``get_range``."""
 
     async def open_range(self, key: str, start: int, end: int) -> RangeStream: ...
 
@@ -154,27 +156,91 @@ async def read_digests(
     store: VerifyStore, key: str, size: int, on_bytes: Callable[[int], None] = lambda _n: None
 ) -> Digests:
     """SHA-256 and CRC64NVME of ``size`` bytes of ``key``, read in ``RANGE`` ranges with
-    ``WINDOW`` requests ahead, each hashed ``READ`` bytes at a time as it arrives.
+    ``WINDOW`` more requested ahead, each hashed ``READ`` bytes at a time as it arrives,
+    on the event loop (a hop to a thread per chunk costs more than it overlaps).
 
-    Hashed on the event loop, where the bytes were just copied: there is nothing else for
-    it to do meanwhile, and a hop to a thread per chunk costs more than it overlaps."""
+    While the hashing is the bottleneck, a range requested ahead waits in its socket until
+    its turn (aiohttp stops reading at 128 KiB): each byte is copied once and hashed, and
+    memory stays at a few MiB. Once reads return little at a time (``NETWORK_BOUND``: the
+    bytes trickle in), the ranges ahead are downloaded at once, in memory, so that a store
+    that caps each connection is read over ``WINDOW + 1`` of them; memory then stays under
+    ``RANGE * (WINDOW + 1)``."""
+    open_range = _open(store)
     sha = hashlib.sha256()
     crc = 0
-    async with contextlib.aclosing(_ranges(store, key, size)) as ranges:
-        async for start, body in ranges:
-            want = min(size, start + RANGE) - start
-            got = 0
-            async with contextlib.aclosing(body):
-                while chunk := await body.read(READ):
-                    got += len(chunk)
-                    if got > want:
-                        break
-                    sha.update(chunk)
-                    crc = crc64nvme(chunk, crc)
-                    on_bytes(len(chunk))
+    starts = list(range(0, size, RANGE))
+    ranges: list[_Range] = []  # requested, in order; the first is being hashed
+    ahead = False
+    try:
+        for i, start in enumerate(starts):
+            while len(ranges) <= WINDOW and i + len(ranges) < len(starts):
+                nxt = starts[i + len(ranges)]
+                ranges.append(_Range(asyncio.ensure_future(
+                    open_range(key, nxt, min(size, nxt + RANGE)))))
+                if ahead:
+                    ranges[-1].read_ahead()
+            head, want, got, reads = ranges[0], min(size, start + RANGE) - start, 0, 0
+            while chunk := await head.read():
+                got += len(chunk)
+                reads += 1
+                if got > want:
+                    break
+                sha.update(chunk)
+                crc = crc64nvme(chunk, crc)
+                on_bytes(len(chunk))
+                if not ahead and got >= 4 * READ and got < reads * NETWORK_BOUND:
+                    ahead = True
+                    for later in ranges[1:]:
+                        later.read_ahead()
+            await ranges.pop(0).aclose()
             if got != want:
                 raise CefmpError(f"GetObject of {key}: short range at byte {start}")
+    finally:
+        for left in ranges:
+            await left.aclose()
     return Digests(size, sha.hexdigest(), crc64_b64(crc))
+
+
+class _Range:
+    """One ranged GET: read by the hasher when its turn comes, or from ``read_ahead`` on
+    by a task of its own that keeps what it read for the hasher."""
+
+    def __init__(self, opening: asyncio.Future[RangeStream]) -> None:
+        self._opening = opening
+        self._read: asyncio.Queue[bytes | Exception] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def read_ahead(self) -> None:
+        if self._task is None:
+            self._read = asyncio.Queue()
+            self._task = asyncio.ensure_future(self._fill(self._read))
+
+    async def _fill(self, read: asyncio.Queue[bytes | Exception]) -> None:
+        try:
+            body = await self._opening
+            while chunk := await body.read(READ):
+                read.put_nowait(chunk)
+            read.put_nowait(b"")
+        except Exception as exc:  # the hasher raises it when it gets there
+            read.put_nowait(exc)
+
+    async def read(self) -> bytes:
+        """Up to ``READ`` bytes as soon as there are any; ``b""`` at the end."""
+        if self._read is None:
+            return await (await self._opening).read(READ)
+        chunk = await self._read.get()
+        if isinstance(chunk, Exception):
+            raise chunk
+        return chunk
+
+    async def aclose(self) -> None:
+        for task in (self._task, self._opening):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._task, self._opening) if t is not None),
+                             return_exceptions=True)
+        if not self._opening.cancelled() and self._opening.exception() is None:
+            await self._opening.result().aclose()
 
 
 def _open(store: VerifyStore) -> Callable[[str, int, int], Awaitable[RangeStream]]:
@@ -185,29 +251,6 @@ def _open(store: VerifyStore) -> Callable[[str, int, int], Awaitable[RangeStream
         return _Whole(await store.get_range(key, start, end))
 
     return whole
-
-
-async def _ranges(
-    store: VerifyStore, key: str, size: int
-) -> AsyncGenerator[tuple[int, RangeStream], None]:
-    """``(start, body)`` of each range in order, ``WINDOW`` more requested ahead; the
-    caller closes each body it is given, this closes those it did not give."""
-    open_range = _open(store)
-    starts = list(range(0, size, RANGE))
-    pending: list[asyncio.Task[RangeStream]] = []
-    try:
-        for i, start in enumerate(starts):
-            while len(pending) <= WINDOW and i + len(pending) < len(starts):
-                nxt = starts[i + len(pending)]
-                pending.append(asyncio.ensure_future(
-                    open_range(key, nxt, min(size, nxt + RANGE))))
-            yield start, await pending.pop(0)
-    finally:
-        for task in pending:
-            task.cancel()
-        for opened in await asyncio.gather(*pending, return_exceptions=True):
-            if not isinstance(opened, BaseException):
-                await opened.aclose()
 
 
 async def verify_one(

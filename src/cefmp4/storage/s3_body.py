@@ -114,10 +114,10 @@ class RangeBody:
     """The body of a ranged GetObject, read ``read(size)`` at a time as it arrives.
 
     Until it is read, aiohttp holds at most its own small buffer (64-128 KiB) and then
-    stops reading the socket: ranges opened ahead cost their request's latency once, not
-    memory, and each byte is read when its reader is ready to hash it (while it is still in
-    the CPU's cache, instead of after a 16 MiB join). ``read`` raises what ``S3ObjectStore``
-    raises for any GetObject; a body shorter than its Content-Length is an error there too
+    stops reading the socket: a range opened ahead costs its request's latency once, not
+    memory, and its bytes are handed over as the socket gives them (not joined into one
+    ``bytes`` of the whole range first). ``read`` raises what ``S3ObjectStore`` raises for
+    any GetObject; a body shorter than its Content-Length is an error there too
     (aiobotocore checks it at the end).
     """
 
