@@ -94,14 +94,15 @@ REGRESSION_SEEDS: dict[int, str] = {
 # rule of SPEC §2.19 allows. CI runs both with ``racing``: a hole is an
 # ``xfail(strict=True)`` like KNOWN_HOLES; once it runs clean it moves to the regressions,
 # which must run clean.
-RACING_HOLES: dict[int, str] = {
+RACING_HOLES: dict[int, str] = {}
+RACING_REGRESSION_SEEDS: dict[int, str] = {
     37: "a stale Complete: the survey saw the upload idle 3 s, the owner added part 12, "
         "the Complete 0.07 s later dropped it ((c), judged when S3 completed); the owner "
-        "then publishes the salvaged prefix as its own 'complete' object (the salvaged "
-        "metadata overwritten; the object equals no state of the file)",
-    41: "the salvaged prefix published as 'complete' by its owner (no stale plan)",
+        "then published the salvaged prefix as its own 'complete' object (the salvaged "
+        "metadata overwritten; the object equals no state of the file). Closed by 2e5942d",
+    41: "the salvaged prefix published as 'complete' by its owner (no stale plan); 2e5942d",
     63: "a stale abort: the plan (no part yet) carried out 20 s after the survey, after an "
         "earlier step's request timed out; the owner had added 4 parts meanwhile and its "
-        "file was replaced: 327680 B that S3 held are lost (streams.salvage.carry_out)",
+        "file was replaced: 327680 B that S3 held were lost (streams.salvage.carry_out); "
+        "2e5942d",
 }
-RACING_REGRESSION_SEEDS: dict[int, str] = {}
