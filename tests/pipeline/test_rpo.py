@@ -6,11 +6,15 @@ salvage appends them when the host is lost."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from pathlib import Path
 
+from cefmp4.checkpoint import PartRecord, StreamState
+from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.core.keys import metadata_key
-from cefmp4.core.tail import tail_prefix
+from cefmp4.core.tail import segment_key, tail_prefix
 from cefmp4.storage.memory import MemoryObjectStore
 from cefmp4.streams.salvage import Salvager
 from tests.pipeline.conftest import (
@@ -22,6 +26,7 @@ from tests.pipeline.conftest import (
     until,
     videos,
 )
+from tests.pipeline.test_holes import seed
 
 PREFIX = "streams/"
 
@@ -180,3 +185,43 @@ async def test_a_recording_shorter_than_a_part_survives_its_deletion(
     doc = json.loads(store.objects[metadata_key(key)].body)
     assert (doc["status"], doc["tail_bytes"]) == ("source_deleted", len(data))
     assert _segments(store) == {}
+
+
+async def test_tail_segments_over_a_gap_never_splice_the_parts_after_it(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Simulator seed 7000191: parts 1, 2 and 4 in S3 (3 lost to a restarted upload), tail
+    segments from the end of part 2 on, the file deleted while down, and a crash after the
+    tail part (part 3, reaching past where part 4 starts) was checkpointed. The object is
+    parts 1-2 and the tail, never part 4 after it (before: a run by part numbers alone took
+    1-2-3-4, the object spliced bytes and its metadata could not be written)."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5)
+    data = pattern(4 * PART + 100, seed=11)
+    path = watch / "cam.mp4"
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=2, status=None, stray=4)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.completed_at = None
+        await db.put_stream(record)
+    tail_end = 3 * PART + 1000  # past where part 4 starts
+    for start, end in ((2 * PART, 2 * PART + 700_000), (2 * PART + 700_000, tail_end)):
+        await store.put_object(segment_key(PREFIX, record.stream_id, start, end),
+                               data[start:end], "application/octet-stream")
+    # An earlier finish crashed after sending and checkpointing the tail part (part 3).
+    body = data[2 * PART:tail_end]
+    md5 = hashlib.md5(body).digest()
+    assert record.upload_id is not None
+    etag = await store.upload_part(record.key, record.upload_id, 3, body,
+                                   base64.b64encode(md5).decode())
+    async with open_sqlite_store(settings.state_dir) as db:
+        await db.put_part(record.stream_id, PartRecord(3, 2 * PART, len(body), etag,
+                                                       md5.hex(), 1.0))
+    path.unlink()
+    async with daemon(settings, store, prober):
+        await until(lambda: metadata_key(record.key) in store.objects, timeout=30,
+                    what="the kept object's metadata")
+    assert store.objects[record.key].body == data[:tail_end]
+    doc = json.loads(store.objects[metadata_key(record.key)].body)
+    assert doc["status"] == "source_deleted"
+    assert [c["size_bytes"] for c in doc["chunks"]] == [PART, PART, tail_end - 2 * PART]

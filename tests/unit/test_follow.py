@@ -7,7 +7,7 @@ import pytest
 
 from cefmp4.checkpoint import PartRecord
 from cefmp4.core.follow import doomed_parts, due_parts, durable_bytes, next_wake, uploaded_extent
-from cefmp4.core.parts import PartSchedule
+from cefmp4.core.parts import PartSchedule, contiguous
 
 S = PartSchedule(10)  # 10-byte parts
 
@@ -25,6 +25,17 @@ def ledger(*numbers: int) -> dict[int, PartRecord]:
 def test_ledger_numbers(parts: tuple[int, ...], extent: int, durable: int) -> None:
     assert uploaded_extent(ledger(*parts)) == extent
     assert durable_bytes(ledger(*parts)) == durable
+
+
+def test_a_gap_in_bytes_ends_the_run_like_a_gap_in_numbers() -> None:
+    """7000191: a short part 3 (a kept object's tail part, or an earlier finalize's last
+    part) is not followed by part 4, which starts where a full part 3 would have ended."""
+    parts = ledger(1, 2, 4)
+    parts[3] = PartRecord(3, 20, 4, "3" * 32, "", 1.0)
+    assert [p.part_number for p in contiguous(parts)] == [1, 2, 3]
+    assert durable_bytes(parts) == 24
+    parts[3] = PartRecord(3, 20, 17, "3" * 32, "", 1.0)  # past part 4's start: the same
+    assert [p.part_number for p in contiguous(parts)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(("size", "have", "inflight", "limit", "due"), [

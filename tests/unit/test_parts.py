@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cefmp4.checkpoint import PartRecord
 from cefmp4.core.parts import (
     GIB,
     MAX_OBJECT_SIZE,
@@ -112,8 +113,9 @@ def test_part_bounds_cover_a_file_with_a_short_tail() -> None:
 
 
 def test_contiguous_stops_at_the_first_gap() -> None:
-    assert contiguous({1: "a", 2: "b", 4: "d"}) == ["a", "b"]
-    assert contiguous({2: "b"}) == []
+    a, b, d = (PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 4))
+    assert contiguous({1: a, 2: b, 4: d}) == [a, b]
+    assert contiguous({2: b}) == []
 
 
 @pytest.mark.parametrize(("base", "max_parts"), [(0, 10), (5 * GIB + 1, 10), (5 * MIB, 0)])

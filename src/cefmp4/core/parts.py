@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -34,7 +34,14 @@ MAX_PART_SIZE = 5 * GIB  # S3's maximum part size
 MAX_OBJECT_SIZE = 5 * TIB  # S3's maximum object size
 MAX_PARTS = 10_000  # S3's maximum part number
 
-P = TypeVar("P")
+class _Span(Protocol):
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+
+P = TypeVar("P", bound=_Span)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +177,12 @@ def part_bounds(schedule: PartSchedule, size: int) -> list[tuple[int, int, int]]
 
 
 def contiguous(parts: Mapping[int, P]) -> list[P]:
-    """Parts 1, 2, ... up to the first gap (what a Complete may use)."""
+    """Parts 1, 2, ... up to the first gap (what a Complete may use): a gap in numbers, or
+    in bytes — a part that does not start where the one before it ends (after a short part:
+    a kept object's tail part, or an earlier finalize's last part the file grew past)."""
     run: list[P] = []
-    while (part := parts.get(len(run) + 1)) is not None:
+    end = 0
+    while (part := parts.get(len(run) + 1)) is not None and part.offset == end:
         run.append(part)
+        end = part.offset + part.size
     return run
