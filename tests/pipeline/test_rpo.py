@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from cefmp4.checkpoint import PartRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
@@ -20,6 +21,7 @@ from cefmp4.streams.salvage import Salvager
 from tests.pipeline.conftest import (
     PART,
     FakeProber,
+    capture,
     daemon,
     make_settings,
     pattern,
@@ -225,3 +227,40 @@ async def test_tail_segments_over_a_gap_never_splice_the_parts_after_it(
     doc = json.loads(store.objects[metadata_key(record.key)].body)
     assert doc["status"] == "source_deleted"
     assert [c["size_bytes"] for c in doc["chunks"]] == [PART, PART, tail_end - 2 * PART]
+
+
+async def test_a_purged_upload_fails_the_kept_stream_and_keeps_its_segments(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Simulator seeds 2000380/2001690: S3 purged the upload (a lifecycle rule) while the
+    host was down and the file was deleted; the restart's tail part met NoSuchUpload. The
+    stream fails with its reason, once, and the segments (the only bytes S3 still holds)
+    stay; before, the error escaped: the stream failed on every restart, or the claim's
+    task died of it."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
+    data = pattern(PART + 400_000, seed=12)
+    path = watch / "cam.mp4"
+    async with daemon(settings, store, prober):
+        path.write_bytes(data)
+        await until(lambda: store.calls["upload_part"] >= 1
+                    and sum(len(b) for b in _segments(store).values()) >= 400_000,
+                    timeout=10, what="part 1 and its tail shipped")
+    path.unlink()
+    real = store.upload_part
+
+    async def purged_first(key: str, upload_id: str, number: int, *a: Any, **kw: Any) -> str:
+        if number == 2:  # the tail part: S3 purges the upload just before it arrives
+            await store.abort_multipart(key, upload_id)
+        return await real(key, upload_id, number, *a, **kw)
+
+    store.upload_part = purged_first  # type: ignore[method-assign]
+    shipped = dict(_segments(store))
+    with capture() as logs:
+        async with daemon(settings, store, prober):
+            await until(lambda: any(e["event"] == "stream_failed" for e in logs),
+                        timeout=30, what="the stream to fail")
+    assert not [e for e in logs if e["event"] == "error"]  # no task died
+    [failed] = [e for e in logs if e["event"] == "stream_failed"]
+    assert "S3 lost the uploaded parts" in failed["error"]
+    assert _segments(store) == shipped  # the bytes S3 still holds are kept
+    assert videos(store) == {}

@@ -24,11 +24,6 @@ KNOWN_HOLES: dict[int, str] = {
     # other party taken out of its schedule it still fails. The first three run clean on
     # 32e3ed5~1 ("a stream that ends with what S3 holds keeps its tail segments: they are
     # the object's last part" came in 32e3ed5).
-    2000380: "RPO: a truncated stream's last part made of its tail segments is sent to an "
-             "upload S3 has purged: the NoSuchUpload is not taken for a gone upload, the "
-             "stream fails (stream_failed UploadPart failed: NoSuchUpload)",
-    2001690: "RPO: the same NoSuchUpload from a claim's start task, which dies of it "
-             "(supervisor.failures: UploadNotFound in start-(dev, inode))",
     2001351: "RPO: faststart, a crash after part_reuploaded, the file 'rewritten while nobody "
              "watched': the restart confirms and publishes a 'complete' object that equals "
              "no state of the file",
@@ -41,6 +36,10 @@ KNOWN_HOLES: dict[int, str] = {
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    2000380: "RPO: a truncated stream's last part made of its tail segments sent to an "
+             "upload S3 had purged: the NoSuchUpload is a gone upload (finish_kept), not a "
+             "stream failure on every restart",
+    2001690: "RPO: the same NoSuchUpload from a claim's start task, which died of it",
     300: "an idle end (complete) checkpointed, the file grown, a crash, the file deleted "
          "while down: the kept prefix must not be called complete (finish_kept)",
     310: "a truncated stream completed from parts 1-5 with part 7 checkpointed too: the "

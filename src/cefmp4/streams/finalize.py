@@ -282,10 +282,10 @@ async def finish_kept(
     if plan.action == Kept.FAIL:
         return await _fail(ctx, record, plan.why)
     kept = list(plan.parts)
-    if plan.tail:
-        kept.append(await upload_tail_part(ctx, record, len(kept) + 1, plan.tail))
-        running = None  # the SHA-256 built while reading covers the parts only
     try:
+        if plan.tail:  # S3 may have purged (or a salvager taken) the upload meanwhile too
+            kept.append(await upload_tail_part(ctx, record, len(kept) + 1, plan.tail))
+            running = None  # the SHA-256 built while reading covers the parts only
         await complete_parts(ctx, record, kept)
     except UploadNotFound:
         at = await object_at(ctx, record, kept)
