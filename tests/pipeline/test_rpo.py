@@ -21,6 +21,7 @@ from cefmp4.streams.salvage import Salvager
 from tests.pipeline.conftest import (
     PART,
     FakeProber,
+    burst,
     capture,
     daemon,
     make_settings,
@@ -28,7 +29,7 @@ from tests.pipeline.conftest import (
     until,
     videos,
 )
-from tests.pipeline.test_holes import seed
+from tests.pipeline.test_holes import rewrite, seed
 
 PREFIX = "streams/"
 
@@ -264,3 +265,40 @@ async def test_a_purged_upload_fails_the_kept_stream_and_keeps_its_segments(
     assert "S3 lost the uploaded parts" in failed["error"]
     assert _segments(store) == shipped  # the bytes S3 still holds are kept
     assert videos(store) == {}
+
+
+async def test_a_rewritten_finalizing_stream_stays_truncated_across_a_crash(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Simulator seed 2001351: a finalizing stream (an idle end, 'complete') whose file was
+    rewritten while cefmp4 was down ends with what S3 holds, its tail segments the last
+    part. A crash after that Complete, before the metadata: the restart must publish it as
+    'truncated'. Before, the new end was never checkpointed over the idle one, and the
+    restart, finding the file holding the last (tail) part, confirmed the object and
+    called a state the file never was in 'complete'."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5)
+    data = pattern(3 * PART + 300_000, seed=13)
+    path = watch / "cam.mp4"
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=3, status="complete")
+    await store.put_object(segment_key(PREFIX, record.stream_id, 3 * PART, len(data)),
+                           data[3 * PART:], "application/octet-stream")
+    rewritten = bytearray(data)
+    rewritten[2 * PART:2 * PART + 1000] = b"\x00" * 1000  # part 3 rewritten, the rest as is
+    rewrite(path, bytes(rewritten))
+    real = store.get_range
+
+    async def crash_after_complete(key: str, start: int, end: int) -> bytes:
+        if key == record.key:  # reading the object back for its SHA-256: right after Complete
+            raise RuntimeError("the host died here")
+        return await real(key, start, end)
+
+    store.get_range = crash_after_complete  # type: ignore[method-assign]
+    await burst(settings, store, prober)
+    assert record.key in store.objects  # the Complete went through before the crash
+    assert metadata_key(record.key) not in store.objects
+    store.get_range = real  # type: ignore[method-assign]
+    await burst(settings, store, prober)
+    doc = json.loads(store.objects[metadata_key(record.key)].body)
+    assert (doc["status"], doc["completed_by"]) == ("truncated", "truncated")
+    assert store.objects[record.key].body == data  # what S3 held: the parts and the tail

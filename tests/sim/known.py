@@ -24,9 +24,6 @@ KNOWN_HOLES: dict[int, str] = {
     # other party taken out of its schedule it still fails. The first three run clean on
     # 32e3ed5~1 ("a stream that ends with what S3 holds keeps its tail segments: they are
     # the object's last part" came in 32e3ed5).
-    2001351: "RPO: faststart, a crash after part_reuploaded, the file 'rewritten while nobody "
-             "watched': the restart confirms and publishes a 'complete' object that equals "
-             "no state of the file",
     2001974: "RPO: orphan uploads with no part (CreateMultipartUpload answers lost) at the "
              "key of a stream whose tail segments do not start at byte 0 are planned "
              "UNUSABLE, not empty (core.salvage.plan counts the stream's segments as their "
@@ -36,6 +33,9 @@ KNOWN_HOLES: dict[int, str] = {
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    2001351: "RPO: a finalizing stream rewritten while down ends truncated; its new end is "
+             "checkpointed over the idle one before the Complete, so a crash after it is "
+             "never resumed and published as 'complete' (lifecycle._inode_reused)",
     2000380: "RPO: a truncated stream's last part made of its tail segments sent to an "
              "upload S3 had purged: the NoSuchUpload is a gone upload (finish_kept), not a "
              "stream failure on every restart",

@@ -16,7 +16,7 @@ from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import DEFAULT_EXTENSIONS
-from cefmp4.core.ending import Status
+from cefmp4.core.ending import End, Status
 from cefmp4.core.identity import unchanged_since
 from cefmp4.core.keys import UnkeyablePath, new_stream_id, object_key
 from cefmp4.core.resume import Recording, recording
@@ -31,7 +31,7 @@ from cefmp4.runtime.errors import (
     UploadTaken,
 )
 from cefmp4.streams.context import Context
-from cefmp4.streams.finalize import finalize, finish_kept, taken
+from cefmp4.streams.finalize import finalize, finish_kept, taken, with_end
 from cefmp4.streams.recheck import holds
 from cefmp4.streams.reconcile import reconcile
 from cefmp4.streams.source import OpenedSource, open_source
@@ -233,8 +233,12 @@ async def _inode_reused(
         log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
         rec, parts = await reconcile(ctx, rec, parts, None)
         if not reused:
-            # finish_kept checkpoints this end (the record is not finalizing yet) first.
-            rec = replace(rec, status=Status.TRUNCATED.value)
+            # Checkpointed before anything acts on it, also over an end decided earlier (a
+            # finalizing stream's idle end): a crash after the object is made must not
+            # resume it as that earlier end (simulator seed 2001351).
+            rec = with_end(rec, End.of(Status.TRUNCATED), ctx.clock.time())
+            ended = rec
+            await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(ended))
         await finish_kept(ctx, rec, parts, None, None)
     return True
 
