@@ -197,7 +197,9 @@ class Simulation:
         self._party_lock = asyncio.Lock()  # one command at a time on the other host
         self.party = {"runs": 0, "errors": 0}
         self.party_failures: list[str] = []
-        self.may_stay_open: set[str] = set()  # left open by the last run after a host loss
+        # Each upload's last word from the other party (after a host loss, an upload it
+        # leaves to the operator may stay open: SPEC §2.19's BLOCKED and UNUSABLE).
+        self.party_said: dict[str, str] = {}
         self.host_lost_at: float | None = None
         self._host_gone = asyncio.Event()
 
@@ -489,7 +491,7 @@ class Simulation:
 
         self.loop.call_at(moment, spawn)
 
-    async def _salvage_run(self, older_than: float, *, last: bool = False) -> bool:
+    async def _salvage_run(self, older_than: float) -> bool:
         """``cefmp4 salvage --older-than older_than`` from another host, now; False when
         it exits 1 for something a second run may finish (an operator runs it again)."""
         async with self._party_lock:
@@ -514,17 +516,22 @@ class Simulation:
             finally:
                 self.ledger.older_than = None
         left = (Action.BLOCKED, Action.UNUSABLE)  # for the operator, run after run
-        if last:
-            self.may_stay_open = {o.upload_id for o in outcomes if o.action in left}
+        self.party_said |= {o.upload_id: str(o.action) for o in outcomes}
         failed = [o for o in outcomes if not o.ok and o.action not in left]
         self.party["errors"] += bool(failed)
         return not failed
+
+    def _may_stay_open(self) -> frozenset[str]:
+        if self.host_lost_at is None:
+            return frozenset()  # the owner lives: it finishes every upload of its own
+        left = {str(Action.BLOCKED), str(Action.UNUSABLE)}
+        return frozenset(u for u, said in self.party_said.items() if said in left)
 
     async def _last_salvage(self) -> None:
         """After a host loss: the command until it exits 0 but for what it leaves to the
         operator (an object at the key, no part 1), at most three times."""
         for _ in range(3):
-            if await self._salvage_run(FINAL_OLDER_THAN, last=True):
+            if await self._salvage_run(FINAL_OLDER_THAN):
                 return
 
     async def _lose_host(self, loss: HostLoss) -> None:
@@ -620,7 +627,7 @@ class Simulation:
         failures += invariants.check_tail_left(self.s3, PREFIX, videos)
         failures += self.party_failures
         failures += invariants.check_outside(
-            self.s3, PREFIX, before, uploads_before, frozenset(self.may_stay_open)
+            self.s3, PREFIX, before, uploads_before, self._may_stay_open()
         )
         for p in self.processes:
             if p.budget.over:
