@@ -17,22 +17,18 @@ from __future__ import annotations
 # lifecycle._inode_reused) and its part re-sent from the stranger's bytes. Since the orphan
 # sweeper salvages (issue 25), its requests draw from the fault stream and the seed's
 # schedule no longer reaches that state: it runs clean, but the hole is not proven closed
-# (the rule in lifecycle._inode_reused is unchanged); a soak may find it again.
-KNOWN_HOLES: dict[int, str] = {
-    # Found by the soak of issue #25 (seeds 2,000,000+), which turns RPO_SECONDS on for a
-    # third of the seeds: on 6bccc12 each runs clean with RPO_SECONDS off, and with the
-    # other party taken out of its schedule it still fails. The first three run clean on
-    # 32e3ed5~1 ("a stream that ends with what S3 holds keeps its tail segments: they are
-    # the object's last part" came in 32e3ed5).
-    2001974: "RPO: orphan uploads with no part (CreateMultipartUpload answers lost) at the "
-             "key of a stream whose tail segments do not start at byte 0 are planned "
-             "UNUSABLE, not empty (core.salvage.plan counts the stream's segments as their "
-             "content): the sweeper leaves them open for ever",
-}
+# (the rule in core.resume.recording is unchanged); a soak may find it again. It stands as
+# a deterministic strict xfail in tests/pipeline/test_holes.py.
+# The four seeds the soak of issue #25 found here (2000380, 2001351, 2001690, 2001974: RPO
+# with the other party) were closed on 2026-12-07 and are regression seeds below.
+KNOWN_HOLES: dict[int, str] = {}
 
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    2001974: "RPO: orphan uploads with no part (CreateMultipartUpload answers lost) at the "
+             "key of a stream whose tail segments do not start at byte 0: empty, aborted "
+             "(core.salvage.plan), not left open for ever",
     2001351: "RPO: a finalizing stream rewritten while down ends truncated; its new end is "
              "checkpointed over the idle one before the Complete, so a crash after it is "
              "never resumed and published as 'complete' (lifecycle._inode_reused)",

@@ -155,6 +155,12 @@ def test_a_fresh_segment_keeps_an_upload_live() -> None:
     assert plan(up, now=NOW, older_than=AGE, object_exists=False).action is Action.SKIP_LIVE
 
 
-def test_a_tail_that_does_not_start_at_byte_0_is_unusable_alone() -> None:
+def test_an_upload_without_parts_is_empty_whatever_its_streams_segments() -> None:
+    """Seed 2001974: a stream's segments are the stream's, not each upload's (an upload
+    whose CreateMultipartUpload answer was lost holds none of its bytes). One without parts
+    whose segments do not start at byte 0 holds nothing: aborted (the segments stay), not
+    left open for ever."""
     up = Upload("k", "u", OLD, (), tail=(_seg(50, 90),))
-    assert plan(up, now=NOW, older_than=AGE, object_exists=False).action is Action.UNUSABLE
+    result = plan(up, now=NOW, older_than=AGE, object_exists=False)
+    assert result.action is Action.ABORT_EMPTY
+    assert "left as they are" in result.reason

@@ -141,6 +141,12 @@ def _plan(upload: Upload, *, now: float, older_than: float, object_exists: bool)
     if not used or used[-1].size >= MIN_PART_BYTES:  # else a short part must stay the last
         pieces = tuple(chain(upload.tail, sum(p.size for p in used)))
     if not used and not pieces:
+        if not upload.parts:
+            # Its stream's segments belong to the stream, not to this upload (one whose
+            # CreateMultipartUpload answer was lost, say): it holds nothing to salvage, and
+            # aborting it deletes no segment.
+            return Plan(Action.ABORT_EMPTY, upload, reason="it holds no part (its stream's "
+                        "tail segments do not start at byte 0; they are left as they are)")
         first = f"first part {ignored[0].number}" if ignored else "no tail segment from byte 0"
         return Plan(Action.UNUSABLE, upload, ignored=ignored,
                     reason=f"it has no part 1 ({first}); left open")
