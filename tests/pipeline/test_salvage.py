@@ -332,28 +332,31 @@ async def test_a_resumed_stream_whose_upload_was_salvaged_while_down(
 async def test_a_stale_plan_is_never_carried_out(store: MemoryObjectStore) -> None:
     """Racing seed 63 of the simulator: a plan made when the upload held no part, carried
     out after its owner added parts (a retried request in between), aborted them. The
-    upload is surveyed again just before acting: what changed is looked at next time."""
+    upload is surveyed again just before acting, and the fresh plan is what is done."""
     key = object_key("streams/", new_stream_id(), "cam.mp4")
     upload_id = await store.create_multipart(key, "video/mp4")
-    clock = store.clock
+    clock, ahead = store.clock, [3600.0]
     salvager = Salvager(store, "streams/", prober=None,
-                        clock=lambda: clock().timestamp() + 3600)
+                        clock=lambda: clock().timestamp() + ahead[0])
     [empty] = await salvager.survey(store.open_uploads(), {}, older_than=900)
     assert empty.action.value == "abort_empty"
     body = os.urandom(5 * MIB)  # a full part: only the last may be short
     await store.upload_part(key, upload_id, 1, body,
                             base64.b64encode(hashlib.md5(body).digest()).decode())
+    ahead[0] = 10.0  # the owner added it 10 s ago: a live upload now
     outcome = await salvager.carry_out(empty, None)
-    assert (outcome.done, outcome.action) == (False, "changed")
+    assert (outcome.done, outcome.action) == (False, "skip_live")
     assert [p.part_number for p in await store.list_parts(key, upload_id)] == [1]
-    [complete] = await salvager.survey(store.open_uploads(), {}, older_than=0)
+    ahead[0] = 3600.0
+    [complete] = await salvager.survey(store.open_uploads(), {}, older_than=900)
+    assert complete.action.value == "complete"
     body2 = os.urandom(1000)
     await store.upload_part(key, upload_id, 2, body2,
                             base64.b64encode(hashlib.md5(body2).digest()).decode())
+    ahead[0] = 10.0
     outcome = await salvager.carry_out(complete, None)  # would drop part 2
-    assert (outcome.done, outcome.action) == (False, "changed")
+    assert (outcome.done, outcome.action) == (False, "skip_live")
     assert key not in store.objects
-
 
 async def test_a_finalizing_owner_never_publishes_a_salvaged_prefix_as_its_own(
     settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber

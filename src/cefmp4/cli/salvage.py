@@ -25,6 +25,7 @@ from cefmp4.checkpoint import CheckpointStore, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import DB_NAME
 from cefmp4.config.adapters import open_checkpoints, open_objects, protection_of
 from cefmp4.config.settings import Settings
+from cefmp4.core.ending import CompletedBy, Status
 from cefmp4.core.keys import within_prefix
 from cefmp4.core.salvage import Action
 from cefmp4.runtime import logs
@@ -88,8 +89,9 @@ async def _salvage(settings: Settings, *, dry_run: bool, older_than: float) -> l
                 # Its owner is gone: the record says what became of the stream, so that no
                 # instance resumes an upload that is now an object.
                 await store.put_stream(replace(
-                    record, state=StreamState.COMPLETED, status="salvaged",
-                    completed_by="salvage", completed_at=time.time(), final_size=plan.bytes))
+                    record, state=StreamState.COMPLETED, status=Status.SALVAGED.value,
+                    completed_by=CompletedBy.SALVAGE.value, completed_at=time.time(),
+                    final_size=plan.bytes))
             outcomes.append(outcome)
         return outcomes
     raise AssertionError("unreachable")  # pragma: no cover  (mypy: the stack never swallows)

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from cefmp4.checkpoint import UNFINISHED, StreamRecord, StreamState
+from cefmp4.core.ending import CompletedBy, Status
 from cefmp4.core.keys import within_prefix
 from cefmp4.core.salvage import Action
 from cefmp4.streams.lifecycle import locate, scan_by_inode
@@ -103,8 +104,8 @@ class AbandonedStreams:
             outcome = await self.salvager.carry_out(plan, known)
             if not outcome.done or plan.action is not Action.COMPLETE:
                 return False
-            done = replace(record, state=StreamState.COMPLETED, status="salvaged",
-                           completed_by="salvage", completed_at=ctx.clock.time(),
+            done = replace(record, state=StreamState.COMPLETED, status=Status.SALVAGED.value,
+                           completed_by=CompletedBy.SALVAGE.value, completed_at=ctx.clock.time(),
                            final_size=outcome.bytes)
             await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(done))
             log.warning("abandoned_stream_salvaged", stream_id=record.stream_id,

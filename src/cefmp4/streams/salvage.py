@@ -37,6 +37,7 @@ import structlog
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core import salvage as decide
 from cefmp4.core.containers import content_type
+from cefmp4.core.ending import CompletedBy, Status
 from cefmp4.core.hashing import (
     CRC32C_PREFIX,
     crc64_b64,
@@ -210,7 +211,10 @@ class Salvager:
                 first = decide.plan(upload, now=now, older_than=older_than,
                                     object_exists=head is not None)
             plans.append(first)
-        return plans
+        # One object per key: when a stream left several uploads (a CreateMultipartUpload
+        # answer lost, a restart), the one holding the most bytes is carried out first; the
+        # others are then blocked by its object (surveyed again before acting) and stay open.
+        return sorted(plans, key=lambda p: (p.upload.key, -p.bytes))
 
     async def _segments(self, key: str) -> tuple[Segment, ...]:
         """The tail segments of the stream whose video ``key`` is (RPO_SECONDS, §2.20)."""
@@ -259,19 +263,32 @@ class Salvager:
 
     async def carry_out(self, plan: decide.Plan, known: Known | None, *,
                         dry_run: bool = False) -> Outcome:
+        actionable = (decide.Action.COMPLETE, decide.Action.ABORT_EMPTY)
+        if not dry_run and plan.action in actionable:
+            # Surveyed again just before acting: a plan carried out late (a retried request,
+            # a slow step before it) must not abort or complete an upload its owner added
+            # to since, nor complete one over an object another upload of the key became.
+            # What the fresh survey says is acted on: it is as fresh as any.
+            fresh = await self._survey_again(plan, known)
+            if fresh is None:
+                up = plan.upload
+                return Outcome(up.key, up.upload_id, len(plan.used), plan.bytes, "gone",
+                               "completed or aborted by someone else since the survey",
+                               done=False)
+            if not plan.same_as(fresh):
+                log.info("salvage_replanned", key=plan.upload.key,
+                         upload_id=plan.upload.upload_id, was=str(plan.action),
+                         now=str(fresh.action))
+                plan = fresh
         up = plan.upload
         base = Outcome(up.key, up.upload_id, len(plan.used), plan.bytes, str(plan.action),
                        plan.reason, done=False,
                        ok=plan.action not in (decide.Action.BLOCKED, decide.Action.UNUSABLE))
-        if dry_run or plan.action not in (decide.Action.COMPLETE, decide.Action.ABORT_EMPTY):
+        if dry_run or plan.action not in actionable:
             if plan.action in (decide.Action.BLOCKED, decide.Action.UNUSABLE):
                 log.warning("salvage_blocked", key=up.key, upload_id=up.upload_id,
                             reason=plan.reason)
             return base
-        if not await self._still_as_surveyed(plan, known):
-            log.info("salvage_replanned", key=up.key, upload_id=up.upload_id)
-            return replace(base, action="changed", detail="it changed since the survey (its "
-                           "owner added to it): looked at again next time")
         if plan.action is decide.Action.ABORT_EMPTY:
             with contextlib.suppress(UploadNotFound):
                 await self.retry("abort", lambda: self.objects.abort_multipart(
@@ -289,16 +306,14 @@ class Salvager:
                 up.key, up.upload_id, [(n, etag) for n, _size, etag, _at in marker.parts]))
         return await self._publish(marker, base)
 
-    async def _still_as_surveyed(self, plan: decide.Plan, known: Known | None) -> bool:
-        """Survey the upload again just before acting: a plan carried out late (a retried
-        request, a slow step before it) must not abort or complete an upload its owner
-        added to since (the age rule holds at the moment of acting, not of the survey)."""
+    async def _survey_again(self, plan: decide.Plan, known: Known | None) -> decide.Plan | None:
+        """The plan a survey of the upload makes now (None: S3 no longer lists it)."""
         up = plan.upload
         listed = MultipartUpload(up.key, up.upload_id,
                                  datetime.fromtimestamp(up.initiated_at, UTC))
         fresh = await self.survey([listed], {} if known is None else {up.upload_id: known},
                                   older_than=plan.older_than)
-        return bool(fresh) and plan.same_as(fresh[0])
+        return fresh[0] if fresh else None
 
     async def resume_interrupted(self, *, dry_run: bool = False) -> list[Outcome]:
         """Finish the salvages a crash interrupted (their markers remain)."""
@@ -407,9 +422,9 @@ class Salvager:
             bucket=getattr(self.objects, "bucket", ""), key=marker.key,
             part_size=marker.parts[0][1] if marker.parts else 0, max_parts=10_000,
             state=StreamState.COMPLETED, started_at=marker.started_stream_at,
-            last_activity_at=now, upload_id=marker.upload_id, status="salvaged",
+            last_activity_at=now, upload_id=marker.upload_id, status=Status.SALVAGED.value,
             completed_at=marker.started_at, final_size=size, sha256=sha,
-            completed_by="salvage",
+            completed_by=CompletedBy.SALVAGE.value,
         )
         records, offset = [], 0
         for (number, part_size, etag, at), crc in zip(marker.parts, crcs, strict=True):
@@ -417,9 +432,10 @@ class Salvager:
                                       at if at is not None else marker.initiated_at))
             offset += part_size
         doc = build_metadata(
-            record=record, parts=records, probe=probe, status="salvaged", processed_at=now,
+            record=record, parts=records, probe=probe, status=Status.SALVAGED.value,
+            processed_at=now,
             extra={
-                "completed_by": "salvage",
+                "completed_by": CompletedBy.SALVAGE.value,
                 "salvage": {
                     "upload_id": marker.upload_id,
                     "parts_used": len(marker.parts),
