@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog.testing
 from botocore.exceptions import (  # type: ignore[import-untyped]
     ClientError,
     ConnectionClosedError,
@@ -388,6 +389,19 @@ async def test_ensure_bucket_creates_and_is_idempotent(open_store: OpenStore) ->
 async def test_ping_and_ensure_bucket_on_existing_bucket(store: ObjectStore) -> None:
     await store.ping()
     await store.ensure_bucket()
+
+
+@pytest.mark.parametrize("backend", ["seaweedfs", "moto"], indirect=True)  # real buckets
+async def test_a_created_bucket_is_said_once(open_store: OpenStore) -> None:
+    """A newcomer's typo in S3_BUCKET_NAME created a bucket silently and every recording
+    went there: the creation is a WARNING naming the bucket (like watch_dir_created)."""
+    name = new_bucket_name()
+    async with open_store(name, False) as fresh:
+        with structlog.testing.capture_logs() as logs:
+            await fresh.ensure_bucket()
+            await fresh.ensure_bucket()
+    created = [e for e in logs if e["event"] == "bucket_created"]
+    assert [(e["bucket"], e["log_level"]) for e in created] == [(name, "warning")]
 
 
 # -- S3 only: the real network, real credentials --------------------------------------------

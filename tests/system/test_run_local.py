@@ -135,6 +135,33 @@ def test_a_fragmented_recording_is_one_object(local_run: LocalRun) -> None:
     assert [e["completed_by"] for e in idle] == ["writer_closed"]
 
 
+def test_hls_segments_and_the_helpers_a_newcomer_reaches_for(local_run: LocalRun) -> None:
+    """The newcomer walkthrough of #26: `-f hls` writes .ts segments, which run-local's
+    profile watches (cefmp4's default, .mp4 only, passed them by without a word), and
+    `upload`/`salvage` go through run-local like `status` (before: "already running")."""
+    hls = local_run.repo / "input-videos" / "hls"
+    hls.mkdir()
+    ffmpeg = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", f"testsrc2=size=160x90:rate={FPS}", "-t", "2", "-c:v", "mpeg4",
+         "-f", "hls", "-hls_time", "1", str(hls / "live.m3u8")],
+        capture_output=True, text=True, timeout=90, check=False,
+    )
+    assert ffmpeg.returncode == 0, ffmpeg.stderr
+    segments = sorted(p.name for p in hls.glob("*.ts"))
+    assert segments
+    _wait(lambda: {n for n in segments}
+          <= {k.rsplit("/", 1)[-1] for k in local_run.bucket_keys()}, 40,
+          "every .ts segment's object", local_run)
+    extra = local_run.repo / "outside.mp4"
+    extra.write_bytes(b"\0" * 4096)
+    upload = local_run.script("upload", str(extra))
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    assert upload.stdout.startswith("ok"), upload.stdout
+    salvage = local_run.script("salvage", "--dry-run")
+    assert salvage.returncode == 0, salvage.stdout + salvage.stderr
+
+
 def test_started_twice_it_says_who_runs(local_run: LocalRun) -> None:
     began = time.monotonic()
     second = local_run.script(timeout=60)

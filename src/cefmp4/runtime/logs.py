@@ -29,6 +29,7 @@ SHUTDOWN: Final = "shutdown"  # draining: no new work, in-flight parts finishing
 FORCED_EXIT: Final = "forced_exit"  # a second signal
 STOPPED: Final = "stopped"
 # one stream
+BUCKET_CREATED: Final = "bucket_created"  # run created S3_BUCKET_NAME: WARNING, a typo?
 STREAM_STARTED: Final = "stream_started"
 STREAM_RESUMED: Final = "stream_resumed"
 STREAM_RENAMED: Final = "stream_renamed"

@@ -27,6 +27,7 @@ from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
 
 from cefmp4.core.hashing import crc64_b64, crc64nvme
+from cefmp4.runtime import logs
 from cefmp4.runtime.errors import ConfigError, PermanentError, TransientError
 from cefmp4.storage import (
     ListedObject,
@@ -112,6 +113,9 @@ class S3ObjectStore:
     async def ensure_bucket(self) -> None:
         if not await self._head_bucket():
             await self._create_bucket()
+            # Like watch_dir_created: a typo in S3_BUCKET_NAME must not pass unnoticed.
+            log.warning(logs.BUCKET_CREATED, bucket=self.bucket,
+                        hint="S3_BUCKET_NAME did not exist; check it for a typo")
         if self.protection.locks:
             await self.check_object_lock()
 
