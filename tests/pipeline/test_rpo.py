@@ -302,3 +302,35 @@ async def test_a_rewritten_finalizing_stream_stays_truncated_across_a_crash(
     doc = json.loads(store.objects[metadata_key(record.key)].body)
     assert (doc["status"], doc["completed_by"]) == ("truncated", "truncated")
     assert store.objects[record.key].body == data  # what S3 held: the parts and the tail
+
+
+async def test_a_lost_part_whose_bytes_a_segment_holds_is_filled(
+    tmp_path: Path, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Simulator seeds 2029967/2010391: part 3 was lost to a restarted upload, parts 1, 2
+    and 4 are in S3, and tail segments shipped while part 3 was missing hold its bytes.
+    The file deleted while down, the kept object is parts 1-2, part 3 from the segments,
+    part 4 and the segments after it: every byte S3 held (before: parts 1-2 and the tail
+    after them, part 4 left out)."""
+    settings = make_settings(tmp_path, watch, rpo_seconds=0.5)
+    data = pattern(4 * PART + 300_000, seed=14)
+    path = watch / "cam.mp4"
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=2, status=None, stray=4)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.completed_at = None
+        await db.put_stream(record)
+    for start, end in ((2 * PART, 3 * PART - 1000), (3 * PART - 1000, 3 * PART + 5000),
+                       (4 * PART, len(data))):
+        await store.put_object(segment_key(PREFIX, record.stream_id, start, end),
+                               data[start:end], "application/octet-stream")
+    path.unlink()
+    async with daemon(settings, store, prober):
+        await until(lambda: metadata_key(record.key) in store.objects, timeout=30,
+                    what="the kept object's metadata")
+    assert store.objects[record.key].body == data
+    doc = json.loads(store.objects[metadata_key(record.key)].body)
+    assert doc["status"] == "source_deleted"
+    assert [c["size_bytes"] for c in doc["chunks"]] == [PART, PART, PART, PART, 300_000]
+    assert doc["tail_bytes"] == PART + 300_000

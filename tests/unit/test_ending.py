@@ -223,7 +223,7 @@ def _seg(start: int, end: int) -> Segment:
 
 @pytest.mark.parametrize(("parts", "segments", "action", "tail"), [
     # The segments that continue the run are the object's last part (RPO_SECONDS, §2.20).
-    (PARTS, [_seg(30, 36), _seg(36, 40)], Kept.COMPLETE, [(30, 36), (36, 40)]),
+    (PARTS, [_seg(30, 36), _seg(36, 39)], Kept.COMPLETE, [(30, 36), (36, 39)]),
     (PARTS, [_seg(25, 38)], Kept.COMPLETE, [(30, 38)]),  # only what the parts lack
     (PARTS, [_seg(10, 20)], Kept.COMPLETE, []),  # all inside the parts
     (PARTS, [_seg(31, 40)], Kept.COMPLETE, []),  # a gap: what follows it cannot be placed
@@ -253,3 +253,24 @@ def test_kept_object_with_tail_segments(
 ])
 def test_keeps_what_s3_holds(end: End, cut: bool, resumed: bool, keeps: bool) -> None:
     assert keeps_what_s3_holds(end, truncated_now=cut, resumed=resumed) is keeps
+
+
+@pytest.mark.parametrize(("parts", "segments", "fills", "tail"), [
+    # Part 4 missing, part 5 there (PARTS is 1, 2, 3, 5): segments covering [30, 40) fill it.
+    (PARTS, [_seg(30, 40), _seg(50, 55)], [(4, [(30, 40)])], [(50, 55)]),
+    (PARTS, [_seg(28, 35), _seg(35, 44)], [(4, [(30, 35), (35, 40)])], []),  # clipped at 40
+    (PARTS, [_seg(30, 39)], [], [(30, 39)]),  # does not reach part 5: only a tail
+    (PARTS, [_seg(31, 40)], [], []),  # does not start where part 3 ends
+    ([*PARTS[:2], PARTS[3]], [_seg(20, 40)], [], [(20, 40)]),  # 3 and 4 missing: no fill
+])
+def test_kept_object_fills_a_lost_part_from_segments(
+    parts: list[PartRecord], segments: list[Segment],
+    fills: list[tuple[int, list[tuple[int, int]]]], tail: list[tuple[int, int]],
+) -> None:
+    plan = kept_object(GONE, parts, None, file_open=False, segments=segments)
+    assert plan.action == Kept.COMPLETE
+    assert [(f.number, [(p.start, p.end) for p in f.pieces]) for f in plan.fills] == fills
+    assert [(p.start, p.end) for p in plan.tail] == tail
+    used = [p.part_number for p in plan.parts]
+    assert used == ([1, 2, 3, 5] if fills else [n for n in (1, 2, 3) if n in
+                                                 {p.part_number for p in parts}])

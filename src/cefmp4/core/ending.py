@@ -255,6 +255,19 @@ def when_upload_gone(at: ObjectAt, *, resuming: bool, finalizing: bool) -> Resum
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """Tail segments' bytes that fill a gap between checkpointed parts, sent as the missing
+    part ``number``: the gap spans at least one whole part, so it is never a short part."""
+
+    number: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+
+@dataclass(frozen=True, slots=True)
 class Kept:
     """What a kept ending does (``kept_object``)."""
 
@@ -262,13 +275,15 @@ class Kept:
     action: str  # "publish_empty" | "complete" | "fail"
     parts: tuple[PartRecord, ...] = ()
     why: str = ""  # "fail": the stream's error
-    # "complete": tail segments' bytes that continue the parts (RPO_SECONDS, §2.20): the
-    # last seconds S3 holds of the recording, sent as the object's last part.
+    # "complete": tail segments' bytes (RPO_SECONDS, §2.20) that S3 holds of the recording
+    # where no part does: gaps between parts (``fills``) and after the last (``tail``, sent
+    # as the object's last part).
     tail: tuple[Piece, ...] = ()
+    fills: tuple[Fill, ...] = ()
 
     @property
     def tail_bytes(self) -> int:
-        return sum(p.size for p in self.tail)
+        return sum(p.size for p in self.tail) + sum(f.size for f in self.fills)
 
     PUBLISH_EMPTY = "publish_empty"
     COMPLETE = "complete"
@@ -286,15 +301,17 @@ def kept_object(
     segments: Sequence[Segment] = (),
 ) -> Kept:
     """The object of a stream that ends with what S3 holds (the file lost those bytes):
-    the contiguous parts from part 1, then the tail segments that continue them (S3 held
-    those bytes too; deleting them unused would throw footage away).
+    the contiguous parts from part 1, a gap between parts filled by tail segments that
+    cover it exactly (a part lost to a restarted upload, whose bytes a segment holds), and
+    the tail segments that continue the last part (S3 held those bytes too; leaving them
+    out would throw footage away).
 
     Never an empty multipart object and never over an object already there: with nothing
     uploaded the stream fails with a reason, unless the object is the empty one its empty
     recording wrote before a crash; then that stands. ``at``: HeadObject's verdict when
     ``kept_needs_head`` asked for it."""
-    run = tuple(contiguous({p.part_number: p for p in parts}))
-    tail = tuple(chain(segments, run[-1].offset + run[-1].size if run else 0))
+    run, fills, end_byte = _run_with_fills(parts, segments)
+    tail = tuple(chain(segments, end_byte))
     if end.status is Status.COMPLETE and (at is None or at.found is Found.ABSENT):
         # An idle end decided before the file went away: what S3 kept is not the verified
         # file (§2.3), so the object says what ended it.
@@ -302,6 +319,48 @@ def kept_object(
     if at is not None and at.found is Found.EMPTY:
         # Parts sent since are of bytes the file got later: a new stream's (§2.4).
         return Kept(end, Kept.PUBLISH_EMPTY)
-    if not run and not tail:
+    if not run and not fills and not tail:
         return Kept(end, Kept.FAIL, why="the file lost its bytes before any part was uploaded")
-    return Kept(end, Kept.COMPLETE, run, tail=tail)
+    return Kept(end, Kept.COMPLETE, run, tail=tail, fills=fills)
+
+
+def _run_with_fills(
+    parts: Sequence[PartRecord], segments: Sequence[Segment]
+) -> tuple[tuple[PartRecord, ...], tuple[Fill, ...], int]:
+    """(the parts used, the fills between them, the byte where they end): parts from 1 on,
+    and where one part is missing and the next is there, tail segments that cover exactly
+    the bytes between them, as the missing number (numbers stay consecutive, so the object
+    is judged by its ETag's part count like any other)."""
+    by_number = {p.part_number: p for p in parts}
+    used: list[PartRecord] = []
+    fills: list[Fill] = []
+    end, n = 0, 1
+    while True:
+        part = by_number.get(n)
+        if part is not None:
+            if part.offset != end:
+                break  # a short part before it: a gap in bytes
+            used.append(part)
+            end, n = part.offset + part.size, n + 1
+            continue
+        following = by_number.get(n + 1)
+        if following is None or not segments:
+            break
+        pieces = _cover(segments, end, following.offset)
+        if pieces is None:
+            break
+        fills.append(Fill(n, pieces))
+        end, n = following.offset, n + 1
+    return tuple(used), tuple(fills), end
+
+
+def _cover(segments: Sequence[Segment], start: int, stop: int) -> tuple[Piece, ...] | None:
+    """Pieces of ``segments`` that hold exactly bytes ``[start, stop)``, or None."""
+    if stop <= start:
+        return None
+    covered: list[Piece] = []
+    for piece in chain(segments, start):
+        if piece.start >= stop:
+            break
+        covered.append(Piece(piece.segment, piece.start, min(piece.end, stop)))
+    return tuple(covered) if covered and covered[-1].end == stop else None

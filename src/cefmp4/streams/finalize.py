@@ -282,9 +282,13 @@ async def finish_kept(
     if plan.action == Kept.FAIL:
         return await _fail(ctx, record, plan.why)
     kept = list(plan.parts)
-    try:
-        if plan.tail:  # S3 may have purged (or a salvager taken) the upload meanwhile too
+    try:  # S3 may have purged (or a salvager taken) the upload meanwhile too
+        for fill in plan.fills:  # a part lost to a restarted upload, held by segments
+            kept.append(await upload_tail_part(ctx, record, fill.number, fill.pieces))
+        kept.sort(key=lambda p: p.part_number)
+        if plan.tail:
             kept.append(await upload_tail_part(ctx, record, len(kept) + 1, plan.tail))
+        if plan.tail or plan.fills:
             running = None  # the SHA-256 built while reading covers the parts only
         await complete_parts(ctx, record, kept)
     except UploadNotFound:
