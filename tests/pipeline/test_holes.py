@@ -454,3 +454,26 @@ async def test_hole_74393_a_stranger_with_a_one_part_streams_inode_at_its_path(
     await burst(settings, store, prober)
     kept = [body for body in videos(store).values() if body[:PART] == recording[:PART]]
     assert kept, "the recording's part 1, which S3 held, is in no object"
+
+
+async def test_an_own_complete_of_the_first_parts_is_published_not_failed(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """A finalizing stream's Complete of parts 1-3 went through, a crash before its
+    metadata; part 4 was checkpointed too and the file grew. The restart publishes its own
+    object made of the first three parts; the growth is a new stream (§2.4). (Simulator
+    seed 2022346 reaches the same state with the grown run in finish_kept, where the
+    stream failed with "an object not made of the checkpointed parts is already at the
+    key" and its object never had metadata; that seed is its regression test.)"""
+    path = watch / "cam.mp4"
+    data = pattern(4 * PART + 777, seed=23)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data[:4 * PART], parts=3, status="complete",
+                        completed=True, stray=4)
+    with capture() as logs:
+        await burst(settings, store, prober)
+    assert not [e for e in logs if e["event"] == "stream_failed"]
+    assert store.objects[record.key].body == data[:3 * PART]
+    doc = metadata(store, record.key)
+    assert (doc["status"], doc["total_size_bytes"]) == ("complete", 3 * PART)
+    assert data in videos(store).values()  # the grown file: a new stream of its own

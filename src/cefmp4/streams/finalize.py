@@ -26,6 +26,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.ending import (
     CompletedBy,
     End,
+    Found,
     Kept,
     Resume,
     Status,
@@ -296,10 +297,15 @@ async def finish_kept(
         gone = when_upload_gone(at, resuming=False, finalizing=True)
         if gone is Resume.TAKEN:
             return await taken(ctx, record)
-        why = ("an object not made of the checkpointed parts is already at the key"
-               if gone is Resume.STANDS
-               else "S3 lost the uploaded parts and the file lost its bytes")
-        return await _fail(ctx, record, why)
+        if at.found is not Found.OURS:
+            why = ("an object not made of the checkpointed parts is already at the key"
+                   if gone is Resume.STANDS
+                   else "S3 lost the uploaded parts and the file lost its bytes")
+            return await _fail(ctx, record, why)
+        # This stream's own Complete of its first parts went through before a crash (the
+        # parts sent since are of bytes the file got later: a new stream's, §2.4): that
+        # object stands and is published (simulator seed 2022346).
+        kept, running = list(at.parts), None
     ctx.failpoints.hit("after_complete")
     sha256 = running.hexdigest(len(kept)) if running is not None else None
     if sha256 is None:
