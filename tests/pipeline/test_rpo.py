@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cefmp4.checkpoint import PartRecord, StreamState
+from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
+from cefmp4.config.settings import Settings
 from cefmp4.core.keys import metadata_key
 from cefmp4.core.tail import segment_key, tail_prefix
 from cefmp4.storage.memory import MemoryObjectStore
@@ -36,6 +37,30 @@ PREFIX = "streams/"
 
 def _segments(store: MemoryObjectStore) -> dict[str, bytes]:
     return {k: o.body for k, o in store.objects.items() if "/.cefmp4/tail/" in k}
+
+
+async def _recorded_then_deleted_while_down(
+    settings: Settings, store: MemoryObjectStore, prober: FakeProber, path: Path, data: bytes
+) -> None:
+    """A daemon ships part 1 and 400,000 bytes of tail segments, stops; the file goes."""
+    async with daemon(settings, store, prober):
+        path.write_bytes(data)
+        await until(lambda: store.calls["upload_part"] >= 1
+                    and sum(len(b) for b in _segments(store).values()) >= 400_000,
+                    timeout=10, what="part 1 and its tail shipped")
+    path.unlink()
+
+
+async def _active_with_a_gap(
+    settings: Settings, store: MemoryObjectStore, path: Path, data: bytes
+) -> StreamRecord:
+    """An active stream with parts 1, 2 and 4 in S3 and its checkpoint (3 lost)."""
+    record = await seed(settings, store, path, data, parts=2, status=None, stray=4)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.completed_at = None
+        await db.put_stream(record)
+    return record
 
 
 async def test_the_tail_is_shipped_every_rpo_seconds_and_deleted_after_completion(
@@ -152,12 +177,7 @@ async def test_deleted_while_down_the_tail_joins_the_parts(
     settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
     data = pattern(PART + 400_000, seed=7)
     path = watch / "cam.mp4"
-    async with daemon(settings, store, prober):
-        path.write_bytes(data)
-        await until(lambda: store.calls["upload_part"] >= 1
-                    and sum(len(b) for b in _segments(store).values()) >= 400_000,
-                    timeout=10, what="part 1 and its tail shipped")
-    path.unlink()
+    await _recorded_then_deleted_while_down(settings, store, prober, path, data)
     async with daemon(settings, store, prober):
         await until(lambda: len(videos(store)) == 1, timeout=30, what="the kept object")
     [(key, body)] = videos(store).items()
@@ -202,11 +222,7 @@ async def test_tail_segments_over_a_gap_never_splice_the_parts_after_it(
     data = pattern(4 * PART + 100, seed=11)
     path = watch / "cam.mp4"
     path.write_bytes(data)
-    record = await seed(settings, store, path, data, parts=2, status=None, stray=4)
-    async with open_sqlite_store(settings.state_dir) as db:
-        record.state = StreamState.ACTIVE
-        record.completed_at = None
-        await db.put_stream(record)
+    record = await _active_with_a_gap(settings, store, path, data)
     tail_end = 3 * PART + 1000  # past where part 4 starts
     for start, end in ((2 * PART, 2 * PART + 700_000), (2 * PART + 700_000, tail_end)):
         await store.put_object(segment_key(PREFIX, record.stream_id, start, end),
@@ -241,12 +257,7 @@ async def test_a_purged_upload_fails_the_kept_stream_and_keeps_its_segments(
     settings = make_settings(tmp_path, watch, rpo_seconds=0.5, stream_timeout_seconds=60.0)
     data = pattern(PART + 400_000, seed=12)
     path = watch / "cam.mp4"
-    async with daemon(settings, store, prober):
-        path.write_bytes(data)
-        await until(lambda: store.calls["upload_part"] >= 1
-                    and sum(len(b) for b in _segments(store).values()) >= 400_000,
-                    timeout=10, what="part 1 and its tail shipped")
-    path.unlink()
+    await _recorded_then_deleted_while_down(settings, store, prober, path, data)
     real = store.upload_part
 
     async def purged_first(key: str, upload_id: str, number: int, *a: Any, **kw: Any) -> str:
@@ -316,11 +327,7 @@ async def test_a_lost_part_whose_bytes_a_segment_holds_is_filled(
     data = pattern(4 * PART + 300_000, seed=14)
     path = watch / "cam.mp4"
     path.write_bytes(data)
-    record = await seed(settings, store, path, data, parts=2, status=None, stray=4)
-    async with open_sqlite_store(settings.state_dir) as db:
-        record.state = StreamState.ACTIVE
-        record.completed_at = None
-        await db.put_stream(record)
+    record = await _active_with_a_gap(settings, store, path, data)
     for start, end in ((2 * PART, 3 * PART - 1000), (3 * PART - 1000, 3 * PART + 5000),
                        (4 * PART, len(data))):
         await store.put_object(segment_key(PREFIX, record.stream_id, start, end),
