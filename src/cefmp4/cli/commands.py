@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -340,6 +341,10 @@ def status_watch_command(settings: Settings, *, interval: float, count: int) -> 
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a live view ends
+    # Ctrl-C is how a live view ends. Python raises KeyboardInterrupt only when SIGINT was
+    # not ignored at its start; a shell's background job (`cmd &` in a script) starts with
+    # it ignored, and then `kill -INT` did nothing: install the handler ourselves.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_watch(settings, console, interval, count))
     return EXIT_OK
