@@ -410,6 +410,47 @@ async def test_hole5_a_complete_that_happened_before_the_write_stands(
     assert await store.list_multipart_uploads("") == []
 
 
+class TruncatedDuringCompleteOutage(MemoryObjectStore):
+    """The first Complete hangs while the recorder truncates the file and writes it anew
+    (other bytes, and more of them), then fails as a read timeout does."""
+
+    def __init__(self, path: Path, regrown: bytes) -> None:
+        super().__init__("test-bucket")
+        self.path, self.regrown, self.failed = path, regrown, False
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], **kw: str
+    ) -> str:
+        if self.failed:
+            return await super().complete_multipart(key, upload_id, parts, **kw)
+        self.failed = True
+        os.truncate(self.path, 100)
+        await asyncio.sleep(0.2)  # ten poll intervals short: a follower would notice
+        with self.path.open("r+b") as f:
+            f.write(self.regrown)
+        raise TransientError("complete_multipart: ReadTimeoutError (simulated)")
+
+
+async def test_a_truncation_while_a_complete_is_held_back_ends_the_recording(
+    settings: Settings, watch: Path, prober: FakeProber
+) -> None:
+    """Sim seed 11006656: the file was truncated and regrown while a Complete hung; the
+    retry verified the regrown file, re-sent part 1 over the bytes S3 held, and they were
+    in no object. The truncation ends the recording with what S3 holds; the regrown file
+    is a new stream."""
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 700, seed=31)
+    path.write_bytes(recording)
+    regrown = pattern(3 * PART, seed=32)
+    store = TruncatedDuringCompleteOutage(path, regrown)
+    await burst(settings, store, prober)
+    bodies = videos(store)
+    assert recording in bodies.values(), "the recording's bytes, which S3 held, are lost"
+    first = next(k for k, b in bodies.items() if b == recording)
+    assert metadata(store, first)["status"] == "truncated"
+    assert regrown in bodies.values()
+
+
 async def test_hole6_a_superseded_upload_is_aborted_only_after_the_grace_period(
     settings: Settings, watch: Path, prober: FakeProber
 ) -> None:

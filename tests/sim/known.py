@@ -27,22 +27,10 @@ from __future__ import annotations
 # schedule. 2010391, 2029967 (a part lost to a restarted upload, its bytes in tail segments)
 # and 2022346 were closed since; the rest are not triaged further yet.
 KNOWN_HOLES: dict[int, str] = {
-    2010731: "RPO: replaced, part 1 re-sent after a header patch, a crash, the inode taken "
-             "by a new file: the part's first bytes, durably in S3, are in no object",
-    # The final soak (85a37ac, seeds 11,000,000-11,009,999: 9,994 clean) found these; all
-    # with RPO_SECONDS on (every schedule with it off ran clean). 11006656 shows the class:
-    # a recording truncated and regrown while a held-back Complete waited, the retry's
-    # verify re-sent part 1 with the new bytes, and the tail segments that held the old
-    # ones were deleted once the object (of the new bytes) was complete. Deleting a
-    # segment needs proof that the object holds its bytes, which is not checked yet.
-    11001459: "RPO: truncated; 2,424,832 B durably in S3 in no object",
+    # The final soak of 2026-12-07 (85a37ac, seeds 11,000,000-11,009,999: 9,994 clean)
+    # found six more with RPO_SECONDS on; five are regressions below now, 11002321 stays.
     11002321: "RPO, host loss with a replacement: two tail-only uploads of a stream whose "
               "object already holds their bytes are left open (invariant (a))",
-    11005607: "RPO: replaced; 851,968 B durably in S3 in no object",
-    11005867: "RPO and a host loss: truncated; 983,040 B durably in S3 in no object",
-    11006656: "RPO: truncated and regrown during a held-back Complete; the old bytes' tail "
-              "segments deleted after the new object (1,308 B)",
-    11006740: "RPO: deleted; 786,432 B durably in S3 in no object",
     9004048: "RPO and a host loss, found by the 10,000-seed soak on 42be8b0: a finalizing "
              "stream's five parts (its checkpoint writes failing), its file replaced, the "
              "host lost: no salvage run finds the upload, and 320 KiB that was durably in "
@@ -52,6 +40,18 @@ KNOWN_HOLES: dict[int, str] = {
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    11001459: "RPO: truncated with part 18 held back and parts 19-37 in S3, a tail segment "
+              "holding part 18's bytes: finalize handed core.ending.kept_object only the "
+              "contiguous parts, so 19-37 (1.2 MB S3 held) were in no object",
+    11005867: "the same with a host loss",
+    11006656: "RPO: truncated and regrown while a Complete was held back 20 s: the retry "
+              "verified the regrown file and re-sent part 1 over the bytes S3 held; the "
+              "Complete is watched like a held-back part now (finalize._complete_watching)",
+    11005607: "RPO: replaced; the kept object's last chunk is tail segments shipped before "
+              "and after a header patch (the invariant judged it as one version)",
+    11006740: "the same after a faststart rewrite and a delete",
+    2010731: "the same after a header patch, a crash and the inode taken by a new file "
+             "(it was a known hole: part 1's first bytes in no object)",
     2022346: "RPO: a finalizing stream's own Complete of its first parts went through before "
              "a crash, the file grew: finish_kept publishes that object (it failed the "
              "stream, 'an object not made of the checkpointed parts', without metadata)",

@@ -43,6 +43,7 @@ from cefmp4.core.keys import metadata_key
 from cefmp4.core.metadata import ProbeResult, build_metadata, to_json_bytes
 from cefmp4.core.parts import part_bounds
 from cefmp4.runtime import logs
+from cefmp4.runtime.clock import wait_tasks
 from cefmp4.runtime.errors import ObjectExists, UploadNotFound
 from cefmp4.streams.context import Context
 from cefmp4.streams.objects import (
@@ -132,11 +133,11 @@ async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe
             try:
                 await up.restart(str(exc))
             except ObjectExists:
-                await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
+                await finish_kept(ctx, worker.record, up.all_parts(), worker.fd, None)
                 return
         except ObjectExists:
             # Completed before a crash: that object stands, whatever the file holds now.
-            await finish_kept(ctx, worker.record, up.contiguous_parts(), worker.fd, None)
+            await finish_kept(ctx, worker.record, up.all_parts(), worker.fd, None)
             return
     ctx.failpoints.hit("after_complete")
     if early is not None:
@@ -151,7 +152,7 @@ async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe
 
 async def _keep(worker: StreamWorker) -> None:
     await worker.up.drain(timeout=worker.ctx.config.drain_timeout)
-    await finish_kept(worker.ctx, worker.record, worker.up.contiguous_parts(), worker.fd,
+    await finish_kept(worker.ctx, worker.record, worker.up.all_parts(), worker.fd,
                       worker.up.running_sha)
 
 
@@ -188,14 +189,40 @@ async def _complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], st
         # A Complete retried after an outage must still be of the file's bytes: a write
         # (or an unlink) since they were verified means verify again first.
         try:
-            await complete_parts(worker.ctx, worker.record, parts, still=_still(worker.fd, fp))
+            await _complete_watching(worker, parts, fp)
         except FileChanged:
             continue
         return parts, sha256, mtime_ns
 
 
-def _still(fd: int, verified_fp: Fingerprint) -> Callable[[], bool]:
-    return lambda: fingerprint(os.fstat(fd)) == verified_fp
+async def _complete_watching(
+    worker: StreamWorker, parts: list[PartRecord], verified_fp: Fingerprint
+) -> None:
+    """``complete_parts``, with a look at the file every poll interval meanwhile, as
+    ``drain_watching`` does for parts: an outage can hold a Complete back for minutes, and
+    a truncation in that time is the recording's end even when the file grows back before
+    the retry (simulator seed 11006656: verifying the regrown file re-sent part 1 over the
+    bytes S3 held). A Complete that goes through meanwhile stands: it is of verified bytes."""
+    ctx, fd = worker.ctx, worker.fd
+    shrunk = False
+
+    def still() -> bool:
+        return not shrunk and fingerprint(os.fstat(fd)) == verified_fp
+
+    task = asyncio.ensure_future(complete_parts(ctx, worker.record, parts, still=still))
+    try:
+        while await wait_tasks(ctx.clock, [task], ctx.config.poll_interval):
+            shrunk = shrunk or truncated(os.fstat(fd).st_size, worker.up.uploaded_extent())
+        try:
+            task.result()
+        except FileChanged:
+            if shrunk:
+                raise _TruncatedNow from None
+            raise
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _upload_rest_verified(

@@ -18,7 +18,7 @@ from cefmp4.core.containers import content_type
 from cefmp4.core.ending import Resume, truncated, when_upload_gone
 from cefmp4.core.follow import doomed_parts, durable_bytes, uploaded_extent
 from cefmp4.core.hashing import PartDigest
-from cefmp4.core.parts import PartSchedule, contiguous
+from cefmp4.core.parts import PartSchedule
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
 from cefmp4.runtime.errors import (
@@ -67,8 +67,10 @@ class Uploader:
 
     # --- what is uploaded ------------------------------------------------------------------
 
-    def contiguous_parts(self) -> list[PartRecord]:
-        return contiguous(self.parts)
+    def all_parts(self) -> list[PartRecord]:
+        """Every checkpointed part, by number: an object kept of what S3 holds decides
+        itself which it uses (a gap may be filled from tail segments)."""
+        return [self.parts[n] for n in sorted(self.parts)]
 
     def durable_bytes(self) -> int:
         """Length of the contiguous prefix of the file that is uploaded and checkpointed."""
