@@ -310,6 +310,15 @@ def check_party(
         if not held.data or held.upload_id in purged or held.upload_id in open_ids:
             continue  # nothing to keep, S3 itself forgot it, or still open (reported)
         stored = objects.get(held.key)
+        if held.parts == 0 and stored is not None and any(
+            o.key == held.key and o.parts and len(o.data) >= len(held.data)
+            and stored.body.startswith(o.data) for o in ledger.held.values()
+        ):
+            # A part-less duplicate upload of a stream (a lost CreateMultipartUpload answer):
+            # its "data" is the stream's tail segments from byte 0, which the stream's own
+            # parts, kept in the object, hold as the recording later wrote them (seed
+            # 11002321: a header patched after the first segment).
+            continue
         if stored is None or not stored.body.startswith(held.data):
             has = "no object" if stored is None else f"an object of {len(stored.body)} B"
             failures.append(

@@ -20,26 +20,25 @@ from __future__ import annotations
 # (the rule in core.resume.recording is unchanged); a soak may find it again. It stands as
 # a deterministic strict xfail in tests/pipeline/test_holes.py.
 # The four seeds the soak of issue #25 found here (2000380, 2001351, 2001690, 2001974: RPO
-# with the other party) were closed on 2026-12-07 and are regression seeds below. Its
-# second soak (on 28b03ee) found the ones below, still open on 42be8b0; each needs
-# RPO_SECONDS on (clean with it off) and runs clean on e555a8e, before a kept object took
-# its tail segments as its last part (32e3ed5), though that comparison draws a different
-# schedule. 2010391, 2029967 (a part lost to a restarted upload, its bytes in tail segments)
-# and 2022346 were closed since; the rest are not triaged further yet.
+# with the other party) were closed on 2026-12-07 and are regression seeds below, as are
+# the ones its later soaks found (2010391, 2010731, 2022346, 2029967, 9004048, 110014xx-
+# 110067xx): each was a data-path fix or an invariant that judged a superseded byte lost.
 KNOWN_HOLES: dict[int, str] = {
     # The final soak of 2026-12-07 (85a37ac, seeds 11,000,000-11,009,999: 9,994 clean)
-    # found six more with RPO_SECONDS on; five are regressions below now, 11002321 stays.
-    11002321: "RPO, host loss with a replacement: two tail-only uploads of a stream whose "
-              "object already holds their bytes are left open (invariant (a))",
-    9004048: "RPO and a host loss, found by the 10,000-seed soak on 42be8b0: a finalizing "
-             "stream's five parts (its checkpoint writes failing), its file replaced, the "
-             "host lost: no salvage run finds the upload, and 320 KiB that was durably in "
-             "S3 is in no object",
+    # found six with RPO_SECONDS on; with 2010731 and 9004048 they are regressions below
+    # since 34c351d and the invariant fixes after it. None is open.
 }
 
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    11002321: "RPO, host loss: part-less duplicate uploads of a stream (lost "
+              "CreateMultipartUpload answers) whose 'data' is the stream's tail segments, "
+              "which the stream's own parts in the salvaged object hold as the recording "
+              "later wrote them (a header patch): the invariant judged them lost",
+    9004048: "RPO and a host loss: a stream's parts checkpointed, its record's writes "
+             "failing so the checkpoint never learnt the upload id, the upload purged by S3 "
+             "before any salvage: the invariant now knows S3 forgot it (runner.purged_keys)",
     11001459: "RPO: truncated with part 18 held back and parts 19-37 in S3, a tail segment "
               "holding part 18's bytes: finalize handed core.ending.kept_object only the "
               "contiguous parts, so 19-37 (1.2 MB S3 held) were in no object",
