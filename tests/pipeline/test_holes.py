@@ -518,3 +518,26 @@ async def test_an_own_complete_of_the_first_parts_is_published_not_failed(
     doc = metadata(store, record.key)
     assert (doc["status"], doc["total_size_bytes"]) == ("complete", 3 * PART)
     assert data in videos(store).values()  # the grown file: a new stream of its own
+
+
+async def test_a_failing_stream_hands_an_upload_with_parts_to_salvage_never_aborts_it(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """Destroy only on proof: a stream that ends with nothing it can use (part 2 in S3, no
+    part 1, the file deleted while down) fails, but its upload holds footage, so it is left
+    open and released to salvage (its record stops naming it), not aborted."""
+    path = watch / "cam.mp4"
+    data = pattern(2 * PART + 10, seed=41)
+    path.write_bytes(data)
+    record = await seed(settings, store, path, data, parts=0, status="truncated", stray=2)
+    path.unlink()
+    with capture() as logs:
+        await burst(settings, store, prober)
+    [upload] = await store.list_multipart_uploads("")
+    assert upload.upload_id == record.upload_id
+    assert [p.part_number for p in await store.list_parts(record.key, upload.upload_id)] == [2]
+    (failed,) = await records(settings)
+    assert failed.state is StreamState.FAILED
+    assert failed.upload_id is None  # the orphan sweeper and `cefmp4 salvage` may take it
+    assert "left open for salvage" in (failed.error or "")
+    assert any(e["event"] == "upload_released" for e in logs)

@@ -535,9 +535,13 @@ class Simulation:
         return not failed
 
     def _may_stay_open(self) -> frozenset[str]:
-        if self.host_lost_at is None:
-            return frozenset()  # the owner lives: it finishes every upload of its own
-        left = {str(Action.BLOCKED), str(Action.UNUSABLE)}
+        # An upload without part 1 is left to the operator by salvage (SPEC §2.19), also
+        # one a live owner gave up (its stream failed with nothing it could use, seed
+        # 12200334): its parts are footage, never aborted. Otherwise a live owner finishes
+        # every upload of its own.
+        left = {str(Action.UNUSABLE)}
+        if self.host_lost_at is not None:
+            left.add(str(Action.BLOCKED))
         return frozenset(u for u, said in self.party_said.items() if said in left)
 
     async def _last_salvage(self) -> None:

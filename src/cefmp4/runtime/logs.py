@@ -38,6 +38,8 @@ STREAM_IDLE: Final = "stream_idle"
 STREAM_SUSPENDED: Final = "stream_suspended"  # left resumable at shutdown
 STREAM_COMPLETED: Final = "stream_completed"
 STREAM_FAILED: Final = "stream_failed"
+# A failing stream's upload holds parts it cannot use: handed to salvage (§2.19).
+UPLOAD_RELEASED: Final = "upload_released"
 # another party (salvage) made an object of the stream's upload: over at its key
 STREAM_TAKEN: Final = "stream_taken"
 SOURCE_CHANGED: Final = "source_changed"

@@ -14,6 +14,7 @@ Complete went through (an outage can hold it back).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -23,22 +24,18 @@ from pathlib import Path
 import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.core import kept
 from cefmp4.core.ending import (
     CompletedBy,
     End,
-    Found,
-    Kept,
-    Resume,
     Status,
     end_of,
     fate,
     keeps_what_s3_holds,
-    kept_needs_head,
-    kept_object,
     truncated,
-    when_upload_gone,
 )
 from cefmp4.core.identity import Fingerprint, fingerprint, ident_of
+from cefmp4.core.kept import kept_ending
 from cefmp4.core.keys import metadata_key
 from cefmp4.core.metadata import ProbeResult, build_metadata, to_json_bytes
 from cefmp4.core.parts import part_bounds
@@ -287,59 +284,88 @@ async def finish_kept(
     fd: int | None,
     running: RunningSha256 | None,
 ) -> StreamRecord:
-    """The object is the contiguous parts S3 holds: the file no longer has those bytes.
-    ``core.ending.kept_object`` decides; see there."""
+    """The object is what S3 holds: the file no longer has those bytes. Runs
+    ``core.kept.kept_ending``, which decides every turn; this carries out its actions one
+    at a time, so a checkpoint is written before the next request starts."""
     end = End.recorded(record.status or Status.SOURCE_DELETED.value, record.completed_by)
-    if record.state is not StreamState.FINALIZING:
-        record = with_end(record, end, ctx.clock.time())
-        await ctx.retry("checkpoint", _put(ctx, record))
-    at = await object_at(ctx, record, parts) if kept_needs_head(end, parts) else None
-    segments = (await list_segments(ctx, record.stream_id)
-                if ctx.config.rpo_seconds is not None and record.upload_id is not None else [])
-    plan = kept_object(end, parts, at, file_open=fd is not None, segments=segments)
-    if plan.end != end:  # checkpointed before the object is made
-        end, record = plan.end, with_end(record, plan.end, ctx.clock.time())
-        await ctx.retry("checkpoint", _put(ctx, record))
-    if plan.action != Kept.COMPLETE and record.upload_id is not None:
-        await abort_quietly(ctx, record.key, record.upload_id)
-    if plan.action == Kept.PUBLISH_EMPTY:
-        return await publish(
-            ctx, record, [], sha256=hashlib.sha256(b"").hexdigest(),
-            probe=await _kept_probe(ctx, fd, record.path, end), end=end, mtime_ns=None,
-        )
-    if plan.action == Kept.FAIL:
-        return await _fail(ctx, record, plan.why)
-    kept = list(plan.parts)
-    try:  # S3 may have purged (or a salvager taken) the upload meanwhile too
-        for fill in plan.fills:  # a part lost to a restarted upload, held by segments
-            kept.append(await upload_tail_part(ctx, record, fill.number, fill.pieces))
-        kept.sort(key=lambda p: p.part_number)
-        if plan.tail:
-            kept.append(await upload_tail_part(ctx, record, len(kept) + 1, plan.tail))
-        if plan.tail or plan.fills:
-            running = None  # the SHA-256 built while reading covers the parts only
-        await complete_parts(ctx, record, kept)
-    except UploadNotFound:
-        at = await object_at(ctx, record, kept)
-        gone = when_upload_gone(at, resuming=False, finalizing=True)
-        if gone is Resume.TAKEN:
+    machine = kept_ending(
+        end, parts, finalizing=record.state is StreamState.FINALIZING,
+        file_open=fd is not None, has_upload=record.upload_id is not None,
+        segments=ctx.config.rpo_seconds is not None, running_sha=running is not None,
+    )
+    seen: kept.Observation | None = None
+    while True:
+        try:
+            action = machine.send(seen) if seen is not None else next(machine)
+        except StopIteration as stop:
+            outcome: kept.Outcome = stop.value
+            break
+        record, seen = await _carry_out(ctx, record, action)
+    match outcome:
+        case kept.Publish():
+            ctx.failpoints.hit("after_complete")
+            sha256 = (running.hexdigest(len(outcome.parts))
+                      if running is not None and outcome.running_sha else None)
+            if sha256 is None:
+                sha256 = await sha256_of_object(ctx, record.key,
+                                                sum(p.size for p in outcome.parts))
+            extra: dict[str, object] | None = (
+                None if outcome.tail_bytes is None else {"tail_bytes": outcome.tail_bytes})
+            return await publish(
+                ctx, record, list(outcome.parts), sha256=sha256,
+                probe=await _kept_probe(ctx, fd, record.path, outcome.end),
+                end=outcome.end, mtime_ns=None, extra=extra)
+        case kept.PublishEmpty():
+            return await publish(
+                ctx, record, [], sha256=hashlib.sha256(b"").hexdigest(),
+                probe=await _kept_probe(ctx, fd, record.path, outcome.end), end=outcome.end,
+                mtime_ns=None)
+        case kept.Taken():
             return await taken(ctx, record)
-        if at.found is not Found.OURS:
-            why = ("an object not made of the checkpointed parts is already at the key"
-                   if gone is Resume.STANDS
-                   else "S3 lost the uploaded parts and the file lost its bytes")
-            return await _fail(ctx, record, why)
-        # This stream's own Complete of its first parts went through before a crash (the
-        # parts sent since are of bytes the file got later: a new stream's, §2.4): that
-        # object stands and is published (simulator seed 2022346).
-        kept, running = list(at.parts), None
-    ctx.failpoints.hit("after_complete")
-    sha256 = running.hexdigest(len(kept)) if running is not None else None
-    if sha256 is None:
-        sha256 = await sha256_of_object(ctx, record.key, sum(p.size for p in kept))
-    probe = await _kept_probe(ctx, fd, record.path, end)
-    return await publish(ctx, record, kept, sha256=sha256, probe=probe, end=end, mtime_ns=None,
-                         extra={"tail_bytes": plan.tail_bytes} if plan.tail else None)
+        case kept.Fail():
+            if outcome.release:
+                log.warning(logs.UPLOAD_RELEASED, key=record.key, upload_id=record.upload_id)
+                record = replace(record, upload_id=None)
+            return await _fail(ctx, record, outcome.why)
+
+
+async def _carry_out(
+    ctx: Context, record: StreamRecord, action: kept.Action
+) -> tuple[StreamRecord, kept.Observation]:
+    """One action of ``kept_ending``, with its retries: (the record, what was seen)."""
+    upload_id = record.upload_id
+    match action:
+        case kept.Checkpoint():
+            record = with_end(record, action.end, ctx.clock.time())
+            await ctx.retry("checkpoint", _put(ctx, record))
+            return record, kept.Checkpointed()
+        case kept.Head():
+            return record, kept.HeadSaid(await object_at(ctx, record, action.parts))
+        case kept.ListSegments():
+            return record, kept.SegmentsListed(tuple(await list_segments(ctx, record.stream_id)))
+        case kept.ListParts() if upload_id is not None:
+            try:
+                listed = await ctx.retry("list_parts", functools.partial(
+                    ctx.objects.list_parts, record.key, upload_id))
+            except UploadNotFound:
+                listed = []
+            return record, kept.PartsListed(len(listed))
+        case kept.Abort() if upload_id is not None:
+            await abort_quietly(ctx, record.key, upload_id)
+            return record, kept.Aborted()
+        case kept.SendPiece():
+            try:
+                part = await upload_tail_part(ctx, record, action.number, action.pieces)
+            except UploadNotFound:
+                return record, kept.UploadGone()
+            return record, kept.PieceSent(part)
+        case kept.Complete():
+            try:
+                await complete_parts(ctx, record, list(action.parts))
+            except UploadNotFound:
+                return record, kept.UploadGone()
+            return record, kept.Completed()
+    raise kept.Unexpected(f"{action!r} for a record without an upload")
 
 
 async def taken(ctx: Context, record: StreamRecord) -> StreamRecord:
