@@ -122,6 +122,10 @@ REGRESSION_SEEDS: dict[int, str] = {
 # which must run clean.
 RACING_HOLES: dict[int, str] = {}
 RACING_REGRESSION_SEEDS: dict[int, str] = {
+    13000015: "an interrupted salvage's marker of a one-part upload whose owner then "
+              "completed the same part and published 'complete': the sweeper resuming the "
+              "marker relabelled it 'salvaged'; the owner's document now stands "
+              "(core.salvage.published_by_owner)",
     3000062: "RPO and a racing party: a deleted file's 851,968 durably stored bytes were in "
              "no object; a part lost to a restarted upload is filled from tail segments now",
     7000219: "three uploads of one stream (CreateMultipartUpload answers lost), the host "

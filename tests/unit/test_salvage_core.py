@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from cefmp4.core.salvage import MIN_PART_BYTES, Action, Part, Upload, last_activity, plan
+from cefmp4.core.salvage import (
+    MIN_PART_BYTES,
+    Action,
+    Part,
+    Upload,
+    last_activity,
+    plan,
+    published_by_owner,
+)
 
 MIB = 1 << 20
 NOW = 100_000.0
@@ -164,3 +172,18 @@ def test_an_upload_without_parts_is_empty_whatever_its_streams_segments() -> Non
     result = plan(up, now=NOW, older_than=AGE, object_exists=False)
     assert result.action is Action.ABORT_EMPTY
     assert "left as they are" in result.reason
+
+
+@pytest.mark.parametrize(("raw", "owners"), [
+    (None, False),  # no document: the interrupted salvage publishes its own
+    (b'{"status": "salvaged"}', False),  # a salvager's (this one's, written before a crash)
+    # Racing seed 13000015: the owner's Complete of the same first parts went through and
+    # it published; the salvage resumed from its marker must not relabel that object.
+    (b'{"status": "complete"}', True),
+    (b'{"status": "truncated"}', True),
+    (b"not json", False),  # input, not truth: proves nothing
+    (b'["status"]', False),
+    (b'{"status": 7}', False),
+])
+def test_an_owners_document_stops_a_resumed_salvage(raw: bytes | None, owners: bool) -> None:
+    assert published_by_owner(raw) is owners

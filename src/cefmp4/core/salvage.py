@@ -17,6 +17,7 @@ says so: an expired lease and a file nobody here can open).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -169,3 +170,19 @@ def marker_key(prefix: str, upload_id: str) -> str:
     """The marker of a salvage of ``upload_id``: written before its Complete, deleted after
     its metadata. Its owner reads it as proof that a salvager made the object (§2.19)."""
     return marker_prefix(prefix) + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"
+
+
+def published_by_owner(raw: bytes | None) -> bool:
+    """Whether the metadata document at a salvaged key (None: none there) says its owner
+    published the object: a Complete of the same first parts by the owner and by an
+    interrupted salvage make the same object, and then the owner's document stands (a
+    salvage resumed from its marker would otherwise relabel it "salvaged"). A document
+    that does not parse proves nothing (input, not truth): the salvage goes on."""
+    if raw is None:
+        return False
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    status = doc.get("status") if isinstance(doc, dict) else None
+    return isinstance(status, str) and status != "salvaged"

@@ -355,6 +355,11 @@ class Salvager:
                 self.marker_key(marker.upload_id)))
             return replace(base, action="gone", ok=False,
                            detail="the upload was finished or aborted by someone else")
+        if decide.published_by_owner(await self._metadata_there(key)):
+            await self.retry("delete", lambda: self.objects.delete_object(
+                self.marker_key(marker.upload_id)))
+            return replace(base, action="gone", ok=False,
+                           detail="its owner completed the same parts and published them")
         sha, crcs = await self._read_back(key, marker.parts)
         probe = await self._probe(key)
         doc = self.seal(self._metadata(marker, sha, crcs, probe))
@@ -369,6 +374,15 @@ class Salvager:
                     parts=len(marker.parts), bytes=size, playable=playable,
                     duration_s=probe.duration_seconds)
         return replace(base, done=True, playable=playable)
+
+    async def _metadata_there(self, key: str) -> bytes | None:
+        meta = metadata_key(key)
+        if await self.retry("head", lambda: self.objects.head_object(meta)) is None:
+            return None
+        try:
+            return await self.retry("get_object", functools.partial(self.objects.get_object, meta))
+        except PermanentError:
+            return None  # gone between the two requests: nobody's document
 
     async def _still_open(self, marker: _Marker) -> bool:
         try:
