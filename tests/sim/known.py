@@ -122,6 +122,9 @@ REGRESSION_SEEDS: dict[int, str] = {
 # which must run clean.
 RACING_HOLES: dict[int, str] = {}
 RACING_REGRESSION_SEEDS: dict[int, str] = {
+    13000561: "part 1 lost (BadDigest), part 2 in S3, the file deleted: the failing stream "
+              "releases its upload to salvage instead of aborting it, and salvage leaves an "
+              "upload without part 1 to the operator (it may stay open)",
     13000015: "an interrupted salvage's marker of a one-part upload whose owner then "
               "completed the same part and published 'complete': the sweeper resuming the "
               "marker relabelled it 'salvaged'; the owner's document now stands "
