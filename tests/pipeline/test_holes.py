@@ -12,6 +12,7 @@ import hashlib
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,9 +29,11 @@ from tests.pipeline.conftest import (
     burst,
     capture,
     daemon,
+    make_settings,
     metadata,
     pattern,
     records,
+    until,
     videos,
 )
 
@@ -541,3 +544,87 @@ async def test_a_failing_stream_hands_an_upload_with_parts_to_salvage_never_abor
     assert failed.upload_id is None  # the orphan sweeper and `cefmp4 salvage` may take it
     assert "left open for salvage" in (failed.error or "")
     assert any(e["event"] == "upload_released" for e in logs)
+
+
+async def test_a_truncation_while_the_file_is_hashed_ends_the_recording(
+    settings: Settings, watch: Path, prober: FakeProber, store: MemoryObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same while finalize hashes the file again (seconds for a large one): the file
+    cut below what S3 holds and written anew meanwhile. Verifying the regrown file would
+    re-send part 1 over the bytes S3 held; the truncation ends the recording instead."""
+    from cefmp4.streams import finalize
+
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 700, seed=33)
+    regrown = pattern(3 * PART, seed=34)
+    real = finalize.digest_now
+    calls: list[int] = []
+
+    async def hashed_while_cut(fd: int, *a: Any, **kw: Any) -> Any:
+        if not calls:
+            calls.append(fd)
+            os.truncate(path, 100)
+            await asyncio.sleep(0.3)  # fifteen poll intervals short
+            with path.open("r+b") as f:
+                f.write(regrown)
+        return await real(fd, *a, **kw)
+
+    monkeypatch.setattr(finalize, "digest_now", hashed_while_cut)
+    path.write_bytes(recording[:PART])
+    async with daemon(settings, store, prober):
+        await until(lambda: store.calls["upload_part"] >= 1, what="part 1")
+        with path.open("ab") as f:
+            f.write(recording[PART:])  # the file is no longer quiet since its start
+        # What S3 held of the recording (part 1; the rest was never sent) stands.
+        await until(lambda: recording[:PART] in videos(store).values()
+                    and regrown in videos(store).values(), timeout=20,
+                    what="the recording kept and the regrown file")
+    assert calls, "finalize did not hash the file"
+    first = next(k for k, b in videos(store).items() if b == recording[:PART])
+    assert metadata(store, first)["status"] == "truncated"
+
+
+class TruncatedThenFails(MemoryObjectStore):
+    """The first Complete fails at once, just after the recorder cut the file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("test-bucket")
+        self.path, self.failed = path, False
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], **kw: str
+    ) -> str:
+        if self.failed:
+            return await super().complete_multipart(key, upload_id, parts, **kw)
+        self.failed = True
+        os.truncate(self.path, 100)
+        raise TransientError("complete_multipart: connection reset (simulated)")
+
+
+async def test_a_truncation_seen_by_the_complete_retry_itself_ends_the_recording(
+    tmp_path: Path, watch: Path, prober: FakeProber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: with the default 1 s poll, a Complete retried within 0.2 s saw the
+    changed file before any look; without the truncation it went back to hashing, and the
+    file regrown meanwhile was verified and its part 1 sent over the bytes S3 held."""
+    from cefmp4.streams import finalize
+
+    settings = make_settings(tmp_path, watch, poll_interval_seconds=1.0)  # the default
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 700, seed=35)
+    path.write_bytes(recording)
+    regrown = pattern(3 * PART, seed=36)
+    store = TruncatedThenFails(path)
+    real, done = finalize.digest_now, []
+
+    async def regrown_while_hashed(*a: Any, **kw: Any) -> Any:
+        if store.failed and not done:
+            done.append(True)
+            with path.open("r+b") as f:
+                f.write(regrown)
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(finalize, "digest_now", regrown_while_hashed)
+    await burst(settings, store, prober)
+    assert recording in videos(store).values()

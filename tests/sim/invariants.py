@@ -71,6 +71,9 @@ def _chunks_match(
     does a stream ending with what S3 holds), each shipped at its own time (``segments``,
     each checked against the files by ``check_party``)."""
     chunks = _chunk_ranges(video)
+    sid = video.key.split("/", 2)[1] if video.key.count("/") >= 2 else None
+    # Only this stream's own segments (a splice from another's would pass otherwise).
+    segments = [(k, b) for k, b in segments if sid is not None and f"{TAIL}{sid}/" in k]
     for offset, size in chunks:
         piece = video.body[offset : offset + size]
         last = offset + size == len(video.body)

@@ -390,9 +390,11 @@ class Simulation:
             )
             if mine:
                 upload = self.rng.choice(mine)
+                held_parts = bool(self.s3._uploads[upload.upload_id].parts)
                 self.s3.expire_upload(upload.upload_id)
                 self._purged(upload.upload_id)
-                self.purged_keys[upload.upload_id] = upload.key
+                if held_parts:  # a part-less duplicate's purge excuses nothing
+                    self.purged_keys[upload.upload_id] = upload.key
 
     def _purged(self, upload_id: str) -> None:
         self.purged.setdefault(upload_id, self.loop.time())

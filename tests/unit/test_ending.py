@@ -261,7 +261,6 @@ def test_keeps_what_s3_holds(end: End, cut: bool, resumed: bool, keeps: bool) ->
     (PARTS, [_seg(28, 35), _seg(35, 44)], [(4, [(30, 35), (35, 40)])], []),  # clipped at 40
     (PARTS, [_seg(30, 39)], [], [(30, 39)]),  # does not reach part 5: only a tail
     (PARTS, [_seg(31, 40)], [], []),  # does not start where part 3 ends
-    ([*PARTS[:2], PARTS[3]], [_seg(20, 40)], [], [(20, 40)]),  # 3 and 4 missing: no fill
 ])
 def test_kept_object_fills_a_lost_part_from_segments(
     parts: list[PartRecord], segments: list[Segment],
@@ -274,3 +273,22 @@ def test_kept_object_fills_a_lost_part_from_segments(
     used = [p.part_number for p in plan.parts]
     assert used == ([1, 2, 3, 5] if fills else [n for n in (1, 2, 3) if n in
                                                  {p.part_number for p in parts}])
+
+
+@pytest.mark.parametrize(("segments", "fills", "tail"), [
+    # Parts 3 and 4 missing (both in flight when the file was cut), part 5 there: segments
+    # over both fill them, split evenly, and part 5 stays in (the review of 34c351d).
+    ([_seg(20, 40)], [(3, [(20, 30)]), (4, [(30, 40)])], []),
+    ([_seg(20, 33), _seg(33, 40), _seg(50, 52)], [(3, [(20, 30)]), (4, [(30, 33), (33, 40)])],
+     [(50, 52)]),
+    ([_seg(20, 39)], [], [(20, 39)]),  # short of part 5: only a tail after part 2
+])
+def test_kept_object_fills_several_lost_parts(
+    segments: list[Segment], fills: list[tuple[int, list[tuple[int, int]]]],
+    tail: list[tuple[int, int]],
+) -> None:
+    parts = [*PARTS[:2], PARTS[3]]  # 1, 2 and 5 (at offset 40)
+    plan = kept_object(GONE, parts, None, file_open=False, segments=segments)
+    assert [(f.number, [(p.start, p.end) for p in f.pieces]) for f in plan.fills] == fills
+    assert [(p.start, p.end) for p in plan.tail] == tail
+    assert [p.part_number for p in plan.parts] == ([1, 2, 5] if fills else [1, 2])

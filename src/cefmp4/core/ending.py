@@ -328,8 +328,8 @@ def _run_with_fills(
     parts: Sequence[PartRecord], segments: Sequence[Segment]
 ) -> tuple[tuple[PartRecord, ...], tuple[Fill, ...], int]:
     """(the parts used, the fills between them, the byte where they end): parts from 1 on,
-    and where one part is missing and the next is there, tail segments that cover exactly
-    the bytes between them, as the missing number (numbers stay consecutive, so the object
+    and where parts are missing and a later one is there, tail segments that cover exactly
+    the bytes between them, as the missing numbers (numbers stay consecutive, so the object
     is judged by its ETag's part count like any other)."""
     by_number = {p.part_number: p for p in parts}
     used: list[PartRecord] = []
@@ -343,14 +343,19 @@ def _run_with_fills(
             used.append(part)
             end, n = part.offset + part.size, n + 1
             continue
-        following = by_number.get(n + 1)
-        if following is None or not segments:
+        # Parts n .. m-1 missing (several may have been in flight when the file lost them):
+        # segments that cover exactly the bytes up to part m fill them, split evenly so
+        # each is a whole part's worth or more (11001459 and the review's two-part case).
+        following = next((by_number[m] for m in sorted(by_number) if m > n), None)
+        if following is None or not segments or _cover(segments, end, following.offset) is None:
             break
-        pieces = _cover(segments, end, following.offset)
-        if pieces is None:
+        missing = following.part_number - n
+        cuts = [end + (following.offset - end) * i // missing for i in range(missing + 1)]
+        split = [_cover(segments, a, b) for a, b in itertools.pairwise(cuts)]
+        if any(pieces is None for pieces in split):
             break
-        fills.append(Fill(n, pieces))
-        end, n = following.offset, n + 1
+        fills += [Fill(n + i, pieces) for i, pieces in enumerate(split) if pieces is not None]
+        end, n = following.offset, following.part_number
     return tuple(used), tuple(fills), end
 
 

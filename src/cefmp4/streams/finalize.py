@@ -20,6 +20,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -195,31 +196,55 @@ async def _complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], st
 async def _complete_watching(
     worker: StreamWorker, parts: list[PartRecord], verified_fp: Fingerprint
 ) -> None:
-    """``complete_parts``, with a look at the file every poll interval meanwhile, as
-    ``drain_watching`` does for parts: an outage can hold a Complete back for minutes, and
-    a truncation in that time is the recording's end even when the file grows back before
-    the retry (simulator seed 11006656: verifying the regrown file re-sent part 1 over the
-    bytes S3 held). A Complete that goes through meanwhile stands: it is of verified bytes."""
-    ctx, fd = worker.ctx, worker.fd
-    shrunk = False
+    """``complete_parts``, watched (``_Watch``). A Complete that goes through meanwhile
+    stands: it is of verified bytes; one retried after a truncation is not sent."""
+    fd, watch = worker.fd, _Watch(worker)
 
     def still() -> bool:
-        return not shrunk and fingerprint(os.fstat(fd)) == verified_fp
+        # A retry may come sooner than the next look: it looks itself.
+        watch.look()
+        return not watch.shrunk and fingerprint(os.fstat(fd)) == verified_fp
 
-    task = asyncio.ensure_future(complete_parts(ctx, worker.record, parts, still=still))
     try:
-        while await wait_tasks(ctx.clock, [task], ctx.config.poll_interval):
-            shrunk = shrunk or truncated(os.fstat(fd).st_size, worker.up.uploaded_extent())
+        await watch.run(complete_parts(worker.ctx, worker.record, parts, still=still))
+    except (FileChanged, UploadNotFound):
+        # Seen shorter meanwhile: the recording ended there, whatever else happened to the
+        # upload (a purge is the kept ending's to judge, not a restart of the regrown file).
+        if watch.shrunk:
+            raise _TruncatedNow from None
+        raise
+
+
+_T = TypeVar("_T")
+
+
+class _Watch:
+    """A look at the held file every poll interval while a long step runs, as
+    ``drain_watching`` does for parts: an outage can hold a Complete back for minutes, and
+    hashing a large file takes seconds, and a truncation in that time is the recording's
+    end even when the file grows back before the step returns (simulator seed 11006656:
+    verifying the regrown file re-sent part 1 over the bytes S3 held)."""
+
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+        self.shrunk = False
+
+    async def run(self, step: Awaitable[_T]) -> _T:
+        ctx = self.worker.ctx
+        task = asyncio.ensure_future(step)
         try:
-            task.result()
-        except FileChanged:
-            if shrunk:
-                raise _TruncatedNow from None
-            raise
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            while await wait_tasks(ctx.clock, [task], ctx.config.poll_interval):
+                self.look()
+            self.look()
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    def look(self) -> None:
+        size = os.fstat(self.worker.fd).st_size
+        self.shrunk = self.shrunk or truncated(size, self.worker.up.uploaded_extent())
 
 
 async def _upload_rest_verified(
@@ -235,7 +260,11 @@ async def _upload_rest_verified(
     digest = await worker.predigest.take()
     while True:
         if digest is None:
-            digest = await digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts))
+            watch = _Watch(worker)
+            digest = await watch.run(
+                digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts)))
+            if watch.shrunk:
+                raise _TruncatedNow
         _check_not_truncated(worker)
         stale = stale_parts(digest, up.parts)
         up.forget_parts_beyond(len(digest.result.parts))

@@ -380,9 +380,11 @@ class Salvager:
         if await self.retry("head", lambda: self.objects.head_object(meta)) is None:
             return None
         try:
-            return await self.retry("get_object", functools.partial(self.objects.get_object, meta))
+            raw: bytes = await self.retry("get_object", functools.partial(
+                self.objects.get_object, meta))
         except PermanentError:
             return None  # gone between the two requests: nobody's document
+        return raw
 
     async def _still_open(self, marker: _Marker) -> bool:
         try:
