@@ -12,6 +12,7 @@ from cefmp4.core.salvage import (
     last_activity,
     plan,
     published_by_owner,
+    salvaged_document,
 )
 
 MIB = 1 << 20
@@ -187,3 +188,15 @@ def test_an_upload_without_parts_is_empty_whatever_its_streams_segments() -> Non
 ])
 def test_an_owners_document_stops_a_resumed_salvage(raw: bytes | None, owners: bool) -> None:
     assert published_by_owner(raw) is owners
+
+
+@pytest.mark.parametrize(("raw", "salvaged"), [
+    (None, False),
+    (b'{"status": "salvaged"}', True),  # racing 37/41: a salvager made the object
+    (b'{"status": "complete"}', False),
+    (b"{", False),  # input, not truth
+    (b'{"status": ["salvaged"]}', False),
+])
+def test_a_salvagers_document_says_the_upload_was_taken(raw: bytes | None,
+                                                        salvaged: bool) -> None:
+    assert salvaged_document(raw) is salvaged

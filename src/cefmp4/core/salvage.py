@@ -172,17 +172,29 @@ def marker_key(prefix: str, upload_id: str) -> str:
     return marker_prefix(prefix) + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"
 
 
+def document_status(raw: bytes | None) -> str | None:
+    """The ``status`` the metadata document at a key says; None when there is none, or one
+    that does not parse or names no status (input, not truth: it proves nothing)."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    status = doc.get("status") if isinstance(doc, dict) else None
+    return status if isinstance(status, str) else None
+
+
 def published_by_owner(raw: bytes | None) -> bool:
     """Whether the metadata document at a salvaged key (None: none there) says its owner
     published the object: a Complete of the same first parts by the owner and by an
     interrupted salvage make the same object, and then the owner's document stands (a
-    salvage resumed from its marker would otherwise relabel it "salvaged"). A document
-    that does not parse proves nothing (input, not truth): the salvage goes on."""
-    if raw is None:
-        return False
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return False
-    status = doc.get("status") if isinstance(doc, dict) else None
-    return isinstance(status, str) and status != "salvaged"
+    salvage resumed from its marker would otherwise relabel it "salvaged")."""
+    status = document_status(raw)
+    return status is not None and status != "salvaged"
+
+
+def salvaged_document(raw: bytes | None) -> bool:
+    """Whether the metadata document at a stream's key says a salvager made the object
+    (only salvage writes "salvaged"): its owner then finds its upload taken."""
+    return document_status(raw) == "salvaged"

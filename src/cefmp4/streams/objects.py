@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -14,10 +13,10 @@ import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord
 from cefmp4.core.containers import content_type
-from cefmp4.core.ending import Found, ObjectAt, Status, judge_object
+from cefmp4.core.ending import Found, ObjectAt, judge_object
 from cefmp4.core.hashing import combined_crc64nvme, crc64_b64
 from cefmp4.core.keys import metadata_key
-from cefmp4.core.salvage import marker_key
+from cefmp4.core.salvage import marker_key, salvaged_document
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import CefmpError, UploadNotFound
 from cefmp4.streams.context import Context
@@ -54,10 +53,10 @@ async def _salvaged(ctx: Context, key: str, upload_id: str) -> bool:
     if await ctx.retry("head", lambda: ctx.objects.head_object(meta)) is None:
         return False
     try:
-        doc = json.loads(await ctx.retry("get", lambda: ctx.objects.get_object(meta)))
-    except (CefmpError, ValueError):
+        raw: bytes = await ctx.retry("get", lambda: ctx.objects.get_object(meta))
+    except CefmpError:
         return False
-    return isinstance(doc, dict) and doc.get("status") == Status.SALVAGED.value
+    return salvaged_document(raw)
 
 
 class FileChanged(Exception):
