@@ -66,20 +66,18 @@ def _status(video: Video) -> object:
 def _chunks_match(
     video: Video, versions: list[bytes], segments: Sequence[tuple[str, bytes]] = ()
 ) -> bool:
-    """Every chunk holds bytes the file held at that range at some time. An object's
-    last chunk may be made of its stream's tail segments (salvage appends them, and so
-    does a stream ending with what S3 holds), each shipped at its own time (``segments``,
-    each checked against the files by ``check_party``)."""
+    """Every chunk holds bytes the file held at that range at some time. A chunk may be
+    made of its stream's own tail segments instead, each shipped at its own time
+    (``segments``, each checked against the files by ``check_party``): the last (salvage
+    appends them, and so does a stream ending with what S3 holds), or one between parts
+    (a lost part filled from them: seed 14013853)."""
     chunks = _chunk_ranges(video)
     sid = video.key.split("/", 2)[1] if video.key.count("/") >= 2 else None
     # Only this stream's own segments (a splice from another's would pass otherwise).
     segments = [(k, b) for k, b in segments if sid is not None and f"{TAIL}{sid}/" in k]
     for offset, size in chunks:
         piece = video.body[offset : offset + size]
-        last = offset + size == len(video.body)
-        if not _was(versions, offset, piece) and not (
-            last and from_segments(segments, offset, piece)
-        ):
+        if not _was(versions, offset, piece) and not from_segments(segments, offset, piece):
             return False
     return True
 

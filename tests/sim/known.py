@@ -26,12 +26,21 @@ from __future__ import annotations
 KNOWN_HOLES: dict[int, str] = {
     # The final soak of 2026-12-07 (85a37ac, seeds 11,000,000-11,009,999: 9,994 clean)
     # found six with RPO_SECONDS on; with 2010731 and 9004048 they are regressions below
-    # since 34c351d and the invariant fixes after it. None is open.
+    # since 34c351d and the invariant fixes after it.
+    14010533: "hole 74393's class, found by the soak of 31485d9 (and failing on 6184a6a): a "
+              "one-part stream's file replaced twice while cefmp4 was down, the second file "
+              "given the first one's inode number at the same path, is taken for the "
+              "recording (a one-part stream at its own path is trusted: its only part is "
+              "the one a header patch changes), so its parts join the recording's part 1 "
+              "in one object (tests/pipeline/test_holes.py holds it as a strict xfail)",
 }
 
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    14013853: "RPO: a kept object's part 11 filled from tail segments shipped before and "
+              "after a faststart rewrite: the invariant judged only a last chunk by the "
+              "stream's segments",
     11002321: "RPO, host loss: part-less duplicate uploads of a stream (lost "
               "CreateMultipartUpload answers) whose 'data' is the stream's tail segments, "
               "which the stream's own parts in the salvaged object hold as the recording "
