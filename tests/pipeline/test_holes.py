@@ -413,11 +413,12 @@ async def test_hole5_a_complete_that_happened_before_the_write_stands(
     assert await store.list_multipart_uploads("") == []
 
 
-class TruncatedDuringCompleteOutage(MemoryObjectStore):
-    """The first Complete hangs while the recorder truncates the file and writes it anew
-    (other bytes, and more of them), then fails as a read timeout does."""
+class TruncatedDuringComplete(MemoryObjectStore):
+    """The first Complete fails just after the recorder cut the file. With ``regrown`` it
+    hangs first while the recorder writes the file anew (other bytes, more of them), and
+    fails as a read timeout does; without, it fails at once."""
 
-    def __init__(self, path: Path, regrown: bytes) -> None:
+    def __init__(self, path: Path, regrown: bytes | None = None) -> None:
         super().__init__("test-bucket")
         self.path, self.regrown, self.failed = path, regrown, False
 
@@ -428,6 +429,8 @@ class TruncatedDuringCompleteOutage(MemoryObjectStore):
             return await super().complete_multipart(key, upload_id, parts, **kw)
         self.failed = True
         os.truncate(self.path, 100)
+        if self.regrown is None:
+            raise TransientError("complete_multipart: connection reset (simulated)")
         await asyncio.sleep(0.2)  # ten poll intervals short: a follower would notice
         with self.path.open("r+b") as f:
             f.write(self.regrown)
@@ -445,7 +448,7 @@ async def test_a_truncation_while_a_complete_is_held_back_ends_the_recording(
     recording = pattern(PART + 700, seed=31)
     path.write_bytes(recording)
     regrown = pattern(3 * PART, seed=32)
-    store = TruncatedDuringCompleteOutage(path, regrown)
+    store = TruncatedDuringComplete(path, regrown)
     await burst(settings, store, prober)
     bodies = videos(store)
     assert recording in bodies.values(), "the recording's bytes, which S3 held, are lost"
@@ -585,23 +588,6 @@ async def test_a_truncation_while_the_file_is_hashed_ends_the_recording(
     assert metadata(store, first)["status"] == "truncated"
 
 
-class TruncatedThenFails(MemoryObjectStore):
-    """The first Complete fails at once, just after the recorder cut the file."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("test-bucket")
-        self.path, self.failed = path, False
-
-    async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]], **kw: str
-    ) -> str:
-        if self.failed:
-            return await super().complete_multipart(key, upload_id, parts, **kw)
-        self.failed = True
-        os.truncate(self.path, 100)
-        raise TransientError("complete_multipart: connection reset (simulated)")
-
-
 async def test_a_truncation_seen_by_the_complete_retry_itself_ends_the_recording(
     tmp_path: Path, watch: Path, prober: FakeProber, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -615,7 +601,7 @@ async def test_a_truncation_seen_by_the_complete_retry_itself_ends_the_recording
     recording = pattern(PART + 700, seed=35)
     path.write_bytes(recording)
     regrown = pattern(3 * PART, seed=36)
-    store = TruncatedThenFails(path)
+    store = TruncatedDuringComplete(path)
     real, done = finalize.digest_now, []
 
     async def regrown_while_hashed(*a: Any, **kw: Any) -> Any:
