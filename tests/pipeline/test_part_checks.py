@@ -13,9 +13,10 @@ import pytest
 from cefmp4.checkpoint import PartRecord
 from cefmp4.config.settings import Settings
 from cefmp4.core.hashing import PartDigest, is_md5_record, same_bytes
+from cefmp4.core.verified import Digest, stale_parts
 from cefmp4.storage import PartBody
 from cefmp4.storage.memory import MemoryObjectStore
-from cefmp4.streams.recheck import Digest, needs_md5, stale_parts
+from cefmp4.streams.recheck import needs_md5
 from cefmp4.streams.source import FileRange, digest_range
 from tests.pipeline.conftest import PART, FakeProber, burst, metadata, pattern, videos
 
@@ -81,7 +82,7 @@ def test_a_part_digest_compares_with_a_record_of_its_own_kind(tmp_path: Path) ->
 
 
 def _digest(parts: list[tuple[int, int, PartDigest]]) -> Digest:
-    from cefmp4.streams.source import FileDigest, RangeDigest
+    from cefmp4.core.hashing import FileDigest, RangeDigest
 
     ranges = [RangeDigest(n, (n - 1) * PART, size, d) for n, size, d in parts]
     return Digest((0, 0, 0), True, FileDigest(sum(p[1] for p in parts), "0" * 64, ranges), 0)

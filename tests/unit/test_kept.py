@@ -14,8 +14,6 @@ from cefmp4.core.kept import (
     Abort,
     Aborted,
     Action,
-    Checkpoint,
-    Checkpointed,
     Complete,
     Completed,
     Fail,
@@ -32,10 +30,10 @@ from cefmp4.core.kept import (
     SegmentsListed,
     SendPiece,
     Taken,
-    Unexpected,
     UploadGone,
     kept_ending,
 )
+from cefmp4.core.machine import Checkpoint, Checkpointed, Unexpected
 from cefmp4.core.tail import Segment
 
 P = [PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 3, 5)]

@@ -53,6 +53,25 @@ class PartDigest:
         return base64.b64encode(self.md5).decode("ascii") if self.md5 is not None else ""
 
 
+@dataclass(frozen=True, slots=True)
+class RangeDigest:
+    """A range of the file as one hashing pass read it: the part it would be."""
+
+    part_number: int
+    offset: int
+    size: int
+    digest: PartDigest
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """One pass over the whole file: each part's range, and the SHA-256 of all of them."""
+
+    size: int
+    sha256: str
+    parts: list[RangeDigest]
+
+
 def is_md5_record(recorded: str) -> bool:
     return not recorded.startswith(CRC32C_PREFIX)
 

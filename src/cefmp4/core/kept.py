@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from cefmp4.checkpoint import PartRecord
 from cefmp4.core.ending import (
@@ -40,16 +39,10 @@ from cefmp4.core.ending import (
     kept_object,
     when_upload_gone,
 )
+from cefmp4.core.machine import Checkpoint, Checkpointed, expect
 from cefmp4.core.tail import Piece, Segment
 
 # --- actions: what the shell does next ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Write the stream's record as finalizing with ``end``; answered ``Checkpointed``."""
-
-    end: End
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +86,6 @@ class Complete:
 Action = Checkpoint | Head | ListSegments | ListParts | Abort | SendPiece | Complete
 
 # --- observations: what the shell saw -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpointed:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +167,6 @@ Outcome = Publish | PublishEmpty | Fail | Taken
 Machine = Generator[Action, Observation, Outcome]
 
 
-class Unexpected(Exception):
-    """The shell answered an action with an observation that does not answer it: a bug in
-    the shell, never an input to decide on."""
-
-
 def kept_ending(
     end: End,
     parts: Sequence[PartRecord],
@@ -205,7 +188,7 @@ def kept_ending(
     at = (yield from _head(parts)) if kept_needs_head(end, parts) else None
     listed: tuple[Segment, ...] = ()
     if segments and has_upload:
-        listed = _expect(SegmentsListed, (yield ListSegments())).segments
+        listed = expect(SegmentsListed, (yield ListSegments())).segments
     plan = kept_object(end, parts, at, file_open=file_open, segments=listed)
     if plan.end != end:
         end = plan.end
@@ -230,30 +213,30 @@ def kept_ending(
         seen = yield SendPiece(number, pieces)
         if isinstance(seen, UploadGone):
             return (yield from _upload_gone(end, kept, sent))
-        sent.append(_expect(PieceSent, seen).part)
+        sent.append(expect(PieceSent, seen).part)
         kept = sorted([*kept, sent[-1]], key=lambda p: p.part_number)
     seen = yield Complete(tuple(kept))
     if isinstance(seen, UploadGone):
         return (yield from _upload_gone(end, kept, sent))
-    _expect(Completed, seen)
+    expect(Completed, seen)
     return Publish(end, tuple(kept), running_sha=running_sha and not sent,
                    tail_bytes=plan.tail_bytes if sent else None)
 
 
 def _checkpoint(end: End) -> Generator[Action, Observation, None]:
-    _expect(Checkpointed, (yield Checkpoint(end)))
+    expect(Checkpointed, (yield Checkpoint(end)))
 
 
 def _head(parts: Sequence[PartRecord]) -> Generator[Action, Observation, ObjectAt]:
-    return _expect(HeadSaid, (yield Head(tuple(parts)))).at
+    return expect(HeadSaid, (yield Head(tuple(parts)))).at
 
 
 def _abort_on_proof(*, safe: bool) -> Generator[Action, Observation, int]:
     """Abort the upload when that destroys nothing: ``safe``, or S3 lists no part in it.
     The number of parts it holds (0 when aborted)."""
-    held = 0 if safe else _expect(PartsListed, (yield ListParts())).count
+    held = 0 if safe else expect(PartsListed, (yield ListParts())).count
     if held == 0:
-        _expect(Aborted, (yield Abort()))
+        expect(Aborted, (yield Abort()))
     return held
 
 
@@ -276,11 +259,3 @@ def _upload_gone(
     from_segments = sum(p.size for p in at.parts if p in sent)
     return Publish(end, at.parts, running_sha=False, tail_bytes=from_segments or None)
 
-
-_O = TypeVar("_O")
-
-
-def _expect(kind: type[_O], seen: Observation) -> _O:
-    if not isinstance(seen, kind):
-        raise Unexpected(f"expected {kind.__name__}, got {type(seen).__name__}")
-    return seen

@@ -1,14 +1,13 @@
 """drain → decide the end → verify or keep → complete → probe → metadata → completed.
 
-What the end is, and what each answer of S3 means for the object, is decided in
-``core.ending``; this module observes (fstat, HeadObject), acts, and checkpoints the end
-before anything acts on it, so a restart finishes the stream the same way. Safe to run
-again after a crash at any point: Complete is confirmed with HeadObject, an object already
-at the key is never overwritten, and the metadata is written only after the object exists.
-
-A verified object (SPEC §2.3): upload the tail and every changed part, prove the file
-unchanged since hashed, complete — and verify again when the file changed before the
-Complete went through (an outage can hold it back).
+Every turn of a stream's ending is decided in ``core``: ``core.verified`` (the object is
+the verified file, or the ending turns to what S3 holds) and ``core.kept`` (the object is
+what S3 holds). This module is their runner: it carries out one action at a time (fstat,
+hashing, parts, HeadObject, Complete, checkpoints) and sends back what it saw, so a
+checkpoint is written before the next step starts and a restart finishes the stream the
+same way. Safe to run again after a crash at any point: Complete is confirmed with
+HeadObject, an object already at the key is never overwritten, and the metadata is written
+only after the object exists.
 """
 
 from __future__ import annotations
@@ -25,21 +24,15 @@ from typing import TypeVar
 import structlog
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
-from cefmp4.core import kept
-from cefmp4.core.ending import (
-    CompletedBy,
-    End,
-    Status,
-    end_of,
-    fate,
-    keeps_what_s3_holds,
-    truncated,
-)
+from cefmp4.core import kept, verified
+from cefmp4.core.ending import CompletedBy, End, Status, truncated
 from cefmp4.core.identity import Fingerprint, fingerprint, ident_of
 from cefmp4.core.kept import kept_ending
 from cefmp4.core.keys import metadata_key
+from cefmp4.core.machine import Checkpoint, Checkpointed, Unexpected
 from cefmp4.core.metadata import ProbeResult, build_metadata, to_json_bytes
 from cefmp4.core.parts import part_bounds
+from cefmp4.core.verified import verified_ending
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
 from cefmp4.runtime.errors import ObjectExists, UploadNotFound
@@ -52,14 +45,7 @@ from cefmp4.streams.objects import (
     put_empty,
     sha256_of_object,
 )
-from cefmp4.streams.recheck import (
-    digest_now,
-    needs_md5,
-    settled,
-    stale_parts,
-    unchanged_since,
-    verified,
-)
+from cefmp4.streams.recheck import digest_now, needs_md5, settled
 from cefmp4.streams.source import RunningSha256, stat_or_none
 from cefmp4.streams.stream import StreamWorker
 from cefmp4.streams.tail import delete_tail, list_segments, upload_tail_part
@@ -74,17 +60,6 @@ def with_end(record: StreamRecord, end: End, now: float) -> StreamRecord:
                    completed_by=end.completed_by.value)
 
 
-def _end_now(worker: StreamWorker, truncated_now: bool) -> End:
-    held = os.fstat(worker.fd)
-    at_path = stat_or_none(Path(worker.record.path))
-    return end_of(
-        truncated_now=truncated_now,
-        fate=fate(held.st_nlink, ident_of(held),
-                  None if at_path is None else ident_of(at_path)),
-        judged=worker.completed_by,
-    )
-
-
 async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None:
     # A truncation seen already ends with what S3 holds: no probe to win time for.
     early = None if truncated_now else EarlyProbe.start(worker.ctx, worker.fd, worker.record.path)
@@ -96,123 +71,142 @@ async def finalize(worker: StreamWorker, *, truncated_now: bool = False) -> None
 
 
 async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe | None) -> None:
-    ctx, up = worker.ctx, worker.up
-    resumed = worker.record.state is StreamState.FINALIZING
-    if truncated_now:
-        await up.cancel_beyond(os.fstat(worker.fd).st_size)
-    elif await up.drain_watching(timeout=ctx.config.drain_timeout) or (
-        resumed and truncated(os.fstat(worker.fd).st_size, up.uploaded_extent())
-    ):
-        # While a part was held back (even if the file grew back since), or while nobody
-        # watched: what was uploaded stands.
-        truncated_now = True
-        _log_truncated(worker)
-    if not resumed or truncated_now:
-        end = _end_now(worker, truncated_now)
-        worker.record = with_end(worker.record, end, ctx.clock.time())
-        await ctx.retry("checkpoint", _put(ctx, worker.record))
-    else:  # the end decided before a restart stands
-        end = End.recorded(worker.record.status, worker.record.completed_by)
-    if keeps_what_s3_holds(end, truncated_now=truncated_now, resumed=resumed):
-        await _keep(worker)  # the end is checkpointed: parts in flight below the cut finish
-        return
+    """Runs ``core.verified.verified_ending``, which decides every turn; this carries out
+    its actions one at a time, so a checkpoint is written before the next step starts."""
+    ctx, up, record = worker.ctx, worker.up, worker.record
+    machine = verified_ending(
+        resumed=record.state is StreamState.FINALIZING, truncated_now=truncated_now,
+        recorded=End.recorded(record.status, record.completed_by), judged=worker.completed_by,
+    )
+    seen: verified.Observation | None = None
     while True:
         try:
-            parts, sha256, mtime_ns = await _complete_verified(worker)
+            action = machine.send(seen) if seen is not None else next(machine)
+        except StopIteration as stop:
+            outcome: verified.Outcome = stop.value
             break
-        except _TruncatedNow:
-            # Bytes S3 holds left the file while we verified: they make the object.
-            _log_truncated(worker)
-            worker.record = with_end(worker.record, End.of(Status.TRUNCATED), ctx.clock.time())
-            await ctx.retry("checkpoint", _put(ctx, worker.record))
-            await _keep(worker)
-            return
-        except UploadNotFound as exc:
-            try:
-                await up.restart(str(exc))
-            except ObjectExists:
-                await finish_kept(ctx, worker.record, up.all_parts(), worker.fd, None)
-                return
+        try:
+            seen = await _step(worker, action)
         except ObjectExists:
-            # Completed before a crash: that object stands, whatever the file holds now.
-            await finish_kept(ctx, worker.record, up.all_parts(), worker.fd, None)
-            return
+            seen = verified.ObjectThere()
+        except UploadNotFound as exc:
+            seen = verified.UploadGone(str(exc))
+    if isinstance(outcome, verified.Keep):
+        if not outcome.standing:  # the end is checkpointed: parts in flight below the cut finish
+            await up.drain(timeout=ctx.config.drain_timeout)
+        await finish_kept(ctx, worker.record, up.all_parts(), worker.fd,
+                          None if outcome.standing else up.running_sha)
+        return
     ctx.failpoints.hit("after_complete")
     if early is not None:
         probe = await early.result()
     else:
         probe = await probe_file(ctx, worker.fd, worker.record.path)
+    made = outcome.made
     worker.record = await publish(
-        ctx, worker.record, parts, sha256=sha256, probe=probe, end=end, mtime_ns=mtime_ns,
-        extra={"parts_reuploaded": up.reuploaded},
+        ctx, worker.record, list(made.parts), sha256=made.sha256, probe=probe,
+        end=outcome.end, mtime_ns=made.mtime_ns, extra={"parts_reuploaded": up.reuploaded},
     )
 
 
-async def _keep(worker: StreamWorker) -> None:
-    await worker.up.drain(timeout=worker.ctx.config.drain_timeout)
-    await finish_kept(worker.ctx, worker.record, worker.up.all_parts(), worker.fd,
-                      worker.up.running_sha)
+async def _step(worker: StreamWorker, action: verified.Action) -> verified.Observation:
+    """One action of ``verified_ending``. ``ObjectExists`` and ``UploadNotFound`` raised by
+    a step that talks to S3 are its answer too (the caller turns them into observations);
+    ``Settle`` is before the end is decided, so what it raises suspends the stream."""
+    ctx, up, fd = worker.ctx, worker.up, worker.fd
+    match action:
+        case Checkpoint():
+            if action.seen_truncated:
+                log.warning(logs.STREAM_TRUNCATED, size=os.fstat(fd).st_size,
+                            uploaded=up.uploaded_extent())
+            worker.record = with_end(worker.record, action.end, ctx.clock.time())
+            await ctx.retry("checkpoint", _put(ctx, worker.record))
+            return Checkpointed()
+        case verified.CancelBeyond():
+            await up.cancel_beyond(os.fstat(fd).st_size)
+            return verified.Done()
+        case verified.Settle():  # before the end is decided: what fails here suspends
+            try:
+                shrunk = await up.drain_watching(timeout=ctx.config.drain_timeout)
+            except (ObjectExists, UploadNotFound) as exc:
+                raise _Suspend(str(exc)) from exc
+            return verified.Shrunk() if shrunk else verified.Drained()
+        case verified.Drain():
+            return verified.Shrunk() if await up.drain_watching() else verified.Drained()
+        case verified.TakePredigest():
+            return verified.Digested(await worker.predigest.take())
+        case verified.DigestNow():
+            watch = _Watch(worker)
+            digest = await watch.run(
+                digest_now(fd, up.schedule, ctx.clock, md5=needs_md5(up.parts)))
+            return verified.Shrunk() if watch.shrunk else verified.Digested(digest)
+        case verified.PutEmpty():
+            await put_empty(ctx, worker.record)
+            return verified.Completed()
+        case verified.Complete():
+            return await _complete_watching(worker, list(action.parts), action.unchanged)
+        case verified.Restart():
+            await up.restart(action.why)
+            return verified.Done()
+    seen = _look_or_start(worker, action)
+    if seen is None:
+        raise Unexpected(f"no step for {action!r}")
+    return seen
 
 
-def _log_truncated(worker: StreamWorker) -> None:
-    log.warning(logs.STREAM_TRUNCATED, size=os.fstat(worker.fd).st_size,
-                uploaded=worker.up.uploaded_extent())
+def _look_or_start(worker: StreamWorker, action: verified.Action) -> verified.Observation | None:
+    """The steps that only look at the file or start parts (they do not wait)."""
+    up, fd = worker.up, worker.fd
+    match action:
+        case verified.LookFate():
+            held = os.fstat(fd)
+            at_path = stat_or_none(Path(worker.record.path))
+            return verified.FateSeen(held.st_nlink, ident_of(held),
+                                     None if at_path is None else ident_of(at_path))
+        case verified.Look():
+            st = os.fstat(fd)
+            return verified.Looked(st.st_size, fingerprint(st), up.uploaded_extent(),
+                                   dict(up.parts))
+        case verified.QuickStart():
+            return verified.Done() if _quick_start(worker) else verified.NotQuick()
+        case verified.QuickFinish():
+            return _quick_finish(worker)
+        case verified.Resend():
+            up.forget_parts_beyond(action.keep)
+            for number, offset, size in action.ranges:
+                up.start_part(number, offset, size)
+            return verified.Done()
+    return None
 
 
-# --- the verified object -------------------------------------------------------------------
-
-
-class _TruncatedNow(Exception):
-    """The file lost bytes that are already in S3 while finalize was verifying it."""
-
-
-def _check_not_truncated(worker: StreamWorker) -> None:
-    if truncated(os.fstat(worker.fd).st_size, worker.up.uploaded_extent()):
-        raise _TruncatedNow
-
-
-async def _drain(worker: StreamWorker) -> None:
-    if await worker.up.drain_watching():
-        raise _TruncatedNow  # while a part was held back, even if the file grew back since
-    _check_not_truncated(worker)
-
-
-async def _complete_verified(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
-    """Make the object of the verified file: (its parts, SHA-256, the mtime they hold)."""
-    while True:
-        parts, sha256, mtime_ns, fp = await _upload_rest_verified(worker)
-        if not parts:
-            await put_empty(worker.ctx, worker.record)
-            return parts, sha256, mtime_ns
-        # A Complete retried after an outage must still be of the file's bytes: a write
-        # (or an unlink) since they were verified means verify again first.
-        try:
-            await _complete_watching(worker, parts, fp)
-        except FileChanged:
-            continue
-        return parts, sha256, mtime_ns
+class _Suspend(Exception):
+    """Raised out of finalize: the stream suspends and resumes later from its checkpoint."""
 
 
 async def _complete_watching(
-    worker: StreamWorker, parts: list[PartRecord], verified_fp: Fingerprint
-) -> None:
-    """``complete_parts``, watched (``_Watch``). A Complete that goes through meanwhile
-    stands: it is of verified bytes; one retried after a truncation is not sent."""
+    worker: StreamWorker, parts: list[PartRecord], unchanged: Fingerprint
+) -> verified.Observation:
+    """``complete_parts`` on condition that the file is still as verified, watched
+    (``_Watch``): a Complete that goes through meanwhile stands, it is of verified bytes;
+    one retried after a truncation is not sent."""
     fd, watch = worker.fd, _Watch(worker)
 
     def still() -> bool:
         # A retry may come sooner than the next look: it looks itself.
         watch.look()
-        return not watch.shrunk and fingerprint(os.fstat(fd)) == verified_fp
+        return not watch.shrunk and fingerprint(os.fstat(fd)) == unchanged
 
     try:
         await watch.run(complete_parts(worker.ctx, worker.record, parts, still=still))
-    except (FileChanged, UploadNotFound):
+    except (FileChanged, UploadNotFound) as exc:
         # Seen shorter meanwhile: the recording ended there, whatever else happened to the
         # upload (a purge is the kept ending's to judge, not a restart of the regrown file).
         if watch.shrunk:
-            raise _TruncatedNow from None
+            return verified.Shrunk()
+        if isinstance(exc, FileChanged):
+            return verified.Changed()
         raise
+    return verified.Completed()
 
 
 _T = TypeVar("_T")
@@ -247,60 +241,30 @@ class _Watch:
         self.shrunk = self.shrunk or truncated(size, self.worker.up.uploaded_extent())
 
 
-async def _upload_rest_verified(
-    worker: StreamWorker,
-) -> tuple[list[PartRecord], str, int, Fingerprint]:
-    """Upload the tail and every changed part: (the object's parts, its SHA-256, the mtime
-    of the bytes they hold, the file's fingerprint then). Returns only once the file is
-    proved unchanged since hashed."""
-    fast = await _quiet_file_parts(worker)
-    if fast is not None:
-        return fast
-    up, ctx = worker.up, worker.ctx
-    digest = await worker.predigest.take()
-    while True:
-        if digest is None:
-            watch = _Watch(worker)
-            digest = await watch.run(
-                digest_now(worker.fd, up.schedule, ctx.clock, md5=needs_md5(up.parts)))
-            if watch.shrunk:
-                raise _TruncatedNow
-        _check_not_truncated(worker)
-        stale = stale_parts(digest, up.parts)
-        up.forget_parts_beyond(len(digest.result.parts))
-        for d in stale:
-            up.start_part(d.part_number, d.offset, d.size)
-        await _drain(worker)
-        # Never without the fingerprint check: a write since the pass began means the
-        # bytes S3 holds may not be the file's; with parts re-sent, the pass must also
-        # have been trusted (settled) to prove the bytes did not move while hashed.
-        if unchanged_since(worker.fd, digest) and (not stale or digest.trusted):
-            parts = verified(digest, up.parts)
-            if parts is not None:
-                return parts, digest.result.sha256, digest.mtime_ns, digest.fingerprint
-        digest = None  # the recorder wrote while we uploaded: hash everything again
-
-
-async def _quiet_file_parts(
-    worker: StreamWorker,
-) -> tuple[list[PartRecord], str, int, Fingerprint] | None:
+def _quick_start(worker: StreamWorker) -> bool:
     """A file that was complete before we read it needs no second read: every part's MD5
-    was taken from the bytes we uploaded, and the SHA-256 was built as they were read."""
+    was taken from the bytes we uploaded, and the SHA-256 was built as they were read. Its
+    missing parts are sent; False for any other file."""
     up = worker.up
     st = os.fstat(worker.fd)
     if up.running_sha is None or not worker.quiet_since_start(st):
-        return None
-    bounds = part_bounds(up.schedule, st.st_size)
-    for number, offset, size in bounds:
+        return False
+    for number, offset, size in part_bounds(up.schedule, st.st_size):
         if number not in up.parts and not up.is_inflight(number):
             up.start_part(number, offset, size)
-    await _drain(worker)
+    return True
+
+
+def _quick_finish(worker: StreamWorker) -> verified.Verified | verified.NotQuick:
+    up = worker.up
     after = os.fstat(worker.fd)
+    bounds = part_bounds(up.schedule, after.st_size)
     sha256 = up.running_sha.hexdigest(len(bounds)) if up.running_sha is not None else None
     parts = [up.parts.get(n) for n in range(1, len(bounds) + 1)]
     if sha256 is None or not worker.quiet_since_start(after) or None in parts:
-        return None
-    return [p for p in parts if p is not None], sha256, after.st_mtime_ns, fingerprint(after)
+        return verified.NotQuick()
+    return verified.Verified(tuple(p for p in parts if p is not None), sha256,
+                             after.st_mtime_ns, fingerprint(after))
 
 
 # --- the object of what S3 holds -----------------------------------------------------------
@@ -364,10 +328,10 @@ async def _carry_out(
     """One action of ``kept_ending``, with its retries: (the record, what was seen)."""
     upload_id = record.upload_id
     match action:
-        case kept.Checkpoint():
+        case Checkpoint():
             record = with_end(record, action.end, ctx.clock.time())
             await ctx.retry("checkpoint", _put(ctx, record))
-            return record, kept.Checkpointed()
+            return record, Checkpointed()
         case kept.Head():
             return record, kept.HeadSaid(await object_at(ctx, record, action.parts))
         case kept.ListSegments():
@@ -394,7 +358,7 @@ async def _carry_out(
             except UploadNotFound:
                 return record, kept.UploadGone()
             return record, kept.Completed()
-    raise kept.Unexpected(f"{action!r} for a record without an upload")
+    raise Unexpected(f"{action!r} for a record without an upload")
 
 
 async def taken(ctx: Context, record: StreamRecord) -> StreamRecord:

@@ -13,8 +13,9 @@ critical path:
 
 "Not changed" is a (size, mtime, ctime) fingerprint taken before hashing, trusted only when
 the mtime was already ``QUIET_MARGIN_S`` old then: any later write moves the mtime past it.
-This module hashes (in worker threads) and compares; ``finalize`` acts (uploads,
-completes). Nothing here mutates a stream.
+This module hashes (in worker threads); what a pass shows (stale parts, the verified
+parts) is decided in ``core.verified``, and ``finalize`` acts. Nothing here mutates a
+stream.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import structlog
 
 from cefmp4.checkpoint import PartRecord
 from cefmp4.core.hashing import is_md5_record, same_bytes
-from cefmp4.core.identity import Fingerprint, fingerprint
+from cefmp4.core.identity import fingerprint
 from cefmp4.core.parts import PartSchedule, part_bounds
+from cefmp4.core.verified import Digest
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import Clock
 from cefmp4.runtime.errors import SourceError
-from cefmp4.streams.source import FileDigest, RangeDigest, digest_file, digest_range
+from cefmp4.streams.source import digest_file, digest_range
 
 log = structlog.get_logger("cefmp4.streams.recheck")
 
@@ -46,14 +47,6 @@ QUIET_MARGIN_S = 1.0
 def settled(st: os.stat_result, at: float) -> bool:
     """The file's last write was at least the margin before wall time ``at``."""
     return st.st_mtime_ns / 1e9 <= at - QUIET_MARGIN_S
-
-
-@dataclass(frozen=True, slots=True)
-class Digest:
-    fingerprint: Fingerprint  # of the file just before it was hashed
-    trusted: bool  # the fingerprint proves the bytes did not change while hashed
-    result: FileDigest
-    mtime_ns: int  # the mtime of the bytes that were hashed
 
 
 async def digest_now(
@@ -72,25 +65,6 @@ def needs_md5(parts: Mapping[int, PartRecord]) -> bool:
     return any(is_md5_record(p.md5) for p in parts.values())
 
 
-def stale_parts(digest: Digest, parts: Mapping[int, PartRecord]) -> list[RangeDigest]:
-    """Ranges of the file whose uploaded part is missing or holds other bytes."""
-    return [
-        d for d in digest.result.parts
-        if (p := parts.get(d.part_number)) is None
-        or not same_bytes(p.md5, d.digest) or p.size != d.size or p.offset != d.offset
-    ]
-
-
-def verified(digest: Digest, parts: Mapping[int, PartRecord]) -> list[PartRecord] | None:
-    """The parts making up exactly the digested bytes, or None if any differs."""
-    wanted = digest.result.parts
-    chosen = [parts.get(d.part_number) for d in wanted]
-    for part, d in zip(chosen, wanted, strict=True):
-        if part is None or not same_bytes(part.md5, d.digest) or part.size != d.size:
-            return None
-    return [p for p in chosen if p is not None]
-
-
 def holds(fd: int, part: PartRecord) -> bool:
     """Blocking (a thread): the file still holds the bytes of ``part`` where it was.
     ``SourceError`` when it cannot be read (never taken for "not the same bytes")."""
@@ -98,11 +72,6 @@ def holds(fd: int, part: PartRecord) -> bool:
         return False
     return same_bytes(part.md5, digest_range(fd, part.offset, part.size,
                                              md5=is_md5_record(part.md5)))
-
-
-def unchanged_since(fd: int, digest: Digest) -> bool:
-    """The file is as it was when ``digest`` began (size, mtime and ctime)."""
-    return fingerprint(os.fstat(fd)) == digest.fingerprint
 
 
 class Predigest:

@@ -24,7 +24,7 @@ from typing import Any
 
 import crc32c
 
-from cefmp4.core.hashing import PartDigest, crc64nvme
+from cefmp4.core.hashing import FileDigest, PartDigest, RangeDigest, crc64nvme
 from cefmp4.runtime.errors import (
     SourceBusy,
     SourceError,
@@ -225,21 +225,6 @@ class FileRange(io.RawIOBase):
 
 
 _NOWAIT = [hasattr(os, "RWF_NOWAIT")]
-
-
-@dataclass(frozen=True, slots=True)
-class RangeDigest:
-    part_number: int
-    offset: int
-    size: int
-    digest: PartDigest
-
-
-@dataclass(frozen=True, slots=True)
-class FileDigest:
-    size: int
-    sha256: str
-    parts: list[RangeDigest]
 
 
 def digest_file(
