@@ -534,6 +534,9 @@ CORRUPTIONS = [
      ("HSET", "{p}stream:{id}", "part_size", "0")),
     ("broken part", "UPDATE parts SET offset_bytes = 'x' WHERE stream_id = ?",
      ("HSET", "{p}parts:{id}", "1", "{not json")),
+    # JSON nested past Python's depth raises RecursionError, not ValueError.
+    ("deeply nested part", "UPDATE parts SET size = x'00' WHERE stream_id = ?",
+     ("HSET", "{p}parts:{id}", "1", "[" * 200_000)),
     ("part without etag", "UPDATE parts SET etag = x'ff' WHERE stream_id = ?",
      ("HSET", "{p}parts:{id}", "2", '{"offset":0,"size":5,"md5":"x","uploaded_at":1.0}')),
     ("part number not a number", "UPDATE parts SET part_number = 'one' "

@@ -163,6 +163,23 @@ async def test_verify_verdicts(
         assert "get_object" not in store.calls or store.calls["get_object"] == 1  # metadata
 
 
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"[" * 200_000, "not JSON"),  # nested past Python's depth: no RecursionError escapes
+    (b" " * (16 * 1024 * 1024 + 1), "more than any cefmp4 writes"),  # never read whole
+])
+async def test_verify_judges_a_hostile_metadata_document_without_reading_it_all(
+    tmp_path: Path, body: bytes, reason: str
+) -> None:
+    store = MemoryObjectStore("test-bucket")
+    video, key = await _uploaded(tmp_path, store, pattern(PART + 5))
+    await store.put_object(metadata_key(video), body, "application/json")
+    store.calls.clear()
+    result = await verify_one(store, video, key.public_key())
+    assert result.verdict == MISMATCH
+    assert reason in result.reason
+    assert store.calls.get("get_object", 0) == (0 if len(body) > 16 * 1024 * 1024 else 1)
+
+
 async def test_verify_with_another_public_key_is_a_bad_signature(tmp_path: Path) -> None:
     store = MemoryObjectStore("test-bucket")
     video, _ = await _uploaded(tmp_path, store, pattern(PART + 1))

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from cefmp4.checkpoint import StreamState
 from cefmp4.config.settings import Settings
 from cefmp4.core.keys import metadata_key, new_stream_id, object_key
 from cefmp4.core.metadata import ProbeResult
 from cefmp4.core.parts import MIB
+from cefmp4.core.salvage import MAX_DOCUMENT_BYTES
 from cefmp4.runtime.app import App
 from cefmp4.runtime.errors import PermanentError
 from cefmp4.storage.memory import MemoryObjectStore
@@ -204,8 +206,27 @@ async def test_a_hostile_marker_is_never_acted_on() -> None:
                            "application/json")
     await store.put_object(f"{PREFIX}.cefmp4/salvage/junk.json", b"\xff not json",
                            "application/json")
-    assert await _run(_salvager(store, clock), store) == []
+    # Nested past Python's depth (RecursionError, not ValueError), and larger than any
+    # marker cefmp4 writes: neither is read whole or raises.
+    await store.put_object(f"{PREFIX}.cefmp4/salvage/deep.json", b"[" * 200_000,
+                           "application/json")
+    huge = f"{PREFIX}.cefmp4/salvage/huge.json"
+    await store.put_object(huge, b" " * (MAX_DOCUMENT_BYTES + 1), "application/json")
+    read: list[str] = []
+    real_get = store.get_object
+
+    async def get_object(key: str) -> bytes:
+        read.append(key)
+        return await real_get(key)
+
+    store.get_object = get_object  # type: ignore[method-assign]
+    with capture_logs() as events:
+        assert await _run(_salvager(store, clock), store) == []
     assert await store.list_keys("elsewhere/") == []
+    assert huge not in read
+    unreadable = {e["marker"] for e in events if e["event"] == "salvage_marker_unreadable"}
+    assert unreadable == {f"{PREFIX}.cefmp4/salvage/{n}.json"
+                          for n in ("bad", "junk", "deep", "huge")}
 
 
 async def test_the_daemons_sweeper_salvages_and_never_aborts_footage(

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from cefmp4.after.after_upload import AfterUploadSink, Intent, move_targets, staged_name
+from cefmp4.after.after_upload import (
+    AfterUploadSink,
+    Intent,
+    _kept_size,
+    move_targets,
+    staged_name,
+)
 from cefmp4.after.outbox import OutboxItem
 from cefmp4.runtime.errors import PermanentError, TransientError
 
@@ -253,6 +259,9 @@ def test_bad_intent_is_permanent() -> None:
         Intent.from_json(b"not json")
     with pytest.raises(PermanentError):
         Intent.from_json(b'{"action": "delete"}')
+    with pytest.raises(PermanentError):  # nested past Python's depth: no RecursionError
+        Intent.from_json(b"[" * 200_000)
+    assert _kept_size(b"[" * 200_000) == 0
 
 
 def test_move_target_stays_inside_the_target_dir() -> None:

@@ -185,6 +185,7 @@ def test_an_upload_without_parts_is_empty_whatever_its_streams_segments() -> Non
     (b"not json", False),  # input, not truth: proves nothing
     (b'["status"]', False),
     (b'{"status": 7}', False),
+    (b"[" * 200_000, False),  # nested past Python's depth: proves nothing, raises nothing
 ])
 def test_an_owners_document_stops_a_resumed_salvage(raw: bytes | None, owners: bool) -> None:
     assert published_by_owner(raw) is owners
@@ -196,6 +197,7 @@ def test_an_owners_document_stops_a_resumed_salvage(raw: bytes | None, owners: b
     (b'{"status": "complete"}', False),
     (b"{", False),  # input, not truth
     (b'{"status": ["salvaged"]}', False),
+    (b'{"a":' * 100_000, False),
 ])
 def test_a_salvagers_document_says_the_upload_was_taken(raw: bytes | None,
                                                         salvaged: bool) -> None:

@@ -375,7 +375,7 @@ def _decode_part(part_number: str, text: str) -> PartRecord:
         number = part_number
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's depth: not a part either
         raise MalformedRecord(f"part {part_number[:20]}: not JSON") from None
     if not isinstance(data, dict):
         raise MalformedRecord(f"part {part_number[:20]}: not a JSON object")

@@ -33,6 +33,7 @@ from cefmp4.config.evidence_settings import load_public_key
 from cefmp4.config.settings import Settings
 from cefmp4.core.hashing import crc64_b64, crc64nvme
 from cefmp4.core.keys import metadata_key
+from cefmp4.core.salvage import MAX_DOCUMENT_BYTES
 from cefmp4.core.signature import Verdict, check_signature, key_id
 from cefmp4.runtime.errors import CefmpError, ConfigError
 from cefmp4.storage import ObjectInfo
@@ -263,9 +264,12 @@ async def verify_one(
             video = await store.head_object(key)
             why = "no metadata" + ("" if video is not None else " and no video object")
             return Result(key, MISSING, why)
+        if meta.size > MAX_DOCUMENT_BYTES:  # never read whole: it is not one of ours
+            return Result(key, MISMATCH, f"the metadata is {meta.size} bytes, more than any "
+                          "cefmp4 writes")
         try:
             doc = json.loads(await store.get_object(metadata_key(key)))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's depth
             return Result(key, MISMATCH, "the metadata is not JSON")
         if not isinstance(doc, dict):
             return Result(key, MISMATCH, "the metadata is not a JSON object")

@@ -172,6 +172,12 @@ def marker_key(prefix: str, upload_id: str) -> str:
     return marker_prefix(prefix) + hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json"
 
 
+# A document cefmp4 writes (a metadata document, a salvage marker) is a few KiB, and lists
+# at most 10,000 parts at ~150 bytes each: anything larger at such a key is not one, and is
+# never read whole.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
 def document_status(raw: bytes | None) -> str | None:
     """The ``status`` the metadata document at a key says; None when there is none, or one
     that does not parse or names no status (input, not truth: it proves nothing)."""
@@ -179,7 +185,7 @@ def document_status(raw: bytes | None) -> str | None:
         return None
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the interpreter's depth
         return None
     status = doc.get("status") if isinstance(doc, dict) else None
     return status if isinstance(status, str) else None

@@ -20,6 +20,7 @@ from cefmp4.core.salvage import marker_key, salvaged_document
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import CefmpError, UploadNotFound
 from cefmp4.streams.context import Context
+from cefmp4.streams.salvage import read_document
 
 log = structlog.get_logger("cefmp4.streams.objects")
 
@@ -49,13 +50,10 @@ async def _salvaged(ctx: Context, key: str, upload_id: str) -> bool:
     marker = marker_key(ctx.config.key_prefix, upload_id)
     if await ctx.retry("head", lambda: ctx.objects.head_object(marker)) is not None:
         return True
-    meta = metadata_key(key)
-    if await ctx.retry("head", lambda: ctx.objects.head_object(meta)) is None:
-        return False
     try:
-        raw: bytes = await ctx.retry("get", lambda: ctx.objects.get_object(meta))
+        raw = await read_document(ctx.objects, ctx.retry, metadata_key(key))
     except CefmpError:
-        return False
+        return False  # gone between the two requests, or too large: proves nothing
     return salvaged_document(raw)
 
 

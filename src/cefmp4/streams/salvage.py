@@ -141,6 +141,28 @@ async def _once(_operation: str, op: Callable[[], Awaitable[Any]]) -> Any:
     return await op()
 
 
+class Documents(Protocol):
+    """What reading a small document needs of the object store."""
+
+    async def head_object(self, key: str) -> ObjectInfo | None: ...
+    async def get_object(self, key: str) -> bytes: ...
+
+
+async def read_document(objects: Documents, retry: Retry, key: str) -> bytes | None:
+    """The small JSON document cefmp4 keeps at ``key`` (a metadata document, a salvage
+    marker), or None when there is none. Input, not truth: one larger than cefmp4 ever
+    writes (``core.salvage.MAX_DOCUMENT_BYTES``) is never read whole (``PermanentError``),
+    so a hostile object there cannot fill memory."""
+    info = await retry("head", functools.partial(objects.head_object, key))
+    if info is None:
+        return None
+    if info.size > decide.MAX_DOCUMENT_BYTES:
+        raise PermanentError(f"{key} is {info.size} bytes, more than any document cefmp4 "
+                             f"writes ({decide.MAX_DOCUMENT_BYTES})")
+    raw: bytes = await retry("get_object", functools.partial(objects.get_object, key))
+    return raw
+
+
 class Salvager:
     """Salvage under one prefix. ``retry`` wraps each store call (the daemon's retries
     transient errors without limit; the command's tries once and reports)."""
@@ -321,13 +343,15 @@ class Salvager:
         keys = await self.retry("list_keys", lambda: self.objects.list_keys(self.marker_prefix))
         for key in keys:
             try:
-                raw = await self.retry("get_object", functools.partial(
-                    self.objects.get_object, key))
+                raw = await read_document(self.objects, self.retry, key)
+                if raw is None:
+                    continue  # deleted since it was listed: done meanwhile
                 marker = _Marker.from_json(raw)
                 if not within_prefix(self.prefix, marker.key) or not marker.parts:
                     raise ValueError("it names no upload under the prefix")
-            except (PermanentError, ValueError, TypeError, KeyError) as exc:
-                # Input, not truth (§2.18): never acted on, kept for the operator.
+            except (PermanentError, ValueError, TypeError, KeyError, RecursionError) as exc:
+                # Input, not truth (§2.18): never acted on, kept for the operator. (A JSON
+                # nested past the interpreter's depth raises RecursionError.)
                 log.warning("salvage_marker_unreadable", marker=key, error=str(exc))
                 continue
             base = Outcome(marker.key, marker.upload_id, len(marker.parts),
@@ -376,15 +400,10 @@ class Salvager:
         return replace(base, done=True, playable=playable)
 
     async def _metadata_there(self, key: str) -> bytes | None:
-        meta = metadata_key(key)
-        if await self.retry("head", lambda: self.objects.head_object(meta)) is None:
-            return None
         try:
-            raw: bytes = await self.retry("get_object", functools.partial(
-                self.objects.get_object, meta))
+            return await read_document(self.objects, self.retry, metadata_key(key))
         except PermanentError:
-            return None  # gone between the two requests: nobody's document
-        return raw
+            return None  # gone between the two requests, or too large: proves nothing
 
     async def _still_open(self, marker: _Marker) -> bool:
         try:
