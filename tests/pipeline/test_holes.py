@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import pytest
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.config.settings import Settings
+from cefmp4.core.hashing import HEADER_BYTES, PartDigest, crc64nvme, header_window
 from cefmp4.core.keys import new_stream_id, object_key
 from cefmp4.runtime.errors import TransientError, UploadNotFound
 from cefmp4.storage import PartBody
@@ -41,11 +43,14 @@ from tests.pipeline.conftest import (
 async def seed(
     settings: Settings, store: MemoryObjectStore, path: Path, data: bytes, *, parts: int,
     status: str | None, completed: bool = False, stray: int | None = None,
+    crc: bool = False,
 ) -> StreamRecord:
     """The state a crash during finalize leaves: ``parts`` parts of ``data`` in S3 and
     in the checkpoint, the stream FINALIZING with ``status``; ``completed``: Complete had
     happened too (from those parts); ``stray``: one more part, past a gap, uploaded and
-    checkpointed but not in the object."""
+    checkpointed but not in the object. ``crc``: parts recorded as the uploader records them
+    (CRC32C, CRC64NVME, part 1's body past its header), else by their MD5 (as reconcile
+    adopts them, or as records from before the CRCs are)."""
     st = path.stat()
     stream_id = new_stream_id()
     rel = path.relative_to(settings.watch_dir).as_posix()
@@ -56,7 +61,12 @@ async def seed(
         body = data[(n - 1) * PART:n * PART]
         digest = hashlib.md5(body).digest()
         etag = await store.upload_part(key, upload_id, n, body, base64.b64encode(digest).decode())
-        records_.append(PartRecord(n, (n - 1) * PART, len(body), etag, digest.hex(), 1.0))
+        recorded = digest.hex()
+        if crc:
+            past = header_window(n, (n - 1) * PART, len(body))
+            recorded = PartDigest(crc32c.crc32c(body), None, crc64nvme(body), None if past is None
+                                  else (past, crc32c.crc32c(body[past:]))).record
+        records_.append(PartRecord(n, (n - 1) * PART, len(body), etag, recorded, 1.0))
     if completed:
         made = [(p.part_number, p.etag) for p in records_[:parts]]
         await store.complete_multipart(key, upload_id, made)
@@ -478,29 +488,57 @@ async def test_hole6_a_superseded_upload_is_aborted_only_after_the_grace_period(
         assert young in still_open
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known hole 74393 (tests/sim/known.py): a one-part stream at its own path is trusted "
-    "(its only part is the one a recorder's header patch changes), so a stranger given "
-    "the recording's inode number at the same path while cefmp4 was down is taken for "
-    "it and its part 1 re-sent from the stranger's bytes: the recording's part in S3 is "
-    "replaced. Closing it needs part 1's digest without its header (a schema change in "
-    "both stores) to tell a header patch from another file."))
 async def test_hole_74393_a_stranger_with_a_one_part_streams_inode_at_its_path(
     settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
 ) -> None:
     path = watch / "cam.mp4"
     recording = pattern(PART + 5000, seed=21)
     path.write_bytes(recording)
-    record = await seed(settings, store, path, recording, parts=1, status=None)
-    async with open_sqlite_store(settings.state_dir) as db:
-        record.state = StreamState.ACTIVE
-        record.completed_at = None
-        await db.put_stream(record)
+    """Hole 74393 (closed): a one-part stream at its own path has only the part a header
+    patch changes, so it was trusted, and a stranger given the recording's inode number at
+    the same path while cefmp4 was down had its part 1 re-sent over the recording's. Part
+    1's bytes past the header (``core.hashing.HEADER_BYTES``) tell them apart now: the
+    recording ends with what S3 held, and the stranger is a new stream."""
+    record = await _one_part_stream(settings, store, path, recording)
     stranger = pattern(PART + 9000, seed=22)  # another recording, the same inode and path
     rewrite(path, stranger)
     await burst(settings, store, prober)
     kept = [body for body in videos(store).values() if body[:PART] == recording[:PART]]
     assert kept, "the recording's part 1, which S3 held, is in no object"
+    assert metadata(store, record.key)["status"] == "truncated"
+    assert stranger in videos(store).values()  # a stream of its own
+
+
+async def _one_part_stream(
+    settings: Settings, store: MemoryObjectStore, path: Path, data: bytes
+) -> StreamRecord:
+    record = await seed(settings, store, path, data, parts=1, status=None, crc=True)
+    async with open_sqlite_store(settings.state_dir) as db:
+        record.state = StreamState.ACTIVE
+        record.completed_at = None
+        await db.put_stream(record)
+    return record
+
+
+@pytest.mark.parametrize("patch_at", [0, 40, HEADER_BYTES - 8])
+async def test_a_one_part_recordings_header_patched_while_down_is_still_the_recording(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    patch_at: int,
+) -> None:
+    """What hole 74393's fix must not break: the recorder finished the file while cefmp4
+    was down, patching its header (in part 1) and appending its index. It is the same
+    recording: one object, the patched bytes in it, nothing left as a truncated object."""
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 5000, seed=24)
+    path.write_bytes(recording)
+    record = await _one_part_stream(settings, store, path, recording)
+    finished = bytearray(recording + pattern(3000, seed=25))
+    finished[patch_at:patch_at + 8] = b"\xff" * 8
+    with path.open("r+b") as f:
+        f.write(finished)
+    await burst(settings, store, prober)
+    assert videos(store) == {record.key: bytes(finished)}
+    assert metadata(store, record.key)["status"] == "complete"
 
 
 async def test_an_own_complete_of_the_first_parts_is_published_not_failed(

@@ -12,7 +12,13 @@ import pytest
 
 from cefmp4.checkpoint import PartRecord
 from cefmp4.config.settings import Settings
-from cefmp4.core.hashing import PartDigest, is_md5_record, same_bytes
+from cefmp4.core.hashing import (
+    PartDigest,
+    is_md5_record,
+    record_crc64nvme,
+    record_past,
+    same_bytes,
+)
 from cefmp4.core.verified import Digest, stale_parts
 from cefmp4.storage import PartBody
 from cefmp4.storage.memory import MemoryObjectStore
@@ -79,6 +85,29 @@ def test_a_part_digest_compares_with_a_record_of_its_own_kind(tmp_path: Path) ->
     assert same_bytes(legacy, full)
     assert not same_bytes(legacy, fast)  # unknown without the MD5: counts as changed
     assert not same_bytes(fast.record, PartDigest(fast.crc32c ^ 1))
+
+
+@pytest.mark.parametrize("past", [1, 4 * 1024 * 1024 - 1, 4 * 1024 * 1024, 4 * 1024 * 1024 + 7])
+def test_part_1s_body_past_its_header_is_digested_in_the_same_read(
+    tmp_path: Path, past: int
+) -> None:
+    """Across block boundaries (4 MiB blocks), and the record keeps it beside the CRCs: it
+    still matches a pass that computes none (the verify pass, an older cefmp4)."""
+    data = os.urandom(9 * 1024 * 1024 + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest = digest_range(fd, 0, len(data), past=past)
+        plain = digest_range(fd, 0, len(data))
+    finally:
+        os.close(fd)
+    assert digest.past == (past, crc32c.crc32c(data[past:]))
+    assert digest.crc32c == plain.crc32c
+    assert digest.crc64nvme == plain.crc64nvme
+    assert record_past(digest.record) == digest.past
+    assert same_bytes(digest.record, plain)
+    assert record_crc64nvme(digest.record) == plain.crc64nvme
 
 
 def _digest(parts: list[tuple[int, int, PartDigest]]) -> Digest:

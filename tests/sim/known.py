@@ -13,31 +13,27 @@ from __future__ import annotations
 # differs too, so the variant is not proven gone: the soak still finds such seeds).
 # Seed 74393 was here: a one-part stream's file replaced twice while down, the second
 # replacement given the first file's inode number at the same path, taken for the recording
-# with its header patched (a one-part stream at its own path is trusted, see
-# lifecycle._inode_reused) and its part re-sent from the stranger's bytes. Since the orphan
-# sweeper salvages (issue 25), its requests draw from the fault stream and the seed's
-# schedule no longer reaches that state: it runs clean, but the hole is not proven closed
-# (the rule in core.resume.recording is unchanged); a soak may find it again. It stands as
-# a deterministic strict xfail in tests/pipeline/test_holes.py.
+# with its header patched (a one-part stream at its own path was trusted) and its part
+# re-sent from the stranger's bytes. Closed on 2026-12-08: part 1's digest record keeps the
+# CRC32C of its bytes past the header (core.hashing.HEADER_BYTES), and core.resume.recording
+# judges a one-part stream by them (tests/pipeline/test_holes.py holds the deterministic
+# case; 14010533 is its soak-found seed).
 # The four seeds the soak of issue #25 found here (2000380, 2001351, 2001690, 2001974: RPO
 # with the other party) were closed on 2026-12-07 and are regression seeds below, as are
 # the ones its later soaks found (2010391, 2010731, 2022346, 2029967, 9004048, 110014xx-
 # 110067xx): each was a data-path fix or an invariant that judged a superseded byte lost.
-KNOWN_HOLES: dict[int, str] = {
-    # The final soak of 2026-12-07 (85a37ac, seeds 11,000,000-11,009,999: 9,994 clean)
-    # found six with RPO_SECONDS on; with 2010731 and 9004048 they are regressions below
-    # since 34c351d and the invariant fixes after it.
-    14010533: "hole 74393's class, found by the soak of 31485d9 (and failing on 6184a6a): a "
-              "one-part stream's file replaced twice while cefmp4 was down, the second file "
-              "given the first one's inode number at the same path, is taken for the "
-              "recording (a one-part stream at its own path is trusted: its only part is "
-              "the one a header patch changes), so its parts join the recording's part 1 "
-              "in one object (tests/pipeline/test_holes.py holds it as a strict xfail)",
-}
+KNOWN_HOLES: dict[int, str] = {}
+# 14010533 was here until 2026-12-08, hole 74393's class (below, a regression now).
 
 # Seeds that once failed and were triaged, run by CI besides its range (a seed names its
 # schedule only while schedule.py draws the same way: re-triage them if it changes).
 REGRESSION_SEEDS: dict[int, str] = {
+    14010533: "hole 74393's class (found by the soak of 31485d9): a one-part stream's file "
+              "replaced twice while cefmp4 was down, the second file given the first one's "
+              "inode number at the same path, was taken for the recording (a one-part "
+              "stream at its own path was trusted). Closed: part 1's record keeps the "
+              "CRC32C of its bytes past the header, which a header patch leaves and "
+              "another file does not have (core.resume.recording asks it)",
     14013853: "RPO: a kept object's part 11 filled from tail segments shipped before and "
               "after a faststart rewrite: the invariant judged only a last chunk by the "
               "stream's segments",

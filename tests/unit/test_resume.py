@@ -83,6 +83,35 @@ def test_is_the_file_found_still_the_recording(
     assert recording(parts=parts, here=here, holds_last=last, holds_first=first) is verdict
 
 
+@pytest.mark.parametrize(("here", "body", "verdict"), [
+    (True, None, R.ASK_BODY),  # its only part is the one a header patch changes: past it
+    (True, True, R.IS_IT),  # its header patched, or appended to: the recording
+    # 74393 / 14010533: another file given its inode number at its path while down.
+    (True, False, R.REWRITTEN),
+    (False, None, R.ASK_LAST),  # found elsewhere: its whole part, as before
+])
+def test_a_one_part_stream_is_judged_by_its_bytes_past_the_header(
+    here: bool, body: bool | None, verdict: Recording
+) -> None:
+    assert recording(parts=1, here=here, body_known=True, holds_body=body) is verdict
+
+
+def test_a_part_recorded_with_its_body_past_the_header_says_where_it_starts() -> None:
+    from cefmp4.core.hashing import HEADER_BYTES, PartDigest, header_window, record_past
+
+    assert header_window(1, 0, HEADER_BYTES + 1) == HEADER_BYTES
+    assert header_window(1, 0, HEADER_BYTES) is None  # nothing past the header to compare
+    assert header_window(2, HEADER_BYTES * 8, HEADER_BYTES * 8) is None  # part 1 only
+    record = PartDigest(1, None, 2, (HEADER_BYTES, 0xABC)).record
+    assert record_past(record) == (HEADER_BYTES, 0xABC)
+    assert record_past(PartDigest(1, None, 2).record) is None  # recorded before, or short
+    assert record_past("ab" * 16) is None  # an MD5 record
+    # A record is input: a body digest that does not parse proves nothing.
+    for hostile in ("crc32c:00000001;pastx:00000001", "crc32c:00000001;past5:zz",
+                    "crc32c:00000001;past0:00000001", "crc32c:00000001;past-1:0000000"):
+        assert record_past(hostile) is None
+
+
 def _record(**kw: object) -> StreamRecord:
     values: dict[str, object] = dict(
         stream_id="s", path="/w/a.mp4", rel_path="a.mp4", device=1, inode=2, bucket="b",

@@ -14,9 +14,28 @@ from awscrt import checksums  # type: ignore[import-untyped]
 
 # A part's recorded digest (PartRecord.md5): "crc32c:<8 hex>" since CRC32C replaced MD5 on
 # the upload path, followed by ";crc64nvme:<16 hex>" since the whole-object checksum
-# (§2.22); a bare 32-hex MD5 in checkpoints written before, or by reconcile.
+# (§2.22), and for part 1 by ";past<start>:<8 hex>", the CRC32C of its bytes past the
+# header (``HEADER_BYTES``); a bare 32-hex MD5 in checkpoints written before, or by
+# reconcile. Carried in the digest record, the part-1 body digest needs no migration of
+# either store, and an older cefmp4 reading such a record still matches the part by its
+# CRC32C.
 CRC32C_PREFIX: Final = "crc32c:"
 CRC64_MARK: Final = ";crc64nvme:"
+PAST_MARK: Final = ";past"
+
+# Where a recorder patches a file it already wrote: its header, at the start of part 1 (the
+# ``mdat`` size of an MP4, a Matroska segment's size, seek head and duration, a moov space
+# reserved at the front). The bytes of part 1 past it do not change when the recording is
+# finished, so they tell a header patch from another file at the same place (a one-part
+# stream's only evidence, ``core.resume.recording``). Parts are at least 5 MiB, so at least
+# 4 MiB of part 1 is compared.
+HEADER_BYTES = 1024 * 1024
+
+
+def header_window(number: int, offset: int, size: int) -> int | None:
+    """Where the body of part ``number`` starts, for the digest of its bytes past the
+    header: part 1 only, and only when it holds more than the header."""
+    return HEADER_BYTES if number == 1 and offset == 0 and size > HEADER_BYTES else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +47,15 @@ class PartDigest:
     crc32c: int
     md5: bytes | None = None
     crc64nvme: int | None = None  # for the whole-object checksum (combined at Complete)
+    past: tuple[int, int] | None = None  # part 1: (HEADER_BYTES, CRC32C of the bytes past it)
 
     @property
     def record(self) -> str:
         """What a PartRecord keeps to tell later whether the bytes changed (and, with the
         CRC64NVME, what the whole object's checksum is combined from after a restart)."""
         crc64 = f"{CRC64_MARK}{self.crc64nvme:016x}" if self.crc64nvme is not None else ""
-        return f"{CRC32C_PREFIX}{self.crc32c:08x}{crc64}"
+        past = f"{PAST_MARK}{self.past[0]}:{self.past[1]:08x}" if self.past is not None else ""
+        return f"{CRC32C_PREFIX}{self.crc32c:08x}{crc64}{past}"
 
     @property
     def crc64nvme_b64(self) -> str:
@@ -90,11 +111,35 @@ def same_bytes(recorded: str, now: PartDigest) -> bool:
 
 
 def _split(recorded: str) -> tuple[str, int | None]:
-    crc32c, mark, crc64 = recorded.partition(CRC64_MARK)
-    try:
-        return crc32c, int(crc64, 16) if mark else None
-    except ValueError:
-        return crc32c, None
+    crc32c, crc64, _past = _fields(recorded)
+    return crc32c, crc64
+
+
+def _fields(recorded: str) -> tuple[str, int | None, tuple[int, int] | None]:
+    """A CRC record's CRC32C field, its CRC64NVME and its part-1 body digest (None where it
+    has none, or where one does not parse: a record is input, and proves nothing then)."""
+    crc32c, *rest = recorded.split(";")
+    crc64: int | None = None
+    past: tuple[int, int] | None = None
+    for field in rest:
+        name, _, value = field.partition(":")
+        try:
+            if name == CRC64_MARK[1:-1]:
+                crc64 = int(value, 16)
+            elif name.startswith(PAST_MARK[1:]) and len(value) == 8:
+                past = (int(name.removeprefix(PAST_MARK[1:])), int(value, 16))
+        except ValueError:
+            continue
+    return crc32c, crc64, past
+
+
+def record_past(recorded: str) -> tuple[int, int] | None:
+    """Part 1's (header bytes, CRC32C of its bytes past them), or None: an MD5 record, a
+    record from before, or a part too short to have a body past its header."""
+    if is_md5_record(recorded):
+        return None
+    past = _fields(recorded)[2]
+    return past if past is not None and past[0] > 0 else None
 
 
 def record_crc32c(recorded: str) -> str | None:

@@ -99,21 +99,33 @@ class Recording(Enum):
     or the recording was cut and written again past what was uploaded while nobody watched,
     which its size cannot tell from a whole rewrite (a faststart pass then leaves its old
     parts as an object of their own): nothing is lost either way. A one-part stream at its
-    own path is trusted: its only part is the one a header patch changes."""
+    own path has only the part a header patch changes: it is judged by part 1's bytes past
+    the header (``core.hashing.HEADER_BYTES``), which a patch leaves and another file given
+    the recording's inode number there does not have (hole 74393). A part recorded before
+    that digest existed, or too short to have a body past its header, is trusted."""
 
     IS_IT = "is it"  # the stream goes on with this file
     ASK_LAST = "ask last"  # does the file hold the last checkpointed part?
     ASK_FIRST = "ask first"  # does it hold either of the first two parts?
+    ASK_BODY = "ask body"  # does it hold part 1's bytes past its header?
     REWRITTEN = "rewritten"  # cut and written again while nobody watched: ends truncated
     REUSED = "reused"  # another file with the inode number: the stream ends, source gone
 
 
-def recording(*, parts: int, here: bool, holds_last: bool | None = None,
-              holds_first: bool | None = None) -> Recording:
+def recording(*, parts: int, here: bool, body_known: bool = False,
+              holds_last: bool | None = None, holds_first: bool | None = None,
+              holds_body: bool | None = None) -> Recording:
     """``parts``: how many the checkpoint holds; ``here``: found at the stream's own path
-    (its last or original one); ``holds_last``/``holds_first``: the answers so far."""
-    if not parts or (here and parts < 2):
+    (its last or original one); ``body_known``: the only part's record has the digest of
+    its bytes past the header; ``holds_*``: the answers so far."""
+    if not parts:
         return Recording.IS_IT
+    if here and parts < 2:
+        if not body_known:
+            return Recording.IS_IT
+        if holds_body is None:
+            return Recording.ASK_BODY
+        return Recording.IS_IT if holds_body else Recording.REWRITTEN
     if holds_last is None:
         return Recording.ASK_LAST
     if holds_last:

@@ -17,6 +17,7 @@ from structlog.contextvars import bound_contextvars
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import DEFAULT_EXTENSIONS
 from cefmp4.core.ending import End, Status
+from cefmp4.core.hashing import record_past
 from cefmp4.core.identity import unchanged_since
 from cefmp4.core.keys import UnkeyablePath, new_stream_id, object_key
 from cefmp4.core.resume import Recording, recording
@@ -32,7 +33,7 @@ from cefmp4.runtime.errors import (
 )
 from cefmp4.streams.context import Context
 from cefmp4.streams.finalize import finalize, finish_kept, taken, with_end
-from cefmp4.streams.recheck import holds
+from cefmp4.streams.recheck import holds, holds_body
 from cefmp4.streams.reconcile import reconcile
 from cefmp4.streams.source import OpenedSource, open_source
 from cefmp4.streams.stream import Outcome, StreamWorker
@@ -205,6 +206,9 @@ async def resume(
     return worker
 
 
+_QUESTIONS = (Recording.ASK_LAST, Recording.ASK_FIRST, Recording.ASK_BODY)
+
+
 async def _inode_reused(
     ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
 ) -> bool:
@@ -212,14 +216,18 @@ async def _inode_reused(
     decides, asking for the bytes of its parts one question at a time): the stream ends
     with what S3 holds, and the file found is a new stream."""
     here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
+    body_known = len(parts) == 1 and record_past(parts[0].md5) is not None
     last: bool | None = None
     first: bool | None = None
+    body: bool | None = None
     try:
-        while (verdict := recording(parts=len(parts), here=here, holds_last=last,
-                                    holds_first=first)) in (Recording.ASK_LAST,
-                                                            Recording.ASK_FIRST):
+        while (verdict := recording(
+                parts=len(parts), here=here, body_known=body_known, holds_last=last,
+                holds_first=first, holds_body=body)) in _QUESTIONS:
             if verdict is Recording.ASK_LAST:
                 last = await asyncio.to_thread(holds, fd, parts[-1])
+            elif verdict is Recording.ASK_BODY:
+                body = await asyncio.to_thread(holds_body, fd, parts[0])
             else:
                 first = await asyncio.to_thread(lambda: any(holds(fd, p) for p in parts[:2]))
     except SourceError as exc:  # an I/O error says nothing of the bytes: look again later

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import structlog
 
 from cefmp4.checkpoint import PartRecord
-from cefmp4.core.hashing import is_md5_record, same_bytes
+from cefmp4.core.hashing import is_md5_record, record_past, same_bytes
 from cefmp4.core.identity import fingerprint
 from cefmp4.core.parts import PartSchedule, part_bounds
 from cefmp4.core.verified import Digest
@@ -63,6 +63,20 @@ def needs_md5(parts: Mapping[int, PartRecord]) -> bool:
     """Some part was recorded with its MD5 (before CRC32C, or adopted by reconcile): the
     pass that verifies it must compute MD5 too."""
     return any(is_md5_record(p.md5) for p in parts.values())
+
+
+def holds_body(fd: int, part: PartRecord) -> bool:
+    """Blocking (a thread): the file still holds part 1's bytes past its header (where a
+    recorder's header patch does not reach: ``core.hashing.HEADER_BYTES``). Only for a part
+    whose record has that digest (``record_past``); ``SourceError`` when it cannot be read."""
+    past = record_past(part.md5)
+    if past is None:
+        raise ValueError(f"part {part.part_number} has no digest past its header")
+    start, crc = past
+    end = part.offset + part.size
+    if os.fstat(fd).st_size < end or start >= end:
+        return False
+    return digest_range(fd, start, end - start).crc32c == crc
 
 
 def holds(fd: int, part: PartRecord) -> bool:

@@ -134,15 +134,21 @@ def _blocks(fd: int, offset: int, size: int) -> Iterator[memoryview]:
 
 
 def digest_range(
-    fd: int, offset: int, size: int, sha: hashlib._Hash | None = None, *, md5: bool = False
+    fd: int, offset: int, size: int, sha: hashlib._Hash | None = None, *, md5: bool = False,
+    past: int | None = None,
 ) -> PartDigest:
-    """The digest of ``size`` bytes at ``offset`` (MD5 too if ``md5``), in one read that
-    also feeds ``sha`` if given. Blocking; run it in a thread (hashlib and crc32c release
-    the GIL on large blocks, so it hashes on a second core while the loop sends)."""
-    crc = crc64 = 0
+    """The digest of ``size`` bytes at ``offset`` (MD5 too if ``md5``; the CRC32C of the
+    bytes from file offset ``past`` on too, if given), in one read that also feeds ``sha``
+    if given. Blocking; run it in a thread (hashlib and crc32c release the GIL on large
+    blocks, so it hashes on a second core while the loop sends)."""
+    crc = crc64 = body = 0
     md5_sum = hashlib.md5(usedforsecurity=False) if md5 else None
+    at = offset
     for block in _blocks(fd, offset, size):
         crc = crc32c.crc32c(block, crc)
+        if past is not None and at + len(block) > past:
+            body = crc32c.crc32c(block[max(0, past - at):], body)
+        at += len(block)
         # Always, for the whole-object checksum (§2.22): a tenth of SHA-256's cost per GiB
         # (measured), and a part hashed without it could not join the combination later.
         crc64 = crc64nvme(block, crc64)
@@ -150,7 +156,8 @@ def digest_range(
             md5_sum.update(block)
         if sha is not None:
             sha.update(block)
-    return PartDigest(crc, md5_sum.digest() if md5_sum is not None else None, crc64)
+    return PartDigest(crc, md5_sum.digest() if md5_sum is not None else None, crc64,
+                      None if past is None else (past, body))
 
 
 def hash_range(fd: int, offset: int, size: int) -> tuple[str, str]:

@@ -7,6 +7,7 @@ live recordings first (the stream's lane, ``streams.uplink``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Collection
 from dataclasses import replace
@@ -17,7 +18,7 @@ from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.core.containers import content_type
 from cefmp4.core.ending import Resume, truncated, when_upload_gone
 from cefmp4.core.follow import doomed_parts, durable_bytes, uploaded_extent
-from cefmp4.core.hashing import PartDigest
+from cefmp4.core.hashing import PartDigest, header_window
 from cefmp4.core.parts import PartSchedule
 from cefmp4.runtime import logs
 from cefmp4.runtime.clock import wait_tasks
@@ -223,9 +224,9 @@ class Uploader:
                     # The recorder rewrote these bytes after we hashed them: hash again.
                     if self.running_sha is not None:
                         self.running_sha.invalidate()
-                    digest[0] = await asyncio.to_thread(
-                        digest_range, self.fd, offset, size, md5=md5
-                    )
+                    digest[0] = await asyncio.to_thread(functools.partial(
+                        digest_range, self.fd, offset, size, md5=md5,
+                        past=header_window(number, offset, size)))
                     raise
 
             async with ctx.upload_slots.hold(1):
@@ -257,9 +258,9 @@ class Uploader:
         async with self._hash_lock:
             sha = running.for_part(number) if running is not None else None
             try:
-                digest = await asyncio.to_thread(
-                    digest_range, self.fd, offset, size, sha, md5=md5
-                )
+                digest = await asyncio.to_thread(functools.partial(
+                    digest_range, self.fd, offset, size, sha, md5=md5,
+                    past=header_window(number, offset, size)))
             except BaseException:
                 if running is not None and sha is not None:
                     running.invalidate()  # the digest may hold part of this range
