@@ -347,10 +347,11 @@ def _run_with_fills(
         # segments that cover exactly the bytes up to part m fill them, split evenly so
         # each is a whole part's worth or more (11001459 and the review's two-part case).
         following = next((by_number[m] for m in sorted(by_number) if m > n), None)
-        if following is None or not segments or _cover(segments, end, following.offset) is None:
+        if following is None or not segments:
             break
         missing = following.part_number - n
         cuts = [end + (following.offset - end) * i // missing for i in range(missing + 1)]
+        # Segments chain without a gap, so the gap is covered exactly when every split is.
         split = [_cover(segments, a, b) for a, b in itertools.pairwise(cuts)]
         if any(pieces is None for pieces in split):
             break
