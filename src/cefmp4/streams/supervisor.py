@@ -22,8 +22,10 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import UNFINISHED, MalformedRecord, StreamRecord, StreamState
+from cefmp4.core import claim
+from cefmp4.core.claim import Claimed, claiming
 from cefmp4.core.identity import Ident, ident_of
-from cefmp4.core.resume import OnClaim, on_claim
+from cefmp4.core.machine import Unexpected
 from cefmp4.core.uplink import Claim, gate_rank, gate_reserve, is_live, order_key, stream_may_open
 from cefmp4.intake.discover import Scanned, check_file
 from cefmp4.runtime import logs
@@ -250,37 +252,27 @@ class StreamSupervisor:
     async def _claim(
         self, path: Path, ident: Ident, rel: str | None, held: int | None = None
     ) -> None:
-        """``held``: a descriptor of the file, which no path reaches (``lifecycle.held_fd``)."""
-        ctx = self.ctx
-        if not await ctx.retry(
-            "checkpoint", lambda: self.ownership.acquire(ident, lambda: self._lose(ident))
-        ):
-            self._deferred[ident] = path
-            if held is not None:
-                os.close(held)  # a peer owns the file now
-            return
+        """Runs ``core.claim.claiming``, which decides every turn, carrying out its actions.
+        ``held``: a descriptor of the file, which no path reaches (``lifecycle.held_fd``)."""
+        machine = claiming(
+            held=held is not None, shared=self.ownership.shared,
+            known=self.unfinished.get(ident),
+            running={w.stream_id for w in self.workers.values()},
+        )
+        step = _ClaimStep(self, path, ident, rel, held)
         try:
-            latest = self.unfinished.get(ident) if held is None else None
-            if self.ownership.shared and held is None:  # another instance may have moved it on
-                found = await ctx.retry(
-                    "checkpoint", lambda: ctx.checkpoints.find_by_inode(ident[1])
-                )
-                latest = found[-1] if found else None
-            running = {w.stream_id for w in self.workers.values()}
-            at_path = None
-            if latest is not None and latest.state is StreamState.COMPLETED:
-                self.completed.remember(latest)
-                st = stat_or_none(path)
-                at_path = None if st is None else (st.st_size, st.st_mtime_ns)
-            verdict = on_claim(latest, running=running, at_path=at_path)
-            if verdict in (OnClaim.UPLOADED, OnClaim.RUNNING):
-                return
-            resumed = latest if verdict is OnClaim.RESUME else None
-            if resumed is not None and self.ownership.shared:
-                log.info(logs.STREAM_TAKEN_OVER, stream_id=resumed.stream_id, path=str(path))
-            worker = await self._make_worker(path, ident, rel, resumed, held)
-            if worker is not None:
-                self._run(worker)
+            seen: claim.Observation | None = None
+            while True:
+                try:
+                    action = machine.send(seen) if seen is not None else next(machine)
+                except StopIteration as stop:
+                    claimed: Claimed = stop.value
+                    break
+                seen = await step.carry_out(action)
+            if claimed is Claimed.DEFER:
+                self._deferred[ident] = path
+            elif claimed is Claimed.RUN and step.worker is not None:
+                self._run(step.worker)
         except LeaseLost as exc:
             log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
         finally:
@@ -291,27 +283,6 @@ class StreamSupervisor:
         return lambda inode, stream_id: self.ownership.bind(
             inode, stream_id, lambda: self._lose(ident)
         )
-
-    async def _make_worker(
-        self, path: Path, ident: Ident, rel: str | None, latest: StreamRecord | None,
-        held: int | None,
-    ) -> StreamWorker | None:
-        try:
-            if latest is not None:
-                worker = await resume(self._spec, latest, path, self._bind(ident))
-                if worker is not None:
-                    self.unfinished.pop(ident, None)
-                if not isinstance(worker, lifecycle.Reused):
-                    return worker if isinstance(worker, StreamWorker) else None
-                held = worker.fd  # the file found is a new stream (never reopened by path)
-            bind = self._bind(ident)
-            return await start_new(self._spec, path, rel, bind, inode=ident[1], held=held)
-        except Deferred:
-            self._deferred[ident] = path
-            return None
-        except MalformedRecord:  # quarantined (warned once by the store): never acted on
-            self.unfinished.pop(ident, None)
-            return None
 
     def _run(self, worker: StreamWorker) -> None:
         ident = worker.ident
@@ -387,3 +358,78 @@ class StreamSupervisor:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _ClaimStep:
+    """Carries out ``core.claim``'s actions for one claim: what it holds between them (the
+    descriptor handed over, the worker made) stays here, out of the machine."""
+
+    def __init__(
+        self, sup: StreamSupervisor, path: Path, ident: Ident, rel: str | None, held: int | None
+    ) -> None:
+        self.sup, self.path, self.ident, self.rel, self.held = sup, path, ident, rel, held
+        self.worker: StreamWorker | None = None
+
+    async def carry_out(self, action: claim.Action) -> claim.Observation:
+        sup, ctx, ident = self.sup, self.sup.ctx, self.ident
+        match action:
+            case claim.Acquire():
+                ok = await ctx.retry(
+                    "checkpoint", lambda: sup.ownership.acquire(ident, lambda: sup._lose(ident)))
+                return claim.Acquired(bool(ok))
+            case claim.CloseHeld() if self.held is not None:
+                os.close(self.held)  # a peer owns the file now
+                self.held = None
+                return claim.Done()
+            case claim.FindByInode():
+                found = await ctx.retry(
+                    "checkpoint", lambda: ctx.checkpoints.find_by_inode(ident[1]))
+                return claim.Found(found[-1] if found else None)
+            case claim.Remember():
+                sup.completed.remember(action.record)
+                return claim.Done()
+            case claim.StatPath():
+                st = stat_or_none(self.path)
+                return claim.AtPath(None if st is None else (st.st_size, st.st_mtime_ns))
+            case claim.Forget():
+                sup.unfinished.pop(ident, None)
+                return claim.Done()
+            case claim.Resume():
+                return await self._resume(action)
+            case claim.StartNew():
+                return await self._start(action)
+        raise Unexpected(f"no step for {action!r}")
+
+    async def _resume(self, action: claim.Resume) -> claim.Observation:
+        if action.taken_over:
+            log.info(logs.STREAM_TAKEN_OVER, stream_id=action.record.stream_id,
+                     path=str(self.path))
+        try:
+            made = await resume(self.sup._spec, action.record, self.path,
+                                self.sup._bind(self.ident))
+        except Deferred:
+            return claim.Deferred()
+        except MalformedRecord:  # quarantined (warned once by the store): never acted on
+            return claim.Malformed()
+        match made:
+            case StreamWorker():
+                self.worker = made
+                return claim.Resumed()
+            case lifecycle.Reused():
+                self.held = made.fd  # the file found is a new stream (never reopened by path)
+                return claim.Reused()
+            case Ended():
+                return claim.EndedHere()
+        return claim.Unreadable()
+
+    async def _start(self, action: claim.StartNew) -> claim.Observation:
+        del action  # ``from_found`` or handed over: either way, ``held`` is that descriptor
+        try:
+            self.worker = await start_new(self.sup._spec, self.path, self.rel,
+                                          self.sup._bind(self.ident), inode=self.ident[1],
+                                          held=self.held)
+        except Deferred:
+            return claim.Deferred()
+        finally:
+            self.held = None  # start_new took it, whatever happened
+        return claim.Started() if self.worker is not None else claim.NotStarted()
