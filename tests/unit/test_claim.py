@@ -32,6 +32,7 @@ from cefmp4.core.claim import (
     claiming,
 )
 from cefmp4.core.machine import Unexpected
+from tests.support.machines import Script, drive
 
 
 def _record(state: StreamState, **kw: object) -> StreamRecord:
@@ -58,19 +59,10 @@ def run(
     answers: Mapping[str, Sequence[Observation]] | None = None, *, held: bool = False,
     shared: bool = False, known: StreamRecord | None = None, running: Sequence[str] = (),
 ) -> tuple[list[Action], Claimed]:
-    left = {kind: list(seen) for kind, seen in (answers or {}).items()}
-    machine = claiming(held=held, shared=shared, known=known, running=running)
-    actions: list[Action] = []
-    seen: Observation | None = None
-    while True:
-        try:
-            action = machine.send(seen) if seen is not None else next(machine)
-        except StopIteration as stop:
-            assert not any(left.values()), f"answers left over: {left}"
-            return actions, stop.value
-        actions.append(action)
-        kind = type(action).__name__
-        seen = left[kind].pop(0) if left.get(kind) else USUAL[kind]
+    script = Script(USUAL, answers)
+    got = drive(claiming(held=held, shared=shared, known=known, running=running), script)
+    assert script.done(), f"answers left over: {script.left}"
+    return got
 
 
 def kinds(actions: Sequence[Action]) -> list[str]:

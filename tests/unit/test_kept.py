@@ -35,6 +35,7 @@ from cefmp4.core.kept import (
 )
 from cefmp4.core.machine import Checkpoint, Checkpointed, Unexpected
 from cefmp4.core.tail import Segment
+from tests.support.machines import drive
 
 P = [PartRecord(n, (n - 1) * 10, 10, f"{n:032x}", "", 1.0) for n in (1, 2, 3, 5)]
 RUN = tuple(P[:3])
@@ -60,17 +61,10 @@ def run(
     """Drive the machine: each action is answered by the next of ``answers``."""
     machine = kept_ending(end, parts, finalizing=finalizing, file_open=file_open,
                           has_upload=has_upload, segments=segments, running_sha=running_sha)
-    actions: list[Action] = []
     left = iter(answers)
-    seen: Observation | None = None
-    while True:
-        try:
-            action = machine.send(seen) if seen is not None else next(machine)
-        except StopIteration as stop:
-            assert next(left, None) is None, "answers left over"
-            return actions, stop.value
-        actions.append(action)
-        seen = next(left)
+    got = drive(machine, lambda _action: next(left))
+    assert next(left, None) is None, "answers left over"
+    return got
 
 
 def kinds(actions: Sequence[Action]) -> list[str]:

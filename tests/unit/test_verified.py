@@ -39,6 +39,7 @@ from cefmp4.core.verified import (
     verified,
     verified_ending,
 )
+from tests.support.machines import Script, drive
 
 FP: Fingerprint = (20, 1_000, 1_000)
 LATER: Fingerprint = (20, 2_000, 2_000)
@@ -88,21 +89,11 @@ def run(
 ) -> tuple[list[Action], Outcome]:
     """Drive the machine: an action is answered by the next of ``answers`` for its kind,
     else as ``USUAL``. Every scripted answer must be used."""
-    left = {kind: list(seen) for kind, seen in (answers or {}).items()}
-    machine = verified_ending(resumed=resumed, truncated_now=truncated_now,
-                              recorded=recorded, judged=judged)
-    actions: list[Action] = []
-    seen: Observation | None = None
-    while True:
-        try:
-            action = machine.send(seen) if seen is not None else next(machine)
-        except StopIteration as stop:
-            assert not any(left.values()), f"answers left over: {left}"
-            return actions, stop.value
-        actions.append(action)
-        assert len(actions) < 100, "the machine does not end"
-        kind = type(action).__name__
-        seen = left[kind].pop(0) if left.get(kind) else USUAL[kind]
+    script = Script(USUAL, answers)
+    got = drive(verified_ending(resumed=resumed, truncated_now=truncated_now,
+                                recorded=recorded, judged=judged), script)
+    assert script.done(), f"answers left over: {script.left}"
+    return got
 
 
 def kinds(actions: Sequence[Action]) -> list[str]:

@@ -46,6 +46,7 @@ from cefmp4.streams.objects import (
     sha256_of_object,
 )
 from cefmp4.streams.recheck import digest_now, needs_md5, settled
+from cefmp4.streams.runner import run_machine
 from cefmp4.streams.source import RunningSha256, stat_or_none
 from cefmp4.streams.stream import StreamWorker
 from cefmp4.streams.tail import delete_tail, list_segments, upload_tail_part
@@ -78,19 +79,16 @@ async def _finalize(worker: StreamWorker, truncated_now: bool, early: EarlyProbe
         resumed=record.state is StreamState.FINALIZING, truncated_now=truncated_now,
         recorded=End.recorded(record.status, record.completed_by), judged=worker.completed_by,
     )
-    seen: verified.Observation | None = None
-    while True:
+
+    async def carry_out(action: verified.Action) -> verified.Observation:
         try:
-            action = machine.send(seen) if seen is not None else next(machine)
-        except StopIteration as stop:
-            outcome: verified.Outcome = stop.value
-            break
-        try:
-            seen = await _step(worker, action)
+            return await _step(worker, action)
         except ObjectExists:
-            seen = verified.ObjectThere()
+            return verified.ObjectThere()
         except UploadNotFound as exc:
-            seen = verified.UploadGone(str(exc))
+            return verified.UploadGone(str(exc))
+
+    outcome = await run_machine(machine, carry_out)
     if isinstance(outcome, verified.Keep):
         if not outcome.standing:  # the end is checkpointed: parts in flight below the cut finish
             await up.drain(timeout=ctx.config.drain_timeout)
@@ -286,14 +284,14 @@ async def finish_kept(
         file_open=fd is not None, has_upload=record.upload_id is not None,
         segments=ctx.config.rpo_seconds is not None, running_sha=running is not None,
     )
-    seen: kept.Observation | None = None
-    while True:
-        try:
-            action = machine.send(seen) if seen is not None else next(machine)
-        except StopIteration as stop:
-            outcome: kept.Outcome = stop.value
-            break
-        record, seen = await _carry_out(ctx, record, action)
+    current = [record]  # the record as the actions leave it
+
+    async def carry_out(action: kept.Action) -> kept.Observation:
+        current[0], seen = await _carry_out(ctx, current[0], action)
+        return seen
+
+    outcome = await run_machine(machine, carry_out)
+    record = current[0]
     match outcome:
         case kept.Publish():
             ctx.failpoints.hit("after_complete")

@@ -37,6 +37,7 @@ from cefmp4.streams.context import Context
 from cefmp4.streams.history import History
 from cefmp4.streams.lifecycle import Bind, Deferred, Ended, Spec, resume, run_to_end, start_new
 from cefmp4.streams.ownership import Ownership
+from cefmp4.streams.runner import run_machine
 from cefmp4.streams.source import stat_or_none
 from cefmp4.streams.stream import StreamWorker, pending_total
 
@@ -261,14 +262,7 @@ class StreamSupervisor:
         )
         step = _ClaimStep(self, path, ident, rel, held)
         try:
-            seen: claim.Observation | None = None
-            while True:
-                try:
-                    action = machine.send(seen) if seen is not None else next(machine)
-                except StopIteration as stop:
-                    claimed: Claimed = stop.value
-                    break
-                seen = await step.carry_out(action)
+            claimed = await run_machine(machine, step.carry_out)
             if claimed is Claimed.DEFER:
                 self._deferred[ident] = path
             elif claimed is Claimed.RUN and step.worker is not None:
