@@ -180,6 +180,33 @@ async def test_verify_judges_a_hostile_metadata_document_without_reading_it_all(
     assert store.calls.get("get_object", 0) == (0 if len(body) > 16 * 1024 * 1024 else 1)
 
 
+async def test_verify_judges_a_signed_document_nested_just_under_pythons_depth(
+    tmp_path: Path,
+) -> None:
+    """Parsed, but too deep to serialise again for the signature check (it raised
+    RecursionError past every handler, and `verify --all` stopped with no result)."""
+    store = MemoryObjectStore("test-bucket")
+    video, key = await _uploaded(tmp_path, store, pattern(PART + 5))
+    from cefmp4.core.signature import key_id
+
+    sig = {"alg": "ed25519", "key_id": key_id(key.public_key()), "value": "AAAA"}
+    deepest = next(d for d in range(3000, 0, -1) if _parses(d))
+    for depth in range(deepest, deepest - 40, -1):
+        body = json.dumps({"signature": sig, "x": 0}).encode()[:-1] + b',"y":' + (
+            b"[" * depth + b"]" * depth) + b"}"
+        await store.put_object(metadata_key(video), body, "application/json")
+        result = await verify_one(store, video, key.public_key())
+        assert result.verdict in (MISMATCH, BAD_SIGNATURE), (depth, result)
+
+
+def _parses(depth: int) -> bool:
+    try:
+        json.loads(b"[" * depth + b"]" * depth)
+    except RecursionError:
+        return False
+    return True
+
+
 async def test_verify_with_another_public_key_is_a_bad_signature(tmp_path: Path) -> None:
     store = MemoryObjectStore("test-bucket")
     video, _ = await _uploaded(tmp_path, store, pattern(PART + 1))

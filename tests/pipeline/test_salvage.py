@@ -229,6 +229,33 @@ async def test_a_hostile_marker_is_never_acted_on() -> None:
                           for n in ("bad", "junk", "deep", "huge")}
 
 
+_MARKER = {"key": f"{PREFIX}x.mp4", "upload_id": "u", "etag": "e", "parts": [[1, 5, "e", 0]],
+           "left_out": [], "initiated_at": 0, "started_at": 0, "started_stream_at": 0,
+           "stream_id": None, "path": None, "rel_path": None, "instance": ""}
+
+
+@pytest.mark.parametrize("change", [
+    {"key": 5}, {"upload_id": None}, {"parts": [[1]]}, {"parts": [[1, "5", "e", 0]]},
+    {"parts": [[True, 5, "e", 0]]}, {"parts": [[0, 5, "e", 0]]}, {"parts": "x"},
+    {"parts": [[1, 5, "e", "yesterday"]]}, {"left_out": "x"}, {"left_out": [-1]},
+    {"initiated_at": "yesterday"}, {"started_at": float("nan")}, {"tail_bytes": -5},
+    {"path": 7}, {"surprise": 1},
+], ids=repr)
+async def test_a_marker_with_a_field_of_another_type_is_never_acted_on(
+    change: dict[str, object],
+) -> None:
+    """Well-formed JSON, but not what cefmp4 writes: warned about and passed by, while the
+    sweep goes on (such a marker used to raise past the check, every sweep)."""
+    clock = Clock()
+    store = Presigning(clock=clock.dt)
+    body = json.dumps({**_MARKER, **change}).encode()
+    await store.put_object(f"{PREFIX}.cefmp4/salvage/odd.json", body, "application/json")
+    with capture_logs() as events:
+        assert await _run(_salvager(store, clock), store) == []
+    assert [e["marker"] for e in events if e["event"] == "salvage_marker_unreadable"] == [
+        f"{PREFIX}.cefmp4/salvage/odd.json"]
+
+
 async def test_the_daemons_sweeper_salvages_and_never_aborts_footage(
     tmp_path: Path, watch: Path, prober: FakeProber
 ) -> None:

@@ -273,16 +273,26 @@ async def verify_one(
             return Result(key, MISMATCH, "the metadata is not JSON")
         if not isinstance(doc, dict):
             return Result(key, MISMATCH, "the metadata is not a JSON object")
-        info = await store.head_object(key)
-        if info is None:
-            return judge(key, doc, store.bucket, public_key, None)
-        if check_signature(doc, public_key).verdict is Verdict.BAD:
-            # Its digests cannot be trusted: nothing to compare the bytes with.
-            return judge(key, doc, store.bucket, public_key, Digests(info.size, "", ""))
-        read = await read_digests(store, key, info.size, on_bytes)
-        return judge(key, doc, store.bucket, public_key, read)
+        return await _judged(store, key, doc, public_key, on_bytes)
     except CefmpError as exc:
         return Result(key, ERROR, str(exc))
+    except RecursionError:  # parsed just under Python's depth, too deep to re-serialise
+        return Result(key, MISMATCH, "the metadata is nested too deeply")
+
+
+async def _judged(
+    store: VerifyStore, key: str, doc: dict[str, Any], public_key: Ed25519PublicKey,
+    on_bytes: Callable[[int], None],
+) -> Result:
+    """The verdict on the object at ``key`` against its parsed metadata ``doc``."""
+    info = await store.head_object(key)
+    if info is None:
+        return judge(key, doc, store.bucket, public_key, None)
+    if check_signature(doc, public_key).verdict is Verdict.BAD:
+        # Its digests cannot be trusted: nothing to compare the bytes with.
+        return judge(key, doc, store.bucket, public_key, Digests(info.size, "", ""))
+    read = await read_digests(store, key, info.size, on_bytes)
+    return judge(key, doc, store.bucket, public_key, read)
 
 
 def video_keys(keys: list[str]) -> list[str]:

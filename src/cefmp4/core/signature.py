@@ -106,4 +106,6 @@ def check_signature(doc: Mapping[str, Any], public_key: Ed25519PublicKey) -> Sig
         return SignatureCheck(Verdict.BAD, "signature value is not base64")
     except InvalidSignature:
         return SignatureCheck(Verdict.BAD, "the document changed since it was signed")
+    except RecursionError:  # parsed just under Python's depth: too deep to serialise again
+        return SignatureCheck(Verdict.BAD, "the document is nested too deeply to check")
     return SignatureCheck(Verdict.OK)

@@ -18,9 +18,9 @@ from cefmp4.core.hashing import combined_crc64nvme, crc64_b64
 from cefmp4.core.keys import metadata_key
 from cefmp4.core.salvage import marker_key, salvaged_document
 from cefmp4.runtime import logs
-from cefmp4.runtime.errors import CefmpError, UploadNotFound
+from cefmp4.runtime.errors import UploadNotFound
 from cefmp4.streams.context import Context
-from cefmp4.streams.salvage import read_document
+from cefmp4.streams.salvage import DocumentTooLarge, read_document
 
 log = structlog.get_logger("cefmp4.streams.objects")
 
@@ -52,8 +52,8 @@ async def _salvaged(ctx: Context, key: str, upload_id: str) -> bool:
         return True
     try:
         raw = await read_document(ctx.objects, ctx.retry, metadata_key(key))
-    except CefmpError:
-        return False  # gone between the two requests, or too large: proves nothing
+    except DocumentTooLarge:
+        return False  # not a document cefmp4 writes: it proves nothing
     return salvaged_document(raw)
 
 

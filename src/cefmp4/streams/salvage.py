@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -148,18 +149,26 @@ class Documents(Protocol):
     async def get_object(self, key: str) -> bytes: ...
 
 
+class DocumentTooLarge(PermanentError):
+    """An object at a document's key larger than any document cefmp4 writes: not read."""
+
+
 async def read_document(objects: Documents, retry: Retry, key: str) -> bytes | None:
     """The small JSON document cefmp4 keeps at ``key`` (a metadata document, a salvage
-    marker), or None when there is none. Input, not truth: one larger than cefmp4 ever
-    writes (``core.salvage.MAX_DOCUMENT_BYTES``) is never read whole (``PermanentError``),
-    so a hostile object there cannot fill memory."""
+    marker), or None when there is none (or it went between HEAD and GET). Input, not
+    truth: one larger than cefmp4 ever writes (``core.salvage.MAX_DOCUMENT_BYTES``) is
+    never read whole (``DocumentTooLarge``), so a hostile object there cannot fill memory.
+    The HEAD's own errors are the caller's, as any request's."""
     info = await retry("head", functools.partial(objects.head_object, key))
     if info is None:
         return None
     if info.size > decide.MAX_DOCUMENT_BYTES:
-        raise PermanentError(f"{key} is {info.size} bytes, more than any document cefmp4 "
-                             f"writes ({decide.MAX_DOCUMENT_BYTES})")
-    raw: bytes = await retry("get_object", functools.partial(objects.get_object, key))
+        raise DocumentTooLarge(f"{key} is {info.size} bytes, more than any document cefmp4 "
+                               f"writes ({decide.MAX_DOCUMENT_BYTES})")
+    try:
+        raw: bytes = await retry("get", functools.partial(objects.get_object, key))
+    except PermanentError:
+        return None  # gone between the two requests: nobody's document
     return raw
 
 
@@ -402,8 +411,8 @@ class Salvager:
     async def _metadata_there(self, key: str) -> bytes | None:
         try:
             return await read_document(self.objects, self.retry, metadata_key(key))
-        except PermanentError:
-            return None  # gone between the two requests, or too large: proves nothing
+        except DocumentTooLarge:
+            return None  # not a document cefmp4 writes: it proves nothing
 
     async def _still_open(self, marker: _Marker) -> bool:
         try:
@@ -530,6 +539,38 @@ class _Marker:
 
     @classmethod
     def from_json(cls, raw: bytes) -> _Marker:
+        """A marker read back. It is input, not truth: ``ValueError`` for one that is not
+        what cefmp4 writes (a field of another type would fail later, outside the check)."""
         data = json.loads(raw)
-        data["parts"] = [tuple(p) for p in data["parts"]]
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        parts = data.get("parts")
+        if not isinstance(parts, list) or not all(map(_is_marker_part, parts)):
+            raise ValueError("its parts are not [number, size, etag, time] lists")
+        texts = [data.get(k) for k in ("key", "upload_id", "etag", "instance")]
+        maybe = [data.get(k) for k in ("stream_id", "path", "rel_path")]
+        times = [data.get(k) for k in ("initiated_at", "started_at", "started_stream_at")]
+        left_out, tail = data.get("left_out"), data.get("tail_bytes", 0)
+        if (not all(isinstance(v, str) for v in texts)
+                or not all(v is None or isinstance(v, str) for v in maybe)
+                or not all(_is_time(v) for v in times)
+                or not isinstance(left_out, list) or not all(map(_is_count, left_out))
+                or not _is_count(tail)):
+            raise ValueError("a field is not of the type cefmp4 writes")
+        data["parts"] = [tuple(p) for p in parts]
         return cls(**data)
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_time(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_marker_part(part: object) -> bool:
+    return (isinstance(part, list) and len(part) == 4 and _is_count(part[0]) and part[0] >= 1
+            and _is_count(part[1]) and isinstance(part[2], str)
+            and (part[3] is None or _is_time(part[3])))
