@@ -20,7 +20,7 @@ import pytest
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
 from cefmp4.checkpoint.sqlite import open_sqlite_store
 from cefmp4.config.settings import Settings
-from cefmp4.core.hashing import HEADER_BYTES, PartDigest, crc64nvme, header_window
+from cefmp4.core.hashing import PartDigest, crc64nvme, header_window
 from cefmp4.core.keys import new_stream_id, object_key
 from cefmp4.runtime.errors import TransientError, UploadNotFound
 from cefmp4.storage import PartBody
@@ -497,8 +497,8 @@ async def test_hole_74393_a_stranger_with_a_one_part_streams_inode_at_its_path(
     """Hole 74393 (closed): a one-part stream at its own path has only the part a header
     patch changes, so it was trusted, and a stranger given the recording's inode number at
     the same path while cefmp4 was down had its part 1 re-sent over the recording's. Part
-    1's bytes past the header (``core.hashing.HEADER_BYTES``) tell them apart now: the
-    recording ends with what S3 held, and the stranger is a new stream."""
+    1's bytes past the header (its second half, ``core.hashing.header_window``) tell them
+    apart now: the recording ends with what S3 held, and the stranger is a new stream."""
     record = await _one_part_stream(settings, store, path, recording)
     stranger = pattern(PART + 9000, seed=22)  # another recording, the same inode and path
     rewrite(path, stranger)
@@ -520,7 +520,7 @@ async def _one_part_stream(
     return record
 
 
-@pytest.mark.parametrize("patch_at", [0, 40, HEADER_BYTES - 8])
+@pytest.mark.parametrize("patch_at", [0, 40, 2 * 1024 * 1024, PART // 2 - 8])
 async def test_a_one_part_recordings_header_patched_while_down_is_still_the_recording(
     settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
     patch_at: int,
@@ -539,6 +539,27 @@ async def test_a_one_part_recordings_header_patched_while_down_is_still_the_reco
     await burst(settings, store, prober)
     assert videos(store) == {record.key: bytes(finished)}
     assert metadata(store, record.key)["status"] == "complete"
+
+
+async def test_a_one_part_recording_rewritten_past_its_header_while_down_loses_nothing(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber
+) -> None:
+    """The price of hole 74393's fix: a recorder that rewrote part 1's second half while
+    cefmp4 was down (a reserved index space larger than half a part) is not told from
+    another file. Nothing is lost: part 1 as S3 held it is an object of its own
+    (``truncated``), and the file as it is now is a new stream, one object of its bytes."""
+    path = watch / "cam.mp4"
+    recording = pattern(PART + 5000, seed=26)
+    path.write_bytes(recording)
+    record = await _one_part_stream(settings, store, path, recording)
+    finished = bytearray(recording + pattern(3000, seed=27))
+    finished[PART // 2:PART // 2 + 8] = b"\xff" * 8
+    with path.open("r+b") as f:
+        f.write(finished)
+    await burst(settings, store, prober)
+    assert store.objects[record.key].body == recording[:PART]
+    assert metadata(store, record.key)["status"] == "truncated"
+    assert bytes(finished) in videos(store).values()
 
 
 async def test_an_own_complete_of_the_first_parts_is_published_not_failed(

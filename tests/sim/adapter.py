@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import cefmp4.cli.salvage
-import cefmp4.core.hashing
 import cefmp4.core.salvage
 import cefmp4.intake.feed
 import cefmp4.runtime.app
@@ -45,7 +44,7 @@ from cefmp4.streams.probe import ProbeResult
 from cefmp4.streams.salvage import Outcome
 from cefmp4.streams.supervisor import StreamSupervisor
 from tests.sim.faults import FaultPlan, FaultyCheckpointStore, FaultyObjectStore, Shadow
-from tests.sim.schedule import PART, SIM_HEADER_BYTES, Schedule
+from tests.sim.schedule import PART, Schedule
 from tests.sim.vloop import VirtualLoop
 
 PREFIX = "streams/"
@@ -107,7 +106,6 @@ def virtual_time(loop: VirtualLoop, seed: int) -> Iterator[None]:
     with _patched(cefmp4.streams.lifecycle, "new_stream_id", seeded_stream_id), \
          _patched(cefmp4.intake.feed, "watch_forever", _no_watcher), \
          _patched(cefmp4.core.salvage, "MIN_PART_BYTES", PART), \
-         _patched(cefmp4.core.hashing, "HEADER_BYTES", SIM_HEADER_BYTES), \
          _patched(cefmp4.cli.salvage, "time", _WallTime(loop)):
         yield
 

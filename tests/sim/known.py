@@ -15,7 +15,7 @@ from __future__ import annotations
 # replacement given the first file's inode number at the same path, taken for the recording
 # with its header patched (a one-part stream at its own path was trusted) and its part
 # re-sent from the stranger's bytes. Closed on 2026-12-08: part 1's digest record keeps the
-# CRC32C of its bytes past the header (core.hashing.HEADER_BYTES), and core.resume.recording
+# CRC32C of its second half, past any header (core.hashing.header_window), and core.resume.recording
 # judges a one-part stream by them (tests/pipeline/test_holes.py holds the deterministic
 # case; 14010533 is its soak-found seed).
 # The four seeds the soak of issue #25 found here (2000380, 2001351, 2001690, 2001974: RPO

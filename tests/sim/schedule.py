@@ -24,9 +24,6 @@ from tests.sim.faults import Fault
 
 KIB = 1024
 PART = 64 * KIB  # S3 scaled down: the memory store's minimum part size in the simulator
-# core.hashing.HEADER_BYTES scaled down with it: a "rewrite" step lands at offset 0-64 (a
-# header patch, 1-64 bytes: within the first 128) or anywhere (a rewrite in place).
-SIM_HEADER_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,13 @@ def test_parts_combine_to_the_crc64nvme_of_the_whole() -> None:
     # A part recorded without one (before the checksum, or adopted by its MD5): unknown.
     old = PartRecord(5, offset, 1, "e", "crc32c:0000abcd", 0.0)
     assert combined_crc64nvme([*parts, old]) is None
+    # A record is input: a CRC64NVME not of exactly 16 hex digits proves nothing (a sign or
+    # a 17th digit made the combination raise at every Complete).
+    for hostile in ("-1", "f" * 17, "0x00000000000001", "0000_00000000000", "+" + "0" * 15,
+                    "0" * 15 + "G"):
+        odd = PartRecord(5, offset, 1, "e", f"crc32c:0000abcd;crc64nvme:{hostile}", 0.0)
+        assert record_crc64nvme(odd.md5) is None
+        assert combined_crc64nvme([*parts, odd]) is None
 
 
 def test_records_with_and_without_the_crc64nvme_compare_by_what_both_have() -> None:

@@ -97,13 +97,15 @@ def test_a_one_part_stream_is_judged_by_its_bytes_past_the_header(
 
 
 def test_a_part_recorded_with_its_body_past_the_header_says_where_it_starts() -> None:
-    from cefmp4.core.hashing import HEADER_BYTES, PartDigest, header_window, record_past
+    from cefmp4.core.hashing import MIN_BODY_BYTES, PartDigest, header_window, record_past
 
-    assert header_window(1, 0, HEADER_BYTES + 1) == HEADER_BYTES
-    assert header_window(1, 0, HEADER_BYTES) is None  # nothing past the header to compare
-    assert header_window(2, HEADER_BYTES * 8, HEADER_BYTES * 8) is None  # part 1 only
-    record = PartDigest(1, None, 2, (HEADER_BYTES, 0xABC)).record
-    assert record_past(record) == (HEADER_BYTES, 0xABC)
+    mib = 1024 * 1024
+    assert header_window(1, 0, 5 * mib) == 5 * mib // 2  # its second half
+    assert header_window(1, 0, 2 * MIN_BODY_BYTES) == MIN_BODY_BYTES
+    assert header_window(1, 0, 2 * MIN_BODY_BYTES - 1) is None  # too short to judge by
+    assert header_window(2, 8 * mib, 8 * mib) is None  # part 1 only
+    record = PartDigest(1, None, 2, (mib, 0xABC)).record
+    assert record_past(record) == (mib, 0xABC)
     assert record_past(PartDigest(1, None, 2).record) is None  # recorded before, or short
     assert record_past("ab" * 16) is None  # an MD5 record
     # A record is input: a body digest that does not parse proves nothing.

@@ -14,28 +14,32 @@ from awscrt import checksums  # type: ignore[import-untyped]
 
 # A part's recorded digest (PartRecord.md5): "crc32c:<8 hex>" since CRC32C replaced MD5 on
 # the upload path, followed by ";crc64nvme:<16 hex>" since the whole-object checksum
-# (§2.22), and for part 1 by ";past<start>:<8 hex>", the CRC32C of its bytes past the
-# header (``HEADER_BYTES``); a bare 32-hex MD5 in checkpoints written before, or by
-# reconcile. Carried in the digest record, the part-1 body digest needs no migration of
-# either store, and an older cefmp4 reading such a record still matches the part by its
-# CRC32C.
+# (§2.22), and for part 1 by ";past<start>:<8 hex>", the CRC32C of its bytes from <start>
+# on (its second half: ``header_window``); a bare 32-hex MD5 in checkpoints written before,
+# or by reconcile. Carried in the digest record, the part-1 body digest needs no migration of
+# either store. An older cefmp4 reading such a record still matches part 1 by its CRC32C,
+# but cannot parse its CRC64NVME: objects it completes after a rollback go without the
+# whole-object checksum (§2.22), nothing else changes.
 CRC32C_PREFIX: Final = "crc32c:"
 CRC64_MARK: Final = ";crc64nvme:"
 PAST_MARK: Final = ";past"
 
-# Where a recorder patches a file it already wrote: its header, at the start of part 1 (the
-# ``mdat`` size of an MP4, a Matroska segment's size, seek head and duration, a moov space
-# reserved at the front). The bytes of part 1 past it do not change when the recording is
-# finished, so they tell a header patch from another file at the same place (a one-part
-# stream's only evidence, ``core.resume.recording``). Parts are at least 5 MiB, so at least
-# 4 MiB of part 1 is compared.
-HEADER_BYTES = 1024 * 1024
+# A recorder patches only the front of a file it already wrote: its header (an MP4's
+# ``mdat`` size, a Matroska segment's size, seek head and duration) or a space it reserved
+# there for its index (``-moov_size``, ``-reserve_index_space``), megabytes at most. The
+# second half of part 1 (a part is at least 5 MiB) is past that, so its bytes tell a header
+# patch from another file at the same place (a one-part stream's only evidence,
+# ``core.resume.recording``). A part 1 too short to have a body of this size has none.
+MIN_BODY_BYTES = 4096
 
 
 def header_window(number: int, offset: int, size: int) -> int | None:
     """Where the body of part ``number`` starts, for the digest of its bytes past the
-    header: part 1 only, and only when it holds more than the header."""
-    return HEADER_BYTES if number == 1 and offset == 0 and size > HEADER_BYTES else None
+    header: the middle of part 1; None for any other part, or a part 1 under
+    ``2 * MIN_BODY_BYTES``."""
+    if number != 1 or offset != 0 or size < 2 * MIN_BODY_BYTES:
+        return None
+    return size // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +51,7 @@ class PartDigest:
     crc32c: int
     md5: bytes | None = None
     crc64nvme: int | None = None  # for the whole-object checksum (combined at Complete)
-    past: tuple[int, int] | None = None  # part 1: (HEADER_BYTES, CRC32C of the bytes past it)
+    past: tuple[int, int] | None = None  # part 1: (its middle, CRC32C of the bytes from there)
 
     @property
     def record(self) -> str:
@@ -123,14 +127,18 @@ def _fields(recorded: str) -> tuple[str, int | None, tuple[int, int] | None]:
     past: tuple[int, int] | None = None
     for field in rest:
         name, _, value = field.partition(":")
-        try:
-            if name == CRC64_MARK[1:-1]:
-                crc64 = int(value, 16)
-            elif name.startswith(PAST_MARK[1:]) and len(value) == 8:
-                past = (int(name.removeprefix(PAST_MARK[1:])), int(value, 16))
-        except ValueError:
-            continue
+        # Exactly the digits cefmp4 writes: int() would also take a sign, "_" or "0x",
+        # and a CRC64NVME of more than 16 digits breaks the checksum's arithmetic.
+        if name == CRC64_MARK[1:-1] and _hex(value, 16):
+            crc64 = int(value, 16)
+        elif (name.startswith(PAST_MARK[1:]) and (start := name.removeprefix(PAST_MARK[1:]))
+              and start.isascii() and start.isdigit() and _hex(value, 8)):
+            past = (int(start), int(value, 16))
     return crc32c, crc64, past
+
+
+def _hex(value: str, digits: int) -> bool:
+    return len(value) == digits and all(c in "0123456789abcdef" for c in value)
 
 
 def record_past(recorded: str) -> tuple[int, int] | None:

@@ -100,9 +100,9 @@ class Recording(Enum):
     which its size cannot tell from a whole rewrite (a faststart pass then leaves its old
     parts as an object of their own): nothing is lost either way. A one-part stream at its
     own path has only the part a header patch changes: it is judged by part 1's bytes past
-    the header (``core.hashing.HEADER_BYTES``), which a patch leaves and another file given
-    the recording's inode number there does not have (hole 74393). A part recorded before
-    that digest existed, or too short to have a body past its header, is trusted."""
+    the header (its second half, ``core.hashing.header_window``), which a patch leaves and
+    another file given the recording's inode number there does not have (hole 74393). A
+    part recorded before that digest existed, or too short to have one, is trusted."""
 
     IS_IT = "is it"  # the stream goes on with this file
     ASK_LAST = "ask last"  # does the file hold the last checkpointed part?

@@ -156,7 +156,7 @@ class Complete:
 @dataclass(frozen=True, slots=True)
 class Restart:
     """S3 forgot the upload: start the stream again from byte 0 (a new upload); answered
-    ``Done``."""
+    ``Done``, or ``ObjectThere`` when the object turns out to be complete already."""
 
     why: str
 
@@ -306,10 +306,10 @@ def verified_ending(
             expect(Checkpointed, (yield Checkpoint(End.of(Status.TRUNCATED), seen_truncated=True)))
             return Keep()
         except _Gone as gone:
-            try:
-                expect(Done, (yield from _ask(Restart(gone.why))))
-            except _Standing:
+            restarted = yield Restart(gone.why)
+            if isinstance(restarted, ObjectThere):
                 return Keep(standing=True)
+            expect(Done, restarted)
         except _Standing:
             # Completed before a crash: that object stands, whatever the file holds now.
             return Keep(standing=True)

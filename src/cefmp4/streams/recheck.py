@@ -66,9 +66,10 @@ def needs_md5(parts: Mapping[int, PartRecord]) -> bool:
 
 
 def holds_body(fd: int, part: PartRecord) -> bool:
-    """Blocking (a thread): the file still holds part 1's bytes past its header (where a
-    recorder's header patch does not reach: ``core.hashing.HEADER_BYTES``). Only for a part
-    whose record has that digest (``record_past``); ``SourceError`` when it cannot be read."""
+    """Blocking (a thread): the file still holds part 1's bytes past its header (its second
+    half, where a header patch does not reach: ``core.hashing.header_window``). Only for a
+    part whose record has that digest (``record_past``); ``SourceError`` when it cannot be
+    read."""
     past = record_past(part.md5)
     if past is None:
         raise ValueError(f"part {part.part_number} has no digest past its header")
