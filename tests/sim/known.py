@@ -67,7 +67,7 @@ REGRESSION_SEEDS: dict[int, str] = {
              "(core.salvage.plan), not left open for ever",
     2001351: "RPO: a finalizing stream rewritten while down ends truncated; its new end is "
              "checkpointed over the idle one before the Complete, so a crash after it is "
-             "never resumed and published as 'complete' (lifecycle._inode_reused)",
+             "never resumed and published as 'complete' (core.resume.resuming)",
     2000380: "RPO: a truncated stream's last part made of its tail segments sent to an "
              "upload S3 had purged: the NoSuchUpload is a gone upload (finish_kept), not a "
              "stream failure on every restart",
@@ -111,7 +111,7 @@ REGRESSION_SEEDS: dict[int, str] = {
     56196: "a truncation seen, its checkpoint held back by the store, a crash, the file "
            "regrown while down: the resumed stream finds none of its parts, keeps them",
     80950: "the same, cut inside the last part only: the first parts still match, the last "
-           "does not, and its bytes in S3 are kept (lifecycle._inode_reused)",
+           "does not, and its bytes in S3 are kept (core.resume.resuming)",
     74393: "was a known hole (see above): its schedule no longer reaches it",
     104371: "a stream ended as rewritten while down, its file replaced before the new "
             "stream opened it: the new stream is of the descriptor held, and a claim opens "

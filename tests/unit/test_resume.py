@@ -6,19 +6,34 @@ from __future__ import annotations
 import pytest
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.core.ending import End, Status
+from cefmp4.core.machine import Checkpoint, Checkpointed, Unexpected
 from cefmp4.core.parts import PartSchedule
 from cefmp4.core.resume import (
+    Ask,
     Candidate,
+    CannotRead,
+    Done,
+    FileGone,
+    Holds,
     OnClaim,
+    Opened,
+    PartsRead,
+    Reconciled,
     Recording,
+    Resumed,
+    ResumeObservation,
+    Taken,
     Unknown,
     on_claim,
     plan_parts,
     recording,
+    resuming,
     superseded,
     unknown_upload,
 )
 from cefmp4.storage import UploadedPart
+from tests.support.machines import Script, drive
 
 SCHEDULE = PartSchedule(10)  # 10-byte parts, 10,000 of them
 R = Recording
@@ -165,3 +180,68 @@ DONE = _record(state=StreamState.COMPLETED, final_size=100, final_mtime_ns=7)
 def test_on_claim(latest: StreamRecord | None, running: tuple[str, ...],
                   at_path: tuple[int, int] | None, verdict: OnClaim) -> None:
     assert on_claim(latest, running=running, at_path=at_path) is verdict
+
+
+# --- resuming, as a state machine -------------------------------------------------------
+
+USUAL: dict[str, ResumeObservation] = {
+    "Open": Opened(here=True), "SayGone": Done(), "Bind": Done(),
+    "GetParts": PartsRead(3, body_known=False), "Ask": Holds(True),
+    "Reconcile": Reconciled(), "Checkpoint": Checkpointed(), "FinishKept": Done(),
+    "MarkTaken": Done(),
+}
+
+
+def resume_run(answers: dict[str, list[ResumeObservation]]) -> tuple[list[str], Resumed]:
+    script = Script(USUAL, answers)
+    actions, resumed = drive(resuming(), script)
+    assert script.done(), f"answers left over: {script.left}"
+    return [type(a).__name__ for a in actions], resumed
+
+
+@pytest.mark.parametrize(("answers", "expected", "resumed"), [
+    # Appended to, or its header patched: the stream goes on with the file found.
+    ({}, ["Open", "Bind", "GetParts", "Ask", "Reconcile"], Resumed.GOES_ON),
+    ({"GetParts": [PartsRead(0, body_known=False)]}, ["Open", "Bind", "GetParts", "Reconcile"],
+     Resumed.GOES_ON),
+    # 80950: cut inside the last part while nobody watched: the truncated end, checkpointed
+    # before the kept ending acts on it (2001351), and the file is a new stream.
+    ({"Ask": [Holds(False)]},
+     ["Open", "Bind", "GetParts", "Ask", "SayGone", "Reconcile", "Checkpoint", "FinishKept"],
+     Resumed.REUSED),
+    # 35582: found elsewhere holding none of its parts: another file with its inode number.
+    ({"Open": [Opened(here=False)], "Ask": [Holds(False), Holds(False)]},
+     ["Open", "Bind", "GetParts", "Ask", "Ask", "SayGone", "Reconcile", "FinishKept"],
+     Resumed.REUSED),
+    # 74393 / 14010533: a one-part stream at its path, a stranger's second half.
+    ({"GetParts": [PartsRead(1, body_known=True)], "Ask": [Holds(False)]},
+     ["Open", "Bind", "GetParts", "Ask", "SayGone", "Reconcile", "Checkpoint", "FinishKept"],
+     Resumed.REUSED),
+    # Its file gone (ENOENT, or another file at its place): it ends here with what S3 holds.
+    ({"Open": [FileGone()]}, ["Open", "SayGone", "Bind", "GetParts", "Reconcile", "FinishKept"],
+     Resumed.ENDED),
+    ({"Open": [FileGone()], "Reconcile": [Taken()]},
+     ["Open", "SayGone", "Bind", "GetParts", "Reconcile", "MarkTaken"], Resumed.ENDED),
+    # A salvager made its object: recorded salvaged, and the file's bytes a new stream.
+    ({"Reconcile": [Taken()]}, ["Open", "Bind", "GetParts", "Ask", "Reconcile", "MarkTaken"],
+     Resumed.REUSED),
+    ({"Ask": [Holds(False)], "Reconcile": [Taken()]},
+     ["Open", "Bind", "GetParts", "Ask", "SayGone", "Reconcile", "MarkTaken"], Resumed.REUSED),
+    # Unreadable now: nothing is written, it stays unfinished.
+    ({"Open": [CannotRead()]}, ["Open"], Resumed.UNREADABLE),
+])
+def test_resuming_a_stream(
+    answers: dict[str, list[ResumeObservation]], expected: list[str], resumed: Resumed
+) -> None:
+    assert resume_run(answers) == (expected, resumed)
+
+
+def test_a_resumed_stream_judged_rewritten_is_checkpointed_truncated() -> None:
+    actions, _ = drive(resuming(), Script(USUAL, {"Ask": [Holds(False)]}))
+    assert Checkpoint(End.of(Status.TRUNCATED)) in actions
+    assert [a.question for a in actions if isinstance(a, Ask)] == [Recording.ASK_LAST]
+
+
+def test_an_answer_that_does_not_answer_resuming_is_a_bug_of_the_shell() -> None:
+    with pytest.raises(Unexpected):
+        resume_run({"GetParts": [Holds(True)]})

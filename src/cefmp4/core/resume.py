@@ -10,6 +10,9 @@ or asks S3. What an unknown upload id means is ``core.ending.when_upload_gone``.
 * :class:`Recording` — whether the file found for a stream is still its recording (by the
   bytes of its parts), asked one question at a time so the file is read only as far as
   the answer needs.
+* :func:`resuming` — the whole resume of a stream as a state machine (``core.machine``):
+  open the file, ask it the questions above, reconcile with S3, and end the stream with
+  what S3 holds when its file is gone or is not the recording any more.
 * :func:`on_claim` — what a file that is claimed becomes: skipped (uploaded already, or
   followed by a running stream), the resumed stream of its checkpoint, or a new stream.
 * :func:`unknown_upload` — what start-up does with an upload no checkpoint knows (rebuild
@@ -19,13 +22,15 @@ or asks S3. What an unknown upload id means is ``core.ending.when_upload_gone``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
 from cefmp4.checkpoint import UNFINISHED, PartRecord, StreamRecord, StreamState
+from cefmp4.core.ending import End, Status
 from cefmp4.core.identity import SizeMtime
+from cefmp4.core.machine import Checkpoint, Checkpointed, expect
 from cefmp4.core.parts import PartSchedule
 
 
@@ -190,3 +195,164 @@ def superseded(upload_id: str, initiated_at: float, known: StreamRecord | None, 
     if known is None or known.upload_id is None or known.upload_id == upload_id:
         return False
     return now - initiated_at >= grace
+
+
+# --- resuming a stream, as a state machine -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """Open the stream's file by its path and inode; answered ``Opened``, ``FileGone``
+    (nothing there, or another file) or ``CannotRead`` (warned; it stays unfinished)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SayGone:
+    """Log that the stream's file is gone (``found``: the file found instead, and why it
+    is not the recording); answered ``Done``."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """Bind the stream to this instance's lease before its first write; ``Done``."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetParts:
+    """Read the stream's checkpointed parts; answered ``PartsRead``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Read the file found to answer ``question`` (``Recording.ASK_*``); ``Holds``."""
+
+    question: Recording
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Bring the checkpoint in line with what S3 holds (``with_file``: parts may be adopted
+    from the file found); answered ``Reconciled`` or ``Taken``."""
+
+    with_file: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FinishKept:
+    """End the stream with what S3 holds (``core.kept``); ``Done``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkTaken:
+    """Another party made the stream's object: record it salvaged and over; ``Done``."""
+
+
+ResumeAction = (Open | SayGone | Bind | GetParts | Ask | Reconcile | Checkpoint | FinishKept
+                | MarkTaken)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    here: bool  # at the stream's own path (its last or original one)
+
+
+@dataclass(frozen=True, slots=True)
+class FileGone:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CannotRead:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PartsRead:
+    count: int
+    body_known: bool  # the only part's record has the digest of its second half
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    yes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """``UploadTaken``: another party made an object of the stream's upload."""
+
+
+ResumeObservation = (Done | Opened | FileGone | CannotRead | PartsRead | Holds | Reconciled
+                     | Taken | Checkpointed)
+
+
+class Resumed(Enum):
+    GOES_ON = "goes on"  # a worker for the stream follows the file found
+    ENDED = "ended"  # its file gone: it ended here with what S3 holds
+    REUSED = "reused"  # the file found is a new stream (from the descriptor held)
+    UNREADABLE = "unreadable"  # it stays unfinished: looked at again later
+
+
+def resuming() -> Generator[ResumeAction, ResumeObservation, Resumed]:
+    """Resuming an unfinished stream from its checkpoint. The shell holds what the steps
+    read (the descriptor, the record, the parts); an I/O error while asking the file's
+    bytes defers the stream, raised past the machine (it says nothing of the bytes)."""
+    opened = yield Open()
+    if isinstance(opened, FileGone):  # only ENOENT or another file: end with what S3 holds
+        _done((yield SayGone()))
+        _done((yield Bind()))
+        expect(PartsRead, (yield GetParts()))
+        if isinstance((yield Reconcile(with_file=False)), Taken):
+            _done((yield MarkTaken()))
+            return Resumed.ENDED
+        _done((yield FinishKept()))
+        return Resumed.ENDED
+    if isinstance(opened, CannotRead):
+        return Resumed.UNREADABLE
+    here = expect(Opened, opened).here
+    _done((yield Bind()))
+    parts = expect(PartsRead, (yield GetParts()))
+    answers: dict[Recording, bool] = {}
+    while (verdict := recording(
+            parts=parts.count, here=here, body_known=parts.body_known,
+            holds_last=answers.get(Recording.ASK_LAST),
+            holds_first=answers.get(Recording.ASK_FIRST),
+            holds_body=answers.get(Recording.ASK_BODY))) in _QUESTIONS:
+        answers[verdict] = expect(Holds, (yield Ask(verdict))).yes
+    if verdict is not Recording.IS_IT:
+        reused = verdict is Recording.REUSED
+        _done((yield SayGone("inode reused by another file" if reused
+                             else "rewritten while nobody watched")))
+        if isinstance((yield Reconcile(with_file=False)), Taken):
+            _done((yield MarkTaken()))
+            return Resumed.REUSED
+        if not reused:
+            # Checkpointed before anything acts on it, also over an end decided earlier (a
+            # finalizing stream's idle end): a crash after the object is made must not
+            # resume it as that earlier end (simulator seed 2001351).
+            expect(Checkpointed, (yield Checkpoint(End.of(Status.TRUNCATED))))
+        _done((yield FinishKept()))
+        return Resumed.REUSED
+    if isinstance((yield Reconcile(with_file=True)), Taken):
+        _done((yield MarkTaken()))
+        return Resumed.REUSED  # the file's bytes: a new stream, from this descriptor
+    return Resumed.GOES_ON
+
+
+_QUESTIONS = (Recording.ASK_LAST, Recording.ASK_FIRST, Recording.ASK_BODY)
+
+
+def _done(seen: ResumeObservation) -> None:
+    expect(Done, seen)

@@ -15,12 +15,13 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from cefmp4.checkpoint import PartRecord, StreamRecord, StreamState
+from cefmp4.core import resume as core_resume
 from cefmp4.core.containers import DEFAULT_EXTENSIONS
-from cefmp4.core.ending import End, Status
 from cefmp4.core.hashing import record_past
 from cefmp4.core.identity import unchanged_since
 from cefmp4.core.keys import UnkeyablePath, new_stream_id, object_key
-from cefmp4.core.resume import Recording, recording
+from cefmp4.core.machine import Checkpoint, Checkpointed, Unexpected
+from cefmp4.core.resume import Recording, Resumed, resuming
 from cefmp4.intake.discover import printable, scan
 from cefmp4.runtime import logs
 from cefmp4.runtime.errors import (
@@ -35,6 +36,7 @@ from cefmp4.streams.context import Context
 from cefmp4.streams.finalize import finalize, finish_kept, taken, with_end
 from cefmp4.streams.recheck import holds, holds_body
 from cefmp4.streams.reconcile import reconcile
+from cefmp4.streams.runner import run_machine
 from cefmp4.streams.source import OpenedSource, open_source
 from cefmp4.streams.stream import Outcome, StreamWorker
 
@@ -80,7 +82,7 @@ class Spec:
 
 @dataclass(frozen=True, slots=True)
 class Reused:
-    """The stream ended: the file found is not its recording any more (``_inode_reused``).
+    """The stream ended: the file found is not its recording any more (``core.resume``).
     ``fd`` is that file, open: its new stream starts from it, never from its path again
     (which may lead to yet another file by now)."""
 
@@ -164,91 +166,120 @@ async def resume(
     spec: Spec, rec: StreamRecord, path: Path, bind: Bind
 ) -> StreamWorker | Ended | Reused | None:
     """A worker for an unfinished stream; ``Ended.FINISHED`` when it ended here (its file
-    is gone); None when it cannot be read now (it stays unfinished: nothing is lost)."""
-    ctx = spec.ctx
+    is gone); ``Reused`` when the file found is a new stream; None when it cannot be read
+    now (it stays unfinished: nothing is lost). Runs ``core.resume.resuming``, which decides
+    every turn, carrying out its actions (``_Resuming``)."""
+    step = _Resuming(spec.ctx, rec, path, bind)
     try:
-        source = await _open(path, rec.inode)
-    except (SourceGone, SourceReplaced):
-        # Only ENOENT or another file at its place: finish with what was uploaded.
         with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
-            log.warning(logs.SOURCE_GONE)
-            bind(rec.inode, rec.stream_id)
-            parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
-            try:
-                rec, parts = await reconcile(ctx, rec, parts, None)
-            except UploadTaken:
-                await taken(ctx, rec)
-                return Ended.FINISHED
-            await finish_kept(ctx, rec, parts, None, None)
-        return Ended.FINISHED
-    if source is None:
-        return None
-    fd, st = source.fd, source.st
-    try:
-        bind(rec.inode, rec.stream_id)
-        parts = await ctx.retry("checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
-        if await _inode_reused(ctx, rec, path, fd, parts):
-            return Reused(fd)
-        # The device number is this host's: on a shared volume another host's differs.
-        local = replace(rec, path=str(path), device=st.st_dev)
-        rec, parts = await reconcile(ctx, local, parts, fd)
-    except UploadTaken:
-        with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
-            await taken(ctx, rec)
-        return Reused(fd)  # the file's bytes: a new stream, from this descriptor
+            resumed = await run_machine(resuming(), step.carry_out)
     except BaseException:
-        os.close(fd)
+        if step.fd is not None:
+            os.close(step.fd)
         raise
-    worker = StreamWorker(ctx, rec, fd, parts, spec.shutdown, stream_timeout=spec.stream_timeout)
-    worker.start_idle_clock(st)
+    match resumed:
+        case Resumed.ENDED:
+            return Ended.FINISHED
+        case Resumed.UNREADABLE:
+            return None
+        case Resumed.REUSED if step.fd is not None:
+            return Reused(step.fd)
+    if step.fd is None or step.st is None:
+        raise Unexpected("a stream goes on without its file open")
+    ctx, rec, parts = spec.ctx, step.rec, step.parts
+    worker = StreamWorker(ctx, rec, step.fd, parts, spec.shutdown,
+                          stream_timeout=spec.stream_timeout)
+    worker.start_idle_clock(step.st)
     ctx.metrics.streams_resumed.inc()
     log.info(logs.STREAM_RESUMED, stream_id=rec.stream_id, path=str(path), parts=len(parts))
     return worker
 
 
-_QUESTIONS = (Recording.ASK_LAST, Recording.ASK_FIRST, Recording.ASK_BODY)
+class _Resuming:
+    """Carries out ``core.resume.resuming``'s actions for one stream, holding what they
+    read between them: the descriptor of the file found, the record and its parts."""
 
+    def __init__(self, ctx: Context, rec: StreamRecord, path: Path, bind: Bind) -> None:
+        self.ctx, self.rec, self.path, self.bind = ctx, rec, path, bind
+        self.fd: int | None = None
+        self.st: os.stat_result | None = None
+        self.parts: list[PartRecord] = []
 
-async def _inode_reused(
-    ctx: Context, rec: StreamRecord, path: Path, fd: int, parts: list[PartRecord]
-) -> bool:
-    """The file found is not the stream's recording any more (``core.resume.recording``
-    decides, asking for the bytes of its parts one question at a time): the stream ends
-    with what S3 holds, and the file found is a new stream."""
-    here = str(path) in (rec.path, str(ctx.config.watch_dir / rec.rel_path))
-    body_known = len(parts) == 1 and record_past(parts[0].md5) is not None
-    last: bool | None = None
-    first: bool | None = None
-    body: bool | None = None
-    try:
-        while (verdict := recording(
-                parts=len(parts), here=here, body_known=body_known, holds_last=last,
-                holds_first=first, holds_body=body)) in _QUESTIONS:
-            if verdict is Recording.ASK_LAST:
-                last = await asyncio.to_thread(holds, fd, parts[-1])
-            elif verdict is Recording.ASK_BODY:
-                body = await asyncio.to_thread(holds_body, fd, parts[0])
-            else:
-                first = await asyncio.to_thread(lambda: any(holds(fd, p) for p in parts[:2]))
-    except SourceError as exc:  # an I/O error says nothing of the bytes: look again later
-        log.warning(logs.STREAM_DEFERRED, path=str(path), error=str(exc))
-        raise Deferred(str(exc)) from exc
-    if verdict is Recording.IS_IT:
-        return False
-    reused = verdict is Recording.REUSED
-    reason = "inode reused by another file" if reused else "rewritten while nobody watched"
-    with bound_contextvars(stream_id=rec.stream_id, path=rec.path):
-        log.warning(logs.SOURCE_GONE, found=str(path), reason=reason)
-        rec, parts = await reconcile(ctx, rec, parts, None)
-        if not reused:
-            # Checkpointed before anything acts on it, also over an end decided earlier (a
-            # finalizing stream's idle end): a crash after the object is made must not
-            # resume it as that earlier end (simulator seed 2001351).
-            rec = with_end(rec, End.of(Status.TRUNCATED), ctx.clock.time())
-            ended = rec
-            await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(ended))
-        await finish_kept(ctx, rec, parts, None, None)
-    return True
+    async def carry_out(self, action: core_resume.ResumeAction) -> core_resume.ResumeObservation:
+        ctx, rec = self.ctx, self.rec
+        match action:
+            case core_resume.Open():
+                return await self._open()
+            case core_resume.SayGone():
+                if action.reason is None:
+                    log.warning(logs.SOURCE_GONE)
+                else:
+                    log.warning(logs.SOURCE_GONE, found=str(self.path), reason=action.reason)
+                return core_resume.Done()
+            case core_resume.Bind():
+                self.bind(rec.inode, rec.stream_id)
+                return core_resume.Done()
+            case core_resume.GetParts():
+                self.parts = await ctx.retry(
+                    "checkpoint", lambda: ctx.checkpoints.get_parts(rec.stream_id))
+                return core_resume.PartsRead(len(self.parts), len(self.parts) == 1
+                                 and record_past(self.parts[0].md5) is not None)
+            case core_resume.Ask():
+                return core_resume.Holds(await self._ask(action.question))
+            case core_resume.Reconcile():
+                return await self._reconcile(action.with_file)
+            case Checkpoint():
+                self.rec = with_end(rec, action.end, ctx.clock.time())
+                ended = self.rec
+                await ctx.retry("checkpoint", lambda: ctx.checkpoints.put_stream(ended))
+                return Checkpointed()
+            case core_resume.FinishKept():
+                await finish_kept(ctx, rec, self.parts, None, None)
+                return core_resume.Done()
+            case core_resume.MarkTaken():
+                await taken(ctx, rec)
+                return core_resume.Done()
+        raise Unexpected(f"no step for {action!r}")
+
+    async def _open(self) -> core_resume.ResumeObservation:
+        rec = self.rec
+        try:
+            source = await _open(self.path, rec.inode)
+        except (SourceGone, SourceReplaced):
+            return core_resume.FileGone()
+        if source is None:
+            return core_resume.CannotRead()
+        self.fd, self.st = source.fd, source.st
+        here = str(self.path) in (rec.path, str(self.ctx.config.watch_dir / rec.rel_path))
+        return core_resume.Opened(here)
+
+    async def _ask(self, question: Recording) -> bool:
+        fd, parts = self.fd, self.parts
+        if fd is None:
+            raise Unexpected("asked of a file not open")
+        try:
+            if question is Recording.ASK_LAST:
+                return await asyncio.to_thread(holds, fd, parts[-1])
+            if question is Recording.ASK_BODY:
+                return await asyncio.to_thread(holds_body, fd, parts[0])
+            return await asyncio.to_thread(lambda: any(holds(fd, p) for p in parts[:2]))
+        except SourceError as exc:  # an I/O error says nothing of the bytes: look again later
+            log.warning(logs.STREAM_DEFERRED, path=str(self.path), error=str(exc))
+            raise Deferred(str(exc)) from exc
+
+    async def _reconcile(self, with_file: bool) -> core_resume.ResumeObservation:
+        rec = self.rec
+        if with_file:
+            if self.st is None:
+                raise Unexpected("reconciled with a file not open")
+            # The device number is this host's: on a shared volume another host's differs.
+            rec = replace(rec, path=str(self.path), device=self.st.st_dev)
+        try:
+            self.rec, self.parts = await reconcile(self.ctx, rec, self.parts,
+                                                   self.fd if with_file else None)
+        except UploadTaken:
+            return core_resume.Taken()
+        return core_resume.Reconciled()
 
 
 async def run_to_end(worker: StreamWorker, shutdown_grace: float) -> Ended:
