@@ -7,11 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cefmp4.checkpoint import StreamState
 from cefmp4.config.settings import Settings
 from cefmp4.runtime.app import App
-from cefmp4.runtime.errors import TransientError
+from cefmp4.runtime.errors import PermanentError, TransientError
 from cefmp4.storage.memory import MemoryObjectStore
+from cefmp4.streams.ownership import LocalOwnership
 from tests.pipeline.conftest import (
     PART,
     FakeProber,
@@ -278,3 +281,49 @@ async def test_a_file_replaced_before_its_claim_is_not_streamed_twice(
             app.supervisor.on_stat(path, os.fstat(first.fileno()))  # a late event
             await until(lambda: any(e["event"] == "source_changed" for e in logs))
     assert sorted(videos(store).values(), key=len) == [b"first", newcomer]
+
+
+class _RefusingOwnership(LocalOwnership):
+    """A peer holds every lease (or the store cannot say): counts the releases asked."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+        self.released: list[int] = []
+
+    async def acquire(self, ident: Any, on_lost: Any) -> bool:
+        if self.error is not None:
+            raise self.error
+        return False
+
+    async def release(self, inode: int) -> None:
+        self.released.append(inode)
+
+
+@pytest.mark.parametrize("error", [None, PermanentError("the lease store refused")])
+async def test_a_claim_refused_its_lease_closes_the_descriptor_it_was_handed_and_releases_nothing(
+    settings: Settings, watch: Path, store: MemoryObjectStore, prober: FakeProber,
+    error: Exception | None,
+) -> None:
+    """A finished stream hands its descriptor to a new claim (``held_fd``). When the lease
+    is refused the descriptor is closed and the claim waits; when asking for the lease
+    fails, the descriptor was left open (a leak, every time). Neither releases the lease:
+    a refused one may be this instance's for another file with the same inode number."""
+    path = watch.parent / "handed-over.mp4"  # no stream of this instance has its inode
+    path.write_bytes(b"bytes")
+    async with daemon(settings, store, prober) as app:
+        sup = app.supervisor
+        assert sup is not None
+        owner = _RefusingOwnership(error)
+        sup.ownership = owner
+        fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        if error is None:
+            await sup._claim(path, ident, None, held=fd)
+            assert sup._deferred[ident] == path
+        else:
+            with pytest.raises(PermanentError):
+                await sup._claim(path, ident, None, held=fd)
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(fd)  # closed (nothing opened since could have taken its number)
+        assert owner.released == []

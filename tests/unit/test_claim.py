@@ -13,6 +13,7 @@ from cefmp4.core.claim import (
     Acquire,
     Acquired,
     Action,
+    AskRunning,
     AtPath,
     Claimed,
     Deferred,
@@ -26,6 +27,7 @@ from cefmp4.core.claim import (
     Resume,
     Resumed,
     Reused,
+    RunningHere,
     Started,
     StartNew,
     Unreadable,
@@ -50,17 +52,17 @@ FAILED = _record(StreamState.FAILED)
 
 USUAL: dict[str, Observation] = {
     "Acquire": Acquired(True), "CloseHeld": Done(), "FindByInode": Found(None),
-    "Remember": Done(), "StatPath": AtPath(None), "Resume": Resumed(), "Forget": Done(),
-    "StartNew": Started(),
+    "Remember": Done(), "StatPath": AtPath(None), "AskRunning": RunningHere(frozenset()),
+    "Resume": Resumed(), "Forget": Done(), "StartNew": Started(),
 }
 
 
 def run(
     answers: Mapping[str, Sequence[Observation]] | None = None, *, held: bool = False,
-    shared: bool = False, known: StreamRecord | None = None, running: Sequence[str] = (),
+    shared: bool = False, known: StreamRecord | None = None,
 ) -> tuple[list[Action], Claimed]:
     script = Script(USUAL, answers)
-    got = drive(claiming(held=held, shared=shared, known=known, running=running), script)
+    got = drive(claiming(held=held, shared=shared, known=known), script)
     assert script.done(), f"answers left over: {script.left}"
     return got
 
@@ -81,7 +83,7 @@ def test_a_file_a_peer_holds_the_lease_of_waits(held: bool, expected: list[str])
 
 def test_a_new_file_is_a_new_stream() -> None:
     actions, claimed = run()
-    assert actions == [Acquire(), StartNew(False)]
+    assert actions == [Acquire(), AskRunning(), StartNew(False)]
     assert claimed is Claimed.RUN
 
 
@@ -95,17 +97,17 @@ def test_what_starting_a_new_stream_says(started: Observation, claimed: Claimed)
 
 
 @pytest.mark.parametrize(("seen", "expected", "claimed"), [
-    (Resumed(), ["Acquire", "Resume", "Forget"], Claimed.RUN),
+    (Resumed(), ["Acquire", "AskRunning", "Resume", "Forget"], Claimed.RUN),
     # The file gone: the stream finished with what S3 holds while resuming.
-    (EndedHere(), ["Acquire", "Resume", "Forget"], Claimed.NOTHING),
+    (EndedHere(), ["Acquire", "AskRunning", "Resume", "Forget"], Claimed.NOTHING),
     # The file found is another recording: the stream ended, the file is a new stream from
     # the descriptor the resume holds (never its path again).
-    (Reused(), ["Acquire", "Resume", "Forget", "StartNew"], Claimed.RUN),
+    (Reused(), ["Acquire", "AskRunning", "Resume", "Forget", "StartNew"], Claimed.RUN),
     # Unreadable now, or not now: the stream stays unfinished (not forgotten).
-    (Unreadable(), ["Acquire", "Resume"], Claimed.NOTHING),
-    (Deferred(), ["Acquire", "Resume"], Claimed.DEFER),
+    (Unreadable(), ["Acquire", "AskRunning", "Resume"], Claimed.NOTHING),
+    (Deferred(), ["Acquire", "AskRunning", "Resume"], Claimed.DEFER),
     # Its checkpoint does not parse: quarantined, never acted on.
-    (Malformed(), ["Acquire", "Resume", "Forget"], Claimed.NOTHING),
+    (Malformed(), ["Acquire", "AskRunning", "Resume", "Forget"], Claimed.NOTHING),
 ])
 def test_an_unfinished_stream_resumes(
     seen: Observation, expected: list[str], claimed: Claimed
@@ -113,21 +115,22 @@ def test_an_unfinished_stream_resumes(
     actions, got = run({"Resume": [seen]}, known=ACTIVE)
     assert kinds(actions) == expected
     assert got is claimed
-    assert actions[1] == Resume(ACTIVE, taken_over=False)
+    assert actions[2] == Resume(ACTIVE, taken_over=False)
     if "StartNew" in expected:
         assert actions[-1] == StartNew(True)
 
 
 def test_a_stream_this_instance_runs_is_not_claimed_twice() -> None:
-    actions, claimed = run(known=ACTIVE, running=["s1"])
-    assert kinds(actions) == ["Acquire"]
+    # Asked after the lease and the store (awaits meanwhile): not before the claim began.
+    actions, claimed = run({"AskRunning": [RunningHere(frozenset({"s1"}))]}, known=ACTIVE)
+    assert kinds(actions) == ["Acquire", "AskRunning"]
     assert claimed is Claimed.NOTHING
 
 
 @pytest.mark.parametrize(("at_path", "expected", "claimed"), [
-    ((30, 7), ["Acquire", "Remember", "StatPath"], Claimed.NOTHING),  # uploaded: never again
-    ((31, 8), ["Acquire", "Remember", "StatPath", "StartNew"], Claimed.RUN),  # grown since
-    (None, ["Acquire", "Remember", "StatPath", "StartNew"], Claimed.RUN),  # unknown: safe side
+    ((30, 7), ["Acquire", "Remember", "StatPath", "AskRunning"], Claimed.NOTHING),  # uploaded
+    ((31, 8), ["Acquire", "Remember", "StatPath", "AskRunning", "StartNew"], Claimed.RUN),
+    (None, ["Acquire", "Remember", "StatPath", "AskRunning", "StartNew"], Claimed.RUN),
 ])
 def test_a_completed_streams_file(
     at_path: tuple[int, int] | None, expected: list[str], claimed: Claimed
@@ -142,24 +145,24 @@ def test_a_shared_store_is_asked_what_another_instance_did_with_the_file() -> No
     # Start-up knew it unfinished; a peer completed it since: the store's answer counts.
     actions, claimed = run({"FindByInode": [Found(DONE)], "StatPath": [AtPath((30, 7))]},
                            shared=True, known=ACTIVE)
-    assert kinds(actions) == ["Acquire", "FindByInode", "Remember", "StatPath"]
+    assert kinds(actions) == ["Acquire", "FindByInode", "Remember", "StatPath", "AskRunning"]
     assert claimed is Claimed.NOTHING
 
 
 def test_a_peers_unfinished_stream_is_taken_over() -> None:
     actions, claimed = run({"FindByInode": [Found(ACTIVE)]}, shared=True)
-    assert actions[2] == Resume(ACTIVE, taken_over=True)
+    assert actions[3] == Resume(ACTIVE, taken_over=True)
     assert claimed is Claimed.RUN
 
 
 def test_a_failed_stream_leaves_its_file_to_a_new_stream() -> None:
-    assert kinds(run(known=FAILED)[0]) == ["Acquire", "StartNew"]
+    assert kinds(run(known=FAILED)[0]) == ["Acquire", "AskRunning", "StartNew"]
 
 
 def test_a_descriptor_handed_over_is_a_new_stream_whatever_the_checkpoint_says() -> None:
     # It holds bytes no path reaches: its inode's checkpoints are not asked.
     actions, claimed = run(held=True, shared=True, known=ACTIVE)
-    assert actions == [Acquire(), StartNew(False)]
+    assert actions == [Acquire(), AskRunning(), StartNew(False)]
     assert claimed is Claimed.RUN
 
 

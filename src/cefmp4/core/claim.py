@@ -15,7 +15,7 @@ lease's owner now holds the file (``LeaseLost``), and releases what it holds.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -55,6 +55,12 @@ class StatPath:
 
 
 @dataclass(frozen=True, slots=True)
+class AskRunning:
+    """Which streams this instance runs now (after the awaits before: one may have started
+    or ended meanwhile); answered ``RunningHere``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Resume:
     """Resume the unfinished stream ``record`` from its checkpoint (``taken_over``: of
     another instance, says the log); answered ``Resumed``, ``EndedHere``, ``Reused``,
@@ -78,7 +84,7 @@ class StartNew:
     from_found: bool
 
 
-Action = (Acquire | CloseHeld | FindByInode | Remember | StatPath | Resume | Forget
+Action = (Acquire | CloseHeld | FindByInode | Remember | StatPath | AskRunning | Resume | Forget
           | StartNew)
 
 # --- observations -------------------------------------------------------------------------
@@ -102,6 +108,11 @@ class Found:
 @dataclass(frozen=True, slots=True)
 class AtPath:
     size_mtime: SizeMtime | None  # None: nothing there, or it cannot be stat'ed
+
+
+@dataclass(frozen=True, slots=True)
+class RunningHere:
+    stream_ids: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +157,8 @@ class NotStarted:
     key (skipped, warned once)."""
 
 
-Observation = (Done | Acquired | Found | AtPath | Resumed | EndedHere | Reused | Unreadable
-               | Deferred | Malformed | Started | NotStarted)
+Observation = (Done | Acquired | Found | AtPath | RunningHere | Resumed | EndedHere | Reused
+               | Unreadable | Deferred | Malformed | Started | NotStarted)
 
 # --- outcomes -------------------------------------------------------------------------------
 
@@ -161,13 +172,10 @@ class Claimed(Enum):
 Machine = Generator[Action, Observation, Claimed]
 
 
-def claiming(
-    *, held: bool, shared: bool, known: StreamRecord | None, running: Collection[str]
-) -> Machine:
+def claiming(*, held: bool, shared: bool, known: StreamRecord | None) -> Machine:
     """``held``: the claim came with a descriptor no path reaches (its checkpoint is not
     asked: it is a new stream); ``shared``: instances share the store (leases);
-    ``known``: the unfinished checkpoint of the file's inode read at start-up; ``running``:
-    the stream ids this instance runs."""
+    ``known``: the unfinished checkpoint of the file's inode read at start-up."""
     if not expect(Acquired, (yield Acquire())).ok:
         if held:
             expect(Done, (yield CloseHeld()))
@@ -179,6 +187,7 @@ def claiming(
     if latest is not None and latest.state is StreamState.COMPLETED:
         expect(Done, (yield Remember(latest)))
         at_path = expect(AtPath, (yield StatPath())).size_mtime
+    running = expect(RunningHere, (yield AskRunning())).stream_ids
     verdict = on_claim(latest, running=running, at_path=at_path)
     if verdict in (OnClaim.UPLOADED, OnClaim.RUNNING):
         return Claimed.NOTHING

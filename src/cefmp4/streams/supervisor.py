@@ -255,11 +255,8 @@ class StreamSupervisor:
     ) -> None:
         """Runs ``core.claim.claiming``, which decides every turn, carrying out its actions.
         ``held``: a descriptor of the file, which no path reaches (``lifecycle.held_fd``)."""
-        machine = claiming(
-            held=held is not None, shared=self.ownership.shared,
-            known=self.unfinished.get(ident),
-            running={w.stream_id for w in self.workers.values()},
-        )
+        machine = claiming(held=held is not None, shared=self.ownership.shared,
+                           known=self.unfinished.get(ident))
         step = _ClaimStep(self, path, ident, rel, held)
         try:
             claimed = await run_machine(machine, step.carry_out)
@@ -270,7 +267,11 @@ class StreamSupervisor:
         except LeaseLost as exc:
             log.warning(logs.STREAM_RELINQUISHED, path=str(path), error=str(exc))
         finally:
-            if not any(w.ident == ident for w in self.workers.values()):
+            if step.held is not None:  # the claim failed before a stream took it
+                os.close(step.held)
+            # Only a lease this claim took: a refused one may be this instance's for another
+            # file with the same inode number (another device), whose fence it must keep.
+            if step.acquired and not any(w.ident == ident for w in self.workers.values()):
                 await self.ownership.release(ident[1])
 
     def _bind(self, ident: Ident) -> Bind:
@@ -363,6 +364,7 @@ class _ClaimStep:
     ) -> None:
         self.sup, self.path, self.ident, self.rel, self.held = sup, path, ident, rel, held
         self.worker: StreamWorker | None = None
+        self.acquired = False
 
     async def carry_out(self, action: claim.Action) -> claim.Observation:
         sup, ctx, ident = self.sup, self.sup.ctx, self.ident
@@ -370,7 +372,8 @@ class _ClaimStep:
             case claim.Acquire():
                 ok = await ctx.retry(
                     "checkpoint", lambda: sup.ownership.acquire(ident, lambda: sup._lose(ident)))
-                return claim.Acquired(bool(ok))
+                self.acquired = bool(ok)
+                return claim.Acquired(self.acquired)
             case claim.CloseHeld() if self.held is not None:
                 os.close(self.held)  # a peer owns the file now
                 self.held = None
@@ -385,6 +388,8 @@ class _ClaimStep:
             case claim.StatPath():
                 st = stat_or_none(self.path)
                 return claim.AtPath(None if st is None else (st.st_size, st.st_mtime_ns))
+            case claim.AskRunning():
+                return claim.RunningHere(frozenset(w.stream_id for w in sup.workers.values()))
             case claim.Forget():
                 sup.unfinished.pop(ident, None)
                 return claim.Done()
